@@ -25,6 +25,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from transfer.errors import TransferError
+
 BUNDLED = "bundled"
 CACHED = "cached"
 DOWNLOADABLE = "downloadable"
@@ -33,7 +35,7 @@ UNAVAILABLE = "unavailable"
 TIMM_PREFIX = "timm/"
 
 
-class BackboneError(Exception):
+class BackboneError(TransferError):
     """A backbone cannot be used; the message says what to do about it."""
 
 
