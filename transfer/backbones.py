@@ -414,3 +414,87 @@ def imagenet_labels(name: str) -> list[str]:
 
     info = ImageNetInfo()
     return [info.index_to_description(i) for i in range(1000)]
+
+
+# --------------------------------------------------------------------------- user weights
+
+
+class UnsafeWeightsFile(BackboneError):
+    """A weights file that could only be read by running arbitrary code."""
+
+
+@dataclass
+class LoadReport:
+    """What happened when a weights file met an architecture."""
+
+    loaded: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, tuple, tuple]]  # key, shape in file, shape in model
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        lines = [f"Loaded {len(self.loaded)} tensors."]
+        if self.missing:
+            lines.append(f"{len(self.missing)} missing from the file (kept as initialised): {_preview(self.missing)}")
+        if self.unexpected:
+            lines.append(f"{len(self.unexpected)} in the file but not in the model (ignored): {_preview(self.unexpected)}")
+        if self.mismatched:
+            shapes = [f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched]
+            lines.append(f"{len(self.mismatched)} with a different shape (ignored): {_preview(shapes)}")
+        return "\n".join(lines)
+
+
+def _preview(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from ``.safetensors``, or ``.pt``/``.pth`` read without unpickling arbitrary objects."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as error:
+            raise BackboneError(f"'{path.name}' is not a readable safetensors file ({error}).") from error
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise UnsafeWeightsFile(
+                f"'{path.name}' contains Python objects that could run code when opened, so it was refused. "
+                "Save only the state dict (torch.save(model.state_dict(), ...)) or use .safetensors."
+            ) from error
+        raise BackboneError(f"'{path.name}' is not a readable PyTorch weights file ({error}).") from error
+    for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint layouts
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"'{path.name}' does not hold a dictionary of tensors (a state dict).")
+    return state
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load what fits from a user's weights file into ``model`` and say what did not."""
+    state = {k.removeprefix("module."): v for k, v in read_weights_file(path).items()}
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    report = LoadReport(
+        loaded=sorted(fitting),
+        missing=sorted(k for k in own if k not in state),
+        unexpected=sorted(k for k in state if k not in own),
+        mismatched=[(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and k not in fitting],
+    )
+    if not fitting:
+        raise BackboneError(
+            f"None of the {len(state)} tensors in '{Path(path).name}' fit this architecture: "
+            "check that the file was made for the backbone you chose."
+        )
+    model.load_state_dict(fitting, strict=False)
+    return report
