@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from transfer.errors import TransferError
@@ -62,10 +63,213 @@ def cmd_backbones(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- runs, cancel, resume
+
+DEFAULT_RUNS_DIR = "runs"
+_EPOCH_FIELDS = (("loss", "loss {:.4f}"), ("accuracy", "acc {:.3f}"), ("val_loss", "val_loss {:.4f}"),
+                 ("val_accuracy", "val_acc {:.3f}"), ("images_per_second", "{:.0f} img/s"),
+                 ("elapsed", "{:.1f} s"))
+
+
+def add_runs_dir_argument(parser) -> None:
+    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
+                        help=f"folder holding the runs (default ./{DEFAULT_RUNS_DIR})")
+
+
+def resolve_run(arg: str, runs_dir: str):
+    """A run given as an id inside ``runs_dir`` or as the path of a run folder; returns the run
+    and the runs folder it lives in."""
+    from pathlib import Path
+
+    from transfer.runs import RunDir, find_run
+
+    candidate = Path(arg)
+    if ("/" in arg or os.sep in arg) and RunDir(candidate).exists():
+        run = RunDir(candidate)
+        return run, run.path.parent
+    return find_run(runs_dir, arg), Path(runs_dir)
+
+
+def follow_run(manager, run, quiet: bool = False) -> dict:
+    """Wait for ``run`` to end, showing its progress on stderr unless ``quiet``; returns the
+    final status. ``transfer train`` and ``transfer resume`` both use it. On Ctrl-C the run
+    keeps training in the background and KeyboardInterrupt propagates."""
+    show = None if quiet else _ProgressPrinter(sys.stderr)
+    try:
+        return manager.wait(run, on_event=show)
+    finally:
+        if show is not None:
+            show.close()
+
+
+class _ProgressPrinter:
+    """Turns run events into a progress line (on a terminal) and one line per epoch."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.live = stream.isatty()
+        self.bar_shown = False
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "step" and self.live:
+            self._bar(event)
+        elif kind == "epoch":
+            self._line(_epoch_line(event))
+        elif kind in ("info", "warning") and event.get("message"):
+            prefix = "warning: " if kind == "warning" else ""
+            self._line(prefix + str(event["message"]))
+
+    def _bar(self, event: dict) -> None:
+        step, steps = event.get("step"), event.get("steps")
+        text = f"epoch {event.get('epoch', '?')}"
+        if isinstance(step, int) and isinstance(steps, int) and steps > 0:
+            filled = int(20 * min(step, steps) / steps)
+            text += f" [{'#' * filled}{'.' * (20 - filled)}] {step}/{steps}"
+        if isinstance(event.get("loss"), (int, float)):
+            text += f" loss {event['loss']:.4f}"
+        if isinstance(event.get("eta"), (int, float)):
+            text += f" eta {event['eta']:.0f} s"
+        self.stream.write("\r" + text.ljust(79)[:79])
+        self.stream.flush()
+        self.bar_shown = True
+
+    def _line(self, text: str) -> None:
+        if self.bar_shown:
+            self.stream.write("\r" + " " * 79 + "\r")
+            self.bar_shown = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar_shown:
+            self._line("")
+
+
+def _epoch_line(event: dict) -> str:
+    parts = [f"epoch {event.get('epoch', '?')}/{event.get('epochs', '?')}"]
+    for key, fmt in _EPOCH_FIELDS:
+        if isinstance(event.get(key), (int, float)):
+            parts.append(fmt.format(event[key]))
+    return "  ".join(parts)
+
+
+def _format_accuracy(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def _summary_row(summary: dict) -> dict:
+    epochs = summary.get("epochs")
+    return {
+        "id": summary["id"],
+        "state": summary["state"] + (f" #{summary['queue_position']}" if summary.get("queue_position") else ""),
+        "method": summary.get("method") or "-",
+        "backbone": summary.get("backbone") or "-",
+        "epoch": f"{summary.get('epoch') or 0}/{epochs if epochs is not None else '?'}",
+        "best": _format_accuracy(summary.get("best_val_accuracy")),
+        "last": _format_accuracy(summary.get("val_accuracy")),
+        "seconds": "-" if summary.get("seconds") is None else f"{summary['seconds']:.0f}",
+        "created": (summary.get("created") or "-").replace("T", " "),
+    }
+
+
+def print_run_result(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(summary)
+        return
+    line = (f"run {summary['id']} {summary['state']}: epoch {summary.get('epoch') or 0}/{summary.get('epochs')}, "
+            f"best val accuracy {_format_accuracy(summary.get('best_val_accuracy'))}, "
+            f"last {_format_accuracy(summary.get('val_accuracy'))}")
+    if summary.get("seconds") is not None:
+        line += f", {summary['seconds']:.1f} s"
+    print(line)
+    if summary.get("message"):
+        print(summary["message"])
+    print(f"run folder: {summary['run_dir']}")
+
+
+def add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list the training runs and their state")
+    add_runs_dir_argument(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_runs(args) -> int:
+    from transfer.jobs import JobManager
+
+    summaries = [run.summary() for run in JobManager(args.runs_dir).list()]
+    if args.json:
+        print_json({"runs_dir": os.path.abspath(args.runs_dir), "runs": summaries})
+    elif not summaries:
+        print(f"No runs in {args.runs_dir} yet; `transfer train DATA` starts one.")
+    else:
+        print_table([_summary_row(s) for s in summaries],
+                    ["id", "state", "method", "backbone", "epoch", "best", "last", "seconds", "created"])
+    return 0
+
+
+def add_cancel(sub) -> None:
+    p = sub.add_parser("cancel", help="stop a queued or running run (it keeps its last finished epoch)")
+    p.add_argument("run", metavar="RUN", help="run id (see `transfer runs`) or run folder")
+    add_runs_dir_argument(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_cancel(args) -> int:
+    from transfer.jobs import JobManager
+
+    run, runs_dir = resolve_run(args.run, args.runs_dir)
+    before = run.state
+    JobManager(runs_dir).cancel(run)
+    summary = run.summary()
+    if args.json:
+        print_json({**summary, "previous_state": before})
+    elif before == "running":
+        print(f"Asked run {run.id} to stop; it ends after its current step and keeps its last finished epoch.")
+    elif summary["state"] == "cancelled" and before != "cancelled":
+        print(f"Run {run.id} cancelled.")
+    else:
+        print(f"Run {run.id} had already ended ({before}); nothing to cancel.")
+    return 0
+
+
+def add_resume(sub) -> None:
+    p = sub.add_parser("resume", help="continue an interrupted, cancelled or failed run from its last finished epoch")
+    p.add_argument("run", metavar="RUN", help="run id (see `transfer runs`) or run folder")
+    add_runs_dir_argument(p)
+    p.add_argument("--no-wait", action="store_true", help="queue it and return at once")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
+
+
+def cmd_resume(args) -> int:
+    from transfer.jobs import JobManager
+
+    run, runs_dir = resolve_run(args.run, args.runs_dir)
+    manager = JobManager(runs_dir)
+    manager.resume(run)
+    if args.no_wait:
+        if args.json:
+            print_json(run.summary())
+        else:
+            print(f"Run {run.id} queued again; `transfer runs --runs-dir {runs_dir}` shows its progress.")
+        return 0
+    try:
+        status = follow_run(manager, run, quiet=args.json)
+    except KeyboardInterrupt:
+        print(f"\nRun {run.id} keeps training in the background; `transfer cancel {run.id}` stops it.",
+              file=sys.stderr)
+        return 130
+    print_run_result(run.summary(), args.json)
+    return 0 if status["state"] == "finished" else 1
+
+
 # --------------------------------------------------------------------------- dispatch
 
 COMMANDS = {
     "backbones": (add_backbones, cmd_backbones),
+    "runs": (add_runs, cmd_runs),
+    "cancel": (add_cancel, cmd_cancel),
+    "resume": (add_resume, cmd_resume),
 }
 
 

@@ -361,6 +361,8 @@ class JobManager:
             ended_at=None,
             pid=None,
             resumes=int(status.get("resumes", 0)) + 1,
+            earlier_seconds=_attempt_seconds(status) + float(status.get("earlier_seconds") or 0.0),
+            started_at=None,
             message="Resumed; waiting for a free training slot.",
         )
         if resumed is None:
@@ -396,6 +398,13 @@ class JobManager:
 
     def _as_run(self, run: RunDir | str) -> RunDir:
         return run if isinstance(run, RunDir) else find_run(self.runs_dir, run)
+
+
+def _attempt_seconds(status: dict) -> float:
+    started, ended = status.get("started_at"), status.get("ended_at")
+    if started is None or ended is None:
+        return 0.0
+    return round(max(0.0, ended - started), 3)
 
 
 def _interrupted_message(status: dict) -> str:

@@ -369,13 +369,6 @@ class RunDir:
             config = self.config
         except RunNotFound:
             config = {}
-        started, ended = status.get("started_at"), status.get("ended_at")
-        if started is None:
-            duration = None
-        elif ended is not None and status["state"] in ENDED_STATES:
-            duration = round(max(0.0, ended - started), 1)
-        else:
-            duration = round(max(0.0, time.time() - started), 1)
         return {
             "id": self.id,
             "state": status["state"],
@@ -386,11 +379,22 @@ class RunDir:
             "best_val_accuracy": status.get("best_val_accuracy"),
             "val_accuracy": status.get("val_accuracy"),
             "queue_position": status.get("queue_position"),
-            "seconds": duration,
+            "seconds": training_seconds(status),
             "created": _iso(status.get("created_at")),
             "message": status.get("message"),
             "run_dir": str(self.path),
         }
+
+
+def training_seconds(status: dict) -> float | None:
+    """Seconds spent training, over every attempt (a resumed run adds its earlier ones)."""
+    earlier = status.get("earlier_seconds")
+    started, ended = status.get("started_at"), status.get("ended_at")
+    if started is None:
+        return None if earlier is None else round(earlier, 1)
+    if ended is None or status["state"] not in ENDED_STATES:
+        ended = time.time()
+    return round(max(0.0, ended - started) + (earlier or 0.0), 1)
 
 
 def _json_fallback(value):
