@@ -1,0 +1,15 @@
+"""Transfer Studio: the web app's entry point. It only builds the navigation and the sidebar."""
+
+import streamlit as st
+
+from ui import sidebar
+
+st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide")
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+]
+
+navigation = st.navigation(PAGES)
+sidebar.render()
+navigation.run()

@@ -1,0 +1,81 @@
+"""Each browser session works in a private workspace folder named by an unguessable token.
+
+The token travels in the page URL (``?s=<token>``), so a refreshed or reopened tab finds its
+data set and runs again, while another session, without the token, can never see them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from pathlib import Path
+
+import streamlit as st
+
+from transfer.paths import home
+from transfer.runs import atomic_write_json
+
+SESSION_PARAM = "s"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{22,64}")
+
+
+def session_token() -> str:
+    """This browser session's token, created on first use and kept in the URL."""
+    token = st.session_state.get("session_token")
+    if token is None:
+        from_url = st.query_params.get(SESSION_PARAM)
+        token = from_url if from_url and _TOKEN.fullmatch(from_url) else secrets.token_urlsafe(24)
+        st.session_state["session_token"] = token
+    if st.query_params.get(SESSION_PARAM) != token:
+        st.query_params[SESSION_PARAM] = token
+    return token
+
+
+def workspace() -> Path:
+    path = home() / "sessions" / session_token()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    path = workspace() / "runs"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def uploads_dir() -> Path:
+    path = workspace() / "uploads"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def job_manager():
+    from transfer.jobs import JobManager
+
+    return JobManager(runs_dir())
+
+
+# --------------------------------------------------------------------------- chosen data set
+
+_DATASET_FILE = "dataset.json"
+
+
+def chosen_dataset() -> dict | None:
+    """The data set this session picked: {"source": path, "name": label}, or None."""
+    path = workspace() / _DATASET_FILE
+    if not path.is_file():
+        return None
+    try:
+        choice = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return choice if Path(choice.get("source", "")).exists() else None
+
+
+def choose_dataset(source: Path | str, name: str) -> None:
+    atomic_write_json(workspace() / _DATASET_FILE, {"source": str(source), "name": name})
+
+
+def forget_dataset() -> None:
+    (workspace() / _DATASET_FILE).unlink(missing_ok=True)

@@ -1,0 +1,48 @@
+"""The sidebar every page shares: device, chosen data set, and the active training job."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import session
+
+
+@st.cache_resource
+def device_description() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return f"GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "GPU: Apple (MPS)"
+    import os
+
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def render() -> None:
+    with st.sidebar:
+        st.caption(f"Device: **{device_description()}**")
+        dataset = session.chosen_dataset()
+        st.caption(f"Data set: **{dataset['name']}**" if dataset else "Data set: none chosen yet")
+        _active_job()
+
+
+@st.fragment(run_every=2)
+def _active_job() -> None:
+    from transfer.runs import ACTIVE_STATES, list_runs
+
+    active = [r for r in list_runs(session.runs_dir()) if r.state in ACTIVE_STATES]
+    if not active:
+        st.caption("No training running.")
+        return
+    run = active[-1]  # the oldest active run is the one the queue serves first
+    status = run.status()
+    if status.get("state") == "queued":
+        place = status.get("queue_position")
+        st.caption(f"Run `{run.id[-6:]}` is waiting" + (f" (place {place} in the queue)." if place else "."))
+        return
+    epochs = status.get("epochs") or run.config.get("epochs") or 1
+    fraction = min(1.0, ((status.get("epoch") or 0) + (status.get("step_fraction") or 0)) / epochs)
+    st.progress(fraction, text=f"Training `{run.id[-6:]}`: epoch {status.get('epoch') or 0}/{epochs}")
