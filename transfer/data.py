@@ -245,10 +245,11 @@ def check_dataset(
     report.skipped.extend(_read_ingest_log(folder))
     root = _find_data_root(folder)
     report.root = str(root)
-    layout = _discover(root, report)
-    infos = _inspect_all(layout.candidates, root, report, max_pixels, workers)
+    # File names in the report are relative to what the user gave (the zip's top, the folder).
+    layout = _discover(root, folder, report)
+    infos = _inspect_all(layout.candidates, folder, report, max_pixels, workers)
     samples = _assign_splits(layout, infos, val_fraction, seed, report)
-    _summarise(report, samples, root)
+    _summarise(report, samples, root, folder)
     return report
 
 
@@ -564,7 +565,7 @@ def _split_folders(root: Path) -> tuple[Path | None, Path | None, list[Path]]:
     return train, val, val_options[1:]
 
 
-def _discover(root: Path, report: Report) -> _Layout:
+def _discover(root: Path, base: Path, report: Report) -> _Layout:
     train, val, unused = _split_folders(root)
     if train is not None and val is not None:
         report.layout, report.split = "split_folders", "given"
@@ -572,46 +573,49 @@ def _discover(root: Path, report: Report) -> _Layout:
             report.warnings.append(f"The folder {folder.name}/ is not used: {val.name}/ is the validation split.")
         for other in _visible_dirs(root):
             if other not in (train, val, *unused):
-                report.skipped.append(Skipped(other.name + "/", OUTSIDE_CLASS, "not train/ or a validation folder"))
-        _skip_loose_files(root, root, report)
-        candidates = _class_candidates(train, root, TRAIN, report) + _class_candidates(val, root, VAL, report)
+                report.skipped.append(Skipped(_rel(other, base) + "/", OUTSIDE_CLASS, "not train/ or a validation folder"))
+        _skip_loose_files(root, base, report)
+        candidates = _class_candidates(train, base, TRAIN, report) + _class_candidates(val, base, VAL, report)
         return _Layout("split_folders", candidates, given_split=True)
     if train is not None and len(_visible_dirs(root)) == 1:
         report.warnings.append("There is a train/ folder but no val/ folder: the validation split is drawn from train/.")
-        _skip_loose_files(root, root, report)
+        _skip_loose_files(root, base, report)
         root = train
     report.layout, report.split = "class_folders", "automatic"
-    return _Layout("class_folders", _class_candidates(root, Path(report.root), None, report), given_split=False)
+    return _Layout("class_folders", _class_candidates(root, base, None, report), given_split=False)
 
 
-def _skip_loose_files(folder: Path, root: Path, report: Report) -> None:
+def _skip_loose_files(folder: Path, base: Path, report: Report) -> None:
     for path in _visible_files(folder):
-        report.skipped.append(Skipped(_rel(path, root), _name_reason(path) or OUTSIDE_CLASS))
+        report.skipped.append(Skipped(_rel(path, base), _name_reason(path) or OUTSIDE_CLASS))
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() and (path.name.startswith(".") or path.name == "__MACOSX"):
+            report.skipped.append(Skipped(_rel(path, base) + "/", _name_reason(path) or HIDDEN))
 
 
-def _class_candidates(folder: Path, root: Path, split: str | None, report: Report) -> list[_Candidate]:
-    _skip_loose_files(folder, root, report)
+def _class_candidates(folder: Path, base: Path, split: str | None, report: Report) -> list[_Candidate]:
+    _skip_loose_files(folder, base, report)
     candidates = []
     for class_dir in _visible_dirs(folder):
-        for path in _walk_files(class_dir, root, report):
+        for path in _walk_files(class_dir, base, report):
             candidates.append(_Candidate(path, class_dir.name, split))
     return candidates
 
 
-def _walk_files(class_dir: Path, root: Path, report: Report) -> list[Path]:
+def _walk_files(class_dir: Path, base: Path, report: Report) -> list[Path]:
     """Every picture under a class folder, in nested folders too; others noted as skipped."""
     found = []
     for directory, subdirs, files in os.walk(class_dir):  # does not follow folder links
         subdirs.sort()
         kept = [d for d in subdirs if not d.startswith(".") and d != "__MACOSX"]
         for dropped in sorted(set(subdirs) - set(kept)):
-            report.skipped.append(Skipped(_rel(Path(directory) / dropped, root) + "/", _name_reason(Path(dropped)) or HIDDEN))
+            report.skipped.append(Skipped(_rel(Path(directory) / dropped, base) + "/", _name_reason(Path(dropped)) or HIDDEN))
         subdirs[:] = kept
         for name in sorted(files):
             path = Path(directory) / name
             reason = _name_reason(path)
             if reason:
-                report.skipped.append(Skipped(_rel(path, root), reason))
+                report.skipped.append(Skipped(_rel(path, base), reason))
             else:
                 found.append(path)
     return found
@@ -651,18 +655,18 @@ class _Read:
     info: ImageInfo
 
 
-def _inspect_all(candidates, root: Path, report: Report, max_pixels: int, workers: int | None) -> list[_Read]:
+def _inspect_all(candidates, base: Path, report: Report, max_pixels: int, workers: int | None) -> list[_Read]:
     """Hash and fully decode every candidate once, in threads (decoding releases the GIL)."""
 
     def read(candidate: _Candidate):
         try:
             data = candidate.path.read_bytes()
         except OSError as error:
-            return Skipped(_rel(candidate.path, root), "unreadable", error.strerror or str(error))
+            return Skipped(_rel(candidate.path, base), "unreadable", error.strerror or str(error))
         try:
             info = inspect_image(data, max_pixels)
         except ImageError as error:
-            return Skipped(_rel(candidate.path, root), error.reason, error.detail)
+            return Skipped(_rel(candidate.path, base), error.reason, error.detail)
         return _Read(candidate, hashlib.sha256(data).hexdigest(), info)
 
     workers = workers or min(8, (os.cpu_count() or 2))
@@ -707,13 +711,13 @@ def stratified_val_hashes(hashes: list[str], val_fraction: float, seed: str) -> 
 # --------------------------------------------------------------------------- the report
 
 
-def _summarise(report: Report, reads: list[_Read], root: Path) -> None:
+def _summarise(report: Report, reads: list[_Read], root: Path, base: Path) -> None:
     classes = sorted({r.candidate.label for r in reads})
     report.classes = classes
     report.counts = {name: {TRAIN: 0, VAL: 0} for name in classes}
     for item in reads:
         report.counts[item.candidate.label][item.candidate.split] += 1
-    _report_duplicates(report, reads, root)
+    _report_duplicates(report, reads, base)
     _report_sizes(report, reads)
     _report_balance(report)
     _report_blocking(report, reads)
@@ -723,7 +727,7 @@ def _summarise(report: Report, reads: list[_Read], root: Path) -> None:
         report.dataset = Dataset(root=root, classes=classes, samples=samples)
 
 
-def _report_duplicates(report: Report, reads: list[_Read], root: Path) -> None:
+def _report_duplicates(report: Report, reads: list[_Read], base: Path) -> None:
     groups: dict[str, list[_Read]] = defaultdict(list)
     for item in reads:
         groups[item.sha256].append(item)
@@ -732,7 +736,7 @@ def _report_duplicates(report: Report, reads: list[_Read], root: Path) -> None:
             continue
         labels = [i.candidate.label for i in items]
         splits = [i.candidate.split for i in items]
-        files = [_rel(i.candidate.path, root) for i in items]
+        files = [_rel(i.candidate.path, base) for i in items]
         if len(set(labels)) > 1:
             kind = "conflicting_labels"
         elif len(set(splits)) > 1:

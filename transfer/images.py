@@ -148,7 +148,7 @@ def _decode(source, max_pixels: int, min_short_side: int | None) -> tuple[Image.
         raise ImageError(NOT_AN_IMAGE, "no known picture format") from None
     except (OSError, SyntaxError, EOFError) as error:
         text = str(error)
-        if "truncated" in text or isinstance(error, EOFError) or "broken data stream" in text:
+        if "truncated" in text.lower() or isinstance(error, EOFError) or "broken data stream" in text:
             raise ImageError(TRUNCATED, text or "unexpected end of file") from None
         raise ImageError(UNREADABLE, text or type(error).__name__) from None
     except Exception as error:  # noqa: BLE001 - a hostile file may trip any decoder bug; never crash
