@@ -295,20 +295,20 @@ class JobManager:
         status = run.status()
         if status["state"] not in ACTIVE_STATES or worker_alive(run, status):
             return False
+        message = _interrupted_message(status)
         marked = run.transition(
             ACTIVE_STATES,
+            with_event={"type": "end", "state": INTERRUPTED, "message": message, "epoch": status.get("epoch", 0)},
             state=INTERRUPTED,
             ended_at=time.time(),
             queue_position=None,
-            message=_interrupted_message(status),
+            message=message,
         )
         if marked is None:
             return False
         entry = find_queue_entry(run)
         if entry:
             remove_queue_entry(entry[0])
-        run.append_event({"type": "end", "state": INTERRUPTED, "message": marked["message"],
-                          "epoch": marked.get("epoch", 0)})
         return True
 
     def _reap(self) -> None:
@@ -329,17 +329,18 @@ class JobManager:
         if state in (FINISHED, FAILED, CANCELLED):
             return run
         if state == INTERRUPTED:
-            run.transition([INTERRUPTED], state=CANCELLED, message="Cancelled; the last finished epoch is kept.")
+            message = "Cancelled; the last finished epoch is kept."
+            run.transition([INTERRUPTED], with_event={"type": "info", "message": message},
+                           state=CANCELLED, message=message)
             return run
         run.request_cancel()
-        ended = run.transition([QUEUED], state=CANCELLED, ended_at=time.time(), queue_position=None,
-                               message="Cancelled before it started.")
+        message = "Cancelled before it started."
+        ended = run.transition([QUEUED], with_event={"type": "end", "state": CANCELLED, "message": message},
+                               state=CANCELLED, ended_at=time.time(), queue_position=None, message=message)
         if ended is not None:
             entry = find_queue_entry(run)
             if entry:
                 remove_queue_entry(entry[0])
-            run.append_event({"type": "end", "state": CANCELLED, "message": ended["message"],
-                              "epoch": ended.get("epoch", 0)})
         return run
 
     def resume(self, run: RunDir | str) -> RunDir:

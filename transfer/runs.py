@@ -242,13 +242,18 @@ class RunDir:
         with self._status_lock():
             return self._write_merged(self.status(), fields)
 
-    def transition(self, from_states: Iterable[str], **fields) -> dict | None:
+    def transition(self, from_states: Iterable[str], with_event: dict | None = None, **fields) -> dict | None:
         """Merge ``fields`` only if the state is one of ``from_states`` (compare-and-set, so a
-        cancel and a worker's start never overwrite each other). None when refused."""
+        cancel and a worker's start never overwrite each other). None when refused.
+
+        ``with_event`` is appended to the events just before the status changes, so whoever
+        sees the new state also finds the event (the ``end`` event of an ending run)."""
         with self._status_lock():
             status = self.status()
             if status["state"] not in set(from_states):
                 return None
+            if with_event is not None:
+                self.append_event(with_event)
             return self._write_merged(status, fields)
 
     def _write_merged(self, status: dict, fields: dict) -> dict:

@@ -44,6 +44,7 @@ from transfer.runs import (
     FINISHED,
     QUEUED,
     RUNNING,
+    STATES,
     Cancelled,
     RunDir,
     atomic_write_json,
@@ -140,11 +141,9 @@ def _position_in_queue(run: RunDir, entry_path, entry: dict) -> int:
 
 
 def _end_cancelled_in_queue(run: RunDir) -> None:
-    ended = run.transition([QUEUED], state=CANCELLED, ended_at=time.time(), queue_position=None,
-                           message="Cancelled before it started.")
-    if ended is not None:
-        run.append_event({"type": "end", "state": CANCELLED, "message": ended["message"],
-                          "epoch": ended.get("epoch", 0)})
+    message = "Cancelled before it started."
+    run.transition([QUEUED], with_event={"type": "end", "state": CANCELLED, "message": message},
+                   state=CANCELLED, ended_at=time.time(), queue_position=None, message=message)
 
 
 # --------------------------------------------------------------------------- running the job
@@ -188,16 +187,18 @@ def _finish(run: RunDir, state: str, message: str) -> None:
     status = run.status()
     if state == FINISHED and status["state"] == FINISHED and status.get("message"):
         message = status["message"]  # the training code's own closing words win
-    final = run.update_status(state=state, ended_at=time.time(), queue_position=None, message=message)
-    run.append_event({
+    end_event = {
         "type": "end",
         "state": state,
         "message": message,
-        "epoch": final.get("epoch", 0),
-        "epochs": final.get("epochs"),
-        "val_accuracy": final.get("val_accuracy"),
-        "best_val_accuracy": final.get("best_val_accuracy"),
-    })
+        "epoch": status.get("epoch", 0),
+        "epochs": status.get("epochs"),
+        "val_accuracy": status.get("val_accuracy"),
+        "best_val_accuracy": status.get("best_val_accuracy"),
+    }
+    # Only this worker changes a running run's state, so any current state is fine here.
+    run.transition(STATES, with_event=end_event, state=state, ended_at=time.time(), queue_position=None,
+                   message=message)
     print(f"{time.strftime('%H:%M:%S')} {state}: {message}", flush=True)
 
 
