@@ -62,7 +62,7 @@ _DATASET_FILE = "dataset.json"
 
 
 def chosen_dataset() -> dict | None:
-    """The data set this session picked: {"source": path, "name": label}, or None."""
+    """The data set this session picked: {"source", "name", "val_fraction", "seed"}, or None."""
     path = workspace() / _DATASET_FILE
     if not path.is_file():
         return None
@@ -70,11 +70,34 @@ def chosen_dataset() -> dict | None:
         choice = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return choice if Path(choice.get("source", "")).exists() else None
+    if not Path(choice.get("source", "")).exists():
+        return None
+    choice.setdefault("val_fraction", 0.2)
+    choice.setdefault("seed", 0)
+    return choice
 
 
-def choose_dataset(source: Path | str, name: str) -> None:
-    atomic_write_json(workspace() / _DATASET_FILE, {"source": str(source), "name": name})
+def choose_dataset(source: Path | str, name: str, *, val_fraction: float = 0.2, seed: int = 0) -> None:
+    """Remember the data set (and, when it has no val/ folder, how to split it) for every page."""
+    atomic_write_json(workspace() / _DATASET_FILE,
+                      {"source": str(source), "name": name, "val_fraction": val_fraction, "seed": seed})
+
+
+_DRAFT_FILE = "draft_config.json"
+
+
+def draft_config() -> dict:
+    """The training settings being edited on the Configure page (kept across refreshes)."""
+    path = workspace() / _DRAFT_FILE
+    try:
+        draft = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        draft = {}
+    return draft if isinstance(draft, dict) else {}
+
+
+def save_draft_config(settings: dict) -> None:
+    atomic_write_json(workspace() / _DRAFT_FILE, settings)
 
 
 def forget_dataset() -> None:
