@@ -3,7 +3,8 @@
 Every test runs offline with its own ``TRANSFER_HOME``, so caches, runs and downloads of one
 test never leak into another or into the user's real home. ``tiny_dataset`` writes a small
 folder of class folders with generated pictures that differ per class (so a model can learn
-them) and per picture (so no two files share a content hash).
+them) and per picture (so no two files share a content hash); the ``make_picture`` and
+``write_class_folders`` fixtures hand out the generators for other shapes of data.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def transfer_home(tmp_path_factory, monkeypatch) -> Path:
     return home
 
 
-def make_picture(class_index: int, picture_index: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
+def _make_picture(class_index: int, picture_index: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
     """A noisy picture in the class's colour with a class-specific stripe; unique per index."""
     rng = np.random.default_rng(1000 * class_index + picture_index)
     width, height = size
@@ -40,7 +41,7 @@ def make_picture(class_index: int, picture_index: int, size: tuple[int, int] = (
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def write_class_folders(
+def _write_class_folders(
     root: Path,
     classes: dict[str, int],
     *,
@@ -53,14 +54,26 @@ def write_class_folders(
         folder = root / name
         folder.mkdir(exist_ok=True)
         for picture_index in range(count):
-            make_picture(class_index, picture_index, size).save(folder / f"{name}_{picture_index:03d}{suffix}")
+            _make_picture(class_index, picture_index, size).save(folder / f"{name}_{picture_index:03d}{suffix}")
     return root
 
 
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     """A folder of 3 class folders (``red``, ``green``, ``blue``), 10 PNG pictures each, 48 x 40 px."""
-    return write_class_folders(tmp_path / "tiny_dataset", {"red": 10, "green": 10, "blue": 10})
+    return _write_class_folders(tmp_path / "tiny_dataset", {"red": 10, "green": 10, "blue": 10})
+
+
+@pytest.fixture
+def make_picture():
+    """``make_picture(class_index, picture_index, size=(48, 40)) -> PIL.Image``: unique, class-coloured."""
+    return _make_picture
+
+
+@pytest.fixture
+def write_class_folders():
+    """``write_class_folders(root, {name: count}, size=(48, 40), suffix=".png") -> root``."""
+    return _write_class_folders
 
 
 @pytest.fixture

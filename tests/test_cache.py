@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_class_folders
 from PIL import Image
 
 from transfer import paths
@@ -120,7 +119,7 @@ def test_unreadable_picture_raises_a_user_error(tmp_path):
         DecodedImageCache().get(Sample(path, "a", "train", "0" * 64), 24)
 
 
-def test_second_process_decodes_nothing(tmp_path, transfer_home):
+def test_second_process_decodes_nothing(tmp_path, transfer_home, write_class_folders):
     root = write_class_folders(tmp_path / "d", {"a": 4, "b": 4})
     script = (
         "import json\n"

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_picture, write_class_folders
 from PIL import Image
 
 from transfer import cli, paths
@@ -33,6 +32,14 @@ from transfer.data import (
     stratified_val_hashes,
 )
 from transfer.images import EMPTY, NOT_AN_IMAGE, TOO_MANY_PIXELS, TRUNCATED
+
+
+def make_picture(class_index: int, picture_index: int, size=(48, 40)) -> Image.Image:
+    """Noise around a class colour, unique per (class, picture)."""
+    rng = np.random.default_rng(7919 * class_index + picture_index)
+    base = np.array([(200, 50, 50), (50, 160, 60), (50, 70, 210)][class_index % 3])
+    pixels = base + rng.integers(-40, 41, size=(size[1], size[0], 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 def png_bytes(class_index: int, picture_index: int, size=(48, 40)) -> bytes:
@@ -75,7 +82,7 @@ def test_folder_of_class_folders(tiny_dataset):
 
 
 @pytest.mark.parametrize("val_name", ["val", "valid", "validation", "test"])
-def test_train_and_validation_folders(tmp_path, val_name):
+def test_train_and_validation_folders(tmp_path, val_name, write_class_folders):
     write_class_folders(tmp_path / "data" / "train", {"cat": 6, "dog": 5})
     write_class_folders(tmp_path / "data" / val_name, {"cat": 2, "dog": 3}, size=(50, 50))
     report = check_dataset(tmp_path / "data")
@@ -85,7 +92,7 @@ def test_train_and_validation_folders(tmp_path, val_name):
     assert all(s.path.parent.parent.name == val_name for s in report.dataset.val)
 
 
-def test_val_preferred_over_test_and_test_reported_unused(tmp_path):
+def test_val_preferred_over_test_and_test_reported_unused(tmp_path, write_class_folders):
     write_class_folders(tmp_path / "train", {"a": 3, "b": 3})
     write_class_folders(tmp_path / "val", {"a": 1, "b": 1})
     write_class_folders(tmp_path / "test", {"a": 1, "b": 1})
@@ -94,7 +101,7 @@ def test_val_preferred_over_test_and_test_reported_unused(tmp_path):
     assert any("test/" in warning for warning in report.warnings)
 
 
-def test_train_folder_alone_gets_a_drawn_split(tmp_path):
+def test_train_folder_alone_gets_a_drawn_split(tmp_path, write_class_folders):
     write_class_folders(tmp_path / "train", {"a": 5, "b": 5})
     report = check_dataset(tmp_path)
     assert report.ok and report.split == "automatic"
@@ -130,7 +137,7 @@ def test_zip_of_split_folders_into_a_chosen_workdir(tmp_path):
     assert Path(report.root) == tmp_path / "work" / "set"
 
 
-def test_nested_folders_inside_a_class_are_read(tmp_path):
+def test_nested_folders_inside_a_class_are_read(tmp_path, write_class_folders):
     write_class_folders(tmp_path / "d", {"a": 2, "b": 2})
     (tmp_path / "d" / "a" / "more").mkdir()
     make_picture(0, 50).save(tmp_path / "d" / "a" / "more" / "deep.png")
@@ -140,14 +147,14 @@ def test_nested_folders_inside_a_class_are_read(tmp_path):
 # --------------------------------------------------------------------------- blocking errors
 
 
-def test_fewer_than_two_classes_blocks(tmp_path):
+def test_fewer_than_two_classes_blocks(tmp_path, write_class_folders):
     write_class_folders(tmp_path / "one", {"only": 5})
     report = check_dataset(tmp_path / "one")
     assert not report.ok and report.dataset is None
     assert any("at least 2 classes" in error and "only" in error for error in report.errors)
 
 
-def test_class_with_one_image_is_named(tmp_path):
+def test_class_with_one_image_is_named(tmp_path, write_class_folders):
     write_class_folders(tmp_path / "d", {"plenty": 5, "lonely": 1})
     report = check_dataset(tmp_path / "d")
     assert not report.ok
@@ -192,7 +199,7 @@ def test_bad_val_fraction_is_refused(tiny_dataset):
 # --------------------------------------------------------------------------- warnings
 
 
-def test_duplicates_within_class_across_classes_and_leakage(tmp_path):
+def test_duplicates_within_class_across_classes_and_leakage(tmp_path, write_class_folders):
     root = tmp_path / "d"
     write_class_folders(root / "train", {"a": 4, "b": 4})
     write_class_folders(root / "val", {"a": 2, "b": 2}, size=(50, 46))
@@ -210,7 +217,7 @@ def test_duplicates_within_class_across_classes_and_leakage(tmp_path):
     assert "same class" in text and "two or more classes" in text and "validation accuracy will look better" in text
 
 
-def test_drawn_split_keeps_copies_on_one_side(tmp_path):
+def test_drawn_split_keeps_copies_on_one_side(tmp_path, write_class_folders):
     root = write_class_folders(tmp_path / "d", {"a": 10, "b": 10})
     for i in range(5):
         (root / "a" / f"copy{i}.png").write_bytes((root / "a" / "a_000.png").read_bytes())
@@ -220,7 +227,7 @@ def test_drawn_split_keeps_copies_on_one_side(tmp_path):
     assert not report.duplicates_of("leakage")
 
 
-def test_imbalance_and_tiny_images_warn(tmp_path):
+def test_imbalance_and_tiny_images_warn(tmp_path, write_class_folders):
     write_class_folders(tmp_path / "d", {"big": 13, "small": 4})
     write_class_folders(tmp_path / "d", {"big": 0, "small": 0, "tiny": 3}, size=(20, 16))
     report = check_dataset(tmp_path / "d")
@@ -231,7 +238,7 @@ def test_imbalance_and_tiny_images_warn(tmp_path):
     assert any("smaller than 32 pixels" in w for w in report.warnings)
 
 
-def test_empty_class_folder_is_not_a_class(tmp_path):
+def test_empty_class_folder_is_not_a_class(tmp_path, write_class_folders):
     write_class_folders(tmp_path / "d", {"a": 3, "b": 3})
     (tmp_path / "d" / "empty").mkdir()
     assert check_dataset(tmp_path / "d").classes == ["a", "b"]
@@ -240,7 +247,7 @@ def test_empty_class_folder_is_not_a_class(tmp_path):
 # --------------------------------------------------------------------------- the split
 
 
-def test_same_seed_same_split_other_seed_other_split(tmp_path):
+def test_same_seed_same_split_other_seed_other_split(tmp_path, write_class_folders):
     root = write_class_folders(tmp_path / "d", {"a": 30, "b": 17, "c": 2})
     first = check_dataset(root, seed=3).dataset
     second = check_dataset(root, seed=3).dataset
@@ -250,7 +257,7 @@ def test_same_seed_same_split_other_seed_other_split(tmp_path):
     assert first.counts() == {"a": {"train": 24, "val": 6}, "b": {"train": 14, "val": 3}, "c": {"train": 1, "val": 1}}
 
 
-def test_split_fraction_and_minimum_of_one(tmp_path):
+def test_split_fraction_and_minimum_of_one(tmp_path, write_class_folders):
     root = write_class_folders(tmp_path / "d", {"a": 10, "b": 3})
     counts = check_dataset(root, val_fraction=0.5).counts
     assert counts == {"a": {"train": 5, "val": 5}, "b": {"train": 1, "val": 2}}
@@ -258,7 +265,7 @@ def test_split_fraction_and_minimum_of_one(tmp_path):
     assert counts == {"a": {"train": 9, "val": 1}, "b": {"train": 2, "val": 1}}
 
 
-def test_split_of_one_class_does_not_depend_on_the_others(tmp_path):
+def test_split_of_one_class_does_not_depend_on_the_others(tmp_path, write_class_folders):
     write_class_folders(tmp_path / "one", {"a": 20, "b": 5})
     write_class_folders(tmp_path / "two", {"a": 20, "b": 5, "c": 9})
     val_one = {s.sha256 for s in check_dataset(tmp_path / "one").dataset.val if s.label == "a"}
@@ -446,7 +453,7 @@ def test_corrupt_entry_is_skipped_not_fatal(tmp_path):
     assert not (out / "a" / "bad.png").exists()
 
 
-def test_hostile_folder_is_read_safely(tmp_path):
+def test_hostile_folder_is_read_safely(tmp_path, write_class_folders):
     root = write_class_folders(tmp_path / "d", {"a": 4, "b": 4})
     (root / "a" / "truncated.jpg").write_bytes(jpeg_bytes(0, 9, size=(100, 100))[:300])
     (root / "a" / "empty.png").write_bytes(b"")
@@ -520,7 +527,8 @@ def test_demo_dataset_is_usable():
     assert report.ok, report.errors
     assert len(report.classes) >= 3
     assert all(sum(row.values()) >= 30 for row in report.counts.values())
-    assert not report.skipped and not report.duplicates
+    assert [item.path for item in report.skipped] == ["README.md"]
+    assert not report.duplicates and not report.warnings
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert size <= 5 * 1024**2
     assert (root / "README.md").is_file()
@@ -563,7 +571,7 @@ def test_cli_check_hostile_zip_without_traceback(tmp_path, capsys):
     assert {s["reason"] for s in report["skipped"]} >= {TRUNCATED, EMPTY, NOT_AN_IMAGE, UNSAFE_PATH, LINK, RATIO, HIDDEN}
 
 
-def test_cli_check_blocking_errors_exit_2(tmp_path, capsys):
+def test_cli_check_blocking_errors_exit_2(tmp_path, capsys, write_class_folders):
     write_class_folders(tmp_path / "d", {"only": 3})
     code, out = _run_cli(["check", str(tmp_path / "d")], capsys)
     assert code == 2 and "at least 2 classes" in out and "not ready" in out

@@ -399,7 +399,7 @@ def _safe_entry_path(entry: zipfile.ZipInfo, skipped: list[Skipped], limits: Zip
         return None
     reason = _skip_reason_for_name(parts)
     if reason:
-        skipped.append(Skipped(entry.filename, reason))
+        skipped.append(Skipped(entry.filename, reason, _type_detail(name) if reason == NOT_AN_IMAGE else ""))
         return None
     if any(len(part.encode("utf-8", "replace")) > 200 or "\x00" in part for part in parts):
         skipped.append(Skipped(entry.filename, UNSAFE_PATH, "a name is too long"))
@@ -430,6 +430,11 @@ def _skip_reason_for_name(parts: list[str]) -> str | None:
     if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_EXTENSIONS:
         return NOT_AN_IMAGE
     return None
+
+
+def _type_detail(name: str) -> str:
+    suffix = PurePosixPath(name).suffix.lower()
+    return f"{suffix} files are not read as pictures" if suffix else "no picture file ending (.jpg, .png, ...)"
 
 
 def _extract_entry(archive, entry, target: Path, relative: str, budget: list[int], skipped: list[Skipped]) -> bool:
@@ -587,7 +592,8 @@ def _discover(root: Path, base: Path, report: Report) -> _Layout:
 
 def _skip_loose_files(folder: Path, base: Path, report: Report) -> None:
     for path in _visible_files(folder):
-        report.skipped.append(Skipped(_rel(path, base), _name_reason(path) or OUTSIDE_CLASS))
+        reason = _name_reason(path)
+        report.skipped.append(Skipped(_rel(path, base), reason or OUTSIDE_CLASS, _type_detail(path.name) if reason == NOT_AN_IMAGE else ""))
     for path in sorted(folder.iterdir()):
         if path.is_dir() and (path.name.startswith(".") or path.name == "__MACOSX"):
             report.skipped.append(Skipped(_rel(path, base) + "/", _name_reason(path) or HIDDEN))
@@ -615,7 +621,7 @@ def _walk_files(class_dir: Path, base: Path, report: Report) -> list[Path]:
             path = Path(directory) / name
             reason = _name_reason(path)
             if reason:
-                report.skipped.append(Skipped(_rel(path, base), reason))
+                report.skipped.append(Skipped(_rel(path, base), reason, _type_detail(name) if reason == NOT_AN_IMAGE else ""))
             else:
                 found.append(path)
     return found
@@ -835,8 +841,13 @@ def _report_blocking(report: Report, reads: list[_Read]) -> None:
             report.warnings.append(f"The class {name} has no validation pictures; its accuracy cannot be measured.")
 
 
+def _skipped_by_type(item: Skipped) -> bool:
+    return item.reason == NOT_AN_IMAGE and item.detail.endswith(("not read as pictures", "(.jpg, .png, ...)"))
+
+
 def _report_skips(report: Report) -> None:
-    unusable = [s for s in report.skipped if s.reason not in (HIDDEN, MACOS_METADATA)]
+    # Files that were never meant as pictures (a README, .DS_Store) are listed but not warned of.
+    unusable = [s for s in report.skipped if s.reason not in (HIDDEN, MACOS_METADATA) and not _skipped_by_type(s)]
     if unusable:
         reasons = Counter(s.reason for s in unusable)
         summary = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
