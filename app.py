@@ -8,6 +8,7 @@ st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide"
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/data.py", title="Data", icon="🗂️"),
 ]
 
 navigation = st.navigation(PAGES)

@@ -1,0 +1,178 @@
+"""Pictures of a data report for the Data page: counts chart, thumbnails, problems, the split.
+
+Only presentation lives here; the report itself comes from :func:`transfer.data.check_dataset`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from transfer.data import TRAIN, VAL, Report, check_dataset
+from transfer.images import ImageError, thumbnail, to_array
+
+THUMBNAIL_PIXELS = 96
+THUMBNAILS_PER_CLASS = 8
+_SPLIT_COLOURS = {TRAIN: "#4C78A8", VAL: "#F58518"}
+_DUPLICATE_TITLES = {
+    "conflicting_labels": "filed under two or more classes",
+    "leakage": "in both training and validation",
+    "within_class": "repeated within one class",
+}
+
+
+@st.cache_data(max_entries=16, show_spinner="Checking the pictures…")
+def checked_report(source: str, val_fraction: float, seed: int, signature: str) -> Report:
+    """The report for ``source``; ``signature`` (see ``content_signature``) makes a changed folder re-checked.
+
+    Kept per source, split and content, so moving a slider back, or any rerun, reads no picture again.
+    """
+    return check_dataset(source, val_fraction=val_fraction, seed=seed)
+
+
+@st.cache_data(max_entries=2000, show_spinner=False)
+def thumbnail_array(path: str, version: str, size: int = THUMBNAIL_PIXELS) -> np.ndarray | None:
+    """A small RGB copy of the picture at ``path``; ``version`` (content hash or mtime) keys the cache."""
+    try:
+        return to_array(thumbnail(path, size))
+    except ImageError:
+        return None
+
+
+def render_problems(report: Report) -> None:
+    """Blocking errors first (they stop training), then warnings, each as its own sentence."""
+    for error in report.errors:
+        st.error(error, icon="⛔")
+    for warning in report.warnings:
+        st.warning(warning, icon="⚠️")
+    if report.ok:
+        st.success(
+            f"{report.total_images} pictures in {len(report.classes)} classes are ready for training.", icon="✅"
+        )
+    else:
+        st.info("Fix the problems above, then the data set can be used for training.", icon="ℹ️")
+
+
+def render_summary(report: Report) -> None:
+    columns = st.columns(4)
+    columns[0].metric("Classes", len(report.classes))
+    columns[1].metric("Pictures", report.total_images)
+    columns[2].metric("Left out", len(report.skipped))
+    balance = report.imbalance.get("ratio")
+    columns[3].metric("Largest / smallest class", f"{balance:.1f}x" if balance else "–")
+    details = []
+    if report.sizes:
+        s = report.sizes
+        details.append(
+            f"Sizes from {s['min_width']} x {s['min_height']} to {s['max_width']} x {s['max_height']} pixels "
+            f"(median {s['median_width']} x {s['median_height']})."
+        )
+    if report.modes:
+        details.append("Colour modes: " + ", ".join(f"{mode} {n}" for mode, n in report.modes.items()) + ".")
+    if report.formats:
+        details.append("Formats: " + ", ".join(f"{fmt} {n}" for fmt, n in report.formats.items()) + ".")
+    if details:
+        st.caption(" ".join(details))
+
+
+def counts_table(report: Report) -> list[dict]:
+    return [
+        {"Class": name, "Training": row[TRAIN], "Validation": row[VAL], "Total": row[TRAIN] + row[VAL]}
+        for name, row in report.counts.items()
+    ]
+
+
+def counts_chart(report: Report) -> go.Figure:
+    """Pictures per class, training and validation stacked."""
+    classes = list(report.counts)
+    figure = go.Figure()
+    for split, title in ((TRAIN, "Training"), (VAL, "Validation")):
+        figure.add_bar(
+            name=title, x=classes, y=[report.counts[name][split] for name in classes], marker_color=_SPLIT_COLOURS[split]
+        )
+    figure.update_layout(
+        barmode="stack",
+        height=300,
+        margin=dict(l=10, r=10, t=30, b=10),
+        yaxis_title="pictures",
+        legend=dict(orientation="h", y=1.12),
+    )
+    return figure
+
+
+def render_counts(report: Report) -> None:
+    if not report.counts:
+        return
+    chart, table = st.columns([3, 2])
+    with chart:
+        st.plotly_chart(counts_chart(report))
+    with table:
+        st.table(counts_table(report))
+
+
+def split_description(report: Report) -> str:
+    if report.split == "given":
+        return "The validation pictures come from the data set's own validation folder."
+    return (
+        f"{report.val_fraction:.0%} of each class is set aside for validation, drawn with seed {report.seed}; "
+        "copies of one picture always land on the same side."
+    )
+
+
+def render_thumbnails(report: Report) -> None:
+    """A few small pictures per class, so a mislabelled folder shows at a glance."""
+    if report.dataset is None:
+        return
+    by_class: dict[str, list] = defaultdict(list)
+    for sample in report.dataset.samples:
+        if len(by_class[sample.label]) < THUMBNAILS_PER_CLASS:
+            by_class[sample.label].append(sample)
+    for name in report.dataset.classes:
+        pictures = [thumbnail_array(str(s.path), s.sha256) for s in by_class[name]]
+        pictures = [p for p in pictures if p is not None]
+        st.markdown(f"**{name}**")
+        if pictures:
+            st.image(pictures, width=THUMBNAIL_PIXELS)
+
+
+def render_skipped(report: Report) -> None:
+    if not report.skipped:
+        return
+    with st.expander(f"{len(report.skipped)} file(s) left out, and why"):
+        st.dataframe(
+            [{"File": s.path, "Reason": s.reason, "Detail": s.detail} for s in report.skipped],
+            hide_index=True,
+        )
+
+
+def render_duplicates(report: Report) -> None:
+    if not report.duplicates:
+        return
+    with st.expander(f"{len(report.duplicates)} group(s) of identical pictures"):
+        rows = [
+            {"Copies": ", ".join(group.files), "Problem": _DUPLICATE_TITLES.get(group.kind, group.kind)}
+            for group in report.duplicates
+        ]
+        st.dataframe(rows, hide_index=True)
+
+
+def picture_grid(pictures: list[Path], on_remove, *, columns: int = 8, limit: int = 48, key: str) -> None:
+    """Thumbnails with a remove button under each; ``on_remove(file_name)`` runs on click."""
+    shown = pictures[-limit:]
+    for start in range(0, len(shown), columns):
+        cells = st.columns(columns)
+        for cell, path in zip(cells, shown[start : start + columns]):
+            stat = path.stat()
+            array = thumbnail_array(str(path), f"{stat.st_size}:{stat.st_mtime_ns}", 72)
+            with cell:
+                if array is not None:
+                    st.image(array, width=72)
+                st.button(
+                    "✕", key=f"{key}:{path.name}", help=f"Remove {path.name}", on_click=on_remove, args=(path.name,)
+                )
+    if len(pictures) > limit:
+        st.caption(f"The latest {limit} of {len(pictures)} pictures are shown.")
