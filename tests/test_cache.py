@@ -105,6 +105,14 @@ def test_damaged_disk_entry_is_decoded_again(samples):
     assert DecodedImageCache().get(samples[0], 24).shape[0] == 24  # the entry was rewritten
 
 
+def test_copies_are_decoded_once(tmp_path, samples):
+    copies = [Sample(tmp_path / f"missing{i}.png", "a", "train", samples[0].sha256) for i in range(3)]
+    cache = DecodedImageCache()
+    arrays = cache.decode_all([samples[0], *copies, samples[1]], 24)
+    assert cache.decoded == 2 and len(arrays) == 5
+    assert all(a is arrays[0] for a in arrays[:4]) and arrays[4] is not arrays[0]
+
+
 def test_progress_reports_every_picture(samples):
     calls = []
     DecodedImageCache().decode_all(samples, 16, progress=lambda done, total: calls.append((done, total)))

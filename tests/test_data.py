@@ -78,6 +78,8 @@ def test_folder_of_class_folders(tiny_dataset):
     dataset = report.dataset
     assert len(dataset.train) == 24 and len(dataset.val) == 6
     assert dataset.label_index("green") == 1
+    assert [len(group) for group in dataset.by_class("val").values()] == [2, 2, 2]
+    assert list(dataset.by_class()) == ["blue", "green", "red"]
     assert all(sample.path.is_file() and len(sample.sha256) == 64 for sample in dataset.samples)
 
 

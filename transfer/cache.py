@@ -89,21 +89,26 @@ class DecodedImageCache:
     ) -> list[np.ndarray]:
         """``get`` for many samples in parallel threads, in the order given.
 
-        ``progress(done, total)`` is called from the calling thread after each picture, so a
-        progress bar (or a Streamlit element) may be updated from it.
+        ``progress(done, total)`` is called from the calling thread after each distinct picture
+        (``total`` counts distinct contents), so a progress bar or a Streamlit element may be
+        updated from it.
         """
         samples = list(samples)
-        total = len(samples)
-        results: list[np.ndarray | None] = [None] * total
+        # Copies of one picture (same content hash) are decoded once, not once per thread.
+        first_of: dict[str, Sample] = {}
+        for sample in samples:
+            first_of.setdefault(sample.sha256, sample)
+        total = len(first_of)
+        by_hash: dict[str, np.ndarray] = {}
         if progress:
             progress(0, total)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            futures = {pool.submit(self.get, sample, short_side): index for index, sample in enumerate(samples)}
+            futures = {pool.submit(self.get, sample, short_side): sha for sha, sample in first_of.items()}
             for done, future in enumerate(as_completed(futures), start=1):
-                results[futures[future]] = future.result()
+                by_hash[futures[future]] = future.result()
                 if progress:
                     progress(done, total)
-        return results  # type: ignore[return-value]
+        return [by_hash[sample.sha256] for sample in samples]
 
     def clear_memory(self) -> None:
         """Forget the in-memory copies (the disk copies stay)."""

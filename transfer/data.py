@@ -89,6 +89,14 @@ class Dataset:
     def label_index(self, label: str) -> int:
         return self.classes.index(label)
 
+    def by_class(self, split: str | None = None) -> dict[str, list[Sample]]:
+        """Samples grouped by class in class order, optionally of one split only."""
+        groups: dict[str, list[Sample]] = {name: [] for name in self.classes}
+        for sample in self.samples:
+            if split is None or sample.split == split:
+                groups[sample.label].append(sample)
+        return groups
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per class and split: ``{class: {"train": n, "val": n}}``."""
         table = {name: {TRAIN: 0, VAL: 0} for name in self.classes}
@@ -232,7 +240,8 @@ def check_dataset(
 
     ``source`` is a folder, a ``.zip`` file or the bytes of a zip. Zips are extracted into
     ``workdir`` (default: a folder named after the zip's content hash in the data cache, so
-    checking the same zip twice extracts it once).
+    checking the same zip twice extracts it once; a web session passes its own private
+    folder instead). ``max_pixels`` caps each picture's size (decompression bombs).
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"The validation fraction must be between 0 and 1 (exclusive), not {val_fraction}.")
