@@ -102,3 +102,19 @@ def save_draft_config(settings: dict) -> None:
 
 def forget_dataset() -> None:
     (workspace() / _DATASET_FILE).unlink(missing_ok=True)
+
+
+_COMPARISON_FILE = "comparison.json"
+
+
+def remember_comparison(run_ids: list[str]) -> None:
+    """The runs started together by "Compare the three methods", for the overlay's default."""
+    atomic_write_json(workspace() / _COMPARISON_FILE, {"runs": list(run_ids)})
+
+
+def last_comparison() -> list[str]:
+    path = workspace() / _COMPARISON_FILE
+    try:
+        return list(json.loads(path.read_text()).get("runs", []))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return []

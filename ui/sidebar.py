@@ -21,6 +21,13 @@ def device_description() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+@st.cache_resource
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def render() -> None:
     with st.sidebar:
         st.caption(f"Device: **{device_description()}**")

@@ -1,0 +1,200 @@
+"""Train: start runs, watch them live, stop them, and compare the three methods on one chart.
+
+Training happens in worker processes; this page only reads run folders. Leaving the page,
+closing the tab or refreshing never stops a run, and ``?run=<id>`` in the URL brings the
+page back to the run it was showing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from transfer.config import TrainConfig
+from transfer.errors import TransferError
+from transfer.methods import METHODS
+from transfer.runs import ACTIVE_STATES, FINISHED, find_run, list_runs
+from ui import charts, reports, session
+
+RUN_PARAM = "run"
+STATE_ICONS = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌", "cancelled": "⏹️",
+               "interrupted": "⚠️"}
+
+st.title("Train")
+manager = session.job_manager()
+
+
+# ----------------------------------------------------------------------------- starting runs
+
+
+def chosen_config() -> TrainConfig | None:
+    """The settings from the Configure page, applied to the chosen data set and its split."""
+    choice, draft = session.chosen_dataset(), session.draft_config()
+    if choice is None or not draft:
+        return None
+    report = reports.chosen_report(choice)
+    if not report.ok or report.dataset is None:
+        st.error("The chosen data set has problems to fix first: " + " ".join(report.errors))
+        return None
+    settings = {k: v for k, v in draft.items() if k != "dataset_name"}
+    return TrainConfig.from_dict({**settings, "dataset": report.dataset.to_dict()})
+
+
+def start(configs: list[TrainConfig]) -> None:
+    runs = [manager.submit(config.to_dict()) for config in configs]
+    st.query_params[RUN_PARAM] = runs[0].id
+    if len(runs) > 1:
+        session.remember_comparison([run.id for run in runs])
+    st.rerun()
+
+
+try:
+    config = chosen_config()
+except TransferError as error:
+    st.error(str(error))
+    config = None
+
+if config is None:
+    st.info("Choose a data set and settings first; the defaults are a good start.")
+    st.page_link("pages/configure.py", label="Go to Configure", icon="⚙️")
+else:
+    st.markdown(f"**{METHODS[config.method].title}** of **{config.backbone}** for {config.epochs} epochs, "
+                f"batch {config.batch_size}, learning rate {config.lr:g}.")
+    left, right = st.columns(2)
+    if left.button("Start training", type="primary", icon="🚀"):
+        start([config])
+    if right.button("Compare the three methods", icon="⚖️",
+                    help="Trains feature transfer, fine-tuning and training from scratch on the same "
+                         "pictures and split, one after another, each with its own default settings."):
+        shared = {"dataset": config.dataset, "backbone": config.backbone, "seed": config.seed,
+                  "image_size": config.image_size}
+        start([TrainConfig.for_method(name, **shared) for name in METHODS])
+
+
+# ----------------------------------------------------------------------------- the shown run
+
+
+def shown_run():
+    runs = list_runs(session.runs_dir())
+    wanted = st.query_params.get(RUN_PARAM)
+    if wanted:
+        try:
+            return find_run(session.runs_dir(), wanted)
+        except TransferError:
+            st.warning("The run in this link does not belong to this session (or no longer exists).")
+    return runs[0] if runs else None
+
+
+@st.fragment(run_every=1.5)
+def live_view(run_id: str) -> None:
+    run = find_run(session.runs_dir(), run_id)
+    status = run.status()
+    state = status["state"]
+    st.subheader(f"{STATE_ICONS.get(state, '')} Run `{run.id}`: {state}")
+    st.caption(f"{run.config.get('method')} · {run.config.get('backbone')}")
+    epochs = status.get("epochs") or run.config.get("epochs") or 1
+    epoch, step, steps = status.get("epoch") or 0, status.get("step") or 0, status.get("steps") or 0
+    done = (epoch + (step / steps if steps and state == "running" else 0)) / epochs
+    if state == "queued":
+        place = status.get("queue_position")
+        st.progress(0.0, text="Waiting for the device" + (f": place {place} in the queue." if place else "."))
+    else:
+        label = f"Epoch {epoch}/{epochs}" + (f", step {step}/{steps}" if steps and state == "running" else "")
+        if status.get("eta") is not None and state == "running":
+            label += f", about {status['eta']:.0f} s left"
+        if status.get("images_per_s"):
+            label += f", {status['images_per_s']:.0f} pictures/s"
+        st.progress(min(1.0, done if state != FINISHED else 1.0), text=label)
+    metrics = st.columns(3)
+    metrics[0].metric("Validation accuracy", _percent(status.get("val_accuracy")))
+    metrics[1].metric("Best so far", _percent(status.get("best_val_accuracy")))
+    metrics[2].metric("Training time", f"{status.get('elapsed') or run.summary().get('seconds') or 0:.0f} s")
+    if status.get("message") and state not in ("running", "queued"):
+        (st.error if state == "failed" else st.info)(status["message"])
+    history = run.epoch_history()
+    steps_now = [e for e in run.events("step") if e.get("epoch") == epoch + 1] if state == "running" else []
+    if history or steps_now:
+        st.plotly_chart(charts.training_curves(history, steps_now), key=f"curves_{run.id}")
+    if state in ACTIVE_STATES:
+        if st.button("Stop", icon="⏹️", key=f"stop_{run.id}", help="Stops after the current step; "
+                     "the last finished epoch is kept."):
+            manager.cancel(run.id)
+            st.rerun(scope="fragment")
+    elif state in ("interrupted", "cancelled", "failed") and run.checkpoint_path.exists():
+        if st.button("Resume", icon="▶️", key=f"resume_{run.id}"):
+            manager.resume(run.id)
+            st.rerun(scope="fragment")
+    with st.expander("Event log"):
+        log = [e for e in run.events() if e.get("type") != "step"][-30:]
+        st.code("\n".join(_describe(e) for e in log) or "No events yet.", language=None)
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _describe(event: dict) -> str:
+    moment = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
+    details = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in event.items() if k not in ("time", "type") and not isinstance(v, (list, dict)))
+    return f"{moment} {event.get('type')}: {details}"
+
+
+run = shown_run()
+if run is not None:
+    st.query_params[RUN_PARAM] = run.id
+    live_view(run.id)
+
+
+# ----------------------------------------------------------------------------- runs and comparison
+
+
+@st.fragment(run_every=3)
+def runs_table() -> None:
+    runs = list_runs(session.runs_dir())
+    if not runs:
+        return
+    st.subheader("This session's runs")
+    rows = []
+    for item in runs:
+        summary = item.summary()
+        rows.append({"run": summary["id"], "state": f"{STATE_ICONS.get(summary['state'], '')} {summary['state']}",
+                     "method": summary["method"], "backbone": summary["backbone"],
+                     "best accuracy": summary["best_val_accuracy"], "seconds": summary["seconds"]})
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={"best accuracy": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent")})
+    ids = [r["run"] for r in rows]
+    chosen = st.selectbox("Show run", ids, index=ids.index(run.id) if run and run.id in ids else 0, key="show_run")
+    if run is None or chosen != run.id:
+        if st.button("Show", key="show_button"):
+            st.query_params[RUN_PARAM] = chosen
+            st.rerun()
+    comparison_view(runs)
+
+
+def comparison_view(runs) -> None:
+    ended_or_running = [r for r in runs if r.epoch_history()]
+    if len(ended_or_running) < 2:
+        return
+    st.subheader("Compare runs")
+    labels = {r.id: f"{r.config.get('method')} · {r.config.get('backbone')} · {r.id[-6:]}" for r in ended_or_running}
+    default = [i for i in session.last_comparison() if i in labels] or list(labels)[:3]
+    picked = st.multiselect("Runs to overlay", list(labels), default=default, format_func=labels.get, key="compare_pick")
+    if not picked:
+        return
+    by_id = {r.id: r for r in ended_or_running}
+    series = {labels[i]: by_id[i].epoch_history() for i in picked}
+    axis = st.radio("Horizontal axis", ["epoch", "elapsed"], horizontal=True, key="compare_axis",
+                    format_func=lambda a: "epochs" if a == "epoch" else "seconds of training")
+    st.plotly_chart(charts.compare_curves(series, axis), key="compare_chart")
+    table = []
+    for run_id in picked:
+        summary = by_id[run_id].summary()
+        table.append({"run": labels[run_id], "state": summary["state"], "best accuracy": summary["best_val_accuracy"],
+                      "seconds": summary["seconds"]})
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"best accuracy": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent")})
+
+
+runs_table()

@@ -1,0 +1,53 @@
+"""The Configure page: catalogue, method with a recommendation, defaults, estimate, draft kept."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+
+from apptools import open_app
+from transfer.paths import home
+
+
+@pytest.fixture
+def session_with_data(tiny_dataset):
+    token = secrets.token_urlsafe(24)
+    workspace = home() / "sessions" / token
+    workspace.mkdir(parents=True)
+    (workspace / "dataset.json").write_text(json.dumps({"source": str(tiny_dataset), "name": "tiny", "val_fraction": 0.2, "seed": 0}))
+    return token, workspace
+
+
+def test_without_data_the_page_points_to_the_data_page():
+    app = open_app("pages/configure.py")
+    assert not app.exception
+    assert "Choose a data set first" in app.info[0].value
+
+
+def test_defaults_recommendation_and_estimate(session_with_data):
+    token, workspace = session_with_data
+    app = open_app("pages/configure.py", token=token)
+    assert not app.exception, app.exception
+    assert app.selectbox(key="backbone").value == "efficientnet_lite0"
+    assert app.radio(key="method").value == "features"  # 8 pictures per class on a CPU
+    assert "Recommended here" in app.info[0].value
+    assert app.number_input(key="epochs_features").value == 30
+    assert "Estimated time" in app.metric[0].label
+    draft = json.loads((workspace / "draft_config.json").read_text())
+    assert draft["backbone"] == "efficientnet_lite0" and draft["method"] == "features" and draft["epochs"] == 30
+
+
+def test_switching_method_switches_defaults_and_offline_backbones_cannot_be_picked(session_with_data):
+    token, workspace = session_with_data
+    app = open_app("pages/configure.py", token=token)
+    options = app.selectbox(key="backbone").options
+    assert options[:3] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert "resnet18" not in options  # offline and not cached
+    app.radio(key="method").set_value("finetune").run()
+    assert not app.exception, app.exception
+    assert app.number_input(key="epochs_finetune").value == 8
+    app.number_input(key="epochs_finetune").set_value(3).run()
+    draft = json.loads((workspace / "draft_config.json").read_text())
+    assert draft["method"] == "finetune" and draft["epochs"] == 3 and draft["train_blocks"] is None

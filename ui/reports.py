@@ -1,0 +1,47 @@
+"""Cached engine calls that several pages share, so a rerun never re-scans or re-measures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from transfer.data import Report, check_dataset
+
+
+@st.cache_data(show_spinner="Checking the pictures ...", max_entries=16)
+def dataset_report(source: str, val_fraction: float, seed: int, version: float) -> Report:
+    """The validation report of a data set; ``version`` (the source's mtime) invalidates it."""
+    return check_dataset(source, val_fraction=val_fraction, seed=seed)
+
+
+def chosen_report(choice: dict) -> Report:
+    source = Path(choice["source"])
+    return dataset_report(str(source), float(choice["val_fraction"]), int(choice["seed"]), _version(source))
+
+
+def _version(source: Path) -> float:
+    """Latest change under ``source``: a folder's mtime moves whenever a file in it is added or removed."""
+    if not source.exists():
+        return 0.0
+    if source.is_file():
+        return source.stat().st_mtime
+    return max((Path(root).stat().st_mtime for root, _, _ in os.walk(source)), default=0.0)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def catalogue_rows(search: str = "") -> list[dict]:
+    """The backbone catalogue as table rows, bundled backbones first."""
+    from transfer.backbones import list_backbones
+
+    return [entry.to_dict() for entry in list_backbones(search or None, timm_limit=20)]
+
+
+@st.cache_data(show_spinner="Measuring this machine's speed ...", max_entries=32)
+def forward_seconds(backbone: str, image_size: int) -> float:
+    """Seconds per picture for one forward pass of ``backbone`` here (random weights suffice)."""
+    from transfer.backbones import load_backbone
+    from transfer.estimate import measure_forward_seconds
+
+    return measure_forward_seconds(load_backbone(backbone, pretrained=False), image_size)
