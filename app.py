@@ -9,6 +9,8 @@ st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide"
 PAGES = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
     st.Page("pages/data.py", title="Data", icon="🗂️"),
+    st.Page("pages/configure.py", title="Configure", icon="⚙️"),
+    st.Page("pages/train.py", title="Train", icon="🚀"),
 ]
 
 navigation = st.navigation(PAGES)
