@@ -35,8 +35,8 @@ def _stop_leftover_workers(root) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def demo(epochs=3, epoch_seconds=0.3, **extra) -> dict:
-    return {"job": "demo", "epochs": epochs, "epoch_seconds": epoch_seconds, "steps_per_epoch": 3, **extra}
+def demo(epochs=3, epoch_seconds=0.3, steps=3, **extra) -> dict:
+    return {"job": "demo", "epochs": epochs, "epoch_seconds": epoch_seconds, "steps_per_epoch": steps, **extra}
 
 
 def wait_until(predicate, what: str, timeout: float = WAIT):
@@ -51,17 +51,20 @@ def wait_until(predicate, what: str, timeout: float = WAIT):
 
 def test_two_jobs_run_one_after_the_other_and_the_second_knows_its_place(home):
     manager = JobManager(home / "runs", max_parallel=1)
-    first = manager.submit(demo(epochs=3))
+    first = manager.submit(demo(epochs=4, epoch_seconds=0.5))
     second = manager.submit(demo(epochs=2))
-    wait_until(lambda: first.state == "running", "the first run to start")
-    wait_until(lambda: second.status().get("queue_position") == 1, "the second run to be next in line")
-    assert second.state == "queued"
+
+    def second_is_next_while_first_runs():
+        waiting = second.status()
+        return waiting["state"] == "queued" and waiting.get("queue_position") == 1 and first.state == "running"
+
+    wait_until(second_is_next_while_first_runs, "the second run to be next in line while the first runs")
 
     assert manager.wait(first, timeout=WAIT)["state"] == "finished"
     assert manager.wait(second, timeout=WAIT)["state"] == "finished"
     a, b = first.status(), second.status()
     assert b["started_at"] >= a["ended_at"]  # never both training at once
-    assert (a["epoch"], b["epoch"]) == (3, 2)
+    assert (a["epoch"], b["epoch"]) == (4, 2)
     assert "queue_position" not in b
     assert [e["epoch"] for e in second.epoch_history()] == [1, 2]
     assert [e["state"] for e in second.events("end")] == ["finished"]
@@ -70,10 +73,11 @@ def test_two_jobs_run_one_after_the_other_and_the_second_knows_its_place(home):
 
 def test_two_slots_let_two_jobs_train_together(home):
     manager = JobManager(home / "runs", max_parallel=2)
-    runs = [manager.submit(demo(epochs=4)) for _ in range(2)]
+    runs = [manager.submit(demo(epochs=50)) for _ in range(2)]
     wait_until(lambda: all(r.state == "running" for r in runs), "both runs running at the same time")
     for run in runs:
-        assert manager.wait(run, timeout=WAIT)["state"] == "finished"
+        manager.cancel(run)
+        assert manager.wait(run, timeout=WAIT)["state"] == "cancelled"
 
 
 def test_cancel_a_running_job_keeps_its_last_finished_epoch(home):
@@ -108,8 +112,8 @@ def test_cancel_a_queued_job_takes_effect_at_once(home):
 
 def test_a_killed_worker_is_interrupted_and_resumes_from_its_last_finished_epoch(home):
     manager = JobManager(home / "runs")
-    run = manager.submit(demo(epochs=4, epoch_seconds=0.6))
-    # Kill it after the first step of the second epoch: mid-epoch, two steps before its end.
+    run = manager.submit(demo(epochs=4, epoch_seconds=0.9, steps=6))
+    # Kill it after the first step of the second epoch: mid-epoch, five steps before its end.
     wait_until(lambda: any(e["epoch"] == 2 for e in run.events("step")), "the second epoch")
     pid = run.status()["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -153,7 +157,7 @@ def test_a_dead_queued_worker_leaves_the_queue(home):
 def test_browser_sessions_with_their_own_runs_folders_share_one_queue(home):
     alice = JobManager(home / "runs-alice", max_parallel=1)
     bob = JobManager(home / "runs-bob", max_parallel=1)
-    a = alice.submit(demo(epochs=3))
+    a = alice.submit(demo(epochs=4, epoch_seconds=0.5))
     wait_until(lambda: a.state == "running", "alice's run to start")
     b = bob.submit(demo(epochs=1))
     wait_until(lambda: b.status().get("queue_position") == 1, "bob's run to wait behind alice's")
