@@ -455,6 +455,28 @@ def test_corrupt_entry_is_skipped_not_fatal(tmp_path):
     assert not (out / "a" / "bad.png").exists()
 
 
+def test_any_damage_to_a_compressed_entry_is_skipped_not_fatal(tmp_path):
+    """Random damage makes zlib, CRC and size errors alike; each must end as a reported skip."""
+    repetitive = b"".join(bytes([i % 7, i % 13, i % 29]) for i in range(20000))  # deflates well
+    archive = _write_zip(tmp_path / "z.zip", {"a/x.bmp": repetitive, "a/y.png": png_bytes(0, 4)})
+    info = zipfile.ZipFile(archive).getinfo("a/x.bmp")
+    start = info.header_offset + 30 + len(info.filename)
+    rng = np.random.default_rng(0)
+    details = []
+    for attempt in range(12):
+        data = bytearray(archive.read_bytes())
+        for position in rng.integers(start, start + info.compress_size, size=3):
+            data[position] = int(rng.integers(0, 256))
+        damaged = tmp_path / f"d{attempt}.zip"
+        damaged.write_bytes(bytes(data))
+        out = extract_zip(damaged, tmp_path / f"out{attempt}")
+        log = json.loads((out / ".transfer-skipped.json").read_text())
+        assert [(item["path"], item["reason"]) for item in log] == [("a/x.bmp", CORRUPT_ENTRY)]
+        assert (out / "a" / "y.png").is_file() and not (out / "a" / "x.bmp").exists()
+        details.append(log[0]["detail"])
+    assert any("decompressing" in d for d in details) and any("CRC" in d or "Bad" in d for d in details), details
+
+
 def test_hostile_folder_is_read_safely(tmp_path, write_class_folders):
     root = write_class_folders(tmp_path / "d", {"a": 4, "b": 4})
     (root / "a" / "truncated.jpg").write_bytes(jpeg_bytes(0, 9, size=(100, 100))[:300])

@@ -373,7 +373,7 @@ def _open_zip(path_or_bytes) -> zipfile.ZipFile:
         if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
             return zipfile.ZipFile(io.BytesIO(bytes(path_or_bytes)))
         return zipfile.ZipFile(path_or_bytes)
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - any damage to the directory means "not a readable zip"
         raise DataError(f"The archive cannot be read ({error}); make a new .zip of the folder and try again.") from None
 
 
@@ -460,13 +460,13 @@ def _extract_entry(archive, entry, target: Path, relative: str, budget: list[int
                 if budget[0] < 0:
                     raise DataError("The archive unpacks to more than the size limit; downscale the pictures or raise the limit.")
                 out.write(block)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
-        destination.unlink(missing_ok=True)
-        skipped.append(Skipped(entry.filename, CORRUPT_ENTRY, str(error)))
-        return False
     except DataError:
         destination.unlink(missing_ok=True)
         raise
+    except Exception as error:  # noqa: BLE001 - zlib, struct, CRC errors...: a damaged entry is skipped
+        destination.unlink(missing_ok=True)
+        skipped.append(Skipped(entry.filename, CORRUPT_ENTRY, str(error) or type(error).__name__))
+        return False
     return True
 
 

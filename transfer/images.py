@@ -8,6 +8,7 @@ animation, transparency composited on white and every colour mode turned into 8-
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +30,12 @@ SAFE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 #: 64 megapixels (e.g. 8000 x 8000) is above any phone photo and far below what would exhaust
 #: memory once decoded; larger pictures are skipped as possible decompression bombs.
 DEFAULT_MAX_PIXELS = 64_000_000
+
+# Damaged TIFF and EXIF metadata make Pillow warn once per file; the data report already
+# says which files are damaged, so these warnings would only bury it.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+# Our own pixel cap is checked before any decoding, so Pillow's milder bomb warning is noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # Short reasons, shared with the data report so the web page and the CLI can group skips.
 UNREADABLE = "unreadable"
@@ -290,7 +297,8 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     no agreed white: values already within 0..255 (or 0..1 for floats) are kept, anything
     else is stretched from its minimum to its maximum.
     """
-    values = np.asarray(image, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        values = np.asarray(image, dtype=np.float64)
     if image.mode.startswith("I;16"):
         scaled = values / 257.0
     else:
