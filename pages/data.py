@@ -120,6 +120,7 @@ def rename_class(old: str) -> None:
         uploads.rename_class(builder_folder(), old, st.session_state.get(f"class_name:{old}", old))
     except TransferError as error:
         notify("error", str(error))
+        st.session_state[f"class_name:{old}"] = old  # show the name the class still has
     use_builder()
 
 
@@ -192,9 +193,9 @@ def builder_tab() -> None:
 def class_card(name: str, pictures) -> None:
     with st.container(border=True):
         title, remove = st.columns([4, 1], vertical_alignment="bottom")
+        st.session_state.setdefault(f"class_name:{name}", name)
         title.text_input(
-            f"Class name ({len(pictures)} pictures)", value=name, key=f"class_name:{name}",
-            on_change=rename_class, args=(name,),
+            f"Class name ({len(pictures)} pictures)", key=f"class_name:{name}", on_change=rename_class, args=(name,)
         )
         remove.button("Remove class", key=f"remove_class:{name}", on_click=remove_class, args=(name,), icon="🗑️")
         files = st.file_uploader(
