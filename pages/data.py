@@ -277,11 +277,20 @@ def report_section() -> None:
 
 # --------------------------------------------------------------------------- the page
 
+
+def remember_tab() -> None:
+    st.session_state["data_source_tab_kept"] = st.session_state["data_source_tab"]
+
+
 st.title("Data")
 st.caption("Bring labelled pictures in; they are checked before any training. Your uploads stay in this session.")
 show_notices()
+# The tabs keep their state on the server, so the rerun after every upload or click (and a
+# visit to another page) comes back to the tab the user was working in.
+SOURCE_TABS = ["Zip file", "Folder", "Build class by class", "Demo data"]
 zip_source, folder_source, builder_source, demo_source = st.tabs(
-    ["Zip file", "Folder", "Build class by class", "Demo data"]
+    SOURCE_TABS, key="data_source_tab", default=st.session_state.get("data_source_tab_kept", SOURCE_TABS[0]),
+    on_change=remember_tab,
 )
 with zip_source:
     zip_tab()
