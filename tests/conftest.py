@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-HYMENOPTERA = Path("/work/shared/datasets/hymenoptera_data")
+# The ants/bees photos live beside the checkout (../shared), never inside it.
+HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera_data"
 
 # One base colour per class: different enough that even a linear head separates them.
 _CLASS_COLOURS = [(220, 40, 40), (40, 160, 60), (40, 70, 220), (230, 190, 30), (150, 50, 200), (30, 190, 200)]
