@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
+from PIL import ImageOps
 
 from transfer.data import TRAIN, VAL, Report, check_dataset
 from transfer.images import ImageError, thumbnail, to_array
@@ -36,9 +37,12 @@ def checked_report(source: str, val_fraction: float, seed: int, signature: str) 
 
 @st.cache_data(max_entries=2000, show_spinner=False)
 def thumbnail_array(path: str, version: str, size: int = THUMBNAIL_PIXELS) -> np.ndarray | None:
-    """A small RGB copy of the picture at ``path``; ``version`` (content hash or mtime) keys the cache."""
+    """A square RGB copy of the picture at ``path``, padded with white so rows line up.
+
+    ``version`` (content hash, or size and mtime) keys the cache, so a changed file is redrawn.
+    """
     try:
-        return to_array(thumbnail(path, size))
+        return to_array(ImageOps.pad(thumbnail(path, size), (size, size), color="white"))
     except ImageError:
         return None
 
