@@ -39,6 +39,13 @@ def demo(epochs=3, epoch_seconds=0.3, steps=3, **extra) -> dict:
     return {"job": "demo", "epochs": epochs, "epoch_seconds": epoch_seconds, "steps_per_epoch": steps, **extra}
 
 
+def kill_worker(pid: int) -> None:
+    """SIGKILL a worker and wait until it has fully exited (its locks released). The test
+    process started it, so it can collect it."""
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
 def wait_until(predicate, what: str, timeout: float = WAIT):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,8 +123,7 @@ def test_a_killed_worker_is_interrupted_and_resumes_from_its_last_finished_epoch
     # Kill it after the first step of the second epoch: mid-epoch, five steps before its end.
     wait_until(lambda: any(e["epoch"] == 2 for e in run.events("step")), "the second epoch")
     pid = run.status()["pid"]
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not pid_is_worker(pid), "the worker to die")
+    kill_worker(pid)
     assert run.state == "running"  # nothing was recorded by the dead worker
 
     restarted = JobManager(home / "runs")  # e.g. the web server after a restart
@@ -146,7 +152,7 @@ def test_a_dead_queued_worker_leaves_the_queue(home):
     last = manager.submit(demo())
     wait_until(lambda: first.state == "running", "the first run to start")
     wait_until(lambda: last.status().get("queue_position") == 2, "the third run to be second in line")
-    os.kill(doomed.status()["pid"], signal.SIGKILL)
+    kill_worker(doomed.status()["pid"])
     wait_until(lambda: last.status().get("queue_position") == 1, "the third run to move up")
     JobManager(home / "runs")
     assert doomed.state == "interrupted"
