@@ -1,0 +1,299 @@
+"""Backbone features, computed once per picture and view, cached on disk for every later run.
+
+With a frozen backbone (feature transfer) the expensive part of training is running the
+backbone; the head on top trains in milliseconds. So the vector that enters the head is
+stored under ``transfer.paths.cache_dir("features")``::
+
+    features/<key>/key.json              what the key stands for (human-readable)
+    features/<key>/<sha[:2]>/<sha>.npy   one float32 vector per picture
+
+``<key>`` hashes everything that changes the vector: the backbone, the identity of its
+weights, the preprocessing (size, crop, mean, std) and the view (``centre`` for the
+evaluation crop, ``<preset>:<n>`` for the n-th augmented view, whose crop and flip follow
+from the picture's hash alone). The picture itself is named by the SHA-256 of its file.
+Writes are atomic, so runs in other processes can share the cache at any time.
+
+The vector is whatever the model's (new) head receives, caught by a forward pre-hook on the
+head: this works for every architecture whose head :func:`transfer.heads.replace_head` found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from transfer import paths
+from transfer.augment import AugmentSpec, augment_batch, eval_batch, stack_squares, view_params
+from transfer.backbones import Preprocessing, get_backbone
+from transfer.cache import DecodedImageCache
+from transfer.data import Sample
+from transfer.devices import DeviceSetup, is_out_of_memory, release_cached_memory
+from transfer.heads import head_module
+
+CENTRE_VIEW = 0
+
+
+def weights_identity(backbone: str, pretrained: bool = True) -> str:
+    """A string that changes whenever the backbone's weights could have changed."""
+    entry = get_backbone(backbone)
+    if not pretrained:
+        return f"{entry.architecture}|random"
+    file = entry.weights_file() if entry.weights_file else None
+    stamp = ""
+    if file is not None:
+        stat = Path(file).stat()
+        stamp = f"{Path(file).name}|{stat.st_size}|{int(stat.st_mtime)}"
+    return f"{entry.architecture}|{entry.weights}|{stamp}"
+
+
+def view_name(view: int, augmentation: str) -> str:
+    return "centre" if view == CENTRE_VIEW else f"{augmentation}:{view}"
+
+
+def feature_key(backbone: str, prep: Preprocessing, view: int, augmentation: str) -> dict:
+    """Everything the cached vector depends on, as a JSON-friendly dict."""
+    return {
+        "backbone": backbone,
+        "weights": weights_identity(backbone),
+        "input_size": prep.input_size,
+        "resize_size": prep.resize_size,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "view": view_name(view, augmentation),
+        "version": 1,  # bump when the way features are computed changes
+    }
+
+
+class FeatureCache:
+    """The on-disk store of backbone features. ``hits`` and ``stored`` count vectors."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else paths.cache_dir("features")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.hits = 0
+        self.stored = 0
+
+    def folder(self, key: dict) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        folder = self.root / digest
+        if not (folder / "key.json").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            _atomic_write(folder / "key.json", json.dumps(key, indent=2, sort_keys=True).encode())
+        return folder
+
+    def load(self, folder: Path, sha256: str) -> np.ndarray | None:
+        try:
+            vector = np.load(folder / sha256[:2] / f"{sha256}.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if vector.dtype != np.float32 or vector.ndim != 1:
+            return None
+        self.hits += 1
+        return vector
+
+    def store(self, folder: Path, sha256: str, vector: np.ndarray) -> None:
+        target = folder / sha256[:2] / f"{sha256}.npy"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            buffer = _npy_bytes(np.ascontiguousarray(vector, dtype=np.float32))
+            _atomic_write(target, buffer)
+            self.stored += 1
+        except OSError:
+            pass  # a full disk costs speed next time, never this run's result
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    handle, temp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+class HeadInputCatcher:
+    """Runs a model and keeps what its head receives (the pooled backbone features)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._caught: torch.Tensor | None = None
+        self._hook = head_module(model).register_forward_pre_hook(self._catch)
+
+    def _catch(self, module, inputs):
+        self._caught = inputs[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.model(x)
+        caught, self._caught = self._caught, None
+        return caught.flatten(1).float()
+
+    def close(self) -> None:
+        self._hook.remove()
+
+
+@dataclass
+class ExtractionStats:
+    cached: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+ProgressFn = Callable[[int, int, float], None]  # (vectors done, vectors in all, seconds so far)
+
+
+def extract_features(
+    samples: list[Sample],
+    views: list[int],
+    *,
+    backbone: str,
+    prep: Preprocessing,
+    augmentation: str,
+    spec: AugmentSpec | None,
+    setup: DeviceSetup,
+    load_model: Callable[[], nn.Module],
+    batch_size: int = 64,
+    decoded: DecodedImageCache | None = None,
+    cache: FeatureCache | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_batch_shrink: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, ExtractionStats]:
+    """``(len(samples), len(views), dim)`` float32 features, computing only what the cache lacks.
+
+    ``load_model()`` is called only when something must be computed (a warm cache never loads
+    the backbone). Pictures are decoded in background threads while the backbone works on
+    the previous batch.
+    """
+    cache = cache or FeatureCache()
+    stats = ExtractionStats()
+    started = time.perf_counter()
+    folders = [cache.folder(feature_key(backbone, prep, view, augmentation)) for view in views]
+    found: dict[tuple[int, int], np.ndarray] = {}
+    missing: list[int] = []  # sample indices with at least one view to compute
+    for index, sample in enumerate(samples):
+        lacking = False
+        for slot, folder in enumerate(folders):
+            vector = cache.load(folder, sample.sha256)
+            if vector is None:
+                lacking = True
+            else:
+                found[(index, slot)] = vector
+        if lacking:
+            missing.append(index)
+    stats.cached = len(found)
+    total = len(samples) * len(views)
+    if progress:
+        progress(len(found), total, time.perf_counter() - started)
+
+    if missing:
+        decoded = decoded or DecodedImageCache()
+        catcher = HeadInputCatcher(load_model())
+        try:
+            _compute_missing(samples, missing, views, folders, found, catcher, prep, augmentation, spec, setup,
+                             batch_size, decoded, cache, stats, total, started, progress, should_stop,
+                             on_batch_shrink)
+        finally:
+            catcher.close()
+
+    dim = next(iter(found.values())).shape[0] if found else 0
+    features = torch.empty(len(samples), len(views), dim, dtype=torch.float32)
+    for (index, slot), vector in found.items():
+        features[index, slot] = torch.from_numpy(vector)
+    stats.seconds = time.perf_counter() - started
+    return features, stats
+
+
+def _compute_missing(samples, missing, views, folders, found, catcher, prep, augmentation, spec, setup,
+                     batch_size, decoded, cache, stats, total, started, progress, should_stop, on_batch_shrink):
+    from transfer.runs import Cancelled
+
+    side = prep.resize_size
+    model = catcher.model.to(setup.device, memory_format=setup.memory_format()).eval()
+    chunks = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
+
+    def decode(chunk: list[int]) -> tuple[torch.Tensor, float]:
+        begun = time.perf_counter()
+        arrays = decoded.decode_all([samples[i] for i in chunk], side)
+        return stack_squares(arrays, side), time.perf_counter() - begun
+
+    with ThreadPoolExecutor(max_workers=1) as prefetcher:
+        pending = prefetcher.submit(decode, chunks[0])
+        for number, chunk in enumerate(chunks):
+            bank, decode_seconds = pending.result()
+            stats.decode_seconds += decode_seconds
+            if number + 1 < len(chunks):
+                pending = prefetcher.submit(decode, chunks[number + 1])
+            if should_stop and should_stop():
+                raise Cancelled()
+            bank = bank.to(setup.device)
+            for slot, view in enumerate(views):
+                todo = [k for k, index in enumerate(chunk) if (index, slot) not in found]
+                if not todo:
+                    continue
+                vectors = _forward_in_pieces(catcher, bank[todo], [samples[chunk[k]].sha256 for k in todo],
+                                             view, prep, spec, setup, on_batch_shrink)
+                for k, vector in zip(todo, vectors):
+                    sha = samples[chunk[k]].sha256
+                    found[(chunk[k], slot)] = vector
+                    cache.store(folders[slot], sha, vector)
+                    stats.computed += 1
+            if progress:
+                progress(len(found), total, time.perf_counter() - started)
+
+
+def _forward_in_pieces(catcher, images, hashes, view, prep, spec, setup, on_batch_shrink) -> list[np.ndarray]:
+    """Features of a batch; on out-of-memory, halves the piece size until it fits."""
+    piece = images.shape[0]
+    while True:
+        try:
+            out = []
+            for start in range(0, images.shape[0], piece):
+                out.append(_forward(catcher, images[start : start + piece], hashes[start : start + piece],
+                                    view, prep, spec, setup))
+            vectors = torch.cat(out).cpu().numpy()
+            return [vectors[i] for i in range(vectors.shape[0])]
+        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled
+            if not is_out_of_memory(error) or piece == 1:
+                raise
+            release_cached_memory(setup)
+            piece = max(1, piece // 2)
+            if on_batch_shrink:
+                on_batch_shrink(piece)
+
+
+def _forward(catcher, images, hashes, view, prep, spec, setup) -> torch.Tensor:
+    with torch.inference_mode(), setup.autocast():
+        if view == CENTRE_VIEW or spec is None:
+            x = eval_batch(images, prep)
+        else:
+            x = augment_batch(images, prep, spec, params=view_params(hashes, view, spec))
+        x = x.contiguous(memory_format=setup.memory_format())
+        return catcher(x)

@@ -1,0 +1,70 @@
+"""Rebuild a trained model from its run directory, for prediction, export and explanations.
+
+A finished run holds ``model.json`` (what to build) and ``model.safetensors`` (the weights).
+Nothing here unpickles anything: weights come from safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from transfer.backbones import Preprocessing, load_backbone
+from transfer.errors import TransferError
+
+MODEL_INFO_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ModelNotReady(TransferError):
+    """The run has no trained model (yet)."""
+
+
+def read_model_info(run_dir: Path | str) -> dict:
+    path = Path(run_dir) / MODEL_INFO_FILE
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelNotReady(f"{Path(run_dir)} has no {MODEL_INFO_FILE}: it is not a trained run, or its training "
+                            "has not started yet.") from None
+    except json.JSONDecodeError:
+        raise ModelNotReady(f"{path} is damaged; train the model again.") from None
+    if not isinstance(info, dict) or info.get("format") != 1:
+        raise ModelNotReady(f"{path} was written by another version of Transfer Studio; train the model again.")
+    return info
+
+
+def preprocessing_from_info(info: dict) -> Preprocessing:
+    p = info["preprocessing"]
+    return Preprocessing(int(p["input_size"]), tuple(p["mean"]), tuple(p["std"]), p.get("interpolation", "bilinear"),
+                         float(p["crop_pct"]))
+
+
+def build_model(info: dict) -> nn.Module:
+    """The architecture of a trained run with its new head, with random weights."""
+    from transfer.heads import replace_head
+
+    model = load_backbone(info["backbone"], pretrained=False)
+    head = info.get("head") or {}
+    replace_head(model, int(info["num_classes"]), dropout=float(head.get("dropout") or 0.0), hidden=head.get("hidden"))
+    return model
+
+
+def load_trained_model(run_dir: Path | str) -> tuple[nn.Module, list[str], Preprocessing]:
+    """``(model in eval mode on the CPU, class labels in output order, preprocessing)``."""
+    from safetensors.torch import load_file
+
+    info = read_model_info(run_dir)
+    weights = Path(run_dir) / info.get("weights", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ModelNotReady(f"{Path(run_dir)} has no trained weights yet: wait until its first epoch has finished.")
+    model = build_model(info)
+    try:
+        state = load_file(str(weights))
+    except Exception as error:
+        raise ModelNotReady(f"The weights in {weights} cannot be read ({error}); train the model again.") from error
+    model.load_state_dict(state)
+    model.eval()
+    return model, list(info["classes"]), preprocessing_from_info(info)
