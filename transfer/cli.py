@@ -328,10 +328,133 @@ def _print_check_report(report, max_skipped: int) -> None:
     print("ready to train." if report.ok else "not ready: fix the errors above, then check again.")
 
 
+# --------------------------------------------------------------------------- train
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on a folder or zip of labelled pictures")
+    p.add_argument("data", metavar="DATA", help="folder of class folders, folder with train/ and val/, or a .zip")
+    p.add_argument("--backbone", default=None, help="catalogue name (default efficientnet_lite0; see `transfer backbones`)")
+    p.add_argument("--method", default="features", choices=["features", "finetune", "scratch"],
+                   help="features: train a new head on frozen features (fast); finetune: adapt the whole "
+                        "network; scratch: same network from random weights")
+    p.add_argument("--epochs", type=int, help="passes over the training pictures (default: the method's)")
+    p.add_argument("--batch-size", type=int, help="pictures per step (default: the method's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
+    p.add_argument("--image-size", type=int, help="training resolution in pixels (default: the backbone's)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="default auto")
+    add_runs_dir_argument(p)
+    p.add_argument("--augmentation", choices=["none", "light", "strong"], help="augmentation preset")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
+    p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], help="learning-rate schedule")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--patience", type=int, dest="early_stopping_patience",
+                   help="stop after this many epochs without a lower validation loss")
+    p.add_argument("--train-blocks", type=int, help="finetune: how many of the last backbone blocks learn")
+    p.add_argument("--head-only-epochs", type=int, help="finetune: epochs of head-only training first")
+    p.add_argument("--feature-views", type=int, help="features: centre crop + augmented views per training picture")
+    p.add_argument("--dropout", type=float, help="dropout before the new head")
+    p.add_argument("--hidden", type=int, help="width of a hidden layer in the new head")
+    p.add_argument("--val-fraction", type=float, help="validation share when DATA has no val/ folder (default 0.2)")
+    p.add_argument("--no-wait", action="store_true", help="queue the run and return at once")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
+
+
+_TRAIN_SETTINGS = ("backbone", "epochs", "batch_size", "lr", "image_size", "seed", "device", "augmentation",
+                   "optimizer", "schedule", "label_smoothing", "weight_decay", "early_stopping_patience",
+                   "train_blocks", "head_only_epochs", "feature_views", "dropout", "hidden", "val_fraction")
+
+
+def cmd_train(args) -> int:
+    import time
+    from pathlib import Path
+
+    from transfer.config import TrainConfig
+    from transfer.data import load_dataset
+    from transfer.jobs import JobManager
+
+    started = time.time()
+    source = Path(args.data)
+    if not source.exists():
+        raise UserError(f"{args.data} does not exist: give a folder of class folders or a .zip of one.")
+    settings = {name: getattr(args, name) for name in _TRAIN_SETTINGS}
+    # Checked here, so data problems are reported at once and never reach a worker.
+    dataset = load_dataset(source.resolve(), val_fraction=settings["val_fraction"] or 0.2)
+    config = TrainConfig.for_method(args.method, dataset=dataset.to_dict(), **settings)
+    manager = JobManager(args.runs_dir)
+    run = manager.submit(config.to_dict())
+    if args.no_wait:
+        summary = run.summary()
+        if args.json:
+            print_json(summary)
+        else:
+            print(f"Run {run.id} queued; `transfer runs --runs-dir {args.runs_dir}` shows its progress.")
+        return 0
+    show = None if args.json else _TrainProgress(sys.stderr)
+    try:
+        status = manager.wait(run, on_event=show)
+    except KeyboardInterrupt:
+        print(f"\nRun {run.id} keeps training in the background; `transfer cancel {run.id}` stops it.",
+              file=sys.stderr)
+        return 130
+    finally:
+        if show is not None:
+            show.close()
+    result = train_result(run, status, time.time() - started)
+    if args.json:
+        print_json(result)
+    else:
+        print_run_result(run.summary(), False)
+    return 0 if status["state"] == "finished" else 1
+
+
+def train_result(run, status: dict, seconds: float) -> dict:
+    """The JSON summary of a finished ``transfer train``."""
+    config = run.config
+    return {
+        "run_dir": str(run.path),
+        "run_id": run.id,
+        "state": status["state"],
+        "message": status.get("message"),
+        "method": config.get("method"),
+        "backbone": config.get("backbone"),
+        "epochs": status.get("epoch") or 0,
+        "epochs_planned": config.get("epochs"),
+        "val_accuracy": status.get("val_accuracy"),
+        "best_val_accuracy": status.get("best_val_accuracy"),
+        "best_epoch": status.get("best_epoch"),
+        "seconds": round(seconds, 2),
+        "train_seconds": run.summary().get("seconds"),
+    }
+
+
+class _TrainProgress(_ProgressPrinter):
+    """The run's progress printer, plus a bar while pictures are decoded or features computed."""
+
+    _PHASES = {"features": "computing features", "decode": "decoding pictures"}
+
+    def __call__(self, event: dict) -> None:
+        if event.get("type") == "progress" and self.live:
+            done, total = event.get("done") or 0, event.get("total") or 0
+            filled = int(20 * done / total) if total else 0
+            text = f"{self._PHASES.get(event.get('phase'), event.get('phase'))} [{'#' * filled}{'.' * (20 - filled)}]"
+            text += f" {done}/{total}"
+            if isinstance(event.get("eta"), (int, float)):
+                text += f" eta {event['eta']:.0f} s"
+            self.stream.write("\r" + text.ljust(79)[:79])
+            self.stream.flush()
+            self.bar_shown = True
+            return
+        super().__call__(event)
+
+
 # --------------------------------------------------------------------------- dispatch
 
 COMMANDS = {
     "backbones": (add_backbones, cmd_backbones),
+    "train": (add_train, cmd_train),
     "check": (add_check, cmd_check),
     "runs": (add_runs, cmd_runs),
     "cancel": (add_cancel, cmd_cancel),
