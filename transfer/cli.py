@@ -328,6 +328,53 @@ def _print_check_report(report, max_skipped: int) -> None:
     print("ready to train." if report.ok else "not ready: fix the errors above, then check again.")
 
 
+# --------------------------------------------------------------------------- predict
+
+
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="classify pictures with a finished run (files, folders or .zip archives)")
+    p.add_argument("run", metavar="RUN_DIR", help="run folder (or run id inside --runs-dir)")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="picture files, folders of pictures or .zip archives")
+    p.add_argument("--top-k", type=int, default=5, help="how many classes to show per picture (default 5)")
+    p.add_argument("--csv", metavar="FILE", help="also write the predictions as a CSV file")
+    add_runs_dir_argument(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
+
+
+def cmd_predict(args) -> int:
+    from pathlib import Path
+
+    from transfer.predict import predict_paths
+
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1.")
+    run_path = Path(args.run)
+    run_dir = run_path if (run_path / "config.json").is_file() else resolve_run(args.run, args.runs_dir)[0].path
+    result = predict_paths(run_dir, args.images, top_k=args.top_k)
+    if args.csv:
+        Path(args.csv).write_bytes(result.csv_bytes())
+    if args.json:
+        print_json({"run_dir": str(Path(run_dir).resolve()), "top_k": args.top_k, **result.to_dict()})
+    else:
+        _print_predictions(result, args.top_k)
+    return 0 if result.rows else 1
+
+
+def _print_predictions(result, top_k: int) -> None:
+    rows = [{"file": r["file"], "label": r["label"], "probability": f"{r['probability']:.3f}",
+             "runners-up": ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:top_k])}
+            for r in result.rows]
+    if rows:
+        print_table(rows, ["file", "label", "probability", "runners-up"] if top_k > 1 else ["file", "label", "probability"])
+    if result.skipped:
+        print()
+        print(f"skipped ({len(result.skipped)}):")
+        print_table([{"file": s["file"], "reason": s["reason"], "detail": (s.get("detail") or "")[:70]}
+                     for s in result.skipped], ["file", "reason", "detail"])
+    if not rows:
+        print("No picture could be predicted; see the reasons above.")
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -459,6 +506,7 @@ COMMANDS = {
     "runs": (add_runs, cmd_runs),
     "cancel": (add_cancel, cmd_cancel),
     "resume": (add_resume, cmd_resume),
+    "predict": (add_predict, cmd_predict),
 }
 
 
