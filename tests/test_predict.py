@@ -374,3 +374,29 @@ def test_cli_predict_errors_are_sentences(run_dir, tmp_path, capsys):
     bad.write_bytes(b"not a picture at all")
     assert main(["predict", str(run_dir), str(bad)]) == 1  # nothing could be predicted
     assert "No picture could be predicted" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- with the real trainer
+
+
+def test_a_trained_run_predicts_its_validation_pictures_as_the_trainer_did(tmp_path, tiny_dataset, capsys):
+    """The trainer's own validation probabilities (val_predictions.json) come back from
+    `transfer predict`: same model, same preprocessing, same class order."""
+    from transfer.config import TrainConfig
+    from transfer.runs import RunDir
+    from transfer.train import PREDICTIONS_FILE, train_run
+
+    config = TrainConfig.for_method("features", dataset=str(tiny_dataset), image_size=32, device="cpu",
+                                    epochs=2, batch_size=8, augmentation="none")
+    run = RunDir.create(tmp_path / "runs", config.to_dict())
+    train_run(run)
+    saved = json.loads((run.path / PREDICTIONS_FILE).read_text())
+    files = [str(tiny_dataset / item["path"]) for item in saved["predictions"]]  # paths are relative to the data
+
+    assert main(["predict", str(run.path), *files, "--top-k", str(len(saved["classes"])), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(result["predictions"]) == len(files)
+    for item, expected in zip(result["predictions"], saved["predictions"]):
+        probabilities = {t["label"]: t["probability"] for t in item["top_k"]}
+        assert item["label"] == expected["predicted"]
+        assert [probabilities[c] for c in saved["classes"]] == pytest.approx(expected["probabilities"], abs=1e-3)
