@@ -18,6 +18,7 @@ from transfer.runs import ACTIVE_STATES, FINISHED, find_run, list_runs
 from ui import charts, reports, session
 
 RUN_PARAM = "run"
+_PHASES = {"decode": "Reading pictures", "features": "Computing features once"}
 STATE_ICONS = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌", "cancelled": "⏹️",
                "interrupted": "⚠️"}
 
@@ -95,25 +96,31 @@ def live_view(run_id: str) -> None:
     st.caption(f"{run.config.get('method')} · {run.config.get('backbone')}")
     epochs = status.get("epochs") or run.config.get("epochs") or 1
     epoch, step, steps = status.get("epoch") or 0, status.get("step") or 0, status.get("steps") or 0
-    done = (epoch + (step / steps if steps and state == "running" else 0)) / epochs
+    events = run.events()
+    latest = next((e for e in reversed(events) if e.get("type") in ("step", "progress", "epoch")), {})
     if state == "queued":
         place = status.get("queue_position")
         st.progress(0.0, text="Waiting for the device" + (f": place {place} in the queue." if place else "."))
+    elif state == "running" and latest.get("type") == "progress":
+        done, total = latest.get("done") or 0, latest.get("total") or 1
+        st.progress(min(1.0, done / total), text=f"{_PHASES.get(latest.get('phase'), latest.get('phase'))}: "
+                    f"{done}/{total} pictures, {latest.get('images_per_s') or 0:.0f} pictures/s")
     else:
+        done = (epoch + (step / steps if steps and state == "running" else 0)) / epochs
         label = f"Epoch {epoch}/{epochs}" + (f", step {step}/{steps}" if steps and state == "running" else "")
-        if status.get("eta") is not None and state == "running":
+        if state == "running" and status.get("eta") is not None:
             label += f", about {status['eta']:.0f} s left"
-        if status.get("images_per_s"):
-            label += f", {status['images_per_s']:.0f} pictures/s"
-        st.progress(min(1.0, done if state != FINISHED else 1.0), text=label)
+        if state == "running" and latest.get("images_per_s"):
+            label += f", {latest['images_per_s']:.0f} pictures/s"
+        st.progress(min(1.0, 1.0 if state == FINISHED else done), text=label)
     metrics = st.columns(3)
     metrics[0].metric("Validation accuracy", _percent(status.get("val_accuracy")))
     metrics[1].metric("Best so far", _percent(status.get("best_val_accuracy")))
-    metrics[2].metric("Training time", f"{status.get('elapsed') or run.summary().get('seconds') or 0:.0f} s")
+    metrics[2].metric("Training time", f"{run.summary().get('seconds') or 0:.0f} s")
     if status.get("message") and state not in ("running", "queued"):
         (st.error if state == "failed" else st.info)(status["message"])
     history = run.epoch_history()
-    steps_now = [e for e in run.events("step") if e.get("epoch") == epoch + 1] if state == "running" else []
+    steps_now = [e for e in events if e.get("type") == "step" and e.get("epoch") == epoch + 1] if state == "running" else []
     if history or steps_now:
         st.plotly_chart(charts.training_curves(history, steps_now), key=f"curves_{run.id}")
     if state in ACTIVE_STATES:
@@ -126,7 +133,7 @@ def live_view(run_id: str) -> None:
             manager.resume(run.id)
             st.rerun(scope="fragment")
     with st.expander("Event log"):
-        log = [e for e in run.events() if e.get("type") != "step"][-30:]
+        log = [e for e in events if e.get("type") not in ("step", "progress")][-30:]
         st.code("\n".join(_describe(e) for e in log) or "No events yet.", language=None)
 
 

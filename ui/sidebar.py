@@ -51,5 +51,6 @@ def _active_job() -> None:
         st.caption(f"Run `{run.id[-6:]}` is waiting" + (f" (place {place} in the queue)." if place else "."))
         return
     epochs = status.get("epochs") or run.config.get("epochs") or 1
-    fraction = min(1.0, ((status.get("epoch") or 0) + (status.get("step_fraction") or 0)) / epochs)
+    step, steps = status.get("step") or 0, status.get("steps") or 0
+    fraction = min(1.0, ((status.get("epoch") or 0) + (step / steps if steps else 0)) / epochs)
     st.progress(fraction, text=f"Training `{run.id[-6:]}`: epoch {status.get('epoch') or 0}/{epochs}")

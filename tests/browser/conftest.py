@@ -62,9 +62,15 @@ def _wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 90
     raise RuntimeError("the studio server did not start within 90 s")
 
 
+class Studio(str):
+    """The server's base URL (a plain string) that also knows the server's ``TRANSFER_HOME``."""
+
+    home: Path
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    """The base URL of a freshly started studio server with an empty home."""
+    """A freshly started studio server with an empty home: its URL, with ``.home`` attached."""
     home = tmp_path_factory.mktemp("browser_home")
     port = _free_port()
     env = {**os.environ, "TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1"}
@@ -74,7 +80,8 @@ def studio(tmp_path_factory):
          "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = Studio(f"http://127.0.0.1:{port}")
+    url.home = home
     try:
         _wait_until_serving(url, process)
         yield url
