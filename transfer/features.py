@@ -214,14 +214,10 @@ def extract_features(
         progress(len(found), total, time.perf_counter() - started)
 
     if missing:
-        decoded = decoded or DecodedImageCache()
-        catcher = HeadInputCatcher(load_model())
-        try:
-            _compute_missing(samples, missing, views, folders, found, catcher, prep, augmentation, spec, setup,
-                             batch_size, decoded, cache, stats, total, started, progress, should_stop,
-                             on_batch_shrink)
-        finally:
-            catcher.close()
+        extraction = _Extraction(samples, views, folders, found, cache, prep, spec, setup, stats, on_batch_shrink)
+        extraction.compute(missing, load_model, decoded or DecodedImageCache(), batch_size,
+                           lambda: progress and progress(len(found), total, time.perf_counter() - started),
+                           should_stop)
 
     dim = next(iter(found.values())).shape[0] if found else 0
     features = torch.empty(len(samples), len(views), dim, dtype=torch.float32)
@@ -231,62 +227,78 @@ def extract_features(
     return features, stats
 
 
-def _compute_missing(samples, missing, views, folders, found, catcher, prep, augmentation, spec, setup,
-                     batch_size, decoded, cache, stats, total, started, progress, should_stop, on_batch_shrink):
-    from transfer.runs import Cancelled
+@dataclass
+class _Extraction:
+    """Computing the missing vectors: decode a batch in the background while the backbone works."""
 
-    side = prep.resize_size
-    model = catcher.model.to(setup.device, memory_format=setup.memory_format()).eval()
-    chunks = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
+    samples: list[Sample]
+    views: list[int]
+    folders: list[Path]
+    found: dict
+    cache: FeatureCache
+    prep: Preprocessing
+    spec: AugmentSpec | None
+    setup: DeviceSetup
+    stats: ExtractionStats
+    on_batch_shrink: Callable[[int], None] | None
 
-    def decode(chunk: list[int]) -> tuple[torch.Tensor, float]:
-        begun = time.perf_counter()
-        arrays = decoded.decode_all([samples[i] for i in chunk], side)
-        return stack_squares(arrays, side), time.perf_counter() - begun
+    def compute(self, missing: list[int], load_model, decoded: DecodedImageCache, batch_size: int,
+                report: Callable[[], None], should_stop) -> None:
+        from transfer.runs import Cancelled
 
-    with ThreadPoolExecutor(max_workers=1) as prefetcher:
-        pending = prefetcher.submit(decode, chunks[0])
-        for number, chunk in enumerate(chunks):
-            bank, decode_seconds = pending.result()
-            stats.decode_seconds += decode_seconds
-            if number + 1 < len(chunks):
-                pending = prefetcher.submit(decode, chunks[number + 1])
-            if should_stop and should_stop():
-                raise Cancelled()
-            bank = bank.to(setup.device)
-            for slot, view in enumerate(views):
-                todo = [k for k, index in enumerate(chunk) if (index, slot) not in found]
-                if not todo:
-                    continue
-                vectors = _forward_in_pieces(catcher, bank[todo], [samples[chunk[k]].sha256 for k in todo],
-                                             view, prep, spec, setup, on_batch_shrink)
-                for k, vector in zip(todo, vectors):
-                    sha = samples[chunk[k]].sha256
-                    found[(chunk[k], slot)] = vector
-                    cache.store(folders[slot], sha, vector)
-                    stats.computed += 1
-            if progress:
-                progress(len(found), total, time.perf_counter() - started)
+        side = self.prep.resize_size
+        chunks = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
 
+        def decode(chunk: list[int]) -> torch.Tensor:
+            begun = time.perf_counter()
+            bank = stack_squares(decoded.decode_all([self.samples[i] for i in chunk], side), side)
+            self.stats.decode_seconds += time.perf_counter() - begun
+            return bank
 
-def _forward_in_pieces(catcher, images, hashes, view, prep, spec, setup, on_batch_shrink) -> list[np.ndarray]:
-    """Features of a batch; on out-of-memory, halves the piece size until it fits."""
-    piece = images.shape[0]
-    while True:
-        try:
-            out = []
-            for start in range(0, images.shape[0], piece):
-                out.append(_forward(catcher, images[start : start + piece], hashes[start : start + piece],
-                                    view, prep, spec, setup))
-            vectors = torch.cat(out).cpu().numpy()
-            return [vectors[i] for i in range(vectors.shape[0])]
-        except Exception as error:  # noqa: BLE001 - only out-of-memory is handled
-            if not is_out_of_memory(error) or piece == 1:
-                raise
-            release_cached_memory(setup)
-            piece = max(1, piece // 2)
-            if on_batch_shrink:
-                on_batch_shrink(piece)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as prefetcher:
+            pending = prefetcher.submit(decode, chunks[0])  # decoding starts while the model loads
+            catcher = HeadInputCatcher(load_model().to(self.setup.device, memory_format=self.setup.memory_format()))
+            catcher.model.eval()
+            try:
+                for number, chunk in enumerate(chunks):
+                    bank = pending.result()
+                    if number + 1 < len(chunks):
+                        pending = prefetcher.submit(decode, chunks[number + 1])
+                    if should_stop and should_stop():
+                        raise Cancelled()
+                    self.compute_chunk(catcher, chunk, bank.to(self.setup.device))
+                    report()
+            finally:
+                catcher.close()
+
+    def compute_chunk(self, catcher: HeadInputCatcher, chunk: list[int], bank: torch.Tensor) -> None:
+        for slot, view in enumerate(self.views):
+            todo = [k for k, index in enumerate(chunk) if (index, slot) not in self.found]
+            if not todo:
+                continue
+            hashes = [self.samples[chunk[k]].sha256 for k in todo]
+            vectors = self.forward_in_pieces(catcher, bank[todo], hashes, view)
+            for k, sha, vector in zip(todo, hashes, vectors):
+                self.found[(chunk[k], slot)] = vector
+                self.cache.store(self.folders[slot], sha, vector)
+                self.stats.computed += 1
+
+    def forward_in_pieces(self, catcher, images: torch.Tensor, hashes: list[str], view: int) -> list[np.ndarray]:
+        """Features of a batch; on out-of-memory, halves the piece size until it fits."""
+        piece = images.shape[0]
+        while True:
+            try:
+                out = [_forward(catcher, images[i : i + piece], hashes[i : i + piece], view, self.prep, self.spec,
+                                self.setup) for i in range(0, images.shape[0], piece)]
+                vectors = torch.cat(out).cpu().numpy()
+                return [vectors[i] for i in range(vectors.shape[0])]
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is handled
+                if not is_out_of_memory(error) or piece == 1:
+                    raise
+                release_cached_memory(self.setup)
+                piece = max(1, piece // 2)
+                if self.on_batch_shrink:
+                    self.on_batch_shrink(piece)
 
 
 def _forward(catcher, images, hashes, view, prep, spec, setup) -> torch.Tensor:

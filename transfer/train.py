@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,11 +232,18 @@ class Trainer:
     def train(self) -> None:
         self.prepare()
         start_epoch = self.restore_checkpoint() + 1
+        threads = torch.get_num_threads()
+        if isinstance(self.task, FeatureTask) and self.setup.kind == "cpu":
+            # A head's steps take well under a millisecond on one core; spreading such tiny
+            # operations over several threads costs more in synchronisation than it saves.
+            torch.set_num_threads(1)
         try:
             self.epochs(start_epoch)
         except Cancelled:
             self.write_outputs()
             raise
+        finally:
+            torch.set_num_threads(threads)
         self.write_outputs()
         self.finish()
 
@@ -259,12 +267,17 @@ class Trainer:
         self.run.update_status(epochs=config.epochs, epoch=self.finished_epoch_on_disk(),
                                message="Preparing the data.", batch_size=self.batch_size)
 
-        self.model = create_model(config.backbone, len(self.classes), self.method,
-                                  dropout=config.dropout, hidden=config.hidden)
-        self.write_model_info()
-        if self.method.caches_features and not self.model.transfer_head.convolutional:
+        self._model: nn.Module | None = None
+        self._model_future = None
+        self.model_info_written = False
+        self.task = None
+        if self.method.caches_features:
+            # Building the backbone (importing timm, reading weights) takes seconds; it overlaps
+            # with decoding pictures, or, when every feature is cached, with training the head.
+            self._model_future = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-backbone").submit(
+                self.create_model)
             self.task = self.feature_task()
-        else:
+        if self.task is None:
             self.task = self.image_task()
         self.optimizer = make_optimizer(config, self.trainable_groups())
         self.scaler = self.setup.grad_scaler() if self.task.uses_amp else torch.amp.GradScaler("cpu", enabled=False)
@@ -282,40 +295,66 @@ class Trainer:
 
     # ------------------------------------------------------------------ tasks
 
-    def feature_task(self) -> FeatureTask:
+    def create_model(self) -> nn.Module:
+        config = self.config
+        return create_model(config.backbone, len(self.classes), self.method, dropout=config.dropout,
+                            hidden=config.hidden)
+
+    @property
+    def model(self) -> nn.Module:
+        """The full model (backbone and new head); waits for it when it is built in the background."""
+        if self._model is None:
+            self._model = self._model_future.result() if self._model_future is not None else self.create_model()
+            if not self.model_info_written:
+                self.write_model_info()
+        return self._model
+
+    def feature_task(self) -> FeatureTask | None:
+        """Head training on cached features; None when this architecture's head cannot be fed
+        features (a convolutional head such as SqueezeNet's), so pictures are used instead."""
         from transfer.features import FeatureCache, extract_features
 
         config = self.config
         spec = get_preset(config.augmentation)
         views = list(range(config.feature_views if spec is not None else 1))
-        decoded = DecodedImageCache()
-        cache = FeatureCache()
-        backbone_copy = self.model  # the frozen backbone; only its head is replaced afterwards
+        started = time.perf_counter()
+        total = len(self.train_samples) * len(views) + len(self.val_samples)
 
-        def progress_for(phase: str, offset: int, grand_total: int):
-            def report(done: int, total: int, seconds: float) -> None:
-                self.progress_event(phase, offset + done, grand_total, seconds)
+        def progress_from(offset: int):
+            def report(done: int, _total: int, _seconds: float) -> None:
+                self.progress_event("features", offset + done, total, time.perf_counter() - started)
             return report
 
-        total = len(self.train_samples) * len(views) + len(self.val_samples)
+        def load_model() -> nn.Module:
+            if self.model.transfer_head.convolutional:
+                raise _HeadNeedsPictures()
+            return self.model
+
         common = dict(backbone=config.backbone, prep=self.prep, augmentation=config.augmentation, spec=spec,
-                      setup=self.setup, load_model=lambda: backbone_copy, batch_size=max(16, min(64, config.batch_size)),
-                      decoded=decoded, cache=cache, should_stop=self.run.cancel_requested,
+                      setup=self.setup, load_model=load_model, batch_size=max(16, min(64, config.batch_size)),
+                      decoded=DecodedImageCache(), cache=FeatureCache(), should_stop=self.run.cancel_requested,
                       on_batch_shrink=lambda n: self.warn(f"Out of memory while computing features; "
                                                           f"continuing {n} pictures at a time.", batch_size=n))
         self.progress_event("features", 0, total, 0.0)
-        train_features, train_stats = extract_features(
-            self.train_samples, views, progress=progress_for("features", 0, total), **common)
-        val_features, val_stats = extract_features(
-            self.val_samples, [0], progress=progress_for("features", len(self.train_samples) * len(views), total),
-            **common)
+        try:
+            train_features, train_stats = extract_features(self.train_samples, views, progress=progress_from(0),
+                                                           **common)
+            val_features, val_stats = extract_features(self.val_samples, [0],
+                                                       progress=progress_from(len(self.train_samples) * len(views)),
+                                                       **common)
+        except _HeadNeedsPictures:
+            self.info("This backbone's head works on feature maps, so the frozen backbone runs on every batch.")
+            return None
         computed, cached = train_stats.computed + val_stats.computed, train_stats.cached + val_stats.cached
-        seconds = train_stats.seconds + val_stats.seconds
+        seconds = time.perf_counter() - started
         self.info(f"Backbone features: {computed} computed, {cached} from the cache, in {seconds:.1f} s.",
                   features_computed=computed, features_cached=cached, feature_seconds=round(seconds, 3),
                   feature_views=len(views))
-        self.model.cpu()
-        head = self.head()
+        if self._model is not None:
+            self._model.cpu()
+        head = seeded_head(train_features.shape[-1], len(self.classes), config)
+        if config.dropout > 0:
+            _ = self.model  # dropout draws from the global generator: keep the background build out of its way
         return FeatureTask(head, train_features, val_features[:, 0], self.setup.device)
 
     def image_task(self) -> ImageTask:
@@ -336,12 +375,18 @@ class Trainer:
                   f"in {time.perf_counter() - started:.1f} s.", images_decoded=decoded.decoded,
                   images_cached=decoded.hits)
         n_train = len(self.train_samples)
-        return ImageTask(self.model, self.config, bank[:n_train], bank[n_train:], self.prep, self.setup)
+        model = self.model
+        self.write_model_info_once()
+        return ImageTask(model, self.config, bank[:n_train], bank[n_train:], self.prep, self.setup)
 
     def head(self) -> nn.Module:
         from transfer.heads import head_module
 
         return head_module(self.model)
+
+    def write_model_info_once(self) -> None:
+        if not self.model_info_written:
+            self.write_model_info()
 
     def trainable_groups(self) -> list[dict]:
         if isinstance(self.task, FeatureTask):
@@ -524,6 +569,7 @@ class Trainer:
     # ------------------------------------------------------------------ outputs
 
     def write_model_info(self) -> None:
+        self.model_info_written = True
         head = self.model.transfer_head
         prep = self.prep
         atomic_write_json(self.run.path / MODEL_INFO_FILE, {
@@ -545,11 +591,11 @@ class Trainer:
         from safetensors.torch import save
 
         if isinstance(self.task, FeatureTask):
-            head = self.head()
-            head.load_state_dict(module_state)
+            self.head().load_state_dict(module_state)
             state = self.model.state_dict()
         else:
             state = module_state
+        self.write_model_info_once()
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         atomic_write_bytes(self.run.weights_path, save(tensors, metadata={"format": "pt"}))
 
@@ -626,6 +672,27 @@ class Trainer:
 
     def warn(self, message: str, **fields) -> None:
         self.run.append_event({"type": "warning", "message": message, **fields})
+
+
+class _HeadNeedsPictures(Exception):
+    """The head takes feature maps, not vectors: feature caching does not apply."""
+
+
+def seeded_head(in_features: int, num_classes: int, config: TrainConfig) -> nn.Module:
+    """The new head for feature transfer, initialised from the run's seed alone (the backbone is
+    built in another thread that also draws random numbers, so the global generator is not
+    reproducible here)."""
+    from transfer.heads import make_head
+
+    head = make_head(in_features, num_classes, dropout=config.dropout, hidden=config.hidden)
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.no_grad():
+        for layer in head.modules():
+            if isinstance(layer, nn.Linear):
+                bound = 1.0 / math.sqrt(layer.in_features)  # nn.Linear's own default range
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+    return head
 
 
 def class_metrics(targets: torch.Tensor, predicted: torch.Tensor, classes: list[str]) -> dict:
