@@ -126,15 +126,22 @@ def live_view(run_id: str) -> None:
     if state in ACTIVE_STATES:
         if st.button("Stop", icon="⏹️", key=f"stop_{run.id}", help="Stops after the current step; "
                      "the last finished epoch is kept."):
-            manager.cancel(run.id)
-            st.rerun(scope="fragment")
+            _act(manager.cancel, run.id, "Stopping after the current step ...")
     elif state in ("interrupted", "cancelled", "failed") and run.checkpoint_path.exists():
         if st.button("Resume", icon="▶️", key=f"resume_{run.id}"):
-            manager.resume(run.id)
-            st.rerun(scope="fragment")
+            _act(manager.resume, run.id, "Resuming from the last finished epoch ...")
     with st.expander("Event log"):
         log = [e for e in events if e.get("type") not in ("step", "progress")][-30:]
         st.code("\n".join(_describe(e) for e in log) or "No events yet.", language=None)
+
+
+def _act(action, run_id: str, note: str) -> None:
+    """Stop or resume; the next refresh of the live view shows the new state."""
+    try:
+        action(run_id)
+        st.toast(note)
+    except TransferError as error:
+        st.error(str(error))
 
 
 def _percent(value) -> str:

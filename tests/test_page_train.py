@@ -1,0 +1,105 @@
+"""The Train page: start a real run, see progress and curves, stop one, compare the methods."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+import pytest
+
+from apptools import open_app
+from transfer.jobs import JobManager
+from transfer.paths import home
+from transfer.runs import list_runs
+
+
+@pytest.fixture
+def configured_session(tiny_dataset):
+    """A session that chose the tiny data set and small, quick settings on the Configure page."""
+    token = secrets.token_urlsafe(24)
+    workspace = home() / "sessions" / token
+    workspace.mkdir(parents=True)
+    (workspace / "dataset.json").write_text(
+        json.dumps({"source": str(tiny_dataset), "name": "tiny", "val_fraction": 0.2, "seed": 0}))
+    (workspace / "draft_config.json").write_text(json.dumps(
+        {"backbone": "efficientnet_lite0", "method": "features", "epochs": 3, "batch_size": 16,
+         "image_size": 64, "feature_views": 1, "dataset_name": "tiny"}))
+    return token, workspace
+
+
+def wait_for_state(runs_dir, states, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = list_runs(runs_dir)
+        if runs and all(r.state in states for r in runs):
+            return runs
+        time.sleep(0.3)
+    raise AssertionError(f"runs did not reach {states}: {[r.status() for r in list_runs(runs_dir)]}")
+
+
+def test_without_settings_the_page_points_to_configure():
+    app = open_app("pages/train.py")
+    assert not app.exception
+    assert "Choose a data set and settings first" in app.info[0].value
+
+
+def test_start_watch_and_finish_a_run(configured_session):
+    token, workspace = configured_session
+    app = open_app("pages/train.py", token=token)
+    assert not app.exception, app.exception
+    assert "Feature transfer" in app.markdown[0].value
+    app.button[0].click().run()  # Start training
+    assert not app.exception, app.exception
+    run_id = app.query_params["run"]
+    runs = list_runs(workspace / "runs")
+    assert [r.id for r in runs] == [run_id]
+    assert runs[0].config["epochs"] == 3 and runs[0].config["image_size"] == 64
+
+    wait_for_state(workspace / "runs", {"finished"})
+    app = open_app("pages/train.py", token=token)  # a refreshed page finds the run again
+    app.query_params["run"] = run_id
+    app.run()
+    assert not app.exception, app.exception
+    headers = " ".join(h.value for h in app.subheader)
+    assert run_id in headers and "finished" in headers
+    assert app.metric[0].value.endswith("%") and app.metric[1].value != "–"
+    assert len(app.get("plotly_chart")) >= 1
+    assert any("This session's runs" in h.value for h in app.subheader)
+
+
+def test_stop_cancels_a_running_run(configured_session):
+    token, workspace = configured_session
+    draft = json.loads((workspace / "draft_config.json").read_text())
+    draft.update(method="scratch", epochs=50, batch_size=4)
+    (workspace / "draft_config.json").write_text(json.dumps(draft))
+    app = open_app("pages/train.py", token=token)
+    app.button[0].click().run()
+    run_id = app.query_params["run"]
+    runs_dir = workspace / "runs"
+    deadline = time.monotonic() + 60
+    while list_runs(runs_dir)[0].state != "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    app.run()
+    stop = [b for b in app.button if b.key == f"stop_{run_id}"]
+    assert stop, "a running run shows a Stop button"
+    stop[0].click().run()
+    assert not app.exception, app.exception
+    finished = wait_for_state(runs_dir, {"cancelled"}, timeout=60)
+    assert finished[0].id == run_id
+
+
+def test_compare_trains_the_three_methods_on_the_same_split(configured_session):
+    token, workspace = configured_session
+    draft = json.loads((workspace / "draft_config.json").read_text())
+    app = open_app("pages/train.py", token=token)
+    app.button[1].click().run()  # Compare the three methods
+    assert not app.exception, app.exception
+    runs = list_runs(workspace / "runs")
+    assert sorted(r.config["method"] for r in runs) == ["features", "finetune", "scratch"]
+    splits = {json.dumps(r.config["dataset"], sort_keys=True) for r in runs}
+    assert len(splits) == 1  # one data set, one split
+    # The comparison itself is not under test here: make the runs short.
+    for run in runs:
+        JobManager(workspace / "runs").cancel(run.id)
+    assert draft["method"] == "features"
