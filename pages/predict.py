@@ -1,0 +1,87 @@
+"""Predict: try a finished run's model on new pictures.
+
+Drop one or many pictures (every format the data layer reads), take one with the webcam, or
+give a zip of pictures for a table and a CSV. The model is loaded once per server process and
+run (see ui.predict_view); each picture's answer is cached, so clicking around re-predicts nothing.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from transfer.errors import TransferError
+from transfer.images import IMAGE_EXTENSIONS
+from ui import predict_view
+
+PICTURE_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
+
+st.title("Predict")
+st.caption("Drop pictures on the page and see which class the model picks, how sure it is, and where it looked.")
+
+
+def cam_sentence(predictor) -> tuple[bool, str]:
+    from transfer.explain import cam_layer_info
+
+    info = cam_layer_info(predictor.model)
+    return info.found, info.description
+
+
+def show_pictures(run, uploads: list[tuple[str, bytes]], top_k: int, show_cam: bool, key: str) -> None:
+    version = predict_view.weights_version(run)
+    for index, (name, data) in enumerate(uploads):
+        result = predict_view.predict_picture(str(run.path), version, predict_view.digest(data), name, data, top_k,
+                                              show_cam)
+        predict_view.render_picture(result, show_cam, key=f"{key}_{index}")
+
+
+def show_zip(run, name: str, data: bytes, top_k: int) -> None:
+    result, error = predict_view.predict_zip(str(run.path), predict_view.weights_version(run),
+                                             predict_view.digest(data), data, top_k)
+    if error:
+        st.error(error, icon="🚫")
+        return
+    predicted, skipped = len(result.rows), len(result.skipped)
+    if not predicted:
+        st.warning(f"{name} holds no picture that could be read ({skipped} files skipped).")
+    else:
+        st.success(f"{predicted} pictures predicted" + (f", {skipped} files skipped (see the last column)."
+                                                         if skipped else "."))
+    st.dataframe(result.table_rows(), hide_index=True, width="stretch", key="zip_table",
+                 column_config={"probability": st.column_config.ProgressColumn(min_value=0, max_value=1,
+                                                                               format="percent")})
+    stem = name.rsplit(".", 1)[0] or "pictures"
+    st.download_button("Download the predictions (CSV)", result.csv_bytes(), file_name=f"predictions-{stem}.csv",
+                       mime="text/csv", icon="⬇️", on_click="ignore", key="zip_csv")
+
+
+run = predict_view.choose_finished_run("predict_run")
+if run is not None:
+    try:
+        predictor = predict_view.predictor_for(run)
+    except TransferError as error:
+        st.error(str(error))
+        st.stop()
+    classes = len(predictor.labels)
+    left, right = st.columns(2)
+    top_k = left.slider("Classes to show", 1, classes, min(3, classes), key="top_k")
+    has_cam, cam_note = cam_sentence(predictor)
+    show_cam = right.toggle("Show where the model looked (Grad-CAM)", key="show_cam", disabled=not has_cam,
+                            help="A heat map over the picture: the parts that raised the predicted class's score.")
+    if not has_cam:
+        right.caption(f"No heat map for this model: {cam_note}")
+
+    pictures_tab, webcam_tab, zip_tab = st.tabs(["🖼️ Pictures", "📷 Webcam", "🗜️ Zip of pictures"])
+    with pictures_tab:
+        files = st.file_uploader("Drop pictures here", type=PICTURE_TYPES, accept_multiple_files=True,
+                                 key="pictures", help="JPEG, PNG, GIF, BMP, WebP or TIFF; as many as you like.")
+        if files:
+            show_pictures(run, [(f.name, f.getvalue()) for f in files], top_k, show_cam, "upload")
+    with webcam_tab:
+        photo = st.camera_input("Take a picture", key="webcam")
+        if photo is not None:
+            show_pictures(run, [("webcam picture", photo.getvalue())], top_k, show_cam, "webcam")
+    with zip_tab:
+        archive = st.file_uploader("Drop a zip of pictures", type=["zip"], key="zip",
+                                   help="Folders inside the zip are fine; files that are not pictures are listed as skipped.")
+        if archive is not None:
+            show_zip(run, archive.name, archive.getvalue(), top_k)

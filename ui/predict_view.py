@@ -1,0 +1,211 @@
+"""What the Evaluate and Predict pages share: choosing a finished run, the model loaded once per
+process, cached predictions of uploaded pictures, and the figures (confusion matrix, metrics per
+class, top-k bars)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from transfer.errors import TransferError
+from transfer.runs import FINISHED, RunDir, find_run, list_runs
+from ui import session
+
+RUN_PARAM = "run"  # the same query parameter as the Train page, so links carry the chosen run over
+DISPLAY_PIXELS = 480  # longest side of an uploaded picture as shown on the page
+
+
+# ----------------------------------------------------------------------------- choosing a run
+
+
+def run_label(run: RunDir) -> str:
+    summary = run.summary()
+    accuracy = summary.get("best_val_accuracy")
+    shown = f"{accuracy:.1%}" if isinstance(accuracy, (int, float)) else "–"
+    return f"{summary.get('method')} · {summary.get('backbone')} · {shown} · {run.id}"
+
+
+def choose_finished_run(key: str) -> RunDir | None:
+    """A picker over this session's finished runs, defaulting to ``?run=`` (or the newest).
+
+    A link to a run that is still training (or failed) gets a sentence saying so; the link is
+    then left as it is, so going back to the Train page still shows that run.
+    """
+    runs_dir = session.runs_dir()
+    finished = [run for run in list_runs(runs_dir) if run.state == FINISHED]
+    wanted, keep_link = st.query_params.get(RUN_PARAM), False
+    if wanted:
+        try:
+            linked = find_run(runs_dir, wanted)
+        except TransferError:
+            st.warning("The run in this link does not belong to this session (or no longer exists).")
+        else:
+            if linked.state != FINISHED:
+                keep_link = True
+                st.info(f"Run `{linked.id}` is {linked.state}, not finished: its model and evaluation appear "
+                        "here once training finishes." + (" Meanwhile you can pick a finished run below."
+                                                          if finished else ""), icon="⏳")
+    if not finished:
+        st.info("There is no finished run in this session yet: train a model first.")
+        st.page_link("pages/train.py", label="Go to Train", icon="🚀")
+        return None
+    ids = [run.id for run in finished]
+    by_id = {run.id: run for run in finished}
+    chosen = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in by_id else 0,
+                          format_func=lambda run_id: run_label(by_id[run_id]), key=key,
+                          on_change=_link_to_chosen, args=(key,),
+                          help="Only finished runs of this browser session are listed.")
+    if not keep_link:
+        st.query_params[RUN_PARAM] = chosen
+    return by_id[chosen]
+
+
+def _link_to_chosen(key: str) -> None:
+    st.query_params[RUN_PARAM] = st.session_state[key]
+
+
+# ----------------------------------------------------------------------------- the model, once per process
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model ...")
+def _load_predictor(run_path: str, weights_version: float):
+    """One :class:`~transfer.predict.Predictor` per run and weights file, shared by every session
+    of this server process; ``weights_version`` (the weights' mtime) reloads retrained weights."""
+    from transfer.predict import Predictor
+
+    return Predictor.from_run(run_path)
+
+
+def predictor_for(run: RunDir):
+    return _load_predictor(str(run.path), weights_version(run))
+
+
+def weights_version(run: RunDir) -> float:
+    try:
+        return run.weights_path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+# ----------------------------------------------------------------------------- predicting uploads
+
+
+@dataclass
+class PictureResult:
+    """What the page shows for one picture: the picture, its top-k, the heat map, or the error."""
+
+    name: str
+    picture: np.ndarray | None = None
+    prediction: dict | None = None  # Prediction.to_dict()
+    overlay: np.ndarray | None = None
+    cam_note: str = ""
+    error: str = ""
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def predict_picture(run_path: str, version: float, content_digest: str, name: str, _data: bytes, top_k: int,
+                    with_cam: bool) -> PictureResult:
+    """Top-k (and Grad-CAM when asked) of one uploaded picture; cached per run, content and options,
+    so a rerun of the page (any click) predicts nothing again."""
+    from transfer.images import thumbnail
+
+    predictor = _load_predictor(run_path, version)
+    try:
+        picture = np.asarray(thumbnail(_data, DISPLAY_PIXELS))
+        prediction = predictor.predict(_data, top_k)[0]
+        result = PictureResult(name, picture, prediction.to_dict())
+        if with_cam:
+            explanation = predictor.explain(_data)
+            overlay = explanation.overlay()
+            result.overlay = None if overlay is None else np.asarray(overlay)
+            result.cam_note = explanation.layer
+    except (TransferError, OSError, ValueError) as error:
+        return PictureResult(name, error=_sentence(name, error))
+    return result
+
+
+@st.cache_data(max_entries=16, show_spinner="Predicting every picture in the zip ...")
+def predict_zip(run_path: str, version: float, content_digest: str, _data: bytes, top_k: int):
+    """A :class:`~transfer.predict.BatchResult` for the pictures in an uploaded zip, or the
+    sentence that says why the zip cannot be used."""
+    from transfer.predict import predict_paths
+
+    try:
+        return predict_paths(_load_predictor(run_path, version), _data, top_k), ""
+    except (TransferError, OSError, ValueError) as error:
+        return None, _sentence("The zip", error)
+
+
+def _sentence(name: str, error: Exception) -> str:
+    text = str(error).strip() or "it is not a picture Transfer Studio can read"
+    if not isinstance(error, TransferError):
+        text = f"it could not be read ({text}); try saving it again as JPEG or PNG."
+    return f"{name} cannot be used: {text}"
+
+
+def render_picture(result: PictureResult, show_cam: bool, key: str) -> None:
+    """The picture, its top-k as bars and, when asked, the Grad-CAM overlay beside it."""
+    st.markdown(f"**{result.name}**")
+    if result.error:
+        st.error(result.error, icon="🚫")
+        return
+    columns = st.columns([1, 1.4, 1] if show_cam else [1, 1.4])
+    columns[0].image(result.picture, width="stretch")
+    prediction = result.prediction
+    columns[1].markdown(f"Prediction: **{prediction['label']}** ({prediction['probability']:.1%})")
+    columns[1].plotly_chart(top_k_bars(prediction), key=f"topk_{key}")
+    if show_cam:
+        if result.overlay is not None:
+            columns[2].image(result.overlay, width="stretch", caption=f"Where the model looked for "
+                             f"'{prediction['label']}'")
+            columns[2].caption(result.cam_note)
+        else:
+            columns[2].info(result.cam_note or "No heat map is available for this model.")
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def top_k_bars(prediction: dict) -> go.Figure:
+    """The top-k classes as horizontal bars, the most likely at the top."""
+    labels = [item["label"] for item in prediction["top_k"]]
+    values = [item["probability"] for item in prediction["top_k"]]
+    figure = go.Figure(go.Bar(x=values, y=labels, orientation="h", text=[f"{v:.1%}" for v in values],
+                              textposition="auto", marker_color=["#2f6fdf"] + ["#9db8ea"] * (len(values) - 1)))
+    figure.update_layout(height=60 + 34 * len(labels), margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                         xaxis={"range": [0, 1], "tickformat": ".0%", "title": "probability"},
+                         yaxis={"autorange": "reversed", "type": "category"})
+    return figure
+
+
+def confusion_heatmap(matrix: np.ndarray, classes: list[str], normalised: bool) -> go.Figure:
+    """True classes down, predicted across; counts or the share of each true class."""
+    text = [[f"{v:.0%}" if normalised else f"{int(v)}" for v in row] for row in matrix]
+    figure = go.Figure(go.Heatmap(z=matrix.tolist(), x=classes, y=classes, text=text, texttemplate="%{text}",
+                                  colorscale="Blues", zmin=0, zmax=1 if normalised else None,
+                                  hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>"))
+    size = max(320, min(720, 90 + 60 * len(classes)))
+    figure.update_layout(height=size, margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                         xaxis={"title": "predicted class", "type": "category", "side": "bottom"},
+                         yaxis={"title": "true class", "type": "category", "autorange": "reversed"})
+    return figure
+
+
+def class_metric_bars(rows: list[dict]) -> go.Figure:
+    """Precision, recall and F1 side by side for each class."""
+    figure = go.Figure()
+    for metric, colour in (("precision", "#2f6fdf"), ("recall", "#e4572e"), ("f1", "#3a9d5d")):
+        figure.add_trace(go.Bar(name="F1" if metric == "f1" else metric, x=[r["class"] for r in rows],
+                                y=[r[metric] for r in rows], marker_color=colour))
+    figure.update_layout(barmode="group", height=320, yaxis={"range": [0, 1.02], "tickformat": ".0%"},
+                         xaxis={"type": "category"}, margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                         legend={"orientation": "h", "y": -0.2})
+    return figure
