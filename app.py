@@ -11,6 +11,8 @@ PAGES = [
     st.Page("pages/data.py", title="Data", icon="🗂️"),
     st.Page("pages/configure.py", title="Configure", icon="⚙️"),
     st.Page("pages/train.py", title="Train", icon="🚀"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon="🔍"),
+    st.Page("pages/predict.py", title="Predict", icon="🖼️"),
 ]
 
 navigation = st.navigation(PAGES)
