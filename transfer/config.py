@@ -18,6 +18,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 AUGMENTATIONS = ("none", "light", "strong")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_BACKBONE = "efficientnet_lite0"
 TRAIN_JOB = "train"
 
@@ -53,12 +54,13 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # epochs without a lower validation loss
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto: bfloat16 autocast where the hardware runs it natively
     train_blocks: int | None = None  # fine-tuning: how many of the last backbone blocks learn (None: all)
     head_only_epochs: int = 0  # fine-tuning: train only the head for this many epochs first
     backbone_lr_mult: float | None = None  # None: the method's own (0.1 for fine-tuning)
     dropout: float = 0.0
     hidden: int | None = None
-    feature_views: int = 2  # feature transfer: the centre crop plus K-1 augmented views per training image
+    feature_views: int = 1  # feature transfer: the centre crop plus K-1 augmented views per training picture
     val_fraction: float = 0.2
     split_seed: int = 0
     momentum: float = 0.9  # SGD only
@@ -134,6 +136,7 @@ class TrainConfig:
         _choice(self, "schedule", SCHEDULES)
         _choice(self, "augmentation", AUGMENTATIONS)
         _choice(self, "device", DEVICES)
+        _choice(self, "precision", PRECISIONS)
         if self.image_size is not None:
             _whole(self, "image_size", 16, 1024)
         if self.hidden is not None:

@@ -61,9 +61,10 @@ def view_name(view: int, augmentation: str) -> str:
     return "centre" if view == CENTRE_VIEW else f"{augmentation}:{view}"
 
 
-def feature_key(backbone: str, prep: Preprocessing, view: int, augmentation: str) -> dict:
+def feature_key(backbone: str, prep: Preprocessing, view: int, augmentation: str, precision: str = "fp32") -> dict:
     """Everything the cached vector depends on, as a JSON-friendly dict."""
     return {
+        "precision": precision,
         "backbone": backbone,
         "weights": weights_identity(backbone),
         "input_size": prep.input_size,
@@ -195,7 +196,7 @@ def extract_features(
     cache = cache or FeatureCache()
     stats = ExtractionStats()
     started = time.perf_counter()
-    folders = [cache.folder(feature_key(backbone, prep, view, augmentation)) for view in views]
+    folders = [cache.folder(feature_key(backbone, prep, view, augmentation, setup.precision)) for view in views]
     found: dict[tuple[int, int], np.ndarray] = {}
     missing: list[int] = []  # sample indices with at least one view to compute
     for index, sample in enumerate(samples):

@@ -251,7 +251,7 @@ class Trainer:
         """Data, model, what trains on what, optimizer: everything before the first epoch."""
         config = self.config
         self.generator = seed_everything(config.seed)
-        self.setup = resolve_device(config.device)
+        self.setup = resolve_device(config.device, config.precision)
         self.info(f"Training on {self.setup.describe()}.", device=str(self.setup.device))
         self.dataset = self.load_dataset()
         self.classes = list(self.dataset.classes)
