@@ -46,7 +46,9 @@ def show_zip(run, name: str, data: bytes, top_k: int) -> None:
     else:
         st.success(f"{predicted} pictures predicted" + (f", {skipped} files skipped (see the last column)."
                                                          if skipped else "."))
-    st.dataframe(result.table_rows(), hide_index=True, width="stretch", key="zip_table",
+    # Skipped files have no probability: None (an empty cell) keeps the column numeric.
+    rows = [{**row, "probability": row["probability"] if row["probability"] != "" else None} for row in result.table_rows()]
+    st.dataframe(rows, hide_index=True, width="stretch", key="zip_table",
                  column_config={"probability": st.column_config.ProgressColumn(min_value=0, max_value=1,
                                                                                format="percent")})
     stem = name.rsplit(".", 1)[0] or "pictures"
