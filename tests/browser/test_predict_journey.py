@@ -1,0 +1,51 @@
+"""A real browser drops a picture on the Predict page of a finished run and sees the prediction."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+import pytest
+
+from browsertools import wait_for_app
+from transfer.config import TrainConfig
+from transfer.jobs import JobManager
+from transfer.predict import Predictor
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def finished_run(studio, tmp_path, write_class_folders):
+    """A session token whose workspace in the server's home holds one tiny finished run.
+
+    The run is trained here, through the job manager, with the server's ``TRANSFER_HOME``: the
+    server finds it exactly as if its Train page had started it.
+    """
+    dataset = write_class_folders(tmp_path / "colours", {"red": 10, "green": 10, "blue": 10})
+    token = secrets.token_urlsafe(24)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRANSFER_HOME", str(studio.home))
+        patch.setenv("TRANSFER_OFFLINE", "1")
+        manager = JobManager(studio.home / "sessions" / token / "runs")
+        run = manager.submit(TrainConfig.for_method("features", dataset=str(dataset), epochs=2, image_size=64).to_dict())
+        status = manager.wait(run.id, timeout=180)
+    assert status["state"] == "finished", status
+    return token, run
+
+
+def test_dropping_a_picture_shows_its_prediction(studio, page, finished_run, make_picture, tmp_path):
+    token, run = finished_run
+    picture = tmp_path / "a red one.png"
+    make_picture(0, 900, (96, 80)).save(picture)
+    label = Predictor.from_run(run.path).predict(picture, 1)[0].label
+
+    page.goto(f"{studio}/predict?s={token}")
+    wait_for_app(page)
+    page.get_by_role("heading", name="Predict").wait_for()
+    page.wait_for_url(re.compile(rf"run={run.id}"))  # the finished run is chosen and linked
+    page.locator('input[type="file"]').first.set_input_files(str(picture))
+
+    page.get_by_text(f"Prediction: {label}", exact=False).first.wait_for(timeout=60_000)
+    page.get_by_text("a red one.png").first.wait_for()
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for()  # the top-k bars
