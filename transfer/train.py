@@ -331,7 +331,7 @@ class Trainer:
             return self.model
 
         common = dict(backbone=config.backbone, prep=self.prep, augmentation=config.augmentation, spec=spec,
-                      setup=self.setup, load_model=load_model, batch_size=max(16, min(64, config.batch_size)),
+                      setup=self.setup, load_model=load_model, batch_size=32,  # measured: 32 beats 64 on CPU caches
                       decoded=DecodedImageCache(), cache=FeatureCache(), should_stop=self.run.cancel_requested,
                       on_batch_shrink=lambda n: self.warn(f"Out of memory while computing features; "
                                                           f"continuing {n} pictures at a time.", batch_size=n))
