@@ -46,7 +46,8 @@ def show_summary(evaluation) -> None:
     columns = st.columns(4)
     columns[0].metric("Accuracy", _percent(evaluation.accuracy))
     columns[1].metric("Macro F1", _percent(evaluation.macro_f1()),
-                      help="The mean of the classes' F1 scores: every class counts the same, however many pictures it has.")
+                      help="The mean of the classes' F1 scores: every class counts the same, "
+                           "however many pictures it has.")
     columns[2].metric("Validation pictures", evaluation.count)
     columns[3].metric("Best epoch", evaluation.epoch or "–")
 
@@ -65,8 +66,10 @@ def show_per_class(evaluation) -> None:
     rows = [m.to_dict() for m in evaluation.per_class()]
     percent = {"min_value": 0, "max_value": 1, "format": "percent"}
     st.dataframe(rows, hide_index=True, width="stretch", key="per_class_table", column_config={
-        "precision": st.column_config.ProgressColumn("precision", help="Of the pictures called this class, the share that are.", **percent),
-        "recall": st.column_config.ProgressColumn("recall", help="Of the pictures of this class, the share found.", **percent),
+        "precision": st.column_config.ProgressColumn(
+            "precision", help="Of the pictures called this class, the share that are.", **percent),
+        "recall": st.column_config.ProgressColumn(
+            "recall", help="Of the pictures of this class, the share found.", **percent),
         "f1": st.column_config.ProgressColumn("F1", help="The harmonic mean of precision and recall.", **percent),
         "support": st.column_config.NumberColumn("pictures"),
         "predicted": st.column_config.NumberColumn("predicted as"),

@@ -47,7 +47,8 @@ def show_zip(run, name: str, data: bytes, top_k: int) -> None:
         st.success(f"{predicted} pictures predicted" + (f", {skipped} files skipped (see the last column)."
                                                          if skipped else "."))
     # Skipped files have no probability: None (an empty cell) keeps the column numeric.
-    rows = [{**row, "probability": row["probability"] if row["probability"] != "" else None} for row in result.table_rows()]
+    rows = [{**row, "probability": None if row["probability"] == "" else row["probability"]}
+            for row in result.table_rows()]
     st.dataframe(rows, hide_index=True, width="stretch", key="zip_table",
                  column_config={"probability": st.column_config.ProgressColumn(min_value=0, max_value=1,
                                                                                format="percent")})
@@ -84,6 +85,7 @@ if run is not None:
             show_pictures(run, [("webcam picture", photo.getvalue())], top_k, show_cam, "webcam")
     with zip_tab:
         archive = st.file_uploader("Drop a zip of pictures", type=["zip"], key="zip",
-                                   help="Folders inside the zip are fine; files that are not pictures are listed as skipped.")
+                                   help="Folders inside the zip are fine; files that are not pictures "
+                                        "are listed as skipped.")
         if archive is not None:
             show_zip(run, archive.name, archive.getvalue(), top_k)

@@ -117,7 +117,8 @@ def macro_average(metrics: list[ClassMetrics], field: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def top_losses(predictions: list[ValPrediction], count: int = 12, *, mistakes_only: bool = False) -> list[ValPrediction]:
+def top_losses(predictions: list[ValPrediction], count: int = 12, *,
+               mistakes_only: bool = False) -> list[ValPrediction]:
     """The ``count`` pictures the model was most wrong about: highest loss first (the lowest
     probability for the true class). Ties keep the file order, so the gallery is stable."""
     candidates = [p for p in predictions if not p.correct] if mistakes_only else list(predictions)
@@ -197,7 +198,8 @@ def load_evaluation(run_dir: Path | str) -> Evaluation:
     try:
         evaluation = Evaluation.from_dict(data)
     except (KeyError, TypeError, ValueError):
-        raise EvaluationNotReady(f"{path.name} of this run is not in the expected format; train the run again.") from None
+        raise EvaluationNotReady(
+            f"{path.name} of this run is not in the expected format; train the run again.") from None
     if not evaluation.predictions:
         raise EvaluationNotReady("This run had no validation pictures, so there is nothing to evaluate; "
                                  "give the data set a val/ folder or a validation share above zero.")

@@ -28,7 +28,8 @@ def finished_run(studio, tmp_path, write_class_folders):
         patch.setenv("TRANSFER_HOME", str(studio.home))
         patch.setenv("TRANSFER_OFFLINE", "1")
         manager = JobManager(studio.home / "sessions" / token / "runs")
-        run = manager.submit(TrainConfig.for_method("features", dataset=str(dataset), epochs=2, image_size=64).to_dict())
+        config = TrainConfig.for_method("features", dataset=str(dataset), epochs=2, image_size=64)
+        run = manager.submit(config.to_dict())
         status = manager.wait(run.id, timeout=180)
     assert status["state"] == "finished", status
     return token, run
