@@ -10,7 +10,7 @@ from transfer.backbones import Preprocessing, load_backbone
 from transfer.config import TrainConfig
 from transfer.data import load_dataset
 from transfer.devices import resolve_device
-from transfer.features import extract_features
+from transfer.features import FeatureCache, extract_features
 from transfer.heads import replace_head
 from transfer.runs import FINISHED, RunDir
 from transfer.train import ImageTask, Trainer, train_run
@@ -42,17 +42,17 @@ def test_augmentation_on_the_gpu_matches_the_cpu():
     assert torch.allclose(eval_batch(bank, PREP), eval_batch(bank.cuda(), PREP).cpu(), atol=1e-6)
 
 
-def test_features_on_the_gpu_match_the_cpu(tiny_dataset):
+def test_features_on_the_gpu_match_the_cpu(tiny_dataset, tmp_path):
     samples = load_dataset(tiny_dataset).val
     model = load_backbone("efficientnet_lite0")
     replace_head(model, 3)
     common = dict(backbone="efficientnet_lite0", prep=PREP, augmentation="none", spec=None)
     on_cpu, _ = extract_features(samples, [0], setup=resolve_device("cpu", "fp32"), load_model=lambda: model,
-                                 **common)
-    on_gpu, stats = extract_features(samples, [0], setup=resolve_device("cuda", "fp32"), load_model=lambda: model,
-                                     **common)
-    assert stats.computed == len(samples)  # fp32 on both, but another device: same cache key, so it is cached
-    assert torch.allclose(on_cpu, on_gpu, atol=1e-3) or stats.cached == len(samples)
+                                 cache=FeatureCache(tmp_path / "cpu"), **common)
+    on_gpu, stats = extract_features(samples, [0], setup=resolve_device("cuda", "fp32"),
+                                     load_model=lambda: model.cpu(), cache=FeatureCache(tmp_path / "gpu"), **common)
+    assert stats.computed == len(samples)
+    assert torch.allclose(on_cpu, on_gpu, atol=2e-3)  # TF32 convolutions on the GPU round a little
 
 
 @pytest.mark.parametrize("method", ["features", "finetune", "scratch"])
