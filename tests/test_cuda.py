@@ -52,7 +52,8 @@ def test_features_on_the_gpu_match_the_cpu(tiny_dataset, tmp_path):
     on_gpu, stats = extract_features(samples, [0], setup=resolve_device("cuda", "fp32"),
                                      load_model=lambda: model.cpu(), cache=FeatureCache(tmp_path / "gpu"), **common)
     assert stats.computed == len(samples)
-    assert torch.allclose(on_cpu, on_gpu, atol=2e-3)  # TF32 convolutions on the GPU round a little
+    # TF32 convolutions on the GPU round a little differently.
+    assert ((on_cpu - on_gpu).norm() / on_cpu.norm()).item() < 1e-2
 
 
 @pytest.mark.parametrize("method", ["features", "finetune", "scratch"])
