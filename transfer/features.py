@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from transfer.devices import DeviceSetup, is_out_of_memory, release_cached_memor
 from transfer.heads import head_module
 
 CENTRE_VIEW = 0
+DECODE_LOOKAHEAD_BATCHES = 8
 
 
 def weights_identity(backbone: str, pretrained: bool = True) -> str:
@@ -257,19 +259,25 @@ class _Extraction:
             return bank
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as prefetcher:
-            pending = prefetcher.submit(decode, chunks[0])  # decoding starts while the model loads
+            # Decoding runs ahead (a bounded number of batches, to bound memory) while the model
+            # loads and while the backbone works on earlier batches.
+            pending = deque(prefetcher.submit(decode, chunk) for chunk in chunks[:DECODE_LOOKAHEAD_BATCHES])
+            queued = len(pending)
             catcher = HeadInputCatcher(load_model().to(self.setup.device, memory_format=self.setup.memory_format()))
             catcher.model.eval()
             try:
-                for number, chunk in enumerate(chunks):
-                    bank = pending.result()
-                    if number + 1 < len(chunks):
-                        pending = prefetcher.submit(decode, chunks[number + 1])
+                for chunk in chunks:
+                    bank = pending.popleft().result()
+                    if queued < len(chunks):
+                        pending.append(prefetcher.submit(decode, chunks[queued]))
+                        queued += 1
                     if should_stop and should_stop():
                         raise Cancelled()
                     self.compute_chunk(catcher, chunk, bank.to(self.setup.device))
                     report()
             finally:
+                for future in pending:
+                    future.cancel()
                 catcher.close()
 
     def compute_chunk(self, catcher: HeadInputCatcher, chunk: list[int], bank: torch.Tensor) -> None:

@@ -79,7 +79,7 @@ def find_learning_rate(config, *, num_steps: int = 100, start_lr: float = 1e-6, 
     import torch
 
     from transfer.runs import RunDir
-    from transfer.train import Trainer, TrainingError, seed_everything
+    from transfer.train import Trainer, seed_everything
 
     with tempfile.TemporaryDirectory(prefix="transfer-lr-find-") as scratch:
         run = RunDir.create(scratch, config.to_dict())
@@ -99,10 +99,6 @@ def find_learning_rate(config, *, num_steps: int = 100, start_lr: float = 1e-6, 
             indices, order = torch.tensor(order[:batch]), order[batch:]
             for group, multiplier in zip(trainer.optimizer.param_groups, multipliers):
                 group["lr"] = lr * multiplier
-            try:
-                loss, _ = trainer._train_step(indices, 1)
-            except TrainingError:  # the loss became infinite: the end of the test, not a failure
-                return math.inf
-            return loss
+            return float(trainer._train_step(indices, 1)[0])  # an infinite loss ends the test
 
         return lr_range_test(step, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps)

@@ -262,6 +262,7 @@ class Trainer:
             raise TrainingError("Training needs pictures in both the training and the validation split; "
                                 "add pictures or lower the validation fraction.")
         self.train_targets = torch.tensor([self.dataset.label_index(s.label) for s in self.train_samples])
+        self.train_targets_on_device = self.train_targets.to(self.setup.device)
         self.val_targets = torch.tensor([self.dataset.label_index(s.label) for s in self.val_samples])
         self.batch_size = config.batch_size
         self.run.update_status(epochs=config.epochs, epoch=self.finished_epoch_on_disk(),
@@ -439,7 +440,11 @@ class Trainer:
         task.train_mode(epoch)
         n = len(self.train_samples)
         order = torch.randperm(n, generator=self.generator)
-        total_loss, correct, seen, cursor, step = 0.0, 0, 0, 0, 0
+        # Loss and hits add up on the device; reading them forces a GPU sync, so that happens
+        # only when an event is written.
+        total_loss = torch.zeros((), device=self.setup.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.setup.device)
+        seen, cursor, step = 0, 0, 0
         begun = time.perf_counter()
         while cursor < n:
             if self.run.cancel_requested():
@@ -460,24 +465,24 @@ class Trainer:
             step += 1
             total_loss += loss * len(indices)
             correct += hits
-            steps = step + math.ceil((n - cursor) / self.batch_size)
-            self.maybe_step_event(epoch, step, steps, total_loss / seen, correct / seen, lr, seen / (time.perf_counter() - begun),
-                                  cursor >= n, cursor, n)
-        return total_loss / seen, correct / seen, seen / max(1e-9, time.perf_counter() - begun)
+            last = cursor >= n
+            if last or time.perf_counter() - self.last_step_event >= STEP_EVENT_SECONDS:
+                mean_loss = checked_loss(float(total_loss) / seen)
+                steps = step + math.ceil((n - cursor) / self.batch_size)
+                self.step_event(epoch, step, steps, mean_loss, int(correct) / seen, lr,
+                                seen / (time.perf_counter() - begun), cursor, n)
+        return float(total_loss) / seen, int(correct) / seen, seen / max(1e-9, time.perf_counter() - begun)
 
-    def _train_step(self, indices: torch.Tensor, epoch: int) -> tuple[float, int]:
-        targets = self.train_targets[indices].to(self.setup.device)
+    def _train_step(self, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns the batch's mean loss and number of hits, as tensors."""
+        targets = self.train_targets_on_device[indices.to(self.setup.device)]
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.task.forward_train(indices, epoch, self.generator)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.config.label_smoothing)
-        if not torch.isfinite(loss):
-            raise TrainingError("The loss became infinite or not a number: lower the learning rate (--lr) and "
-                                "train again.")
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        hits = int((logits.detach().argmax(1) == targets).sum())
-        return float(loss.detach()), hits
+        return loss.detach(), (logits.detach().argmax(1) == targets).sum()
 
     def shrink_batch(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -640,11 +645,8 @@ class Trainer:
         recent = self.epoch_seconds[-3:] or [0.0]
         return (self.config.epochs - epoch) * sum(recent) / len(recent)
 
-    def maybe_step_event(self, epoch, step, steps, loss, accuracy, lr, images_per_s, last, cursor, n) -> None:
-        now = time.perf_counter()
-        if not last and now - self.last_step_event < STEP_EVENT_SECONDS:
-            return
-        self.last_step_event = now
+    def step_event(self, epoch, step, steps, loss, accuracy, lr, images_per_s, cursor, n) -> None:
+        self.last_step_event = time.perf_counter()
         per_image = 1.0 / max(images_per_s, 1e-9)
         recent = self.epoch_seconds[-3:]
         epoch_time = sum(recent) / len(recent) if recent else n * per_image
@@ -672,6 +674,13 @@ class Trainer:
 
     def warn(self, message: str, **fields) -> None:
         self.run.append_event({"type": "warning", "message": message, **fields})
+
+
+def checked_loss(loss: float) -> float:
+    if not math.isfinite(loss):
+        raise TrainingError("The loss became infinite or not a number: lower the learning rate (--lr) and "
+                            "train again.")
+    return loss
 
 
 class _HeadNeedsPictures(Exception):
