@@ -35,6 +35,17 @@ def test_a_loss_that_is_never_finite_is_reported():
 def test_find_learning_rate_on_a_real_model(method, tiny_dataset):
     config = TrainConfig.for_method(method, dataset=str(tiny_dataset), image_size=32, batch_size=8, device="cpu")
     result = find_learning_rate(config, num_steps=15 if method == "finetune" else 40)
-    assert math.isfinite(result.suggestion) and 1e-6 <= result.suggestion <= 1.0
+    assert math.isfinite(result.suggestion) and 1e-7 <= result.suggestion <= 10.0
     assert len(result.lrs) == len(result.losses) >= 5
     assert all(math.isfinite(x) for x in result.losses)
+
+
+def test_transfer_lr_find_prints_a_suggestion(tiny_dataset, capsys):
+    import json
+
+    from transfer.cli import main
+
+    code = main(["lr-find", str(tiny_dataset), "--image-size", "32", "--steps", "20", "--device", "cpu", "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and math.isfinite(result["suggestion"]) and result["suggestion"] > 0
+    assert len(result["lrs"]) == len(result["losses"])

@@ -73,7 +73,7 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float:
     return lrs[best_index]
 
 
-def find_learning_rate(config, *, num_steps: int = 100, start_lr: float = 1e-6, end_lr: float = 1.0) -> LRFindResult:
+def find_learning_rate(config, *, num_steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0) -> LRFindResult:
     """Run the range test for ``config`` (a :class:`transfer.config.TrainConfig`) without
     touching any real run; the data set and feature caches it fills are reused later."""
     import torch
