@@ -19,3 +19,21 @@ def open_app(page: str | None = None, *, token: str | None = None, timeout: floa
         app.switch_page(page)
         app.run()
     return app
+
+
+def session_with_dataset(source, draft: dict | None = None) -> tuple[str, "Path"]:
+    """A new browser session (its token and workspace) that already chose ``source`` as its data
+    set, and optionally saved ``draft`` settings on the Configure page."""
+    import json
+    import secrets
+
+    from transfer.paths import home
+
+    token = secrets.token_urlsafe(24)
+    workspace = home() / "sessions" / token
+    workspace.mkdir(parents=True)
+    (workspace / "dataset.json").write_text(
+        json.dumps({"source": str(source), "name": "tiny", "val_fraction": 0.2, "seed": 0}))
+    if draft is not None:
+        (workspace / "draft_config.json").write_text(json.dumps({**draft, "dataset_name": "tiny"}))
+    return token, workspace

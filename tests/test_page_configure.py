@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import secrets
 
 import pytest
 
-from apptools import open_app
-from transfer.paths import home
+from apptools import open_app, session_with_dataset
 
 
 @pytest.fixture
 def session_with_data(tiny_dataset):
-    token = secrets.token_urlsafe(24)
-    workspace = home() / "sessions" / token
-    workspace.mkdir(parents=True)
-    (workspace / "dataset.json").write_text(json.dumps({"source": str(tiny_dataset), "name": "tiny", "val_fraction": 0.2, "seed": 0}))
-    return token, workspace
+    return session_with_dataset(tiny_dataset)
 
 
 def test_without_data_the_page_points_to_the_data_page():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from apptools import open_app
-from conftest import _write_class_folders
+from pictures import write_class_folders as _write_class_folders
 from transfer.config import TrainConfig
 from transfer.jobs import JobManager
 from transfer.runs import RunDir

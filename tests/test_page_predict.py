@@ -14,7 +14,7 @@ import streamlit.testing.v1.app_test as app_test_module
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
 from apptools import open_app
-from conftest import _make_picture
+from pictures import make_picture as _make_picture
 from test_page_evaluate import TrainedSession, all_text, chart_specs, shared_trained_session
 from transfer.predict import Predictor
 

@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import json
-import secrets
 import time
 
 import pytest
 
-from apptools import open_app
+from apptools import open_app, session_with_dataset
 from transfer.jobs import JobManager
-from transfer.paths import home
 from transfer.runs import list_runs
 
 
 @pytest.fixture
 def configured_session(tiny_dataset):
     """A session that chose the tiny data set and small, quick settings on the Configure page."""
-    token = secrets.token_urlsafe(24)
-    workspace = home() / "sessions" / token
-    workspace.mkdir(parents=True)
-    (workspace / "dataset.json").write_text(
-        json.dumps({"source": str(tiny_dataset), "name": "tiny", "val_fraction": 0.2, "seed": 0}))
-    (workspace / "draft_config.json").write_text(json.dumps(
-        {"backbone": "efficientnet_lite0", "method": "features", "epochs": 3, "batch_size": 16,
-         "image_size": 64, "feature_views": 1, "dataset_name": "tiny"}))
-    return token, workspace
+    return session_with_dataset(tiny_dataset, {"backbone": "efficientnet_lite0", "method": "features", "epochs": 3,
+                                               "batch_size": 16, "image_size": 64, "feature_views": 1})
 
 
 def wait_for_state(runs_dir, states, timeout=120):
