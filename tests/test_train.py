@@ -109,6 +109,26 @@ def test_head_only_epochs_freeze_the_backbone_first(tmp_path, tiny_dataset, reco
     assert seen == [(1, False), (2, True)]
 
 
+def test_finetuning_starts_from_a_linear_probe_head(tmp_path, tiny_dataset, monkeypatch):
+    heads_at_epoch_one = []
+    original = Trainer.train_one_epoch
+
+    def spy(self, epoch):
+        if epoch == 1:
+            heads_at_epoch_one.append({k: v.clone() for k, v in self.head().state_dict().items()})
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", spy)
+    probed = make_run(tmp_path, tiny_dataset, "finetune", epochs=1)
+    train_run(probed)
+    random_head = make_run(tmp_path, tiny_dataset, "finetune", epochs=1, probe_init=False)
+    train_run(random_head)
+    probe = [e for e in probed.events("info") if "probe_train_accuracy" in e]
+    assert len(probe) == 1 and probe[0]["probe_train_accuracy"] > 0.5
+    assert not [e for e in random_head.events("info") if "probe_train_accuracy" in e]
+    assert changed_keys(heads_at_epoch_one[0], heads_at_epoch_one[1])  # the probe moved the head
+
+
 # --------------------------------------------------------------------------- outputs
 
 

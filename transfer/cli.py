@@ -402,6 +402,8 @@ def add_train(sub) -> None:
     p.add_argument("--train-blocks", type=int, help="finetune: how many of the last backbone blocks learn")
     p.add_argument("--head-only-epochs", type=int, help="finetune: epochs of head-only training first")
     p.add_argument("--feature-views", type=int, help="features: centre crop + augmented views per training picture")
+    p.add_argument("--no-probe", dest="probe_init", action="store_const", const=False,
+                   help="finetune: start from a random head instead of one trained on frozen features")
     p.add_argument("--dropout", type=float, help="dropout before the new head")
     p.add_argument("--hidden", type=int, help="width of a hidden layer in the new head")
     p.add_argument("--val-fraction", type=float, help="validation share when DATA has no val/ folder (default 0.2)")
@@ -411,7 +413,8 @@ def add_train(sub) -> None:
 
 _TRAIN_SETTINGS = ("backbone", "epochs", "batch_size", "lr", "image_size", "seed", "device", "augmentation",
                    "optimizer", "schedule", "label_smoothing", "weight_decay", "early_stopping_patience",
-                   "train_blocks", "head_only_epochs", "feature_views", "dropout", "hidden", "val_fraction")
+                   "train_blocks", "head_only_epochs", "feature_views", "dropout", "hidden", "val_fraction",
+                   "probe_init")
 
 
 def cmd_train(args) -> int:

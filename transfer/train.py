@@ -237,6 +237,8 @@ class Trainer:
     def train(self) -> None:
         self.prepare()
         start_epoch = self.restore_checkpoint() + 1
+        if start_epoch == 1 and self.wants_linear_probe():
+            self.linear_probe_head()
         threads = torch.get_num_threads()
         if isinstance(self.task, FeatureTask) and self.setup.kind == "cpu":
             # A head's steps take well under a millisecond on one core; spreading such tiny
@@ -384,6 +386,56 @@ class Trainer:
         model = self.model
         self.write_model_info_once()
         return ImageTask(model, self.config, bank[:n_train], bank[n_train:], self.prep, self.setup)
+
+    def wants_linear_probe(self) -> bool:
+        return (self.config.method == "finetune" and self.config.probe_init and isinstance(self.task, ImageTask)
+                and not self.model.transfer_head.convolutional)
+
+    def linear_probe_head(self) -> None:
+        """Fine-tuning starts from a trained head rather than a random one ("LP-FT"): a random
+        head sends large, meaningless gradients into the pretrained layers in the first steps
+        and distorts what they learned. The probe costs one backbone pass over the training
+        pictures (cached for later runs) and a fraction of a second of head training."""
+        from transfer.features import FeatureCache, extract_features
+        from transfer.methods import METHODS
+
+        started = time.perf_counter()
+        n = len(self.train_samples)
+        features, stats = extract_features(
+            self.train_samples, [0], backbone=self.config.backbone, prep=self.prep,
+            augmentation=self.config.augmentation, spec=None, setup=self.setup, load_model=lambda: self.model,
+            batch_size=32, cache=FeatureCache(), should_stop=self.run.cancel_requested,
+            progress=lambda done, total, seconds: self.progress_event("probe", done, total, seconds))
+        settings = METHODS["features"].defaults
+        head = self.head()
+        inputs, targets = features[:, 0].to(self.setup.device), self.train_targets_on_device
+        optimizer = torch.optim.AdamW(head.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+        generator = torch.Generator().manual_seed(self.config.seed)
+        epochs, batch = settings["epochs"], settings["batch_size"]
+        threads = torch.get_num_threads()
+        if self.setup.kind == "cpu":
+            torch.set_num_threads(1)  # tiny steps: see train()
+        try:
+            head.train()
+            for epoch in range(epochs):
+                order = torch.randperm(n, generator=generator).to(self.setup.device)
+                for start in range(0, n, batch):
+                    indices = order[start : start + batch]
+                    factor = lr_factor("onecycle", (epoch * n + start) / (epochs * n))
+                    for group in optimizer.param_groups:
+                        group["lr"] = settings["lr"] * factor
+                    optimizer.zero_grad(set_to_none=True)
+                    F.cross_entropy(head(inputs[indices]).float(), targets[indices]).backward()
+                    optimizer.step()
+            head.eval()
+            with torch.no_grad():
+                accuracy = float((head(inputs).argmax(1) == targets).float().mean())
+        finally:
+            torch.set_num_threads(threads)
+        self.info(f"New head initialised by a linear probe (training accuracy {accuracy:.3f}; "
+                  f"{stats.computed} features computed, {stats.cached} cached) in "
+                  f"{time.perf_counter() - started:.1f} s.", probe_train_accuracy=round(accuracy, 4),
+                  probe_features_computed=stats.computed, probe_features_cached=stats.cached)
 
     def head(self) -> nn.Module:
         from transfer.heads import head_module
