@@ -82,6 +82,17 @@ def test_finetune_trains_the_head_and_the_last_blocks_only(tmp_path, tiny_datase
     assert len(changed & trained) >= 0.8 * len(trained)  # a few parameters may get zero gradients
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_finetuning_keeps_the_pretrained_batchnorm_statistics_unless_told(tmp_path, tiny_dataset,
+                                                                          recorded_initial_state, freeze):
+    run = make_run(tmp_path, tiny_dataset, "finetune", epochs=1, freeze_batchnorm=freeze)
+    train_run(run)
+    after = load_file(str(run.weights_path))
+    moved = {k for k in changed_keys(recorded_initial_state, after) if "running_" in k}
+    assert bool(moved) is not freeze
+    assert any(k.endswith("bn1.weight") for k in changed_keys(recorded_initial_state, after))  # scales learn
+
+
 def test_scratch_starts_from_random_weights_and_trains_everything(tmp_path, tiny_dataset, recorded_initial_state):
     run = make_run(tmp_path, tiny_dataset, "scratch", epochs=1, lr=1e-2)
     train_run(run)

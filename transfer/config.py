@@ -61,6 +61,7 @@ class TrainConfig:
     dropout: float = 0.0
     hidden: int | None = None
     probe_init: bool = True  # fine-tuning: start from a head trained on frozen features (LP-FT)
+    freeze_batchnorm: bool = True  # fine-tuning: keep the pretrained BatchNorm statistics
     feature_views: int = 1  # feature transfer: the centre crop plus K-1 augmented views per training picture
     val_fraction: float = 0.2
     split_seed: int = 0
@@ -138,8 +139,9 @@ class TrainConfig:
         _choice(self, "augmentation", AUGMENTATIONS)
         _choice(self, "device", DEVICES)
         _choice(self, "precision", PRECISIONS)
-        if not isinstance(self.probe_init, bool):
-            raise ConfigError(f"Probe init must be true or false, not {self.probe_init!r}.")
+        for name in ("probe_init", "freeze_batchnorm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{_label(name)} must be true or false, not {getattr(self, name)!r}.")
         if self.image_size is not None:
             _whole(self, "image_size", 16, 1024)
         if self.hidden is not None:

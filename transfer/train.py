@@ -190,6 +190,13 @@ class ImageTask:
                                       backbone_lr_mult=self.config.backbone_lr_mult)
             self.plan_is_head_only = head_only
         self.plan.train_mode()
+        if self.config.method == "finetune" and self.config.freeze_batchnorm:
+            # Pretrained statistics are estimated from millions of pictures; re-estimating them
+            # from a few small batches of augmented crops only moves them away from what the
+            # pretrained layers (and the probed head) expect. Scale and shift still learn.
+            for module in self.module.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def forward_train(self, indices: torch.Tensor, epoch: int, generator: torch.Generator) -> torch.Tensor:
         images = self.train_bank[indices.to(self.train_bank.device)]
