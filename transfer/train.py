@@ -25,14 +25,24 @@
     ``{"epoch", "val_accuracy", "val_loss", "per_class": {label: {"accuracy", "correct",
     "count"}}, "confusion": [[count of true i predicted j]]}`` for the best epoch.
 
-Events (``events.jsonl``): ``info`` and ``warning`` messages; ``progress`` while backbone
-features are computed (``phase``, ``done``, ``total``, ``images_per_s``, ``elapsed``,
-``eta``); ``step`` every few steps (``epoch``, ``epochs``, ``step``, ``steps``, ``loss``,
+Events (``events.jsonl``): ``info`` and ``warning`` messages; ``progress`` before the first
+epoch (``phase``: ``features`` while backbone features are computed, ``decode`` while pictures
+are decoded, ``probe`` while the linear probe's features are computed; ``done``, ``total``,
+``images_per_s``, ``elapsed``, ``eta``); ``step`` every few steps (``epoch``, ``epochs``, ``step``, ``steps``, ``loss``,
 ``accuracy``, ``lr``, ``images_per_s``, ``elapsed``, ``eta``); ``epoch`` after each epoch
 (``epoch``, ``epochs``, ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``,
 ``best_val_accuracy``, ``lr``, ``images_per_s``, ``seconds``, ``elapsed``, ``eta``; ``loss``
 and ``accuracy`` repeat the training figures); ``result`` at the end (best epoch, per-class
 accuracy, file names). The worker adds the closing ``end`` event.
+
+How each method trains: ``features`` computes (or reads from the cache) the backbone's
+features once and trains only the head, single-threaded on the CPU, where such tiny steps are
+fastest. ``finetune`` first fits the new head on frozen features (a linear probe, "LP-FT"),
+keeps the pretrained BatchNorm statistics, and then trains head and backbone end to end from
+the decoded uint8 pictures, augmented in batches on the device. ``scratch`` trains everything
+from random weights. All three use the same epoch loop: learning rate set per step from the
+schedule, loss and accuracy summed on the device, the batch halved on out-of-memory, a
+checkpoint per epoch, the best epoch's weights kept.
 """
 
 from __future__ import annotations
