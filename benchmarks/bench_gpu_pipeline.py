@@ -40,17 +40,22 @@ def write_pictures(root: Path, count: int, classes: int = 4) -> Path:
     return root
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        sync()
+
+
 def time_steps(trainer, steps: int, warmup: int, batch_size: int) -> float:
     n = len(trainer.train_samples)
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randperm(n, generator=generator)[:batch_size] for _ in range(steps + warmup)]
     for indices in batches[:warmup]:
         trainer._train_step(indices, 1)
-    torch.cuda.synchronize()
+    sync()
     started = time.perf_counter()
     for indices in batches[warmup:]:
         trainer._train_step(indices, 1)
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - started) / steps
 
 
@@ -60,13 +65,13 @@ def time_augmentation(trainer, steps: int, batch_size: int) -> float:
     task = trainer.task
     n = task.train_bank.shape[0]
     generator = torch.Generator().manual_seed(1)
-    torch.cuda.synchronize()
+    sync()
     started = time.perf_counter()
     for _ in range(steps):
         indices = torch.randperm(n, generator=generator)[:batch_size].to(task.train_bank.device)
         augment_batch(task.train_bank[indices], task.prep, task.spec, generator=generator) \
             .contiguous(memory_format=torch.channels_last)
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - started) / steps
 
 
@@ -78,8 +83,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--device", default="cuda", help="cpu only to try the script on a machine without a GPU")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU visible", file=sys.stderr)
         return 2
 
@@ -94,7 +100,7 @@ def main() -> int:
         data = write_pictures(scratch / "data", args.images)
         config = TrainConfig.for_method("scratch", dataset=str(data), backbone=args.backbone,
                                         image_size=args.image_size, batch_size=args.batch_size, epochs=1,
-                                        augmentation="light", device="cuda")
+                                        augmentation="light", device=args.device)
         trainer = Trainer(RunDir.create(scratch / "runs", config.to_dict()), config)
         trainer.prepare()
         prepare_seconds = time.perf_counter() - started
@@ -105,7 +111,7 @@ def main() -> int:
         augmentation = time_augmentation(trainer, args.steps, batch)
 
         task = trainer.task
-        fixed = torch.randn(batch, 3, args.image_size, args.image_size, device="cuda") \
+        fixed = torch.randn(batch, 3, args.image_size, args.image_size, device=args.device) \
             .contiguous(memory_format=torch.channels_last)
 
         def synthetic_forward(indices, epoch, generator):
@@ -123,7 +129,8 @@ def main() -> int:
     for name, seconds in rows:
         print(f"{name:<52} {seconds * 1000:>9.1f} {batch / seconds:>10.0f}")
     print(f"input pipeline share: {share * 100:.1f} % (target <= 15 %)")
-    result = {"benchmark": "gpu_pipeline", "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else args.device
+    result = {"benchmark": "gpu_pipeline", "device": device, "torch": torch.__version__,
               "backbone": args.backbone, "batch_size": batch, "image_size": args.image_size,
               "precision": trainer.setup.precision, "train_pictures": len(trainer.train_samples),
               "bank_device": str(task.train_bank.device), "bank_dtype": str(task.train_bank.dtype),

@@ -27,14 +27,19 @@ export PYTHONPATH="$REPO:$REPO/.gpu_site:${PYTHONPATH:-}"
 export TRANSFER_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export TRANSFER_HOME="$(mktemp -d /tmp/transfer-home-XXXXXX)"
 
+# The GPU machine's python3 holds PyTorch; a local virtualenv wins where it sees a GPU, or where
+# python3 has no torch at all (a development machine).
 PY=python3
-if [ -x "$REPO/.venv/bin/python" ] && "$REPO/.venv/bin/python" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-  PY="$REPO/.venv/bin/python"
+VENV_PY="$REPO/.venv/bin/python"
+if [ -x "$VENV_PY" ] && { "$VENV_PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null \
+     || ! python3 -c "import torch" 2>/dev/null; }; then
+  PY="$VENV_PY"
 fi
 
+status=0
 echo "== versions ($(date -u +%FT%TZ))"
 nvidia-smi -L || true
-"$PY" - <<'EOF'
+"$PY" - <<'EOF' || status=1
 import platform, sys
 import torch
 print("python", platform.python_version(), sys.executable)
@@ -54,7 +59,6 @@ except ImportError:
     print("bundled Lite0 weights: MISSING (tests that load them will fail; see the header of this script)")
 EOF
 
-status=0
 step() {  # step NAME SECONDS COMMAND...: run, time-box, log to $OUT/NAME.log, remember failures
   local name="$1" seconds="$2"; shift 2
   echo "== $name (at most ${seconds} s)"
