@@ -125,7 +125,7 @@ with st.expander("Advanced settings", expanded=False):
     extra: dict = {}
     if method == "features":
         extra["feature_views"] = right.number_input(
-            "Views per picture", 1, 16, int(setting("feature_views", 2)), key="views",
+            "Views per picture", 1, 16, int(setting("feature_views", 1)), key="views",
             help="The centre crop plus augmented copies; each is computed once and cached.")
     if method == "finetune":
         from ui.blocks import block_count

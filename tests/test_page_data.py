@@ -168,8 +168,7 @@ def test_class_names_that_clash_or_name_a_split_are_refused_with_a_sentence():
 
 
 def test_demo_button_selects_the_demo_set():
-    if not demo_dataset_path().is_dir():
-        pytest.skip("the demo data set is not in this checkout")
+    assert demo_dataset_path().is_dir(), "the demo data set ships with the package"
     app = open_app(PAGE, token=TOKEN_A)
     button(app, "Use the demo data set").click().run()
     assert not app.exception

@@ -67,7 +67,7 @@ def cmd_backbones(args) -> int:
 
 DEFAULT_RUNS_DIR = "runs"
 _EPOCH_FIELDS = (("loss", "loss {:.4f}"), ("accuracy", "acc {:.3f}"), ("val_loss", "val_loss {:.4f}"),
-                 ("val_accuracy", "val_acc {:.3f}"), ("images_per_second", "{:.0f} img/s"),
+                 ("val_accuracy", "val_acc {:.3f}"), ("images_per_s", "{:.0f} img/s"),
                  ("elapsed", "{:.1f} s"))
 
 

@@ -60,7 +60,7 @@ def measure_forward_seconds(model: torch.nn.Module, image_size: int, batch: int 
 
 
 def estimate_training_seconds(method: str, *, train_images: int, val_images: int, epochs: int,
-                              forward_seconds: float, feature_views: int = 2,
+                              forward_seconds: float, feature_views: int = 1,
                               features_cached: bool = False) -> Estimate:
     """Expected wall time of a run, from the measured seconds per forward pass."""
     method_info = get_method(method)

@@ -63,7 +63,7 @@ from transfer.augment import augment_batch, eval_batch, get_preset, preprocessin
 from transfer.backbones import Preprocessing, get_backbone
 from transfer.cache import DecodedImageCache
 from transfer.config import TrainConfig
-from transfer.data import Dataset, Sample, load_dataset
+from transfer.data import Dataset, load_dataset
 from transfer.devices import DeviceError, DeviceSetup, is_out_of_memory, release_cached_memory, resolve_device
 from transfer.errors import TransferError
 from transfer.methods import create_model, get_method, prepare_model
