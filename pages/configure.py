@@ -9,7 +9,7 @@ from transfer.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 from transfer.errors import TransferError
 from transfer.estimate import describe_seconds, estimate_training_seconds, recommend_method
 from transfer.methods import METHODS
-from ui import reports, session
+from ui import charts, reports, session
 from ui.sidebar import has_gpu
 
 STATUS_BADGES = {
@@ -98,8 +98,11 @@ with st.expander("Advanced settings", expanded=False):
                                help="How many times training goes through all pictures.")
     batch_size = middle.number_input("Batch size", 1, 1024, int(setting("batch_size", 32)), key=f"batch_{method}",
                                      help="Pictures per step; a CUDA out-of-memory error halves it automatically.")
-    lr = right.number_input("Learning rate", 1e-6, 1.0, float(setting("lr", 1e-3)), format="%.5f",
-                            key=f"lr_{method}", help="How big each learning step is.")
+    lr_key = f"lr_{method}"
+    if lr_key not in st.session_state:
+        st.session_state[lr_key] = float(setting("lr", 1e-3))
+    lr = right.number_input("Learning rate", 1e-6, 1.0, format="%.5f", key=lr_key,
+                            help="How big each learning step is; the finder below suggests one.")
     optimizer = left.selectbox("Optimizer", OPTIMIZERS, OPTIMIZERS.index(setting("optimizer", "adamw")),
                                key=f"optimizer_{method}")
     schedule = middle.selectbox("Learning-rate schedule", SCHEDULES, SCHEDULES.index(setting("schedule", "onecycle")),
@@ -122,6 +125,14 @@ with st.expander("Advanced settings", expanded=False):
                                   key=f"smoothing_{method}")
     weight_decay = middle.number_input("Weight decay", 0.0, 1.0, float(setting("weight_decay", 1e-4)),
                                        format="%.5f", key=f"wd_{method}")
+    preview_samples = [samples[0] for samples in dataset.by_class("train").values() if samples][:4]
+    if preview_samples:
+        st.caption(f"What '{augmentation}' augmentation does to a few of your pictures (each row: three random versions):")
+        versions = reports.augmentation_preview(preview_samples, tuple(s.sha256 for s in preview_samples),
+                                                backbone, int(image_size), augmentation)
+        grid = st.columns(len(versions))
+        for column, copies in zip(grid, versions):
+            column.image(copies, width=96)
     extra: dict = {}
     if method == "features":
         extra["feature_views"] = right.number_input(
@@ -138,6 +149,22 @@ with st.expander("Advanced settings", expanded=False):
         extra["head_only_epochs"] = left.number_input(
             "Head-only epochs first", 0, max(0, int(epochs) - 1), min(int(setting("head_only_epochs", 0)), int(epochs) - 1),
             key="head_only", help="Train the new head alone for a while before unfreezing the backbone.")
+
+    finder_left, finder_right = st.columns([1, 2])
+    if finder_left.button("Find a learning rate", icon="🔎", key="lr_find",
+                          help="A short range test (about 60 steps) in a separate process, as fastai's lr_find."):
+        with st.spinner("Trying learning rates from 1e-7 to 10 ..."):
+            try:
+                st.session_state["lr_found"] = {"method": method, **reports.find_learning_rate(
+                    choice["source"], method, backbone, int(image_size), int(batch_size))}
+            except (reports.LearningRateFinderError, OSError) as error:
+                st.error(str(error))
+    found = st.session_state.get("lr_found")
+    if found and found["method"] == method:
+        finder_right.plotly_chart(charts.lr_finder_curve(found["lrs"], found["losses"], found["suggestion"]),
+                                  key="lr_curve")
+        finder_left.button(f"Use {found['suggestion']:.1e}", key="use_lr", on_click=st.session_state.__setitem__,
+                           args=(lr_key, float(f"{found['suggestion']:.1e}")))
 
 try:
     config = TrainConfig.for_method(

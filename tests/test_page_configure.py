@@ -45,3 +45,20 @@ def test_switching_method_switches_defaults_and_offline_backbones_cannot_be_pick
     app.number_input(key="epochs_finetune").set_value(3).run()
     draft = json.loads((workspace / "draft_config.json").read_text())
     assert draft["method"] == "finetune" and draft["epochs"] == 3 and draft["train_blocks"] is None
+
+
+def test_augmentation_preview_and_learning_rate_finder(session_with_data):
+    token, workspace = session_with_data
+    app = open_app("pages/configure.py", token=token, timeout=180)
+    assert len(app.get("image")) >= 3  # augmented versions of one picture per class
+    app.selectbox(key="augmentation_features").set_value("strong").run()
+    assert not app.exception, app.exception
+    app.button(key="lr_find").click().run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    found = app.session_state["lr_found"]
+    assert 1e-7 <= found["suggestion"] <= 10
+    app.button(key="use_lr").click().run()
+    assert app.number_input(key="lr_features").value == pytest.approx(float(f"{found['suggestion']:.1e}"))
+    draft = json.loads((workspace / "draft_config.json").read_text())
+    assert draft["lr"] == pytest.approx(float(f"{found['suggestion']:.1e}")) and draft["augmentation"] == "strong"

@@ -182,3 +182,27 @@ def _colour_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Te
     x = ((x - mean) * contrast.view(-1, 1, 1, 1) + mean).clamp_(0.0, 1.0)
     grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
     return ((x - grey) * saturation.view(-1, 1, 1, 1) + grey).clamp_(0.0, 1.0)
+
+
+def preview(arrays: list[np.ndarray], prep: Preprocessing, preset: str, copies: int = 3,
+            seed: int = 0) -> list[list[np.ndarray]]:
+    """What training will see: for each picture, ``copies`` augmented versions as uint8 arrays.
+
+    ``arrays`` are decoded pictures whose short side is at least ``prep.resize_size``.
+    """
+    spec = get_preset(preset)
+    squares = [np.ascontiguousarray(centre_square(a)) for a in arrays]
+    bank = torch.stack([
+        F.interpolate(torch.from_numpy(s).permute(2, 0, 1)[None].float(), size=(prep.resize_size,) * 2,
+                      mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0).round().clamp(0, 255)
+        .to(torch.uint8)
+        for s in squares
+    ])
+    generator = torch.Generator().manual_seed(seed)
+    mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std).view(1, 3, 1, 1)
+    versions = []
+    for _ in range(copies):
+        x = augment_batch(bank, prep, spec, generator=generator) * std + mean  # back to [0, 1] for display
+        versions.append((x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return [[versions[c][i] for c in range(copies)] for i in range(len(arrays))]

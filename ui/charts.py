@@ -37,3 +37,13 @@ def compare_curves(series: dict[str, list[dict]], x: str = "epoch") -> go.Figure
                          yaxis_title="validation accuracy", yaxis_range=[0, 1.02],
                          margin={"l": 10, "r": 10, "t": 10, "b": 10}, legend={"orientation": "h", "y": -0.2})
     return figure
+
+
+def lr_finder_curve(lrs: list[float], losses: list[float], suggestion: float) -> go.Figure:
+    """Loss against learning rate (log scale) with the suggested rate marked."""
+    figure = go.Figure(go.Scatter(x=lrs, y=losses, mode="lines", name="loss", line={"color": _TRAIN}))
+    figure.add_vline(x=suggestion, line_dash="dash", line_color=_VAL,
+                     annotation_text=f"suggested {suggestion:.1e}")
+    figure.update_layout(height=260, xaxis_type="log", xaxis_title="learning rate", yaxis_title="loss",
+                         margin={"l": 10, "r": 10, "t": 10, "b": 10}, showlegend=False)
+    return figure
