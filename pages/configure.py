@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import streamlit as st
 
 from transfer.backbones import UNAVAILABLE, get_backbone
@@ -127,7 +129,7 @@ with st.expander("Advanced settings", expanded=False):
                                        format="%.5f", key=f"wd_{method}")
     preview_samples = [samples[0] for samples in dataset.by_class("train").values() if samples][:4]
     if preview_samples:
-        st.caption(f"What '{augmentation}' augmentation does to a few of your pictures (each row: three random versions):")
+        st.caption(f"What '{augmentation}' augmentation does to a few of your pictures (each column: one picture, three random versions):")
         versions = reports.augmentation_preview(preview_samples, tuple(s.sha256 for s in preview_samples),
                                                 backbone, int(image_size), augmentation)
         grid = st.columns(len(versions))
@@ -157,14 +159,14 @@ with st.expander("Advanced settings", expanded=False):
             try:
                 st.session_state["lr_found"] = {"method": method, **reports.find_learning_rate(
                     choice["source"], method, backbone, int(image_size), int(batch_size))}
-            except (reports.LearningRateFinderError, OSError) as error:
+            except (reports.LearningRateFinderError, OSError, subprocess.TimeoutExpired) as error:
                 st.error(str(error))
     found = st.session_state.get("lr_found")
     if found and found["method"] == method:
         finder_right.plotly_chart(charts.lr_finder_curve(found["lrs"], found["losses"], found["suggestion"]),
                                   key="lr_curve")
         finder_left.button(f"Use {found['suggestion']:.1e}", key="use_lr", on_click=st.session_state.__setitem__,
-                           args=(lr_key, float(f"{found['suggestion']:.1e}")))
+                           args=(lr_key, min(1.0, max(1e-6, float(f"{found['suggestion']:.1e}")))))
 
 try:
     config = TrainConfig.for_method(
