@@ -40,24 +40,16 @@ def make_run(folder: Path, classes=("ants", "bees", "wasps")) -> Path:
 
     from transfer.backbones import get_backbone
     from transfer.methods import create_model
+    from transfer.model_io import model_info
 
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", len(classes), "features")
     prep = get_backbone("efficientnet_lite0").preprocessing
-    head = model.transfer_head
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps({"backbone": "efficientnet_lite0", "method": "features"}))
     (folder / "labels.json").write_text(json.dumps({"classes": list(classes)}))
-    (folder / "model.json").write_text(json.dumps({
-        "format": 1, "backbone": "efficientnet_lite0", "method": "features", "num_classes": len(classes),
-        "classes": list(classes),
-        "head": {"path": head.path, "in_features": head.in_features, "dropout": 0.0, "hidden": None,
-                 "convolutional": head.convolutional},
-        "image_size": prep.input_size,
-        "preprocessing": {"input_size": prep.input_size, "resize_size": prep.resize_size, "mean": list(prep.mean),
-                          "std": list(prep.std), "interpolation": prep.interpolation, "crop_pct": prep.crop_pct},
-        "weights": "model.safetensors",
-    }))
+    (folder / "model.json").write_text(json.dumps(model_info(
+        model, backbone="efficientnet_lite0", method="features", classes=list(classes), preprocessing=prep)))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     return folder
 

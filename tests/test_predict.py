@@ -27,22 +27,16 @@ def write_run(folder: Path, model: torch.nn.Module, labels: list[str], backbone:
     model.json and the full state dict as safetensors."""
     from transfer.augment import preprocessing_for
     from transfer.backbones import get_backbone
+    from transfer.model_io import model_info
 
     prep = preprocessing_for(get_backbone(backbone).preprocessing, image_size)
-    head = model.transfer_head
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps({"backbone": backbone, "method": "features"}))
     (folder / "labels.json").write_text(json.dumps({"classes": labels}))
     (folder / "status.json").write_text(json.dumps({"state": "finished"}))
-    (folder / "model.json").write_text(json.dumps({
-        "format": 1, "backbone": backbone, "method": "features", "num_classes": len(labels), "classes": labels,
-        "head": {"path": head.path, "in_features": head.in_features, "dropout": dropout, "hidden": hidden,
-                 "convolutional": head.convolutional},
-        "image_size": prep.input_size,
-        "preprocessing": {"input_size": prep.input_size, "resize_size": prep.resize_size, "mean": list(prep.mean),
-                          "std": list(prep.std), "interpolation": prep.interpolation, "crop_pct": prep.crop_pct},
-        "weights": "model.safetensors",
-    }))
+    (folder / "model.json").write_text(json.dumps(model_info(
+        model, backbone=backbone, method="features", classes=labels, preprocessing=prep, dropout=dropout,
+        hidden=hidden)))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     return folder
 

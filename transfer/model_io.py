@@ -22,6 +22,26 @@ class ModelNotReady(TransferError):
     """The run has no trained model (yet)."""
 
 
+def model_info(model: nn.Module, *, backbone: str, method: str, classes: list[str], preprocessing: Preprocessing,
+               dropout: float = 0.0, hidden: int | None = None, weights: str = WEIGHTS_FILE) -> dict:
+    """The content of ``model.json`` for a model whose head :func:`replace_head` installed."""
+    head = model.transfer_head
+    prep = preprocessing
+    return {
+        "format": 1,
+        "backbone": backbone,
+        "method": method,
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "head": {"path": head.path, "in_features": head.in_features, "dropout": dropout, "hidden": hidden,
+                 "convolutional": head.convolutional},
+        "image_size": prep.input_size,
+        "preprocessing": {"input_size": prep.input_size, "resize_size": prep.resize_size, "mean": list(prep.mean),
+                          "std": list(prep.std), "interpolation": prep.interpolation, "crop_pct": prep.crop_pct},
+        "weights": weights,
+    }
+
+
 def read_model_info(run_dir: Path | str) -> dict:
     path = Path(run_dir) / MODEL_INFO_FILE
     try:

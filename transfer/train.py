@@ -67,9 +67,9 @@ from transfer.data import Dataset, load_dataset
 from transfer.devices import DeviceError, DeviceSetup, is_out_of_memory, release_cached_memory, resolve_device
 from transfer.errors import TransferError
 from transfer.methods import create_model, get_method, prepare_model
+from transfer.model_io import MODEL_INFO_FILE, model_info
 from transfer.runs import FINISHED, Cancelled, RunDir, atomic_write_bytes, atomic_write_json
 
-MODEL_INFO_FILE = "model.json"
 PREDICTIONS_FILE = "val_predictions.json"
 METRICS_FILE = "val_metrics.json"
 STEP_EVENT_SECONDS = 0.5  # at most about two step events a second: enough for a live chart
@@ -659,22 +659,10 @@ class Trainer:
 
     def write_model_info(self) -> None:
         self.model_info_written = True
-        head = self.model.transfer_head
-        prep = self.prep
-        atomic_write_json(self.run.path / MODEL_INFO_FILE, {
-            "format": 1,
-            "backbone": self.config.backbone,
-            "method": self.config.method,
-            "num_classes": len(self.classes),
-            "classes": self.classes,
-            "head": {"path": head.path, "in_features": head.in_features, "dropout": self.config.dropout,
-                     "hidden": self.config.hidden, "convolutional": head.convolutional},
-            "image_size": prep.input_size,
-            "preprocessing": {"input_size": prep.input_size, "resize_size": prep.resize_size,
-                              "mean": list(prep.mean), "std": list(prep.std),
-                              "interpolation": prep.interpolation, "crop_pct": prep.crop_pct},
-            "weights": self.run.weights_path.name,
-        })
+        atomic_write_json(self.run.path / MODEL_INFO_FILE, model_info(
+            self.model, backbone=self.config.backbone, method=self.config.method, classes=self.classes,
+            preprocessing=self.prep, dropout=self.config.dropout, hidden=self.config.hidden,
+            weights=self.run.weights_path.name))
 
     def write_weights(self, module_state: dict) -> None:
         from safetensors.torch import save
