@@ -9,6 +9,7 @@ them) and per picture (so no two files share a content hash); the ``make_picture
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,18 @@ def transfer_home(tmp_path_factory, monkeypatch) -> Path:
 def tiny_dataset(tmp_path) -> Path:
     """A folder of 3 class folders (``red``, ``green``, ``blue``), 10 PNG pictures each, 48 x 40 px."""
     return _write_class_folders(tmp_path / "tiny_dataset", {"red": 10, "green": 10, "blue": 10})
+
+
+@pytest.fixture
+def png():
+    """``png(class_index, picture_index) -> bytes``: a generated picture encoded as PNG."""
+
+    def encode(class_index: int, picture_index: int) -> bytes:
+        buffer = io.BytesIO()
+        _make_picture(class_index, picture_index).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    return encode
 
 
 @pytest.fixture

@@ -18,16 +18,6 @@ PAGE = "pages/data.py"
 
 
 @pytest.fixture
-def png(make_picture):
-    def encode(class_index: int, picture_index: int) -> bytes:
-        buffer = io.BytesIO()
-        make_picture(class_index, picture_index).save(buffer, "PNG")
-        return buffer.getvalue()
-
-    return encode
-
-
-@pytest.fixture
 def pets_zip(png) -> bytes:
     """cats: 5, dogs: 7 pictures inside one enclosing folder, plus macOS litter."""
     buffer = io.BytesIO()

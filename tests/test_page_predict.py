@@ -15,21 +15,10 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
 from apptools import open_app
 from pictures import make_picture as _make_picture
-from test_page_evaluate import TrainedSession, all_text, chart_specs, shared_trained_session
+from test_page_evaluate import TrainedSession, all_text, chart_specs, in_trained_home, trained  # noqa: F401 (fixtures)
 from transfer.predict import Predictor
 
 CLASS_ORDER = ["red", "green", "blue"]  # colour index of conftest's picture generator
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> TrainedSession:
-    return shared_trained_session(tmp_path_factory)
-
-
-@pytest.fixture
-def in_trained_home(trained, transfer_home, monkeypatch) -> TrainedSession:
-    monkeypatch.setenv("TRANSFER_HOME", str(trained.home))
-    return trained
 
 
 def encoded(class_name: str, index: int, fmt: str = "PNG") -> bytes:

@@ -11,16 +11,6 @@ from transfer import uploads
 from transfer.data import DataError, check_dataset
 
 
-@pytest.fixture
-def png(make_picture):
-    def encode(class_index: int, picture_index: int) -> bytes:
-        buffer = io.BytesIO()
-        make_picture(class_index, picture_index).save(buffer, "PNG")
-        return buffer.getvalue()
-
-    return encode
-
-
 def test_a_zip_is_unpacked_once_per_content(tmp_path, png):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
