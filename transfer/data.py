@@ -10,6 +10,7 @@ Nothing a user gives us can crash the process or write outside the folder we cho
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,14 +21,18 @@ import shutil
 import stat
 import statistics
 import tempfile
+import threading
 import zipfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from transfer import paths
 from transfer.errors import TransferError
+from transfer.quota import DiskFull, DiskQuota, QuotaExceeded, check_free_space, disk_full_message, is_disk_full
+from transfer.runs import atomic_write_bytes, atomic_write_json
 from transfer.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NOT_AN_IMAGE, ImageError, ImageInfo, inspect_image
 
 TRAIN, VAL = "train", "val"
@@ -39,6 +44,8 @@ SMALL_IMAGE_PIXELS = 32
 IMBALANCE_WARNING_RATIO = 3.0
 #: Hidden file in a prepared folder listing what was left out while preparing it.
 INGEST_LOG = ".transfer-skipped.json"
+#: Present in an unpacked folder once every file is written: a folder without it is never used.
+COMPLETE_MARKER = ".complete"
 
 # Reasons a file is left out, besides the picture reasons of transfer.images.
 HIDDEN = "hidden file"
@@ -50,6 +57,9 @@ RATIO = "compression ratio too high"
 CORRUPT_ENTRY = "corrupt archive entry"
 ENCRYPTED = "encrypted"
 DUPLICATE_NAME = "duplicate name"
+PATH_CLASH = "path clash"
+TOO_LONG = "path too long"
+UNWRITABLE = "could not be written"
 
 
 class DataError(TransferError):
@@ -132,16 +142,22 @@ class Dataset:
 class ZipLimits:
     """Caps that keep a hostile archive from filling the disk or memory.
 
-    Defaults: 50,000 entries, 4 GiB uncompressed in all, and 200:1 per entry for entries
-    over 1 MiB (real pictures are already compressed, so they shrink little; a zip bomb
-    shrinks a thousandfold). Exceeding the entry count or total size rejects the archive;
-    an entry over the ratio is skipped and reported.
+    Real pictures are already compressed, so they shrink little in a zip; a zip bomb shrinks
+    a thousandfold. So the ratio is checked on every entry (an entry over ``max_ratio`` is
+    skipped and reported) and on the archive as a whole (declared size of everything inside
+    over the archive's own size, above ``max_archive_ratio`` the archive is refused before
+    anything is written). Over ``max_entries`` entries or ``max_total_bytes`` to write, the
+    archive is refused too. Paths longer than ``max_path_bytes``, names longer than
+    ``max_name_bytes`` and folders deeper than ``max_depth`` are skipped with a reason.
     """
 
     max_entries: int = 50_000
     max_total_bytes: int = 4 * 1024**3
     max_ratio: float = 200.0
-    ratio_min_bytes: int = 1024**2
+    max_archive_ratio: float = 100.0
+    max_path_bytes: int = 1024
+    max_name_bytes: int = 200
+    max_depth: int = 32
 
 
 @dataclass
@@ -234,6 +250,7 @@ def check_dataset(
     limits: ZipLimits = ZipLimits(),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Report:
     """Read ``source`` and report on it; never raises for problems in the data itself.
 
@@ -241,13 +258,14 @@ def check_dataset(
     ``workdir`` (default: a folder named after the zip's content hash in the data cache, so
     checking the same zip twice extracts it once; a web session passes its own private
     folder instead). ``max_pixels`` caps each picture's size (decompression bombs).
+    ``progress(done, total)`` is called now and then while the pictures are read.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"The validation fraction must be between 0 and 1 (exclusive), not {val_fraction}.")
     report = Report(source=_describe_source(source), val_fraction=val_fraction, seed=seed)
     try:
         folder = _prepare_folder(source, workdir, limits)
-    except DataError as error:
+    except TransferError as error:  # over a limit, the disk full, an unreadable archive
         report.errors.append(str(error))
         return report
     report.skipped.extend(_read_ingest_log(folder))
@@ -255,61 +273,77 @@ def check_dataset(
     report.root = str(root)
     # File names in the report are relative to what the user gave (the zip's top, the folder).
     layout = _discover(root, folder, report)
-    infos = _inspect_all(layout.candidates, folder, report, max_pixels, workers)
+    infos = _inspect_all(layout.candidates, folder, report, max_pixels, workers, progress)
     samples = _assign_splits(layout, infos, val_fraction, seed, report)
     _summarise(report, samples, root, folder)
     return report
 
 
-def extract_zip(path_or_bytes: Path | str | bytes, target: Path, limits: ZipLimits = ZipLimits()) -> Path:
+def extract_zip(
+    path_or_bytes: Path | str | bytes, target: Path, limits: ZipLimits = ZipLimits(), quota: DiskQuota | None = None
+) -> Path:
     """Extract the pictures of a zip into ``target`` safely and return ``target``.
 
-    Entries with absolute paths, ``..`` or links are not extracted; ``__MACOSX``, hidden files
-    and non-images are skipped; every skip is listed in a hidden log file the data report
-    reads. Raises :class:`DataError` when the archive is unreadable or over ``limits``.
+    Entries with absolute paths, ``..``, links, paths that clash with another entry (a file
+    where a folder must go, or the reverse) or over-long paths are not extracted;
+    ``__MACOSX``, hidden files and non-images are skipped; every skip is listed in a hidden
+    log file the data report reads. Raises :class:`DataError` when the archive is unreadable
+    or over ``limits``, :class:`~transfer.QuotaExceeded` when it does not fit in
+    ``quota``, :class:`~transfer.quota.DiskFull` when the disk fills up; in those cases the
+    files this call wrote are removed again.
     """
     target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
     skipped: list[Skipped] = []
-    with _open_zip(path_or_bytes) as archive:
-        entries = archive.infolist()
-        _check_zip_totals(entries, limits)
-        written: set[str] = set()
-        budget = [limits.max_total_bytes]
-        for entry in entries:
-            relative = _safe_entry_path(entry, skipped, limits)
-            if relative is None:
-                continue
-            if relative in written:
-                skipped.append(Skipped(entry.filename, DUPLICATE_NAME, "the archive holds this name twice"))
-                continue
-            if _extract_entry(archive, entry, target, relative, budget, skipped):
-                written.add(relative)
-    _write_ingest_log(target, skipped)
+    written: list[Path] = []
+    try:
+        with _disk_errors_as_sentences("The archive"), _open_zip(path_or_bytes) as archive:
+            entries = archive.infolist()
+            _check_zip_totals(entries, limits, _archive_size(path_or_bytes))
+            plan = _plan_entries(entries, skipped, limits)
+            target.mkdir(parents=True, exist_ok=True)
+            budget = _byte_budget(sum(entry.file_size for entry, _ in plan), target, limits, quota)
+            for entry, relative in plan:
+                destination = _extract_entry(archive, entry, target, relative, budget, skipped)
+                if destination is not None:
+                    written.append(destination)
+            _write_ingest_log(target, skipped)
+    except TransferError:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return target
 
 
-def save_uploads(classes: dict[str, list[tuple[str, bytes]]], target: Path) -> Path:
+def save_uploads(classes: dict[str, list[tuple[str, bytes]]], target: Path, quota: DiskQuota | None = None) -> Path:
     """Write pictures uploaded per class as a folder of class folders under ``target``.
 
     Class and file names are cleaned (no separators, no leading dots), clashes get a number,
     and files that are not readable pictures are left out and listed for the data report.
+    Uploads over ``quota`` are refused before anything is written; each picture is written
+    whole or not at all, so a full disk keeps every picture saved before it.
     """
     target = Path(target)
     names = {label: _clean_name(label) for label in classes}
     if len(set(n.lower() for n in names.values() if n)) < len([n for n in names.values() if n]):
         raise DataError("Two classes have the same name once cleaned up; give every class a distinct name.")
-    target.mkdir(parents=True, exist_ok=True)
-    skipped = _read_ingest_log(target)
-    for label, files in classes.items():
-        folder_name = names[label]
-        if not folder_name:
-            raise DataError(f"The class name {label!r} has no usable characters; use letters or digits.")
-        folder = target / folder_name
-        folder.mkdir(exist_ok=True)
-        for file_name, data in files:
-            _save_upload(folder, file_name, data, skipped)
-    _write_ingest_log(target, skipped)
+    empty = [label for label, name in names.items() if not name]
+    if empty:
+        raise DataError(f"The class name {empty[0]!r} has no usable characters; use letters or digits.")
+    needed = sum(len(data) for files in classes.values() for _, data in files)
+    if quota is not None:
+        quota.check(needed)
+    with _disk_errors_as_sentences("The pictures"):
+        target.mkdir(parents=True, exist_ok=True)
+        check_free_space(target, needed, "the pictures")
+        skipped = _read_ingest_log(target)
+        try:
+            for label, files in classes.items():
+                folder = target / names[label]
+                folder.mkdir(exist_ok=True)
+                for file_name, data in files:
+                    _save_upload(folder, file_name, data, skipped)
+        finally:
+            _write_ingest_log(target, skipped)
     return target
 
 
@@ -341,18 +375,20 @@ def _extract_cached(source: Path | bytes, workdir: Path | None, limits: ZipLimit
         return extract_zip(source, Path(workdir), limits)
     key = _hash_zip(source)
     final = paths.cache_dir("datasets") / key
-    if (final / ".complete").exists():
+    if (final / COMPLETE_MARKER).exists():
         return final
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
-    try:
-        extract_zip(source, staging, limits)
-        (staging / ".complete").touch()
+    with _disk_errors_as_sentences("The archive"):
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
-            staging.rename(final)
-        except OSError:  # another process finished the same archive first: use theirs
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            extract_zip(source, staging, limits)
+            (staging / COMPLETE_MARKER).touch()
+            try:
+                staging.rename(final)
+            except OSError as error:  # another process finished the same archive first: use theirs
+                if is_disk_full(error):
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return final
 
 
@@ -376,18 +412,113 @@ def _open_zip(path_or_bytes) -> zipfile.ZipFile:
         raise DataError(f"The archive cannot be read ({error}); make a new .zip of the folder and try again.") from None
 
 
-def _check_zip_totals(entries: list[zipfile.ZipInfo], limits: ZipLimits) -> None:
+def _archive_size(path_or_bytes) -> int:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return len(path_or_bytes)
+    return os.path.getsize(path_or_bytes)
+
+
+def _check_zip_totals(entries: list[zipfile.ZipInfo], limits: ZipLimits, archive_size: int) -> None:
+    """Refuse before writing anything: too many entries, or a whole archive that inflates like a bomb."""
     if len(entries) > limits.max_entries:
         raise DataError(
             f"The archive holds {len(entries):,} entries, more than the limit of {limits.max_entries:,}; "
             "split it into smaller archives or raise the limit."
         )
-    total = sum(entry.file_size for entry in entries)
-    if total > limits.max_total_bytes:
+    declared = sum(entry.file_size for entry in entries)
+    if declared > limits.max_archive_ratio * max(archive_size, 1):
         raise DataError(
-            f"The archive unpacks to {total / 1024**3:.1f} GiB, more than the limit of "
-            f"{limits.max_total_bytes / 1024**3:.1f} GiB; downscale the pictures or raise the limit."
+            f"The archive would unpack to {declared / max(archive_size, 1):,.0f} times its own size "
+            f"({_size_text(declared)} from {_size_text(archive_size)}), more than the limit of "
+            f"{limits.max_archive_ratio:,.0f} times: pictures barely shrink in a zip, so this looks like a zip bomb "
+            "and nothing of it was unpacked; zip the picture files themselves and try again."
         )
+
+
+def _plan_entries(entries: list[zipfile.ZipInfo], skipped: list[Skipped], limits: ZipLimits) -> list[tuple]:
+    """The entries to extract and their relative paths, first come first served.
+
+    An entry whose path another entry needs as a folder (``a/x.jpg`` and ``a/x.jpg/y.jpg``),
+    or the reverse, or that repeats a name, is skipped with the reason; the rest of the
+    archive is still extracted.
+    """
+    plan, files, folders = [], set(), set()
+    for entry in entries:
+        relative = _safe_entry_path(entry, skipped, limits)
+        if relative is None:
+            continue
+        clash = _path_clash(relative, files, folders)
+        if clash is not None:
+            skipped.append(Skipped(entry.filename, *clash))
+            continue
+        files.add(relative)
+        parts = relative.split("/")
+        folders.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
+        plan.append((entry, relative))
+    return plan
+
+
+def _path_clash(relative: str, files: set[str], folders: set[str]) -> tuple[str, str] | None:
+    if relative in files:
+        return DUPLICATE_NAME, "the archive holds this name twice"
+    if relative in folders:
+        return PATH_CLASH, "other files of the archive need this name as a folder"
+    parts = relative.split("/")
+    for depth in range(1, len(parts)):
+        prefix = "/".join(parts[:depth])
+        if prefix in files:
+            return PATH_CLASH, f"{prefix} is a file in the archive, so it cannot hold other files"
+    return None
+
+
+class _ByteBudget:
+    """Bytes that may still be written; going past it raises ``error`` (counted from real bytes,
+    since a header's declared size can lie)."""
+
+    def __init__(self, left: int, error: TransferError):
+        self.left = left
+        self.error = error
+
+    def spend(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise self.error
+
+
+def _byte_budget(declared: int, target: Path, limits: ZipLimits, disk_quota: DiskQuota | None) -> _ByteBudget:
+    """Check the declared total against the size limit, the quota and the free disk; the budget
+    for the writes that follow."""
+    too_big = DataError(
+        f"The archive unpacks to {_size_text(declared)} or more, more than the size limit of "
+        f"{_size_text(limits.max_total_bytes)}; downscale the pictures or raise the limit."
+    )
+    if declared > limits.max_total_bytes:
+        raise too_big
+    budget = _ByteBudget(limits.max_total_bytes, too_big)
+    if disk_quota is not None:
+        remaining = disk_quota.remaining()
+        over = QuotaExceeded(disk_quota.refusal(declared))
+        if declared > remaining:
+            raise over
+        if remaining < budget.left:
+            budget = _ByteBudget(remaining, over)
+    check_free_space(target, declared, "the archive")
+    return budget
+
+
+@contextlib.contextmanager
+def _disk_errors_as_sentences(what: str):
+    """An OSError while writing user data becomes a sentence: the disk is full, or it could not be saved."""
+    try:
+        yield
+    except OSError as error:
+        if is_disk_full(error):
+            raise DiskFull(disk_full_message(what)) from None
+        raise DataError(f"{what} could not be saved ({error.strerror or error}); try again.") from None
+
+
+def _size_text(count: int) -> str:
+    return f"{count / 1024**3:.1f} GiB" if count >= 1024**3 else f"{count / 1024**2:.1f} MiB"
 
 
 def _safe_entry_path(entry: zipfile.ZipInfo, skipped: list[Skipped], limits: ZipLimits) -> str | None:
@@ -409,17 +540,33 @@ def _safe_entry_path(entry: zipfile.ZipInfo, skipped: list[Skipped], limits: Zip
     if reason:
         skipped.append(Skipped(entry.filename, reason, _type_detail(name) if reason == NOT_AN_IMAGE else ""))
         return None
-    if any(len(part.encode("utf-8", "replace")) > 200 or "\x00" in part for part in parts):
-        skipped.append(Skipped(entry.filename, UNSAFE_PATH, "a name is too long"))
+    if any("\x00" in part for part in parts):
+        skipped.append(Skipped(entry.filename, UNSAFE_PATH, "a name holds a NUL character"))
+        return None
+    too_long = _length_problem(parts, limits)
+    if too_long:
+        skipped.append(Skipped(entry.filename, TOO_LONG, too_long))
         return None
     if entry.flag_bits & 0x1:
         skipped.append(Skipped(entry.filename, ENCRYPTED, "password-protected entries cannot be read"))
         return None
-    if entry.file_size > limits.ratio_min_bytes and entry.file_size > limits.max_ratio * max(entry.compress_size, 1):
+    if entry.file_size > limits.max_ratio * max(entry.compress_size, 1):
         ratio = entry.file_size / max(entry.compress_size, 1)
         skipped.append(Skipped(entry.filename, RATIO, f"{ratio:,.0f}:1, the limit is {limits.max_ratio:,.0f}:1"))
         return None
     return "/".join(parts)
+
+
+def _length_problem(parts: list[str], limits: ZipLimits) -> str | None:
+    longest = max(len(part.encode("utf-8", "replace")) for part in parts)
+    if longest > limits.max_name_bytes:
+        return f"a name of {longest} bytes, the limit is {limits.max_name_bytes}"
+    if len(parts) > limits.max_depth:
+        return f"{len(parts)} folders deep, the limit is {limits.max_depth}"
+    total = len("/".join(parts).encode("utf-8", "replace"))
+    if total > limits.max_path_bytes:
+        return f"a path of {total} bytes, the limit is {limits.max_path_bytes}"
+    return None
 
 
 def _entry_is_link_or_special(entry: zipfile.ZipInfo) -> bool:
@@ -445,35 +592,44 @@ def _type_detail(name: str) -> str:
     return f"{suffix} files are not read as pictures" if suffix else "no picture file ending (.jpg, .png, ...)"
 
 
-def _extract_entry(archive, entry, target: Path, relative: str, budget: list[int], skipped: list[Skipped]) -> bool:
+def _extract_entry(archive, entry, target: Path, relative: str, budget: _ByteBudget, skipped: list[Skipped]) -> Path | None:
+    """Write one entry; the path written, or None when it was skipped (and why is noted)."""
     destination = target.joinpath(*relative.split("/"))
     if not destination.resolve().is_relative_to(target.resolve()):
         skipped.append(Skipped(entry.filename, UNSAFE_PATH, "the path leads outside the target folder"))
-        return False
-    destination.parent.mkdir(parents=True, exist_ok=True)
+        return None
     try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
         with archive.open(entry) as stream, open(destination, "wb") as out:
-            # Count real bytes, not the header's claim: the header can lie.
             for block in iter(lambda: stream.read(1 << 20), b""):
-                budget[0] -= len(block)
-                if budget[0] < 0:
-                    raise DataError("The archive unpacks to more than the size limit; downscale the pictures or raise the limit.")
+                budget.spend(len(block))
                 out.write(block)
-    except DataError:
+    except TransferError:
         destination.unlink(missing_ok=True)
         raise
+    except OSError as error:
+        _unlink_quietly(destination)
+        if is_disk_full(error):
+            raise
+        # What the OS refuses (a name too long for this file system, a folder in the way) skips one entry.
+        skipped.append(Skipped(entry.filename, UNWRITABLE, error.strerror or str(error)))
+        return None
     except Exception as error:  # noqa: BLE001 - zlib, struct, CRC errors...: a damaged entry is skipped
-        destination.unlink(missing_ok=True)
+        _unlink_quietly(destination)
         skipped.append(Skipped(entry.filename, CORRUPT_ENTRY, str(error) or type(error).__name__))
-        return False
-    return True
+        return None
+    return destination
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # a folder of that name, or gone already
 
 
 def _write_ingest_log(folder: Path, skipped: list[Skipped]) -> None:
-    log = folder / INGEST_LOG
-    temp = log.with_name(log.name + ".tmp")
-    temp.write_text(json.dumps([asdict(item) for item in skipped], indent=1))
-    os.replace(temp, log)
+    atomic_write_json(folder / INGEST_LOG, [asdict(item) for item in skipped])
 
 
 def _read_ingest_log(folder: Path) -> list[Skipped]:
@@ -505,8 +661,7 @@ def _save_upload(folder: Path, file_name: str, data: bytes, skipped: list[Skippe
     stem, suffix = os.path.splitext(name)
     if suffix.lower() not in IMAGE_EXTENSIONS:
         stem, suffix = name, _extension_for(info)
-    destination = _unique_path(folder, stem or "image", suffix)
-    destination.write_bytes(data)
+    atomic_write_bytes(_unique_path(folder, stem or "image", suffix), data)
 
 
 def _extension_for(info: ImageInfo) -> str:
@@ -551,7 +706,7 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 def _visible_files(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if not p.is_dir() and p.name != INGEST_LOG and p.name != ".complete")
+        return sorted(p for p in folder.iterdir() if not p.is_dir() and p.name not in (INGEST_LOG, COMPLETE_MARKER))
     except OSError:
         return []
 
@@ -669,10 +824,12 @@ class _Read:
     info: ImageInfo
 
 
-def _inspect_all(candidates, base: Path, report: Report, max_pixels: int, workers: int | None) -> list[_Read]:
+def _inspect_all(candidates, base: Path, report: Report, max_pixels: int, workers: int | None,
+                 progress: Callable[[int, int], None] | None = None) -> list[_Read]:
     """Hash and fully decode every candidate once, in threads (decoding releases the GIL)."""
+    counter = _ProgressCounter(len(candidates), progress)
 
-    def read(candidate: _Candidate):
+    def inspect_one(candidate: _Candidate):
         try:
             data = candidate.path.read_bytes()
         except OSError as error:
@@ -683,11 +840,34 @@ def _inspect_all(candidates, base: Path, report: Report, max_pixels: int, worker
             return Skipped(_rel(candidate.path, base), error.reason, error.detail)
         return _Read(candidate, hashlib.sha256(data).hexdigest(), info)
 
+    def read(candidate: _Candidate):
+        try:
+            return inspect_one(candidate)
+        finally:
+            counter.step()
+
     workers = workers or min(8, (os.cpu_count() or 2))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(read, candidates))
     report.skipped.extend(r for r in results if isinstance(r, Skipped))
     return [r for r in results if isinstance(r, _Read)]
+
+
+class _ProgressCounter:
+    """Counts pictures read from several threads; reports about every 1% (and at the end)."""
+
+    def __init__(self, total: int, callback: Callable[[int, int], None] | None):
+        self.total, self.callback, self.done = total, callback, 0
+        self.every = max(1, total // 100)
+        self.lock = threading.Lock()
+
+    def step(self) -> None:
+        if self.callback is None:
+            return
+        with self.lock:
+            self.done += 1
+            if self.done % self.every == 0 or self.done == self.total:
+                self.callback(self.done, self.total)
 
 
 # --------------------------------------------------------------------------- splitting
