@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from transfer.gc import collect_now_and_then
 from ui import sidebar
 
 st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide")
@@ -15,6 +16,7 @@ PAGES = [
     st.Page("pages/predict.py", title="Predict", icon="🖼️"),
 ]
 
+collect_now_and_then()  # removes idle sessions and shrinks caches, at most once an hour, in the background
 navigation = st.navigation(PAGES)
 sidebar.render()
 navigation.run()

@@ -14,7 +14,8 @@ from transfer import uploads
 from transfer.data import demo_dataset_path
 from transfer.errors import TransferError
 from transfer.images import IMAGE_EXTENSIONS
-from ui import data_view, session
+from transfer.quota import DiskQuota
+from ui import cleanup_view, data_view, session
 
 BUILDER_NAME = "Your classes"
 PICTURE_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
@@ -63,14 +64,18 @@ def describe_skips(skipped) -> str:
 # --------------------------------------------------------------------------- actions
 
 
+def session_quota() -> DiskQuota:
+    """This session's disk quota (uploads and runs count); a bad setting raises a sentence."""
+    return DiskQuota.for_session(session.workspace())
+
+
 def use_zip(uploaded) -> None:
     try:
         with st.spinner(f"Unpacking {uploaded.name}…"):
-            folder = uploads.unpack_zip_upload(uploaded.getvalue(), session.uploads_dir())
+            folder = uploads.unpack_zip_upload(uploaded.getvalue(), session.uploads_dir(),
+                                               quota=session_quota(), name=uploaded.name)
     except TransferError as error:
         notify("error", f"{uploaded.name}: {error}")
-    except OSError as error:
-        notify("error", f"{uploaded.name} could not be saved ({error.strerror}); free some disk space and try again.")
     else:
         choose(folder, uploaded.name)
         notify("success", f"Using the pictures in {uploaded.name}.")
@@ -80,11 +85,10 @@ def use_folder(files) -> None:
     names = [f.name for f in files]
     try:
         with st.spinner(f"Saving {len(files)} files…"):
-            folder = uploads.unpack_folder_upload([(f.name, f.getvalue()) for f in files], session.uploads_dir())
+            folder = uploads.unpack_folder_upload([(f.name, f.getvalue()) for f in files], session.uploads_dir(),
+                                                  quota=session_quota())
     except TransferError as error:
         notify("error", f"The folder cannot be used: {error}")
-    except OSError as error:
-        notify("error", f"The folder could not be saved ({error.strerror}); free some disk space and try again.")
     else:
         name = uploads.uploaded_folder_name(names)
         choose(folder, name)
@@ -142,7 +146,7 @@ def remove_picture(name: str, file_name: str) -> None:
 
 def add_pictures(name: str, files: list[tuple[str, bytes]]) -> None:
     try:
-        added, skipped = uploads.add_pictures(builder_folder(), name, files)
+        added, skipped = uploads.add_pictures(builder_folder(), name, files, session_quota())
     except TransferError as error:
         notify("error", str(error))
         return
@@ -260,11 +264,13 @@ def report_section() -> None:
     heading.subheader(f"Data set: {choice['name']}")
     forget.button("Choose another", on_click=session.forget_dataset, help="Forget this choice (uploads are kept)")
     try:
-        report = data_view.checked_report(
+        report = data_view.report_or_progress(
             choice["source"], float(choice["val_fraction"]), int(choice["seed"]), uploads.content_signature(choice["source"])
         )
     except TransferError as error:
         st.error(str(error))
+        return
+    if report is None:  # a large data set, checked in the background: the page comes back when done
         return
     data_view.render_problems(report)
     data_view.render_summary(report)
@@ -300,5 +306,6 @@ with builder_source:
     builder_tab()
 with demo_source:
     demo_tab()
+cleanup_view.uploads_section()
 st.divider()
 report_section()

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from transfer.methods import METHODS
+from ui import cleanup_view
 
 st.title("Transfer Studio")
 st.markdown(
@@ -35,3 +36,4 @@ st.info(
     "More than 80 torchvision models and the timm library can be used too; their weights are "
     "downloaded once when this machine is online, then kept."
 )
+cleanup_view.delete_session_control()

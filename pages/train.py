@@ -16,6 +16,7 @@ from transfer.errors import TransferError
 from transfer.methods import METHODS
 from transfer.runs import ACTIVE_STATES, FINISHED, find_run, list_runs
 from ui import charts, reports, session
+from ui import cleanup_view
 
 RUN_PARAM = "run"
 _PHASES = {"decode": "Reading pictures", "features": "Computing features once"}
@@ -159,6 +160,7 @@ run = shown_run()
 if run is not None:
     st.query_params[RUN_PARAM] = run.id
     live_view(run.id)
+    cleanup_view.delete_run_control(run)
 
 
 # ----------------------------------------------------------------------------- runs and comparison

@@ -328,6 +328,37 @@ def _print_check_report(report, max_skipped: int) -> None:
     print("ready to train." if report.ok else "not ready: fix the errors above, then check again.")
 
 
+# --------------------------------------------------------------------------- gc
+
+
+def add_gc(sub) -> None:
+    p = sub.add_parser("gc", help="delete browser sessions idle for long and shrink the caches (least recently used first)")
+    p.add_argument("--max-idle-days", type=float, default=None,
+                   help="delete sessions unused for longer than this (default $TRANSFER_GC_MAX_IDLE_DAYS or 30)")
+    p.add_argument("--max-cache-gb", type=float, default=None,
+                   help="shrink TRANSFER_HOME/cache to this size (default $TRANSFER_GC_MAX_CACHE_GB or 20)")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_gc(args) -> int:
+    from transfer.gc import collect
+
+    result = collect(args.max_idle_days, args.max_cache_gb, dry_run=args.dry_run)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    verb = "would free" if result.dry_run else "freed"
+    print(f"sessions idle over {result.max_idle_days:g} days: {len(result.sessions_removed)} "
+          f"{'to delete' if result.dry_run else 'deleted'}"
+          + (f", {len(result.sessions_kept_running)} kept (a run is active)" if result.sessions_kept_running else ""))
+    print(f"caches: {result.cache_bytes_before / 1e9:.2f} GB -> {result.cache_bytes_after / 1e9:.2f} GB "
+          f"(limit {result.max_cache_bytes / 1e9:g} GB), {len(result.cache_entries_removed)} entries "
+          f"{'to delete' if result.dry_run else 'deleted'}, least recently used first")
+    print(f"{verb} {result.bytes_freed / 1e6:.1f} MB in all; shared demos and active runs are never touched.")
+    return 0
+
+
 # --------------------------------------------------------------------------- predict
 
 
@@ -551,6 +582,7 @@ COMMANDS = {
     "cancel": (add_cancel, cmd_cancel),
     "resume": (add_resume, cmd_resume),
     "predict": (add_predict, cmd_predict),
+    "gc": (add_gc, cmd_gc),
 }
 
 

@@ -296,7 +296,7 @@ def extract_zip(
     skipped: list[Skipped] = []
     written: list[Path] = []
     try:
-        with _disk_errors_as_sentences("The archive"), _open_zip(path_or_bytes) as archive:
+        with disk_errors_as_sentences("The archive"), _open_zip(path_or_bytes) as archive:
             entries = archive.infolist()
             _check_zip_totals(entries, limits, _archive_size(path_or_bytes))
             plan = _plan_entries(entries, skipped, limits)
@@ -332,7 +332,7 @@ def save_uploads(classes: dict[str, list[tuple[str, bytes]]], target: Path, quot
     needed = sum(len(data) for files in classes.values() for _, data in files)
     if quota is not None:
         quota.check(needed)
-    with _disk_errors_as_sentences("The pictures"):
+    with disk_errors_as_sentences("The pictures"):
         target.mkdir(parents=True, exist_ok=True)
         check_free_space(target, needed, "the pictures")
         skipped = _read_ingest_log(target)
@@ -377,7 +377,7 @@ def _extract_cached(source: Path | bytes, workdir: Path | None, limits: ZipLimit
     final = paths.cache_dir("datasets") / key
     if (final / COMPLETE_MARKER).exists():
         return final
-    with _disk_errors_as_sentences("The archive"):
+    with disk_errors_as_sentences("The archive"):
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
             extract_zip(source, staging, limits)
@@ -507,7 +507,7 @@ def _byte_budget(declared: int, target: Path, limits: ZipLimits, disk_quota: Dis
 
 
 @contextlib.contextmanager
-def _disk_errors_as_sentences(what: str):
+def disk_errors_as_sentences(what: str):
     """An OSError while writing user data becomes a sentence: the disk is full, or it could not be saved."""
     try:
         yield

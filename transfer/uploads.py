@@ -9,45 +9,58 @@ so the same :func:`transfer.data.check_dataset` reads every kind of source.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
 import tempfile
+import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from transfer.data import (
+    COMPLETE_MARKER,
     INGEST_LOG,
     VAL_FOLDER_NAMES,
     DataError,
     Skipped,
     ZipLimits,
     _clean_name,
+    disk_errors_as_sentences,
     _read_ingest_log,
     extract_zip,
     save_uploads,
 )
 from transfer.images import IMAGE_EXTENSIONS
+from transfer.quota import DiskQuota, folder_bytes
+from transfer.runs import atomic_write_json, file_lock, read_json
 
 BUILDER_FOLDER = "classes"
-_COMPLETE = ".complete"  # the marker transfer.data also ignores when listing files
+ZIP_FOLDER, DIRECTORY_FOLDER = "zips", "folders"
+#: Hidden file in an unpacked upload: what the user called it and when it came.
+UPLOAD_INFO = ".upload.json"
+QUOTA_LOCK_FILE = ".quota.lock"
 _RESERVED_CLASS_NAMES = frozenset({"train", *VAL_FOLDER_NAMES, "__macosx"})
 
 
 # --------------------------------------------------------------------------- zips and folders
 
 
-def unpack_zip_upload(data: bytes, uploads: Path, limits: ZipLimits = ZipLimits()) -> Path:
+def unpack_zip_upload(data: bytes, uploads: Path, limits: ZipLimits = ZipLimits(), *,
+                      quota: DiskQuota | None = None, name: str = "") -> Path:
     """Unpack an uploaded zip under ``uploads/zips/`` (once per content) and return the folder.
 
-    Raises :class:`DataError` with a sentence for an unreadable archive or one over ``limits``.
+    Raises a :class:`~transfer.errors.TransferError` with a sentence for an unreadable archive,
+    one over ``limits`` or ``quota``, or a full disk; then nothing of it is kept.
     """
     key = hashlib.sha256(data).hexdigest()[:20]
-    return _unpack_once(data, Path(uploads) / "zips" / key, limits)
+    return _unpack_once(data, Path(uploads) / ZIP_FOLDER / key, limits, quota, name or "a zip file")
 
 
-def unpack_folder_upload(files: list[tuple[str, bytes]], uploads: Path, limits: ZipLimits = ZipLimits()) -> Path:
+def unpack_folder_upload(files: list[tuple[str, bytes]], uploads: Path, limits: ZipLimits = ZipLimits(), *,
+                         quota: DiskQuota | None = None) -> Path:
     """Rebuild an uploaded folder from ``(relative path, bytes)`` pairs and return where it is.
 
     Browsers name each file of a folder upload by its path inside the chosen folder
@@ -65,7 +78,8 @@ def unpack_folder_upload(files: list[tuple[str, bytes]], uploads: Path, limits: 
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for name, data in files:
             archive.writestr(name.replace("\\", "/"), data)
-    return _unpack_once(buffer.getvalue(), Path(uploads) / "folders" / digest.hexdigest()[:20], limits)
+    final = Path(uploads) / DIRECTORY_FOLDER / digest.hexdigest()[:20]
+    return _unpack_once(buffer.getvalue(), final, limits, quota, uploaded_folder_name([name for name, _ in files]))
 
 
 def uploaded_folder_name(file_names: list[str]) -> str:
@@ -74,20 +88,84 @@ def uploaded_folder_name(file_names: list[str]) -> str:
     return _clean_name(tops.pop()) if len(tops) == 1 else "uploaded folder"
 
 
-def _unpack_once(archive: bytes, final: Path, limits: ZipLimits) -> Path:
-    """Extract into a hidden staging folder, then rename: a half-done unpack is never used."""
-    if (final / _COMPLETE).exists():
+def _unpack_once(archive: bytes, final: Path, limits: ZipLimits, quota: DiskQuota | None, name: str) -> Path:
+    """Extract into a hidden staging folder, then rename: a half-done unpack is never used.
+
+    The completion marker is written last, inside the staging folder, so a folder without it
+    (a crash, a full disk) is never taken as an upload; it is replaced on the next try.
+    """
+    if (final / COMPLETE_MARKER).exists():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        extract_zip(archive, staging, limits)
-        (staging / _COMPLETE).touch()
-        shutil.rmtree(final, ignore_errors=True)  # an earlier unpack that never completed
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # One unpack at a time per session, so two tabs cannot both spend the same free quota.
+    with _quota_lock(quota), disk_errors_as_sentences("The upload"):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        try:
+            extract_zip(archive, staging, limits, quota)
+            atomic_write_json(staging / UPLOAD_INFO, {"name": name, "created_at": time.time()})
+            (staging / COMPLETE_MARKER).touch()
+            shutil.rmtree(final, ignore_errors=True)  # an earlier unpack that never completed
+            staging.rename(final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _quota_lock(quota: DiskQuota | None):
+    if quota is None:
+        return contextlib.nullcontext()
+    Path(quota.root).mkdir(parents=True, exist_ok=True)
+    return file_lock(Path(quota.root) / QUOTA_LOCK_FILE)
+
+
+# --------------------------------------------------------------------------- listing and deleting
+
+
+@dataclass
+class Upload:
+    """One thing this session uploaded: a zip, a folder, or the classes built by hand."""
+
+    id: str  # "zips/<hash>", "folders/<hash>" or "classes": the folder under the uploads folder
+    name: str
+    path: Path
+    bytes: int
+    created_at: float
+
+
+def list_uploads(uploads: Path) -> list[Upload]:
+    """The complete uploads under ``uploads``, newest first (half-done unpacks are not listed)."""
+    uploads = Path(uploads)
+    found = []
+    for kind in (ZIP_FOLDER, DIRECTORY_FOLDER):
+        parent = uploads / kind
+        for folder in sorted(parent.iterdir()) if parent.is_dir() else []:
+            if folder.name.startswith(".") or not (folder / COMPLETE_MARKER).exists():
+                continue
+            info = read_json(folder / UPLOAD_INFO, default={}) or {}
+            created = info.get("created_at") or (folder / COMPLETE_MARKER).stat().st_mtime
+            found.append(Upload(f"{kind}/{folder.name}", str(info.get("name") or folder.name), folder,
+                                folder_bytes(folder), float(created)))
+    builder = uploads / BUILDER_FOLDER
+    if builder.is_dir() and any(builder_classes(builder)):
+        found.append(Upload(BUILDER_FOLDER, "the classes built picture by picture", builder,
+                            folder_bytes(builder), builder.stat().st_mtime))
+    return sorted(found, key=lambda u: u.created_at, reverse=True)
+
+
+def find_upload(uploads: Path, upload_id: str) -> Upload:
+    """The upload called ``upload_id``; only ids that :func:`list_uploads` hands out are accepted."""
+    for upload in list_uploads(uploads):
+        if upload.id == upload_id:
+            return upload
+    raise DataError(f"There is no upload {upload_id!r} in this session; it may have been deleted in another tab.")
+
+
+def upload_holds(upload: Upload, source: Path | str) -> bool:
+    """Whether ``source`` (a data set folder) lies inside ``upload``."""
+    try:
+        return Path(source).resolve().is_relative_to(upload.path.resolve())
+    except (OSError, ValueError):
+        return False
 
 
 # --------------------------------------------------------------------------- classes built by hand
@@ -144,15 +222,17 @@ def remove_class(folder: Path, name: str) -> None:
     shutil.rmtree(_class_path(folder, name))
 
 
-def add_pictures(folder: Path, name: str, files: list[tuple[str, bytes]]) -> tuple[int, list[Skipped]]:
+def add_pictures(folder: Path, name: str, files: list[tuple[str, bytes]],
+                 quota: DiskQuota | None = None) -> tuple[int, list[Skipped]]:
     """Add uploaded or photographed pictures to a class.
 
     Returns how many were added and the files left out (not a picture, unreadable, too
-    large), each with its reason, so the page can say so at once.
+    large), each with its reason, so the page can say so at once. Pictures over ``quota``
+    are refused, all of them, before any is written.
     """
     class_path = _class_path(folder, name)
     before = len(_pictures_in(class_path))
-    save_uploads({class_path.name: files}, Path(folder))
+    save_uploads({class_path.name: files}, Path(folder), quota)
     # The builder's own report should describe what is in the classes now, not every file
     # ever refused, so the refusals are handed back here and the log is cleared.
     skipped = _read_ingest_log(Path(folder))

@@ -13,7 +13,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import ImageOps
 
-from transfer.data import TRAIN, VAL, Report, check_dataset
+from transfer import checks
+from transfer.data import TRAIN, VAL, Report
+from transfer.errors import TransferError
 from transfer.images import ImageError, thumbnail, to_array
 
 THUMBNAIL_PIXELS = 96
@@ -32,7 +34,34 @@ def checked_report(source: str, val_fraction: float, seed: int, signature: str) 
 
     Kept per source, split and content, so moving a slider back, or any rerun, reads no picture again.
     """
-    return check_dataset(source, val_fraction=val_fraction, seed=seed)
+    return checks.check_inline(source, val_fraction, seed)
+
+
+def report_or_progress(source: str, val_fraction: float, seed: int, signature: str) -> Report | None:
+    """The report, or None while a large data set is still being checked in the worker pool
+    (then a progress bar is shown, and the page reruns by itself once the report is ready)."""
+    if not checks.is_large(source):
+        return checked_report(source, val_fraction, seed, signature)
+    job = checks.shared_pool().submit(source, val_fraction, seed, signature)
+    if job.done():
+        failure = job.future.exception()
+        if failure is not None and not isinstance(failure, TransferError):  # the worker process died
+            raise TransferError("Checking the pictures stopped unexpectedly; reload the page to try again.")
+        return job.result()
+    check_progress(job)
+    return None
+
+
+@st.fragment(run_every=1.0)
+def check_progress(job) -> None:
+    if job.done():
+        st.rerun(scope="app")
+    progress = job.progress()
+    if progress is None:
+        st.progress(0.0, text="Waiting for a free checker: other data sets are being checked.")
+        return
+    done, total = progress
+    st.progress(done / max(total, 1), text=f"Checking the pictures: {done:,} of {total:,} read.")
 
 
 @st.cache_data(max_entries=2000, show_spinner=False)

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from transfer.data import Report, check_dataset
+from transfer.checks import check_bounded
+from transfer.data import Report
 
 
 @st.cache_data(show_spinner="Checking the pictures ...", max_entries=16)
 def dataset_report(source: str, val_fraction: float, seed: int, version: float) -> Report:
-    """The validation report of a data set; ``version`` (the source's mtime) invalidates it."""
-    return check_dataset(source, val_fraction=val_fraction, seed=seed)
+    """The validation report of a data set; ``version`` (the source's mtime) invalidates it.
+
+    Large data sets are checked in the server's bounded pool of worker processes."""
+    return check_bounded(source, val_fraction, seed, str(version))
 
 
 def chosen_report(choice: dict) -> Report:
