@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -225,7 +226,11 @@ def _stat_time(path: Path, use_atime: bool) -> float:
         info = os.stat(path, follow_symlinks=False)
     except OSError:
         return 0.0
-    return max(info.st_mtime, info.st_atime) if use_atime else info.st_mtime
+    # A folder's access time moves whenever it is listed (by this very clean-up too), so it
+    # says nothing about use; a file's moves when it is read.
+    if use_atime and not stat.S_ISDIR(info.st_mode):
+        return max(info.st_mtime, info.st_atime)
+    return info.st_mtime
 
 
 def _entry_bytes(entry: Path) -> int:
