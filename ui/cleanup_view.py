@@ -98,8 +98,9 @@ def uploads_section() -> None:
         st.error(str(error))
         return
     used = quota.used()
+    asking = any(st.session_state.get(f"confirm_delete:{key}:{item.id}") for item in listed)
     with st.expander(f"Your uploads ({len(listed)}): {_size(used)} of this session's {_size(quota.limit)}",
-                     expanded=bool(st.session_state.get(_NOTICE))):
+                     expanded=asking or bool(st.session_state.get(_NOTICE))):
         _notice_here(key)
         st.progress(min(1.0, used / quota.limit), text=f"{_size(used)} used of {_size(quota.limit)} (uploads and runs)")
         if not listed:
