@@ -264,15 +264,19 @@ def test_a_full_disk_while_adding_pictures_keeps_those_already_saved(tmp_path, p
     uploads.add_class(builder, "cat")
     uploads.add_pictures(builder, "cat", [("a.png", png(0, 1))])
     real_fdopen = os.fdopen
+    opened = []
 
-    def full_fdopen(fd, *args, **kwargs):
+    def fdopen_on_a_filling_disk(fd, *args, **kwargs):
         handle = real_fdopen(fd, *args, **kwargs)
-        handle.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        opened.append(handle)
+        if len(opened) > 1:  # the first picture of the upload fits, the second does not
+            handle.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
         return handle
 
-    monkeypatch.setattr(os, "fdopen", full_fdopen)
+    monkeypatch.setattr(os, "fdopen", fdopen_on_a_filling_disk)
     with pytest.raises(DiskFull, match="The disk is full"):
-        uploads.add_pictures(builder, "cat", [("b.png", png(0, 2))])
+        uploads.add_pictures(builder, "cat", [("b.png", png(0, 2)), ("c.png", png(0, 3))])
     monkeypatch.undo()
-    assert [p.name for p in uploads.builder_classes(builder)["cat"]] == ["a.png"]
+    assert len(opened) == 2
+    assert [p.name for p in uploads.builder_classes(builder)["cat"]] == ["a.png"], "all of the upload or none"
     assert not [p for p in (builder / "cat").iterdir() if p.name != "a.png"], "no partial picture or temp file"

@@ -296,7 +296,7 @@ def extract_zip(
     skipped: list[Skipped] = []
     written: list[Path] = []
     try:
-        with disk_errors_as_sentences("The archive"), _open_zip(path_or_bytes) as archive:
+        with disk_errors_as_sentences("the archive"), _open_zip(path_or_bytes) as archive:
             entries = archive.infolist()
             _check_zip_totals(entries, limits, _archive_size(path_or_bytes))
             plan = _plan_entries(entries, skipped, limits)
@@ -332,18 +332,23 @@ def save_uploads(classes: dict[str, list[tuple[str, bytes]]], target: Path, quot
     needed = sum(len(data) for files in classes.values() for _, data in files)
     if quota is not None:
         quota.check(needed)
-    with disk_errors_as_sentences("The pictures"):
+    with disk_errors_as_sentences("the pictures"):
         target.mkdir(parents=True, exist_ok=True)
         check_free_space(target, needed, "the pictures")
         skipped = _read_ingest_log(target)
+        written: list[Path] = []
         try:
             for label, files in classes.items():
                 folder = target / names[label]
                 folder.mkdir(exist_ok=True)
                 for file_name, data in files:
-                    _save_upload(folder, file_name, data, skipped)
-        finally:
-            _write_ingest_log(target, skipped)
+                    written.append(_save_upload(folder, file_name, data, skipped))
+        except OSError:
+            # All of this upload or none of it; pictures saved by earlier uploads stay.
+            for path in filter(None, written):
+                path.unlink(missing_ok=True)
+            raise
+        _write_ingest_log(target, skipped)
     return target
 
 
@@ -377,7 +382,7 @@ def _extract_cached(source: Path | bytes, workdir: Path | None, limits: ZipLimit
     final = paths.cache_dir("datasets") / key
     if (final / COMPLETE_MARKER).exists():
         return final
-    with disk_errors_as_sentences("The archive"):
+    with disk_errors_as_sentences("the archive"):
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
             extract_zip(source, staging, limits)
@@ -514,7 +519,7 @@ def disk_errors_as_sentences(what: str):
     except OSError as error:
         if is_disk_full(error):
             raise DiskFull(disk_full_message(what)) from None
-        raise DataError(f"{what} could not be saved ({error.strerror or error}); try again.") from None
+        raise DataError(f"{what[:1].upper()}{what[1:]} could not be saved ({error.strerror or error}); try again.") from None
 
 
 def _size_text(count: int) -> str:
@@ -650,18 +655,21 @@ def _clean_name(name: str, limit: int = 100) -> str:
     return name[:limit]
 
 
-def _save_upload(folder: Path, file_name: str, data: bytes, skipped: list[Skipped]) -> None:
+def _save_upload(folder: Path, file_name: str, data: bytes, skipped: list[Skipped]) -> Path | None:
+    """Save one uploaded picture and return where, or note why it was left out and return None."""
     label_path = f"{folder.name}/{file_name}"
     try:
         info = inspect_image(data)
     except ImageError as error:
         skipped.append(Skipped(label_path, error.reason, error.detail))
-        return
+        return None
     name = _clean_name(file_name) or "image"
     stem, suffix = os.path.splitext(name)
     if suffix.lower() not in IMAGE_EXTENSIONS:
         stem, suffix = name, _extension_for(info)
-    atomic_write_bytes(_unique_path(folder, stem or "image", suffix), data)
+    destination = _unique_path(folder, stem or "image", suffix)
+    atomic_write_bytes(destination, data)
+    return destination
 
 
 def _extension_for(info: ImageInfo) -> str:

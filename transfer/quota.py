@@ -32,8 +32,8 @@ class DiskFull(TransferError):
     """The disk (or the user's disk quota of the operating system) has no room left."""
 
 
-def disk_full_message(what: str = "The upload") -> str:
-    return (f"The disk is full: {what} could not be saved and nothing of it was kept; "
+def disk_full_message(what: str = "the upload") -> str:
+    return (f"The disk is full, so {what} could not be saved (nothing of this upload was kept); "
             "delete old uploads or runs (or ask the administrator to free space) and try again.")
 
 
@@ -94,7 +94,7 @@ class DiskQuota:
             raise QuotaExceeded(self.refusal(needed))
 
 
-def check_free_space(folder: Path, needed: int, what: str = "The upload") -> None:
+def check_free_space(folder: Path, needed: int, what: str = "the upload") -> None:
     """Refuse before writing when the disk holding ``folder`` cannot take ``needed`` more bytes."""
     try:
         free = shutil.disk_usage(folder).free

@@ -97,7 +97,7 @@ def _unpack_once(archive: bytes, final: Path, limits: ZipLimits, quota: DiskQuot
     if (final / COMPLETE_MARKER).exists():
         return final
     # One unpack at a time per session, so two tabs cannot both spend the same free quota.
-    with _quota_lock(quota), disk_errors_as_sentences("The upload"):
+    with _quota_lock(quota), disk_errors_as_sentences("the upload"):
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
         try:
