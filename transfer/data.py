@@ -31,7 +31,15 @@ from typing import Callable
 
 from transfer import paths
 from transfer.errors import TransferError
-from transfer.quota import DiskFull, DiskQuota, QuotaExceeded, check_free_space, disk_full_message, is_disk_full
+from transfer.quota import (
+    DiskFull,
+    DiskQuota,
+    QuotaExceeded,
+    check_free_space,
+    disk_full_message,
+    human_size,
+    is_disk_full,
+)
 from transfer.runs import atomic_write_bytes, atomic_write_json
 from transfer.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NOT_AN_IMAGE, ImageError, ImageInfo, inspect_image
 
@@ -434,7 +442,7 @@ def _check_zip_totals(entries: list[zipfile.ZipInfo], limits: ZipLimits, archive
     if declared > limits.max_archive_ratio * max(archive_size, 1):
         raise DataError(
             f"The archive would unpack to {declared / max(archive_size, 1):,.0f} times its own size "
-            f"({_size_text(declared)} from {_size_text(archive_size)}), more than the limit of "
+            f"({human_size(declared)} from {human_size(archive_size)}), more than the limit of "
             f"{limits.max_archive_ratio:,.0f} times: pictures barely shrink in a zip, so this looks like a zip bomb "
             "and nothing of it was unpacked; zip the picture files themselves and try again."
         )
@@ -494,8 +502,8 @@ def _byte_budget(declared: int, target: Path, limits: ZipLimits, disk_quota: Dis
     """Check the declared total against the size limit, the quota and the free disk; the budget
     for the writes that follow."""
     too_big = DataError(
-        f"The archive unpacks to {_size_text(declared)} or more, more than the size limit of "
-        f"{_size_text(limits.max_total_bytes)}; downscale the pictures or raise the limit."
+        f"The archive unpacks to {human_size(declared)} or more, more than the size limit of "
+        f"{human_size(limits.max_total_bytes)}; downscale the pictures or raise the limit."
     )
     if declared > limits.max_total_bytes:
         raise too_big
@@ -520,10 +528,6 @@ def disk_errors_as_sentences(what: str):
         if is_disk_full(error):
             raise DiskFull(disk_full_message(what)) from None
         raise DataError(f"{what[:1].upper()}{what[1:]} could not be saved ({error.strerror or error}); try again.") from None
-
-
-def _size_text(count: int) -> str:
-    return f"{count / 1024**3:.1f} GiB" if count >= 1024**3 else f"{count / 1024**2:.1f} MiB"
 
 
 def _safe_entry_path(entry: zipfile.ZipInfo, skipped: list[Skipped], limits: ZipLimits) -> str | None:

@@ -85,8 +85,8 @@ class DiskQuota:
     def refusal(self, needed: int) -> str:
         """The sentence for an upload of ``needed`` bytes that does not fit."""
         used = self.used()
-        return (f"This needs {_size(needed)}, but this session already stores {_size(used)} of its "
-                f"{_size(self.limit)} quota; delete uploads or runs you no longer need (Data and Train pages) "
+        return (f"This needs {human_size(needed)}, but this session already stores {human_size(used)} of its "
+                f"{human_size(self.limit)} quota; delete uploads or runs you no longer need (Data and Train pages) "
                 "and try again.")
 
     def check(self, needed: int) -> None:
@@ -104,7 +104,8 @@ def check_free_space(folder: Path, needed: int, what: str = "the upload") -> Non
         raise DiskFull(disk_full_message(what))
 
 
-def _size(count: int) -> str:
+def human_size(count: int) -> str:
+    """A byte count as people read it (decimal units, as the quota is set)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if count >= scale:
             return f"{count / scale:.1f} {unit}"

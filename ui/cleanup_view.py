@@ -12,15 +12,11 @@ import streamlit as st
 
 from transfer import gc, uploads
 from transfer.errors import TransferError
-from transfer.quota import DiskQuota, QuotaExceeded
+from transfer.quota import DiskQuota, QuotaExceeded, human_size
 from ui import session
 
 _NOTICE = "cleanup_notice"
 _RUN_PARAM = "run"
-
-
-def _size(count: int) -> str:
-    return f"{count / 1e9:.2f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
 
 
 def _notice_here(key: str) -> None:
@@ -59,7 +55,7 @@ def _delete(key: str, action, done: str) -> None:
     except TransferError as error:
         st.session_state[_NOTICE] = (key, "error", str(error))
     else:
-        st.session_state[_NOTICE] = (key, "success", f"{done} ({_size(freed)} freed).")
+        st.session_state[_NOTICE] = (key, "success", f"{done} ({human_size(freed)} freed).")
     st.rerun()
 
 
@@ -99,10 +95,10 @@ def uploads_section() -> None:
         return
     used = quota.used()
     asking = any(st.session_state.get(f"confirm_delete:{key}:{item.id}") for item in listed)
-    with st.expander(f"Your uploads ({len(listed)}): {_size(used)} of this session's {_size(quota.limit)}",
+    with st.expander(f"Your uploads ({len(listed)}): {human_size(used)} of this session's {human_size(quota.limit)}",
                      expanded=asking or bool(st.session_state.get(_NOTICE))):
         _notice_here(key)
-        st.progress(min(1.0, used / quota.limit), text=f"{_size(used)} used of {_size(quota.limit)} (uploads and runs)")
+        st.progress(min(1.0, used / quota.limit), text=f"{human_size(used)} used of {human_size(quota.limit)} (uploads and runs)")
         if not listed:
             st.caption("Nothing uploaded yet.")
         for item in listed:
@@ -111,7 +107,7 @@ def uploads_section() -> None:
 
 def _upload_row(key: str, item) -> None:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item.created_at))
-    st.markdown(f"**{item.name}** · {_size(item.bytes)} · {when}")
+    st.markdown(f"**{item.name}** · {human_size(item.bytes)} · {when}")
     chosen = session.chosen_dataset() or {}
     question = f"Delete the upload {item.name} for good? Runs trained on it keep their models."
     if _confirmed(f"{key}:{item.id}", f"Delete {item.name}", question):
