@@ -1,29 +1,32 @@
 """Data checks that never load the web server: small ones inline (a few at a time), large ones
-in a small pool of worker processes at low priority, with progress.
+in worker processes at low priority, a bounded number at once, with progress.
 
 Reading and decoding every picture of a large upload takes minutes of CPU. Run in the web
 server, several sessions doing it at once would starve every page. So a check of more than
-``TRANSFER_CHECK_INLINE_MAX_FILES`` files (default 300) or 200 MB goes to a process pool of
-``TRANSFER_CHECK_WORKERS`` processes (default 1) shared by every session of the server; the
-pool's processes run at a lower CPU priority and use two decoding threads each, and report
-how far they are in a small progress file the page reads. Small checks run inline, at most
+``TRANSFER_CHECK_INLINE_MAX_FILES`` files (default 300) or 200 MB runs in its own process
+(``python -m transfer.checks``), at most ``TRANSFER_CHECK_WORKERS`` (default 1) at once for
+all sessions of the server; the process runs at a lower CPU priority with two decoding
+threads, reports how far it is in a small progress file the page reads, and hands its report
+back as JSON. Small checks run inline, at most
 two at a time per server process.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import logging
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from transfer.data import Report, check_dataset
+from transfer.errors import TransferError
 from transfer.runs import atomic_write_json, read_json
 
 INLINE_MAX_FILES_ENV = "TRANSFER_CHECK_INLINE_MAX_FILES"
@@ -34,6 +37,8 @@ INLINE_AT_ONCE = 2
 DECODE_THREADS = 2
 WORKER_NICENESS = 10
 _KEEP_FINISHED = 16
+CHECK_TIMEOUT_SECONDS = 3600
+logger = logging.getLogger(__name__)
 
 _inline_slots = threading.BoundedSemaphore(INLINE_AT_ONCE)
 
@@ -73,18 +78,25 @@ def check_inline(source: Path | str, val_fraction: float, seed: int) -> Report:
 # --------------------------------------------------------------------------- the worker side
 
 
-def _lower_priority() -> None:
+def _worker_main(argv: list[str] | None = None) -> int:
+    """``python -m transfer.checks SOURCE VAL_FRACTION SEED PROGRESS_FILE REPORT_FILE``."""
+    source, val_fraction, seed, progress_file, report_file = (argv if argv is not None else sys.argv[1:])
     try:
         os.nice(WORKER_NICENESS)
     except OSError:
         pass
 
-
-def _check_in_worker(source: str, val_fraction: float, seed: int, progress_file: str) -> Report:
     def progress(done: int, total: int) -> None:
         atomic_write_json(Path(progress_file), {"done": done, "total": total})
 
-    return check_dataset(source, val_fraction=val_fraction, seed=seed, workers=DECODE_THREADS, progress=progress)
+    try:
+        report = check_dataset(source, val_fraction=float(val_fraction), seed=int(seed), workers=DECODE_THREADS,
+                               progress=progress)
+    except TransferError as error:
+        atomic_write_json(Path(report_file), {"error": str(error)})
+        return 2
+    atomic_write_json(Path(report_file), report.to_dict())
+    return 0
 
 
 # --------------------------------------------------------------------------- the server side
@@ -111,18 +123,45 @@ class CheckJob:
         return None
 
 
+class CheckFailed(TransferError):
+    """The check process ended without a report."""
+
+
+def _run_worker(source: str, val_fraction: float, seed: int, progress_file: Path) -> Report:
+    """Check in a fresh interpreter (never a fork, never the web server's own imports) and read its report."""
+    report_file = progress_file.with_suffix(".report.json")
+    command = [sys.executable, "-m", "transfer.checks", source, str(val_fraction), str(seed),
+               str(progress_file), str(report_file)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    try:
+        done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=CHECK_TIMEOUT_SECONDS)
+        data = read_json(report_file)
+    except subprocess.TimeoutExpired:
+        raise CheckFailed("Checking the pictures took too long and was stopped; use a smaller data set.") from None
+    finally:
+        report_file.unlink(missing_ok=True)
+    if isinstance(data, dict) and data.get("error"):
+        raise CheckFailed(str(data["error"]))
+    if done.returncode != 0 or not isinstance(data, dict):
+        logger.error("data check of %s failed (exit %s): %s", source, done.returncode, done.stderr[-2000:])
+        raise CheckFailed("Checking the pictures stopped unexpectedly; reload the page to try again.")
+    return Report.from_dict(data)
+
+
 class CheckPool:
-    """The server's pool of check processes and the last checks it ran (per source, split and content)."""
+    """The server's bounded pool of check processes and the last checks it ran (per source, split
+    and content). A thread per slot waits on its check's process; the process does the work."""
 
     def __init__(self, workers: int | None = None):
         self.workers = workers or _env_int(WORKERS_ENV, 1, 1)
-        self._executor: ProcessPoolExecutor | None = None
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="transfer-check")
         self._jobs: OrderedDict[tuple, CheckJob] = OrderedDict()
         self._lock = threading.Lock()
         self._progress_dir = Path(tempfile.mkdtemp(prefix="transfer-checks-"))
 
     def submit(self, source: str, val_fraction: float, seed: int, signature: str) -> CheckJob:
-        """The check of this source, split and content: started once, then found again."""
+        """The check of this source, split and content: started once, then found again (a
+        failed one is started again)."""
         key = (str(source), float(val_fraction), int(seed), signature)
         with self._lock:
             job = self._jobs.get(key)
@@ -130,22 +169,10 @@ class CheckPool:
                 self._jobs.move_to_end(key)
                 return job
             progress_file = self._progress_dir / f"{time.time_ns()}.json"
-            arguments = (_check_in_worker, str(source), float(val_fraction), int(seed), str(progress_file))
-            try:
-                future = self._pool().submit(*arguments)
-            except BrokenProcessPool:  # a worker died (killed, out of memory): start a fresh pool
-                self._executor = None
-                future = self._pool().submit(*arguments)
+            future = self._executor.submit(_run_worker, str(source), float(val_fraction), int(seed), progress_file)
             job = self._jobs[key] = CheckJob(future, progress_file)
             self._forget_old()
             return job
-
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            # Fresh interpreters, never a fork of a threaded server.
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_lower_priority)
-        return self._executor
 
     def _forget_old(self) -> None:
         while len(self._jobs) > _KEEP_FINISHED:
@@ -177,3 +204,7 @@ def check_bounded(source: Path | str, val_fraction: float, seed: int, signature:
     if not is_large(source):
         return check_inline(source, val_fraction, seed)
     return shared_pool().submit(str(source), val_fraction, seed, signature).result()
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())

@@ -230,6 +230,15 @@ class Report:
         data["dataset"] = self.dataset.to_dict() if self.dataset else None
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Report":
+        """The report :meth:`to_dict` wrote (a check run in another process hands it back so)."""
+        fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        fields["skipped"] = [Skipped(**item) for item in data.get("skipped", [])]
+        fields["duplicates"] = [Duplicates(**item) for item in data.get("duplicates", [])]
+        fields["dataset"] = Dataset.from_dict(data["dataset"]) if data.get("dataset") else None
+        return cls(**fields)
+
 
 # --------------------------------------------------------------------------- public entry points
 
