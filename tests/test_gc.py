@@ -200,3 +200,23 @@ def test_the_web_app_collects_at_most_once_per_interval(transfer_home, monkeypat
     assert gc.collect_now_and_then(interval=3600) is False, "not again within the hour (this process)"
     monkeypatch.setattr(gc, "_web_last", [0.0])
     assert gc.collect_now_and_then(interval=3600) is False, "nor from another process (the stamp file)"
+
+
+def test_gc_gives_caches_a_day_of_grace_while_a_run_trains(transfer_home):
+    from transfer.jobs import slot_path
+
+    entry = make_cache_entry(transfer_home, "features", "read-all-day", 4000, idle_days=0.2)
+    slot = try_lock(slot_path(0))  # a run trains on this machine (its worker holds a slot)
+    try:
+        assert gc.collect(max_cache_gb=0).cache_entries_removed == [] and entry.exists()
+    finally:
+        os.close(slot)
+    assert [item["entry"] for item in gc.collect(max_cache_gb=0).cache_entries_removed] == ["features/read-all-day"]
+
+
+def test_a_run_being_deleted_is_never_listed(tmp_path):
+    from transfer.runs import list_runs
+
+    run = make_run(tmp_path / "runs")
+    run.path.rename(run.path.with_name(".deleting-" + run.id))
+    assert list_runs(tmp_path / "runs") == []

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from transfer import paths
 from transfer.errors import TransferError
-from transfer.jobs import worker_alive
+from transfer.jobs import lock_is_held, worker_alive
 from transfer.quota import folder_bytes
 from transfer.runs import ACTIVE_STATES, CONFIG_FILE, STATUS_FILE, RunDir, atomic_write_json, find_run, read_json
 
@@ -35,6 +35,9 @@ DEFAULT_MAX_IDLE_DAYS = 30.0
 DEFAULT_MAX_CACHE_GB = 20.0
 #: A cache entry used this recently may be in use right now (a run reading it, an unpack).
 CACHE_GRACE_SECONDS = 3600.0
+#: While a run trains on this machine, a longer grace: most file systems (relatime) update a
+#: file's access time at most once a day, so a cache read all day can look a day old.
+CACHE_GRACE_WHILE_TRAINING_SECONDS = 25 * 3600.0
 #: The web app collects at most this often (per TRANSFER_HOME, across server processes).
 WEB_GC_INTERVAL_SECONDS = 3600.0
 _STAMP_FILE = "gc.json"
@@ -250,10 +253,11 @@ def _collect_caches(home: Path, result: Collected, now: float, dry_run: bool) ->
     total = sum(size for _, size, _ in sized)
     result.cache_bytes_before = total
     protected = _cache_paths_in_use(home / SESSIONS_FOLDER)
+    grace = CACHE_GRACE_WHILE_TRAINING_SECONDS if _training_now(home) else CACHE_GRACE_SECONDS
     for last_used, size, entry in sorted(sized, key=lambda item: item[0]):
         if total <= result.max_cache_bytes:
             break
-        if now - last_used < CACHE_GRACE_SECONDS or any(_inside(used, entry) for used in protected):
+        if now - last_used < grace or any(_inside(used, entry) for used in protected):
             continue
         if not dry_run:
             _remove_entry(entry)
@@ -279,6 +283,11 @@ def _cache_paths_in_use(sessions: Path) -> list[Path]:
         if root:
             roots.append(Path(root))
     return roots
+
+
+def _training_now(home: Path) -> bool:
+    """Whether any run (of a session or of the command line) holds a training slot of this machine."""
+    return any(lock_is_held(slot) for slot in (home / "queue" / "slots").glob("*.lock"))
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -419,7 +419,9 @@ def list_runs(runs_dir: Path | str) -> list[RunDir]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    runs = [RunDir(p) for p in runs_dir.iterdir() if p.is_dir() and (p / CONFIG_FILE).is_file()]
+    # Hidden folders are never runs: a run being deleted is renamed to one first.
+    runs = [RunDir(p) for p in runs_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / CONFIG_FILE).is_file()]
 
     def created(run: RunDir) -> tuple[float, str]:
         return (run.status().get("created_at") or 0.0, run.id)
