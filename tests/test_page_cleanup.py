@@ -145,3 +145,17 @@ def test_a_large_data_set_is_checked_in_the_worker_pool_with_progress(tiny_datas
     app.run()
     assert not app.exception, app.exception
     assert any("30 pictures in 3 classes are ready" in s.value for s in app.success)
+
+
+def test_delete_a_run_from_the_evaluate_page():
+    token, workspace = new_session()
+    keep, doomed = fake_run(workspace), fake_run(workspace)
+    app = open_app("pages/evaluate.py", token=token)
+    app.query_params["run"] = doomed.id
+    app.run()
+    assert not app.exception, app.exception
+    buttons(app)["Delete this run"].click().run()
+    buttons(app)["Delete for good"].click().run()
+    assert not app.exception, app.exception
+    assert not doomed.path.exists() and keep.exists()
+    assert any(f"Deleted run {doomed.id}" in s.value for s in app.success)
