@@ -126,6 +126,12 @@ def _upload_row(key: str, item) -> None:
 def delete_session_control() -> None:
     """Delete every upload, run and setting of this browser session, after a confirmation."""
     key = "session"
+    st.subheader("Your data")
+    try:
+        kept = f"or until it has not been used for {gc.default_max_idle_days():g} days"
+    except TransferError:
+        kept = "or until the administrator's clean-up removes it"
+    st.caption(f"This session's uploads, runs and settings stay on this machine until you delete them {kept}.")
     _notice_here(key)
     question = ("Delete everything this session stored (uploads, runs, models, settings) for good? "
                 "Running runs must be stopped first. Demo links already shared keep working.")
