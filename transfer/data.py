@@ -31,6 +31,7 @@ from typing import Callable
 
 from transfer import paths
 from transfer.errors import TransferError
+from transfer.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NOT_AN_IMAGE, ImageError, ImageInfo, inspect_image
 from transfer.quota import (
     DiskFull,
     DiskQuota,
@@ -41,7 +42,6 @@ from transfer.quota import (
     is_disk_full,
 )
 from transfer.runs import atomic_write_bytes, atomic_write_json
-from transfer.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, NOT_AN_IMAGE, ImageError, ImageInfo, inspect_image
 
 TRAIN, VAL = "train", "val"
 #: Folder names taken as the validation split, in order of preference.
@@ -305,7 +305,7 @@ def extract_zip(
     where a folder must go, or the reverse) or over-long paths are not extracted;
     ``__MACOSX``, hidden files and non-images are skipped; every skip is listed in a hidden
     log file the data report reads. Raises :class:`DataError` when the archive is unreadable
-    or over ``limits``, :class:`~transfer.QuotaExceeded` when it does not fit in
+    or over ``limits``, :class:`~transfer.quota.QuotaExceeded` when it does not fit in
     ``quota``, :class:`~transfer.quota.DiskFull` when the disk fills up; in those cases the
     files this call wrote are removed again.
     """

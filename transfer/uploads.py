@@ -28,8 +28,8 @@ from transfer.data import (
     Skipped,
     ZipLimits,
     _clean_name,
-    disk_errors_as_sentences,
     _read_ingest_log,
+    disk_errors_as_sentences,
     extract_zip,
     save_uploads,
 )
