@@ -13,9 +13,13 @@ spares cache entries a live run reads or that were used in the last hour.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,6 +45,7 @@ CACHE_GRACE_WHILE_TRAINING_SECONDS = 25 * 3600.0
 #: The web app collects at most this often (per TRANSFER_HOME, across server processes).
 WEB_GC_INTERVAL_SECONDS = 3600.0
 _STAMP_FILE = "gc.json"
+logger = logging.getLogger(__name__)
 _TRASH_PREFIX = ".deleting-"
 
 
@@ -304,8 +309,9 @@ _web_last = [0.0]
 
 
 def collect_now_and_then(interval: float = WEB_GC_INTERVAL_SECONDS) -> bool:
-    """Start :func:`collect` in a background thread when the last collection (by any server
-    process on this TRANSFER_HOME) is older than ``interval``; True when one was started.
+    """Start :func:`collect` (in its own process, watched by a background thread) when the last
+    collection by any server process on this TRANSFER_HOME is older than ``interval``; True
+    when one was started.
 
     Cheap to call on every page view: a clock comparison, and a small file read once per interval.
     """
@@ -327,11 +333,31 @@ def collect_now_and_then(interval: float = WEB_GC_INTERVAL_SECONDS) -> bool:
 
 
 def _collect_and_record(home: Path) -> None:
+    """Collect in a separate, low-priority process (walking every session's files is no work for
+    the web server's own interpreter) and note the outcome beside the stamp."""
+    command = [sys.executable, "-m", "transfer.gc"]
     try:
-        result = collect(home=home)
-    except Exception as error:  # noqa: BLE001 - a background clean-up must never take the server down
-        atomic_write_json(home / _STAMP_FILE, {"time": time.time(), "error": str(error)})
-        return
-    atomic_write_json(home / _STAMP_FILE, {"time": time.time(), "bytes_freed": result.bytes_freed,
-                                                    "sessions_removed": len(result.sessions_removed),
-                                                    "cache_entries_removed": len(result.cache_entries_removed)})
+        done = subprocess.run(command, env={**os.environ, "TRANSFER_HOME": str(home)}, capture_output=True,
+                              text=True, timeout=WEB_GC_INTERVAL_SECONDS)
+        lines = done.stdout.strip().splitlines()
+        outcome = json.loads(lines[-1]) if done.returncode == 0 and lines else {"error": done.stderr[-500:]}
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        outcome = {"error": str(error)}
+    if outcome.get("error"):
+        logger.warning("the background clean-up of %s failed: %s", home, outcome["error"])
+    atomic_write_json(home / _STAMP_FILE, {"time": time.time(), **{k: v for k, v in outcome.items()
+                                                                   if k in ("bytes_freed", "error")}})
+
+
+def _main() -> int:
+    """``python -m transfer.gc``: what the web app starts now and then; prints one JSON line."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    print(json.dumps(collect().to_dict()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
