@@ -159,3 +159,31 @@ def test_delete_a_run_from_the_evaluate_page():
     assert not app.exception, app.exception
     assert not doomed.path.exists() and keep.exists()
     assert any(f"Deleted run {doomed.id}" in s.value for s in app.success)
+
+
+def test_a_full_disk_gets_a_sentence_on_the_data_page_and_keeps_the_earlier_upload(png, monkeypatch):
+    import errno
+
+    from transfer import data as data_module
+
+    token, workspace = new_session()
+    app = open_app("pages/data.py", token=token)
+    app.file_uploader(key="zip#0").set_value(("pets.zip", pets_zip(png), "application/zip")).run()
+    real_open = open
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        if "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "open", open_on_a_full_disk, raising=False)
+    other = io.BytesIO()
+    with zipfile.ZipFile(other, "w") as archive:
+        for index in range(3):
+            archive.writestr(f"more/a/{index}.png", png(0, 10 + index))
+            archive.writestr(f"more/b/{index}.png", png(1, 10 + index))
+    app.file_uploader(key="zip#1").set_value(("more.zip", other.getvalue(), "application/zip")).run()
+    assert not app.exception, app.exception
+    assert any("The disk is full" in e.value for e in app.error)
+    assert app.subheader[0].value == "Data set: pets.zip", "the earlier upload is still the data set"
+    assert len(list((workspace / "uploads" / "zips").iterdir())) == 1, "no half-unpacked folder"
