@@ -51,15 +51,24 @@ def _password_check(password: str) -> access.PasswordCheck:
 
 def unlocked() -> bool:
     """True when this session may use the studio: no password is set, or it was typed here."""
-    password = access.configured_password()
-    if password is None:
+    if access.configured_password() is None or st.session_state.get(_UNLOCKED):
         return True
-    if not st.session_state.get(_UNLOCKED) and _link_was_unlocked():
+    if _link_was_unlocked():
         st.session_state[_UNLOCKED] = True
-    if st.session_state.get(_UNLOCKED):
-        _unlocked_tokens().add(session.session_token())
         return True
     return False
+
+
+def require_unlocked() -> None:
+    """Stop at the password field unless this session is unlocked."""
+    if not unlocked():
+        ask_for_password()
+
+
+def remember(token: str) -> None:
+    """Let a refreshed tab with this session's link in when the session is unlocked."""
+    if access.configured_password() is not None and unlocked():
+        _unlocked_tokens().add(token)
 
 
 def ask_for_password() -> None:

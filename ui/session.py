@@ -23,9 +23,13 @@ def session_token() -> str:
     """This browser session's token, issued on first use and kept in the URL."""
     token = st.session_state.get("session_token")
     if token is None:
+        from ui import gate  # imported here: the gate reads this module's link parameter
+
+        gate.require_unlocked()  # no workspace for anyone who has not typed the password
         from_url = st.query_params.get(SESSION_PARAM)
         token = from_url if access.is_issued_token(from_url) else access.issue_session_token()
         st.session_state["session_token"] = token
+        gate.remember(token)
     if st.query_params.get(SESSION_PARAM) != token:
         st.query_params[SESSION_PARAM] = token
     return token

@@ -1,6 +1,7 @@
 """A live studio server and Debian's chromium driven by Playwright, for the journey tests.
 
-The server runs ``streamlit run app.py`` on a free port with its own ``TRANSFER_HOME``. The
+The server runs as ``./studio app`` runs it (``python -m ui.launch``, which starts ``streamlit run
+app.py`` on this computer only) on a free port with its own ``TRANSFER_HOME``. The
 browser is the system chromium (Playwright's own browser download is not used). Without
 chromium or playwright the tests skip, unless ``TRANSFER_REQUIRE_BROWSER=1`` (set by CI)
 turns the skip into a failure.
@@ -68,30 +69,46 @@ class Studio(str):
     home: Path
 
 
+def start_studio(home: Path, port: int, extra_env: dict | None = None) -> subprocess.Popen:
+    """``./studio app``'s server (``python -m ui.launch``) on ``port`` with ``home``; returns once it serves."""
+    env = {key: value for key, value in os.environ.items() if key not in ("TRANSFER_HOST", "TRANSFER_PASSWORD")}
+    env.update({"TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1", **(extra_env or {})})
+    log = open(home / "server.log", "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ui.launch", "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        _wait_until_serving(f"http://127.0.0.1:{port}", process)
+    except BaseException:
+        stop_studio(process)
+        raise
+    return process
+
+
+def stop_studio(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     """A freshly started studio server with an empty home: its URL, with ``.home`` attached."""
     home = tmp_path_factory.mktemp("browser_home")
     port = _free_port()
-    env = {**os.environ, "TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1"}
-    log = open(home / "server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+    process = start_studio(home, port)
     url = Studio(f"http://127.0.0.1:{port}")
     url.home = home
     try:
-        _wait_until_serving(url, process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop_studio(process)
 
 
 @pytest.fixture(scope="module")
