@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from browsertools import free_port, start_studio, stop_studio
+
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -43,65 +39,17 @@ def _missing(reason: str):
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the studio server exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("the studio server did not start within 90 s")
-
-
 class Studio(str):
     """The server's base URL (a plain string) that also knows the server's ``TRANSFER_HOME``."""
 
     home: Path
 
 
-def start_studio(home: Path, port: int, extra_env: dict | None = None) -> subprocess.Popen:
-    """``./studio app``'s server (``python -m ui.launch``) on ``port`` with ``home``; returns once it serves."""
-    env = {key: value for key, value in os.environ.items() if key not in ("TRANSFER_HOST", "TRANSFER_PASSWORD")}
-    env.update({"TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1", **(extra_env or {})})
-    log = open(home / "server.log", "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ui.launch", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    log.close()
-    try:
-        _wait_until_serving(f"http://127.0.0.1:{port}", process)
-    except BaseException:
-        stop_studio(process)
-        raise
-    return process
-
-
-def stop_studio(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     """A freshly started studio server with an empty home: its URL, with ``.home`` attached."""
     home = tmp_path_factory.mktemp("browser_home")
-    port = _free_port()
+    port = free_port()
     process = start_studio(home, port)
     url = Studio(f"http://127.0.0.1:{port}")
     url.home = home
