@@ -73,8 +73,8 @@ def remember(token: str) -> None:
 
 def ask_for_password() -> None:
     """Show the password field and nothing else, then stop this run of the page."""
-    st.text_input("Password", type="password", key=_FIELD, max_chars=256, on_change=_try_password,
-                  args=(access.configured_password() or "",))
+    st.text_input("Password", type="password", key=_FIELD, max_chars=256, autocomplete="current-password",
+                  on_change=_try_password)
     if st.session_state.get(_WRONG):
         st.error("That is not the password. Try again.")
     st.stop()
@@ -83,7 +83,8 @@ def ask_for_password() -> None:
 def refuse_open_network() -> None:
     """Stop with a sentence when the server listens beyond this computer without a password.
 
-    ``./studio app`` refuses to start that way; this covers a server started by other means.
+    ``./studio app`` refuses to start that way; this covers a server started by other means. The
+    project's config.toml always names an address; only AppTest runs without one.
     """
     try:
         access.check_listen_address(st.get_option("server.address") or access.DEFAULT_HOST,
@@ -98,11 +99,11 @@ def _link_was_unlocked() -> bool:
     return bool(token) and token in _unlocked_tokens() and access.is_issued_token(token)
 
 
-def _try_password(password: str) -> None:
+def _try_password() -> None:
     # A callback, so each typed password is checked exactly once, not again on every rerun.
-    guess = st.session_state.get(_FIELD) or ""
+    guess, password = st.session_state.get(_FIELD) or "", access.configured_password()
     st.session_state[_FIELD] = ""
-    if not guess:
+    if not guess or password is None:
         return
     right = _password_check(password).attempt(_client(), guess)
     st.session_state[_UNLOCKED] = right
