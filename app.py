@@ -2,18 +2,12 @@
 keeps the pages behind the password when one is set, and turns an unexpected error into a
 sentence (the details go to the server's log, never to the browser)."""
 
-import logging
-
 import streamlit as st
 
-from ui import gate, sidebar
+from ui import failures, gate, sidebar
 
 st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide")
 gate.refuse_open_network()
-log = logging.getLogger("transfer.studio")
-if not log.handlers:  # app.py runs on every rerun; one handler is enough
-    log.addHandler(logging.StreamHandler())
-    log.handlers[0].setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
@@ -30,10 +24,6 @@ navigation = st.navigation(PAGES, position="sidebar" if unlocked else "hidden")
 if not unlocked:
     gate.ask_for_password()
 
-try:
+with failures.shown_as_a_sentence(navigation.title):
     sidebar.render()
     navigation.run()
-except Exception:  # Streamlit's stop and rerun signals are not Exceptions: they pass through
-    log.exception("The %s page failed", navigation.title)
-    st.error("Something went wrong on this page. Reload it to try again; if it keeps happening, "
-             "the details are in the studio's server log.")

@@ -10,7 +10,7 @@ import pytest
 from apptools import open_app
 
 from transfer.access import is_issued_token, issue_session_token
-from ui import launch, sidebar
+from ui import failures, launch, sidebar
 
 ELEMENT_KINDS = ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success",
                  "button", "table", "dataframe", "metric", "selectbox", "radio", "checkbox", "tabs", "expander")
@@ -146,7 +146,7 @@ def test_an_unexpected_error_is_a_sentence_in_the_page_and_details_in_the_log(mo
     with caplog.at_level(logging.ERROR, logger="transfer.studio"):
         app = open_app()
     assert not app.exception  # nothing reaches Streamlit's own error box (which shows tracebacks)
-    assert len(app.error) == 1 and app.error[0].value.startswith("Something went wrong on this page.")
+    assert [e.value for e in app.error] == [failures.SENTENCE]
     assert "/srv/secret" not in app.error[0].value
     assert "/srv/secret/path exploded" in caplog.text and "Traceback" in caplog.text
 
@@ -164,3 +164,13 @@ def test_an_open_network_address_without_a_password_shows_a_sentence(monkeypatch
     assert not app.exception
     assert [e.value for e in app.error][0].startswith("Refusing to serve the studio on 0.0.0.0 without a password")
     assert not app.title and not app.sidebar.caption
+
+
+def test_streamlits_own_stop_signal_is_not_taken_for_an_error(monkeypatch, caplog):
+    import streamlit as st
+
+    monkeypatch.setattr(sidebar, "render", st.stop)
+    with caplog.at_level(logging.ERROR, logger="transfer.studio"):
+        app = open_app()
+    assert not app.exception and not app.error and not app.title  # stopped before the page, silently
+    assert "failed" not in caplog.text
