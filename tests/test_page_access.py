@@ -10,7 +10,7 @@ import pytest
 from apptools import open_app
 
 from transfer.access import is_issued_token, issue_session_token
-from ui import failures, launch, sidebar
+from ui import failures, pages_mode, sidebar
 
 ELEMENT_KINDS = ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success",
                  "button", "table", "dataframe", "metric", "selectbox", "radio", "checkbox", "tabs", "expander")
@@ -35,7 +35,7 @@ def served_as_launched(monkeypatch):
     class LaunchedPagesManager(app_test.PagesManager):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            launch.declare_own_navigation()
+            pages_mode.declare_own_navigation()
 
     monkeypatch.setattr(app_test, "PagesManager", LaunchedPagesManager)
 
@@ -174,3 +174,20 @@ def test_streamlits_own_stop_signal_is_not_taken_for_an_error(monkeypatch, caplo
         app = open_app()
     assert not app.exception and not app.error and not app.title  # stopped before the page, silently
     assert "failed" not in caplog.text
+
+
+def old_mode_context(tmp_path, registry: dict, current: str):
+    from types import SimpleNamespace
+
+    pages = {name: {"script_path": str(tmp_path / path)} for name, path in registry.items()}
+    return SimpleNamespace(main_script_path=str(tmp_path / "app.py"), page_script_hash=current,
+                           pages_manager=SimpleNamespace(get_pages=lambda: pages))
+
+
+def test_a_page_knows_when_streamlits_old_pages_mode_ran_it_alone(tmp_path):
+    old_mode = {"app": "app.py", "train": "pages/train.py", "data": "pages/data.py"}
+    studio = {"home": "pages/home.py", "train": "pages/train.py"}
+    assert pages_mode._run_alone_by_old_mode(old_mode_context(tmp_path, old_mode, "train"))
+    assert not pages_mode._run_alone_by_old_mode(old_mode_context(tmp_path, old_mode, "app"))  # app.py runs
+    assert not pages_mode._run_alone_by_old_mode(old_mode_context(tmp_path, studio, "train"))
+    assert not pages_mode._run_alone_by_old_mode(old_mode_context(tmp_path, {"train": "app.py"}, "train"))

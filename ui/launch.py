@@ -4,13 +4,9 @@ Two things happen before Streamlit starts:
 
 - Where to listen: this computer only (127.0.0.1), unless ``TRANSFER_HOST`` (or
   ``--server.address``) names another address, which is refused without ``TRANSFER_PASSWORD``.
-- Streamlit is told the studio builds its own navigation. Streamlit decides once per server
-  process, when the first browser session connects, whether an app whose entry script has a
-  ``pages/`` folder beside it is an old-style "pages directory" app; only a run of ``app.py``
-  (its ``st.navigation`` call) changes its mind. A link into a page as the very first visit
-  after a start (``/train?run=...``) therefore ran that page alone, under a raw list of the
-  files in ``pages/``. Deciding it here, before any session exists, makes every first visit run
-  ``app.py`` and keeps the ``pages/`` folder where it is.
+- Streamlit is told that app.py builds the navigation, so that a link into a page as the first
+  visit after a start shows the studio, not Streamlit's raw list of ``pages/`` files
+  (see ``ui.pages_mode``).
 """
 
 from __future__ import annotations
@@ -44,13 +40,6 @@ def streamlit_arguments(args: list[str], env: dict) -> list[str]:
     return ["run", str(APP), *args]
 
 
-def declare_own_navigation() -> None:
-    """Tell Streamlit, before the first session, that app.py's st.navigation lists the pages."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    PagesManager.uses_pages_directory = False
-
-
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -58,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     except AccessError as error:
         print(error, file=sys.stderr)
         return 2
-    declare_own_navigation()
     from streamlit.web import cli
+
+    from ui.pages_mode import declare_own_navigation
+
+    declare_own_navigation()
 
     sys.argv = ["streamlit", *streamlit_args]
     return cli.main(prog_name="streamlit")

@@ -43,13 +43,17 @@ def _wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 90
     raise RuntimeError("the studio server did not start within 90 s")
 
 
-def start_studio(home: Path, port: int, extra_env: dict | None = None) -> subprocess.Popen:
-    """``./studio app``'s server (``python -m ui.launch``) on ``port`` with ``home``; returns once it serves."""
+def start_studio(home: Path, port: int, extra_env: dict | None = None, *,
+                 plain_streamlit: bool = False) -> subprocess.Popen:
+    """``./studio app``'s server (``python -m ui.launch``) on ``port`` with ``home``; returns once it
+    serves. ``plain_streamlit`` starts ``streamlit run app.py`` instead, bypassing the launcher."""
     env = {key: value for key, value in os.environ.items() if key not in ("TRANSFER_HOST", "TRANSFER_PASSWORD")}
     env.update({"TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1", **(extra_env or {})})
+    server = ["streamlit", "run", str(ROOT / "app.py"), "--server.address", "127.0.0.1"] if plain_streamlit \
+        else ["ui.launch"]
     log = open(home / "server.log", "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "ui.launch", "--server.port", str(port), "--server.headless", "true",
+        [sys.executable, "-m", *server, "--server.port", str(port), "--server.headless", "true",
          "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )

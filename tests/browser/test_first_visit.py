@@ -32,9 +32,9 @@ class Servers:
     def __init__(self, home):
         self.home, self.running = home, {}
 
-    def start(self, extra_env: dict | None = None, port: int | None = None) -> str:
+    def start(self, extra_env: dict | None = None, port: int | None = None, plain_streamlit: bool = False) -> str:
         port = port or free_port()
-        self.running[port] = start_studio(self.home, port, extra_env)
+        self.running[port] = start_studio(self.home, port, extra_env, plain_streamlit=plain_streamlit)
         return f"http://127.0.0.1:{port}"
 
     def stop(self, url: str) -> None:
@@ -62,6 +62,16 @@ def test_a_link_into_a_page_as_the_first_visit_shows_the_studio(servers, page):
     assert page.locator('[data-testid="stAppDeployButton"]').count() == 0
     assert page.get_by_role("button", name="Deploy").count() == 0
     assert page.locator('[data-testid="stMainMenu"]').count() == 0
+
+
+@pytest.mark.parametrize("link", ["train?run=20260101-000000-abcdef", "data"])
+def test_a_server_started_by_plain_streamlit_run_shows_the_studio_first_too(servers, page, link):
+    url = servers.start(plain_streamlit=True)  # not the launcher: the page hands over to app.py
+    page.goto(f"{url}/{link}")
+    wait_for_app(page)
+    page.locator('[data-testid="stSidebar"]').get_by_text("Device:").wait_for(timeout=60_000)
+    assert navigation_labels(page) == STUDIO_NAVIGATION
+    assert page.url.startswith(f"{url}/{link.split('?')[0]}")
 
 
 def test_after_a_restart_the_link_of_a_running_run_finds_it_first_thing(servers, page, tmp_path,
