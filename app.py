@@ -1,11 +1,14 @@
-"""Transfer Studio: the web app's entry point. It only builds the navigation and the sidebar."""
+"""Transfer Studio: the web app's entry point. It only builds the navigation and the sidebar,
+keeps the pages behind the password when one is set, and turns an unexpected error into a
+sentence (the details go to the server's log, never to the browser)."""
 
 import streamlit as st
 
 from transfer.gc import collect_now_and_then
-from ui import sidebar
+from ui import failures, gate, sidebar
 
 st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide")
+gate.refuse_open_network()
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
@@ -16,7 +19,13 @@ PAGES = [
     st.Page("pages/predict.py", title="Predict", icon="🖼️"),
 ]
 
+unlocked = gate.unlocked()
+# The navigation is declared even while locked, so the page a link asked for opens after the password.
+navigation = st.navigation(PAGES, position="sidebar" if unlocked else "hidden")
+if not unlocked:
+    gate.ask_for_password()
+
 collect_now_and_then()  # removes idle sessions and shrinks caches, at most once an hour, in the background
-navigation = st.navigation(PAGES)
-sidebar.render()
-navigation.run()
+with failures.shown_as_a_sentence(navigation.title):
+    sidebar.render()
+    navigation.run()

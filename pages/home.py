@@ -3,8 +3,9 @@
 import streamlit as st
 
 from transfer.methods import METHODS
-from ui import cleanup_view
+from ui import cleanup_view, pages_mode
 
+pages_mode.run_through_app_py()  # this page has no workspace to ask for, so it asks itself
 st.title("Transfer Studio")
 st.markdown(
     "Teach a computer to tell your pictures apart (cats from dogs, good parts from faulty "

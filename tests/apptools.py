@@ -25,13 +25,11 @@ def session_with_dataset(source, draft: dict | None = None) -> tuple[str, "Path"
     """A new browser session (its token and workspace) that already chose ``source`` as its data
     set, and optionally saved ``draft`` settings on the Configure page."""
     import json
-    import secrets
 
-    from transfer.paths import home
+    from transfer.access import issue_session_token, session_dir
 
-    token = secrets.token_urlsafe(24)
-    workspace = home() / "sessions" / token
-    workspace.mkdir(parents=True)
+    token = issue_session_token()
+    workspace = session_dir(token)
     (workspace / "dataset.json").write_text(
         json.dumps({"source": str(source), "name": "tiny", "val_fraction": 0.2, "seed": 0}))
     if draft is not None:

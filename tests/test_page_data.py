@@ -10,11 +10,17 @@ import zipfile
 import pytest
 from apptools import open_app
 
+from transfer.access import issue_session_token
 from transfer.data import demo_dataset_path
 
-TOKEN_A = "a" * 24
-TOKEN_B = "b" * 24
+TOKEN_A = TOKEN_B = ""  # two sessions' tokens, issued per test by the test's own home
 PAGE = "pages/data.py"
+
+
+@pytest.fixture(autouse=True)
+def _issued_tokens(transfer_home):
+    global TOKEN_A, TOKEN_B
+    TOKEN_A, TOKEN_B = issue_session_token(), issue_session_token()
 
 
 @pytest.fixture

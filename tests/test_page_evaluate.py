@@ -8,7 +8,6 @@ module and the Predict page's tests (:func:`shared_trained_session`), in a home 
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from apptools import open_app
 from pictures import write_class_folders as _write_class_folders
+from transfer.access import issue_session_token
 from transfer.config import TrainConfig
 from transfer.jobs import JobManager
 from transfer.runs import RunDir
@@ -46,12 +46,12 @@ def shared_trained_session(tmp_path_factory) -> TrainedSession:
     if "run" not in _TRAINED:
         home = tmp_path_factory.mktemp("trained_home")
         dataset = _write_class_folders(tmp_path_factory.mktemp("trained_data") / "colours", CLASSES)
-        token = secrets.token_urlsafe(24)
-        runs_dir = home / "sessions" / token / "runs"
         config = TrainConfig.for_method("features", dataset=str(dataset), epochs=2, image_size=64)
         with pytest.MonkeyPatch.context() as patch:  # the worker process inherits this home
             patch.setenv("TRANSFER_HOME", str(home))
             patch.setenv("TRANSFER_OFFLINE", "1")
+            token = issue_session_token()
+            runs_dir = home / "sessions" / token / "runs"
             manager = JobManager(runs_dir)
             run = manager.submit(config.to_dict())
             status = manager.wait(run.id, timeout=180)
@@ -151,7 +151,7 @@ def test_evaluate_in_a_session_without_runs_points_to_training():
 
 def test_another_sessions_run_is_not_shown(in_trained_home):
     trained = in_trained_home
-    app = open_app(None, token=secrets.token_urlsafe(24))
+    app = open_app(None, token=issue_session_token())
     app.query_params["run"] = trained.run.id
     app.switch_page("pages/evaluate.py").run()
     assert not app.exception

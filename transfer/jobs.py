@@ -88,7 +88,7 @@ def _check_max_parallel(value) -> int:
 
 
 def queue_dir() -> Path:
-    path = paths.home() / "queue"
+    path = paths.private_dir(paths.home() / "queue")  # entries name every session's runs
     (path / "entries").mkdir(parents=True, exist_ok=True)
     (path / "slots").mkdir(parents=True, exist_ok=True)
     return path

@@ -18,3 +18,16 @@ def cache_dir(kind: str) -> Path:
     path = home() / "cache" / kind
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner can enter (0700), created if missing.
+
+    Used for what one visitor must not read of another's: session folders and the job queue.
+    A folder made by an older version with wider permissions is tightened on the way.
+    """
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path

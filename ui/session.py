@@ -1,41 +1,44 @@
 """Each browser session works in a private workspace folder named by an unguessable token.
 
 The token travels in the page URL (``?s=<token>``), so a refreshed or reopened tab finds its
-data set and runs again, while another session, without the token, can never see them.
+data set and runs again, while another session, without the token, can never see them. Tokens
+are issued and signed by the server (``transfer.access``): one it did not issue is ignored and
+a new session starts, so nobody can hand out a link to a workspace they plan to read later.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import secrets
 from pathlib import Path
 
 import streamlit as st
 
-from transfer.paths import home
+from transfer import access
 from transfer.runs import atomic_write_json
+from ui import pages_mode
 
 SESSION_PARAM = "s"
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{22,64}")
 
 
 def session_token() -> str:
-    """This browser session's token, created on first use and kept in the URL."""
+    """This browser session's token, issued on first use and kept in the URL."""
     token = st.session_state.get("session_token")
     if token is None:
+        from ui import gate  # imported here: the gate reads this module's link parameter
+
+        pages_mode.run_through_app_py()  # a link into a page on a server not started by ./studio app
+        gate.require_unlocked()  # no workspace for anyone who has not typed the password
         from_url = st.query_params.get(SESSION_PARAM)
-        token = from_url if from_url and _TOKEN.fullmatch(from_url) else secrets.token_urlsafe(24)
+        token = from_url if access.is_issued_token(from_url) else access.issue_session_token()
         st.session_state["session_token"] = token
+        gate.remember(token)
     if st.query_params.get(SESSION_PARAM) != token:
         st.query_params[SESSION_PARAM] = token
     return token
 
 
 def workspace() -> Path:
-    path = home() / "sessions" / session_token()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return access.session_dir(session_token())
 
 
 def runs_dir() -> Path:

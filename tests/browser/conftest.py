@@ -1,6 +1,7 @@
 """A live studio server and Debian's chromium driven by Playwright, for the journey tests.
 
-The server runs ``streamlit run app.py`` on a free port with its own ``TRANSFER_HOME``. The
+The server runs as ``./studio app`` runs it (``python -m ui.launch``, which starts ``streamlit run
+app.py`` on this computer only) on a free port with its own ``TRANSFER_HOME``. The
 browser is the system chromium (Playwright's own browser download is not used). Without
 chromium or playwright the tests skip, unless ``TRANSFER_REQUIRE_BROWSER=1`` (set by CI)
 turns the skip into a failure.
@@ -10,16 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from browsertools import free_port, start_studio, stop_studio
+
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -42,26 +39,6 @@ def _missing(reason: str):
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the studio server exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("the studio server did not start within 90 s")
-
-
 class Studio(str):
     """The server's base URL (a plain string) that also knows the server's ``TRANSFER_HOME``."""
 
@@ -72,26 +49,14 @@ class Studio(str):
 def studio(tmp_path_factory):
     """A freshly started studio server with an empty home: its URL, with ``.home`` attached."""
     home = tmp_path_factory.mktemp("browser_home")
-    port = _free_port()
-    env = {**os.environ, "TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1"}
-    log = open(home / "server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
+    port = free_port()
+    process = start_studio(home, port)
     url = Studio(f"http://127.0.0.1:{port}")
     url.home = home
     try:
-        _wait_until_serving(url, process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop_studio(process)
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import secrets
 
 import pytest
 
 from browsertools import wait_for_app
+from transfer.access import issue_session_token
 from transfer.config import TrainConfig
 from transfer.jobs import JobManager
 from transfer.predict import Predictor
@@ -23,10 +23,10 @@ def finished_run(studio, tmp_path, write_class_folders):
     server finds it exactly as if its Train page had started it.
     """
     dataset = write_class_folders(tmp_path / "colours", {"red": 10, "green": 10, "blue": 10})
-    token = secrets.token_urlsafe(24)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSFER_HOME", str(studio.home))
         patch.setenv("TRANSFER_OFFLINE", "1")
+        token = issue_session_token()  # signed with the server's secret, as the server would
         manager = JobManager(studio.home / "sessions" / token / "runs")
         config = TrainConfig.for_method("features", dataset=str(dataset), epochs=2, image_size=64)
         run = manager.submit(config.to_dict())
