@@ -6,22 +6,21 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 import time
 import zipfile
 
 from apptools import open_app
 
+from transfer.access import issue_session_token, session_dir
 from transfer.jobs import try_lock
-from transfer.paths import home
 from transfer.quota import SESSION_QUOTA_ENV
 from transfer.runs import FINISHED, RUNNING, RunDir, list_runs
 
 
 def new_session() -> tuple[str, "os.PathLike"]:
-    token = secrets.token_urlsafe(24)
-    workspace = home() / "sessions" / token
-    (workspace / "runs").mkdir(parents=True)
+    token = issue_session_token()
+    workspace = session_dir(token)
+    (workspace / "runs").mkdir(parents=True, exist_ok=True)
     return token, workspace
 
 

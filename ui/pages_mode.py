@@ -21,6 +21,7 @@ The studio keeps its top-level ``pages/`` folder and settles this in two places:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import streamlit as st
@@ -36,11 +37,17 @@ def declare_own_navigation() -> None:
 def run_through_app_py() -> None:
     """Rerun through app.py when Streamlit's old mode ran this page by itself."""
     ctx = get_script_run_ctx()
-    # AppTest re-decides the mode before each of its runs; its page tests keep running pages alone.
-    if ctx is None or st.get_option("global.appTest") or not _run_alone_by_old_mode(ctx):
+    # AppTest re-decides the mode before each of its runs (and its config patch is not visible
+    # from the script thread), so under AppTest the check would rerun every click away.
+    if ctx is None or _driven_by_apptest() or not _run_alone_by_old_mode(ctx):
         return
     declare_own_navigation()
     st.rerun()
+
+
+def _driven_by_apptest() -> bool:
+    # A served studio never imports Streamlit's testing package; AppTest always has.
+    return "streamlit.testing.v1.app_test" in sys.modules
 
 
 def _run_alone_by_old_mode(ctx) -> bool:
