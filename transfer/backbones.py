@@ -537,6 +537,20 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     return _unwrap_state_dict(state, path.name)
 
 
+def read_weights_shapes(path: str | Path) -> dict[str, tuple]:
+    """``{name: shape}`` of a weights file; a safetensors file is read from its header alone."""
+    path = Path(path)
+    if path.is_file() and weights_file_format(path) == "safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        except Exception as error:
+            raise BackboneError(f"'{path.name}' is not a readable safetensors file ({error}).") from error
+    return {key: tuple(tensor.shape) for key, tensor in read_weights_file(path).items()}
+
+
 def _unwrap_state_dict(state, name: str) -> dict[str, torch.Tensor]:
     for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
         if not isinstance(state, dict) or any(isinstance(v, torch.Tensor) for v in state.values()):

@@ -254,11 +254,11 @@ def check_weights(path: Path | str, backbone: str, num_classes: int, *, dropout:
                   hidden: int | None = None, name: str | None = None):
     """The report of loading ``path`` into ``backbone`` with a head for ``num_classes``; raises
     :class:`transfer.backbones.WeightsDoNotFit` or ``UnsafeWeightsFile`` with a sentence."""
-    from transfer.backbones import check_fit, match_weights, read_weights_file
+    from transfer.backbones import check_fit, match_weights, read_weights_shapes
 
+    found = read_weights_shapes(path)  # first: an unsafe or unreadable file stops before any model is built
     model = meta_model(backbone, num_classes, dropout=dropout, hidden=hidden)
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in read_weights_file(path).items()}
     head_path = model.transfer_head.path
     _, report = match_weights(own, found, head_path)
     check_fit(report, own, name or Path(path).name, backbone, head_path)
