@@ -224,3 +224,30 @@ def test_the_feature_cache_key_follows_the_weights():
     other = feature_key("efficientnet_lite0", prep, 0, "light", weights_sha256="b" * 64)
     assert len({json.dumps(k, sort_keys=True) for k in (catalogue, mine, other)}) == 3
     assert mine == feature_key("efficientnet_lite0", prep, 0, "light", weights_sha256="a" * 64)
+
+
+def test_a_run_from_weights_resumes_from_its_stored_copy(tmp_path, tiny_dataset, resnet18_file, monkeypatch):
+    from transfer.runs import Cancelled, RunDir
+    from transfer.train import Trainer, train_run
+
+    spec = store_file(resnet18_file, tmp_path / "runs").to_dict()
+    config = TrainConfig.for_method("features", dataset=str(tiny_dataset), backbone="resnet18", epochs=2,
+                                    image_size=32, device="cpu", batch_size=16, initial_weights=spec)
+    run = RunDir.create(tmp_path / "runs", config.to_dict())
+    original = Trainer.train_one_epoch
+
+    def cancelled_in_epoch_two(self, epoch):
+        if epoch == 2:
+            raise Cancelled()
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", cancelled_in_epoch_two)
+    with pytest.raises(Cancelled):
+        train_run(run)
+    monkeypatch.setattr(Trainer, "train_one_epoch", original)
+    resnet18_file.unlink()  # the original is gone: the run reads its own stored copy
+    train_run(run)
+    assert run.state == FINISHED
+    features = [e for e in run.events("info") if "features_computed" in e]
+    assert features[0]["features_computed"] > 0 and features[-1]["features_computed"] == 0, \
+        "the same weights find their features in the cache"
