@@ -58,10 +58,6 @@ class InitialWeights:
             entry["run"] = self.run
         return entry
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "InitialWeights":
-        return cls(data["name"], data["sha256"], data["path"], data.get("source", "file"), data.get("run"))
-
 
 def record(spec: dict) -> dict:
     """What ``model.json`` and the model card say about the starting weights (no local path)."""
