@@ -11,7 +11,7 @@ from transfer.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 from transfer.errors import TransferError
 from transfer.estimate import describe_seconds, estimate_training_seconds, recommend_method
 from transfer.methods import METHODS
-from ui import charts, reports, session
+from ui import charts, reports, session, weights_view
 from ui.sidebar import has_gpu
 
 STATUS_BADGES = {
@@ -58,9 +58,10 @@ table = [
     for row in rows
 ]
 st.dataframe(table, hide_index=True, width="stretch", height=260)
-usable = [row["name"] for row in rows if row["status"] != UNAVAILABLE]
+own_weights = weights_view.wants_own_weights(draft)  # then no catalogue weights are needed
+usable = [row["name"] for row in rows if row["status"] != UNAVAILABLE or own_weights]
 unusable = [row["name"] for row in rows if row["status"] == UNAVAILABLE]
-if unusable:
+if unusable and not own_weights:
     st.caption(f"{len(unusable)} backbones are marked ⛔: this machine is offline and their weights "
                "are not cached yet, so they cannot be picked. Connect once to download them.")
 current = draft.get("backbone") if draft.get("backbone") in usable else usable[0]
@@ -82,6 +83,7 @@ method = st.radio(
     key="method",
 )
 st.info(f"Recommended here: **{METHODS[recommendation.method].title}**. {recommendation.reason}")
+initial_weights = weights_view.initial_weights_section(backbone, method, len(dataset.classes), draft)
 
 # ----------------------------------------------------------------------------- settings
 defaults = dict(METHODS[method].defaults)
@@ -184,6 +186,7 @@ try:
         early_stopping_patience=int(patience) if stop_early else None,
         label_smoothing=float(label_smoothing),
         weight_decay=float(weight_decay),
+        initial_weights=initial_weights,
         **{k: v for k, v in extra.items() if v is not None},
     )
     if method == "finetune" and extra.get("train_blocks") is None:

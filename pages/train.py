@@ -62,7 +62,8 @@ if config is None:
     st.page_link("pages/configure.py", label="Go to Configure", icon="⚙️")
 else:
     st.markdown(f"**{METHODS[config.method].title}** of **{config.backbone}** for {config.epochs} epochs, "
-                f"batch {config.batch_size}, learning rate {config.lr:g}.")
+                f"batch {config.batch_size}, learning rate {config.lr:g}."
+                + (f" Starting from your weights **{config.initial_weights['name']}**." if config.initial_weights else ""))
     left, right = st.columns(2)
     if left.button("Start training", type="primary", icon="🚀"):
         start([config])
@@ -71,7 +72,8 @@ else:
                          "pictures and split, one after another, each with its own default settings."):
         shared = {"dataset": config.dataset, "backbone": config.backbone, "seed": config.seed,
                   "image_size": config.image_size}
-        start([TrainConfig.for_method(name, **shared) for name in METHODS])
+        start([TrainConfig.for_method(name, **shared, initial_weights=None if name == "scratch" else config.initial_weights)
+               for name in METHODS])
 
 
 # ----------------------------------------------------------------------------- the shown run

@@ -128,7 +128,7 @@ def test_pickled_code_is_refused(tmp_path):
 
 def test_weights_for_another_architecture_are_refused_clearly(tmp_path):
     save_file({"something.weight": torch.zeros(3)}, tmp_path / "other.safetensors")
-    with pytest.raises(BackboneError, match="None of the 1 tensors"):
+    with pytest.raises(BackboneError, match="None of the .* tensors .* another architecture"):
         load_weights_file(torchvision.models.resnet18(weights=None), tmp_path / "other.safetensors")
 
 

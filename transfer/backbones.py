@@ -418,19 +418,33 @@ def imagenet_labels(name: str) -> list[str]:
 
 # --------------------------------------------------------------------------- user weights
 
+# A weights file must fill at least this share of the backbone's tensors; below it, the file
+# was made for another architecture and training from it would be training from scratch.
+MIN_FITTING_SHARE = 0.5
+# Checkpoints keep the state dict under one of these keys, next to optimizer state and such.
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "state_dict_ema")
+# Prefixes that training wrappers add to every key: DataParallel/DDP, torch.compile, Lightning, ...
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "encoder.", "net.")
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit
+
 
 class UnsafeWeightsFile(BackboneError):
     """A weights file that could only be read by running arbitrary code."""
 
 
+class WeightsDoNotFit(BackboneError):
+    """A weights file made for another architecture."""
+
+
 @dataclass
 class LoadReport:
-    """What happened when a weights file met an architecture."""
+    """What happened when a weights file met an architecture (the new head aside)."""
 
     loaded: list[str]
     missing: list[str]
     unexpected: list[str]
     mismatched: list[tuple[str, tuple, tuple]]  # key, shape in file, shape in model
+    head: str = ""  # what became of the file's classifier, when the model has a replaced head
 
     @property
     def complete(self) -> bool:
@@ -439,13 +453,21 @@ class LoadReport:
     def describe(self) -> str:
         lines = [f"Loaded {len(self.loaded)} tensors."]
         if self.missing:
-            lines.append(f"{len(self.missing)} missing from the file (kept as initialised): {_preview(self.missing)}")
+            lines.append(f"{len(self.missing)} missing from the file (they start from random values): "
+                         f"{_preview(self.missing)}")
         if self.unexpected:
             lines.append(f"{len(self.unexpected)} in the file but not in the model (ignored): {_preview(self.unexpected)}")
         if self.mismatched:
             shapes = [f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched]
             lines.append(f"{len(self.mismatched)} with a different shape (ignored): {_preview(shapes)}")
+        if self.head:
+            lines.append(self.head)
         return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"loaded": len(self.loaded), "missing": self.missing, "unexpected": self.unexpected,
+                "mismatched": [[k, list(a), list(b)] for k, a, b in self.mismatched], "head": self.head,
+                "complete": self.complete, "text": self.describe()}
 
 
 def _preview(items: list[str], limit: int = 5) -> str:
@@ -453,10 +475,47 @@ def _preview(items: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def weights_file_format(path: Path) -> str:
+    """``safetensors``, ``torch`` (a zip written by torch.save) or ``torch-legacy``, read from the
+    content, not the name. TorchScript programs and anything else are refused with a sentence."""
+    import zipfile
+
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    size = path.stat().st_size
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            raise BackboneError(f"'{path.name}' is a damaged zip file, not a readable weights file.") from None
+        if any("/code/" in f"/{name}" for name in names):
+            raise UnsafeWeightsFile(
+                f"'{path.name}' is a TorchScript program (it holds code), so it was refused. "
+                "Save only the weights: torch.save(model.state_dict(), ...) or a .safetensors file.")
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{":
+        header = int.from_bytes(head[:8], "little")
+        if 0 < header <= _SAFETENSORS_MAX_HEADER and header + 8 <= size:
+            return "safetensors"
+    if head[:1] == b"\x80":  # a pickle protocol byte: torch.save's format before the zip one
+        return "torch-legacy"
+    raise BackboneError(f"'{path.name}' is not a weights file: use a .safetensors file, or a .pt / .pth file "
+                        "written by torch.save.")
+
+
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from ``.safetensors``, or ``.pt``/``.pth`` read without unpickling arbitrary objects."""
+    """The tensors of a ``.safetensors`` file, or of a ``.pt``/``.pth`` file read with
+    ``torch.load(weights_only=True)``: a file that needs any other Python object is refused
+    before anything in it runs. Checkpoints that wrap the state dict (``{"state_dict": ...}``,
+    ``{"model": ...}``) are unwrapped."""
+    import warnings
+
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if not path.is_file():
+        raise BackboneError(f"There is no weights file at {path}.")
+    kind = weights_file_format(path)
+    if kind == "safetensors":
         from safetensors.torch import load_file
 
         try:
@@ -464,37 +523,137 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as error:
             raise BackboneError(f"'{path.name}' is not a readable safetensors file ({error}).") from error
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on weights_only is not for our users
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "torch")
     except Exception as error:
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
+        if "weights only" in str(error).lower() or "weights_only" in str(error) or "Unsupported global" in str(error):
             raise UnsafeWeightsFile(
-                f"'{path.name}' contains Python objects that could run code when opened, so it was refused. "
-                "Save only the state dict (torch.save(model.state_dict(), ...)) or use .safetensors."
-            ) from error
-        raise BackboneError(f"'{path.name}' is not a readable PyTorch weights file ({error}).") from error
-    for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint layouts
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BackboneError(f"'{path.name}' does not hold a dictionary of tensors (a state dict).")
-    return state
+                f"'{path.name}' contains Python objects that could run code when opened, so it was refused "
+                "and nothing in it ran. Save only the state dict (torch.save(model.state_dict(), ...)) "
+                "or use .safetensors."
+            ) from None
+        raise BackboneError(f"'{path.name}' is not a readable PyTorch weights file ({error}).") from None
+    return _unwrap_state_dict(state, path.name)
 
 
-def load_weights_file(model: nn.Module, path: str | Path) -> LoadReport:
-    """Load what fits from a user's weights file into ``model`` and say what did not."""
-    state = {k.removeprefix("module."): v for k, v in read_weights_file(path).items()}
-    own = model.state_dict()
-    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+def read_weights_shapes(path: str | Path) -> dict[str, tuple]:
+    """``{name: shape}`` of a weights file; a safetensors file is read from its header alone."""
+    path = Path(path)
+    if path.is_file() and weights_file_format(path) == "safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        except Exception as error:
+            raise BackboneError(f"'{path.name}' is not a readable safetensors file ({error}).") from error
+    return {key: tuple(tensor.shape) for key, tensor in read_weights_file(path).items()}
+
+
+def _unwrap_state_dict(state, name: str) -> dict[str, torch.Tensor]:
+    for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
+        if not isinstance(state, dict) or any(isinstance(v, torch.Tensor) for v in state.values()):
+            break
+        inner = next((state[k] for k in _STATE_DICT_KEYS if isinstance(state.get(k), dict)), None)
+        if inner is None:
+            break
+        state = inner
+    tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+    if not tensors:
+        raise BackboneError(f"'{name}' does not hold a dictionary of tensors (a state dict).")
+    return tensors
+
+
+def _strip_wrapper_prefixes(keys: list[str], own: set[str]) -> dict[str, str]:
+    """``{file key: model key}``, removing a wrapper prefix wherever that makes more names match."""
+    names = {key: key for key in keys}
+    for prefix in _WRAPPER_PREFIXES:
+        renamed = {key: name.removeprefix(prefix) if name.removeprefix(prefix) in own else name
+                   for key, name in names.items()}
+        if sum(n in own for n in renamed.values()) > sum(n in own for n in names.values()):
+            names = renamed
+    return names
+
+
+def _is_counter(key: str) -> bool:
+    return key.endswith("num_batches_tracked")  # BatchNorm's step counter: no knowledge in it
+
+
+def match_weights(own: dict[str, tuple], found: dict[str, tuple], head_path: str | None = None
+                  ) -> tuple[dict[str, str], LoadReport]:
+    """Which file tensors go where, from shapes alone: ``({model key: file key}, report)``.
+
+    ``own`` and ``found`` map names to shapes. Tensors under ``head_path`` (the replaced head)
+    load only all together and only when every one fits, which happens when the file's
+    classifier was made for the same classes; otherwise the new head starts from random values.
+    """
+    names = _strip_wrapper_prefixes(list(found), set(own))
+    by_model_key = {names[k]: k for k in found}
+    prefix = f"{head_path}." if head_path else None
+
+    def in_head(key: str) -> bool:
+        return prefix is not None and key.startswith(prefix)
+
+    fits = {k: f for k, f in by_model_key.items() if k in own and tuple(found[f]) == tuple(own[k])}
+    body = {k: f for k, f in fits.items() if not in_head(k)}
+    own_head = [k for k in own if in_head(k)]
+    head_fits = bool(own_head) and all(k in fits for k in own_head)
+    mapping = {**body, **({k: fits[k] for k in own_head} if head_fits else {})}
     report = LoadReport(
-        loaded=sorted(fitting),
-        missing=sorted(k for k in own if k not in state),
-        unexpected=sorted(k for k in state if k not in own),
-        mismatched=[(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and k not in fitting],
+        loaded=sorted(mapping),
+        missing=sorted(k for k in own if k not in by_model_key and not in_head(k) and not _is_counter(k)),
+        unexpected=sorted(f for k, f in by_model_key.items() if k not in own and not in_head(k)),
+        mismatched=[(k, tuple(found[f]), tuple(own[k])) for k, f in by_model_key.items()
+                    if k in own and k not in fits and not in_head(k)],
     )
-    if not fitting:
-        raise BackboneError(
-            f"None of the {len(state)} tensors in '{Path(path).name}' fit this architecture: "
-            "check that the file was made for the backbone you chose."
-        )
-    model.load_state_dict(fitting, strict=False)
+    file_head = [f for k, f in by_model_key.items() if in_head(k)]
+    if prefix is not None:
+        report.head = _head_note(head_fits, file_head, found, own_head, own)
+    return mapping, report
+
+
+def _head_note(head_fits: bool, file_head: list[str], found: dict, own_head: list[str], own: dict) -> str:
+    if head_fits:
+        return "The file's classifier fits these classes and is loaded too."
+    if not file_head:
+        return "The file has no classifier here; the new head starts from random values."
+    classes = next((found[k][0] for k in reversed(file_head) if k.endswith("weight") and found[k]), None)
+    wanted = next((own[k][0] for k in reversed(own_head) if k.endswith("weight") and own[k]), None)
+    if classes is not None and wanted is not None and classes != wanted:
+        return f"The file's classifier is for {classes} classes, this data set has {wanted}: it is ignored and a new head is trained."
+    return "The file's classifier does not fit the new head (another shape): it is ignored and a new head is trained."
+
+
+def check_fit(report: LoadReport, own: dict[str, tuple], file_name: str, backbone: str,
+              head_path: str | None = None) -> None:
+    """Stop with a sentence when too little of the backbone would come from the file."""
+    prefix = f"{head_path}." if head_path else None
+    body = [k for k in own if not _is_counter(k) and not (prefix and k.startswith(prefix))]
+    loaded = sum(1 for k in report.loaded if k in body)
+    if loaded >= MIN_FITTING_SHARE * len(body) and loaded > 0:
+        return
+    what = "None" if loaded == 0 else f"Only {loaded}"
+    raise WeightsDoNotFit(
+        f"{what} of the {len(body)} tensors of {backbone} can be taken from '{file_name}' "
+        f"({len(report.mismatched)} have another shape, {len(report.missing)} are missing): the file was made "
+        f"for another architecture. Choose the backbone the file was trained as, or another file.")
+
+
+def load_weights_file(model: nn.Module, path: str | Path, backbone: str = "this backbone") -> LoadReport:
+    """Load what fits from a user's weights file into ``model`` and say what did not.
+
+    When ``model`` has a replaced head (:func:`transfer.heads.replace_head`), the file's
+    classifier loads only if it fits the new classes. A file that fills too little of the
+    backbone raises :class:`WeightsDoNotFit`.
+    """
+    path = Path(path)
+    state = read_weights_file(path)
+    own = model.state_dict()
+    head = getattr(model, "transfer_head", None)
+    head_path = head.path if head is not None else None
+    own_shapes = {k: tuple(v.shape) for k, v in own.items()}
+    mapping, report = match_weights(own_shapes, {k: tuple(v.shape) for k, v in state.items()}, head_path)
+    check_fit(report, own_shapes, path.name, backbone, head_path)
+    model.load_state_dict({k: state[f] for k, f in mapping.items()}, strict=False)
     return report

@@ -438,6 +438,9 @@ def add_train(sub) -> None:
     p.add_argument("--dropout", type=float, help="dropout before the new head")
     p.add_argument("--hidden", type=int, help="width of a hidden layer in the new head")
     p.add_argument("--val-fraction", type=float, help="validation share when DATA has no val/ folder (default 0.2)")
+    p.add_argument("--weights", metavar="FILE|RUN_DIR",
+                   help="start the backbone from these weights (.safetensors, .pt, .pth) or from a finished "
+                        "run of the same architecture, instead of the catalogue's")
     p.add_argument("--no-wait", action="store_true", help="queue the run and return at once")
     p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
 
@@ -469,6 +472,8 @@ def cmd_train(args) -> int:
     # Checked here, so data problems are reported at once and never reach a worker.
     dataset = load_dataset(source.resolve(), val_fraction=settings["val_fraction"] or 0.2)
     importer.join()
+    if args.weights:
+        settings.update(initial_weights_setting(args, len(dataset.classes)))
     config = TrainConfig.for_method(args.method, dataset=dataset.to_dict(), **settings)
     manager = JobManager(args.runs_dir)
     run = manager.submit(config.to_dict())
@@ -497,8 +502,32 @@ def cmd_train(args) -> int:
     return 0 if status["state"] == "finished" else 1
 
 
+def initial_weights_setting(args, num_classes: int) -> dict:
+    """``--weights``: the backbone (a chained run fixes it) and the stored, checked weights file.
+
+    A file that cannot be read safely or does not fit the architecture stops here, before a run
+    is created; the full report is the run's first event."""
+    from pathlib import Path
+
+    from transfer.config import DEFAULT_BACKBONE
+    from transfer.weights import check_weights, chosen_backbone, resolve_source, store_file
+
+    if args.method == "scratch":
+        raise UserError("Training from scratch starts from random weights: choose --method features or finetune "
+                        "to start from your weights, or leave out --weights.")
+    path, run_backbone, run_id = resolve_source(args.weights)
+    backbone = chosen_backbone(args.backbone, run_backbone, run_id) or DEFAULT_BACKBONE
+    spec = store_file(path, Path(args.runs_dir), name=run_id and f"{run_id}/{path.name}",
+                      origin="run" if run_id else "file", run=run_id)
+    check_weights(spec.path, backbone, num_classes, dropout=args.dropout or 0.0, hidden=args.hidden,
+                  name=spec.name)
+    return {"backbone": backbone, "initial_weights": spec.to_dict()}
+
+
 def train_result(run, status: dict, seconds: float) -> dict:
     """The JSON summary of a finished ``transfer train``."""
+    from transfer.weights import record
+
     config = run.config
     return {
         "run_dir": str(run.path),
@@ -512,6 +541,7 @@ def train_result(run, status: dict, seconds: float) -> dict:
         "val_accuracy": status.get("val_accuracy"),
         "best_val_accuracy": status.get("best_val_accuracy"),
         "best_epoch": status.get("best_epoch"),
+        "initial_weights": record(config["initial_weights"]) if config.get("initial_weights") else None,
         "seconds": round(seconds, 2),
         "train_seconds": run.summary().get("seconds"),
     }
@@ -551,6 +581,34 @@ def cmd_lr_find(args) -> int:
     return 0
 
 
+def add_weights(sub) -> None:
+    p = sub.add_parser("weights", help="check a weights file (or a finished run) against a backbone before training")
+    p.add_argument("weights", metavar="FILE|RUN_DIR", help=".safetensors, .pt or .pth file, or a finished run's folder")
+    p.add_argument("--backbone", default=None, help="catalogue name (default: the run's, else efficientnet_lite0)")
+    p.add_argument("--classes", type=int, default=2, help="classes of the data set to train on (default 2)")
+    p.add_argument("--dropout", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--hidden", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
+
+
+def cmd_weights(args) -> int:
+    from transfer.config import DEFAULT_BACKBONE
+    from transfer.weights import check_weights, chosen_backbone, file_sha256, resolve_source
+
+    if not 1 <= args.classes <= 100_000:
+        raise UserError("--classes must be a whole number from 1 to 100000.")
+    path, run_backbone, run_id = resolve_source(args.weights)
+    backbone = chosen_backbone(args.backbone, run_backbone, run_id) or DEFAULT_BACKBONE
+    report = check_weights(path, backbone, args.classes, dropout=args.dropout, hidden=args.hidden)
+    if args.json:
+        print_json({"file": str(path), "sha256": file_sha256(path), "backbone": backbone, "classes": args.classes,
+                    "report": report.to_dict()})
+    else:
+        print(f"{path.name} into {backbone} with a head for {args.classes} classes:")
+        print(report.describe())
+    return 0
+
+
 class _TrainProgress(_ProgressPrinter):
     """The run's progress printer, plus a bar while pictures are decoded or features computed."""
 
@@ -577,6 +635,7 @@ COMMANDS = {
     "backbones": (add_backbones, cmd_backbones),
     "train": (add_train, cmd_train),
     "lr-find": (add_lr_find, cmd_lr_find),
+    "weights": (add_weights, cmd_weights),
     "check": (add_check, cmd_check),
     "runs": (add_runs, cmd_runs),
     "cancel": (add_cancel, cmd_cancel),

@@ -66,6 +66,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     split_seed: int = 0
     momentum: float = 0.9  # SGD only
+    initial_weights: dict | None = None  # start from these weights instead of the catalogue's (transfer.weights)
     job: str = field(default=TRAIN_JOB)
 
     # ------------------------------------------------------------------ building
@@ -160,7 +161,20 @@ class TrainConfig:
             )
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ConfigError("Name a backbone (see `transfer backbones`).")
+        if self.initial_weights is not None:
+            _initial_weights(self)
         return self
+
+
+def _initial_weights(config) -> None:
+    from transfer.weights import validate_spec
+
+    problem = validate_spec(config.initial_weights)
+    if problem:
+        raise ConfigError(f"The starting weights {problem}; choose the weights file again.")
+    if config.method == "scratch":
+        raise ConfigError("Training from scratch starts from random weights, so it cannot start from your weights "
+                          "file: choose feature transfer or fine-tuning, or leave out the weights.")
 
 
 def _whole(config, name: str, low: int, high: int) -> None:

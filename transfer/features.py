@@ -46,9 +46,12 @@ CENTRE_VIEW = 0
 DECODE_LOOKAHEAD_BATCHES = 8
 
 
-def weights_identity(backbone: str, pretrained: bool = True) -> str:
-    """A string that changes whenever the backbone's weights could have changed."""
+def weights_identity(backbone: str, pretrained: bool = True, weights_sha256: str | None = None) -> str:
+    """A string that changes whenever the backbone's weights could have changed; a run that
+    starts from its own weights file is named by that file's SHA-256."""
     entry = get_backbone(backbone)
+    if weights_sha256:
+        return f"{entry.architecture}|file:{weights_sha256}"
     if not pretrained:
         return f"{entry.architecture}|random"
     file = entry.weights_file() if entry.weights_file else None
@@ -63,12 +66,14 @@ def view_name(view: int, augmentation: str) -> str:
     return "centre" if view == CENTRE_VIEW else f"{augmentation}:{view}"
 
 
-def feature_key(backbone: str, prep: Preprocessing, view: int, augmentation: str, precision: str = "fp32") -> dict:
-    """Everything the cached vector depends on, as a JSON-friendly dict."""
+def feature_key(backbone: str, prep: Preprocessing, view: int, augmentation: str, precision: str = "fp32",
+                weights_sha256: str | None = None) -> dict:
+    """Everything the cached vector depends on, as a JSON-friendly dict (``weights_sha256``: the
+    run's own starting weights, if any)."""
     return {
         "precision": precision,
         "backbone": backbone,
-        "weights": weights_identity(backbone),
+        "weights": weights_identity(backbone, weights_sha256=weights_sha256),
         "input_size": prep.input_size,
         "resize_size": prep.resize_size,
         "mean": list(prep.mean),
@@ -188,17 +193,20 @@ def extract_features(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_batch_shrink: Callable[[int], None] | None = None,
+    weights_sha256: str | None = None,
 ) -> tuple[torch.Tensor, ExtractionStats]:
     """``(len(samples), len(views), dim)`` float32 features, computing only what the cache lacks.
 
     ``load_model()`` is called only when something must be computed (a warm cache never loads
     the backbone). Pictures are decoded in background threads while the backbone works on
-    the previous batch.
+    the previous batch. ``weights_sha256`` names the backbone's own starting weights, when
+    ``load_model`` builds it from a weights file rather than the catalogue's.
     """
     cache = cache or FeatureCache()
     stats = ExtractionStats()
     started = time.perf_counter()
-    folders = [cache.folder(feature_key(backbone, prep, view, augmentation, setup.precision)) for view in views]
+    folders = [cache.folder(feature_key(backbone, prep, view, augmentation, setup.precision, weights_sha256))
+               for view in views]
     found: dict[tuple[int, int], np.ndarray] = {}
     missing: list[int] = []  # sample indices with at least one view to compute
     for index, sample in enumerate(samples):

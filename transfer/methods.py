@@ -206,12 +206,16 @@ def prepare_model(model: nn.Module, method: str | TransferMethod, *, lr: float,
 
 
 def create_model(backbone: str, num_classes: int, method: str | TransferMethod, *,
-                 dropout: float = 0.0, hidden: int | None = None) -> nn.Module:
-    """A catalogue backbone with a new head for ``num_classes``, initialised as ``method`` wants."""
-    from transfer.backbones import load_backbone
+                 dropout: float = 0.0, hidden: int | None = None, initial_weights=None) -> nn.Module:
+    """A catalogue backbone with a new head for ``num_classes``, initialised as ``method`` wants:
+    from the catalogue's pretrained weights, from random ones, or from the file ``initial_weights``
+    (see :func:`transfer.backbones.load_weights_file`; what the file lacks starts random)."""
+    from transfer.backbones import load_backbone, load_weights_file
     from transfer.heads import replace_head
 
     method = get_method(method) if isinstance(method, str) else method
-    model = load_backbone(backbone, pretrained=method.pretrained)
+    model = load_backbone(backbone, pretrained=method.pretrained and initial_weights is None)
     replace_head(model, num_classes, dropout=dropout, hidden=hidden)
+    if initial_weights is not None:
+        load_weights_file(model, initial_weights, backbone)
     return model

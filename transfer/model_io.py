@@ -23,11 +23,16 @@ class ModelNotReady(TransferError):
 
 
 def model_info(model: nn.Module, *, backbone: str, method: str, classes: list[str], preprocessing: Preprocessing,
-               dropout: float = 0.0, hidden: int | None = None, weights: str = WEIGHTS_FILE) -> dict:
-    """The content of ``model.json`` for a model whose head :func:`replace_head` installed."""
+               dropout: float = 0.0, hidden: int | None = None, weights: str = WEIGHTS_FILE,
+               initial_weights: dict | None = None) -> dict:
+    """The content of ``model.json`` for a model whose head :func:`replace_head` installed.
+
+    ``initial_weights`` (``{"name", "sha256", "source"[, "run"]}``) says which weights file the
+    backbone started from, when it was not the catalogue's; the model card prints it.
+    """
     head = model.transfer_head
     prep = preprocessing
-    return {
+    info = {
         "format": 1,
         "backbone": backbone,
         "method": method,
@@ -40,6 +45,9 @@ def model_info(model: nn.Module, *, backbone: str, method: str, classes: list[st
                           "std": list(prep.std), "interpolation": prep.interpolation, "crop_pct": prep.crop_pct},
         "weights": weights,
     }
+    if initial_weights:
+        info["initial_weights"] = dict(initial_weights)
+    return info
 
 
 def read_model_info(run_dir: Path | str) -> dict:

@@ -9,7 +9,8 @@
     How to rebuild the model for prediction: ``{"format": 1, "backbone", "method",
     "num_classes", "classes", "head": {"path", "in_features", "dropout", "hidden"},
     "image_size", "preprocessing": {"input_size", "resize_size", "mean", "std",
-    "interpolation", "crop_pct"}}``; read it with :func:`transfer.model_io.load_trained_model`.
+    "interpolation", "crop_pct"}}``, and ``initial_weights: {"name", "sha256", "source"}`` when
+    the run started from its own weights file; read it with :func:`transfer.model_io.load_trained_model`.
 ``model.safetensors``
     The full state dict (backbone and new head) of the best epoch so far (highest validation
     accuracy, ties broken by lower validation loss).
@@ -285,6 +286,7 @@ class Trainer:
         if not self.train_samples or not self.val_samples:
             raise TrainingError("Training needs pictures in both the training and the validation split; "
                                 "add pictures or lower the validation fraction.")
+        self.initial_weights = self.check_initial_weights()
         self.train_targets = torch.tensor([self.dataset.label_index(s.label) for s in self.train_samples])
         self.train_targets_on_device = self.train_targets.to(self.setup.device)
         self.val_targets = torch.tensor([self.dataset.label_index(s.label) for s in self.val_samples])
@@ -320,10 +322,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ tasks
 
+    def check_initial_weights(self) -> Path | None:
+        """The run's own starting weights, checked against the architecture before anything is
+        built: the report goes into the event log, a file that does not fit ends the run here."""
+        from transfer.weights import check_weights, locate
+
+        spec = self.config.initial_weights
+        if not spec:
+            return None
+        path = locate(spec, self.run.path.parent)
+        report = check_weights(path, self.config.backbone, len(self.classes), dropout=self.config.dropout,
+                               hidden=self.config.hidden, name=spec["name"])
+        self.info(f"Starting from the weights in {spec['name']} (SHA-256 {spec['sha256'][:12]}...). "
+                  + report.describe().replace("\n", " "), initial_weights=spec["name"],
+                  weights_sha256=spec["sha256"], weights_report=report.to_dict())
+        return path
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """Names the backbone's starting weights in the feature cache's key, when they are the run's own."""
+        return self.config.initial_weights["sha256"] if self.config.initial_weights else None
+
     def create_model(self) -> nn.Module:
         config = self.config
         return create_model(config.backbone, len(self.classes), self.method, dropout=config.dropout,
-                            hidden=config.hidden)
+                            hidden=config.hidden, initial_weights=self.initial_weights)
 
     @property
     def model(self) -> nn.Module:
@@ -358,6 +381,7 @@ class Trainer:
         common = dict(backbone=config.backbone, prep=self.prep, augmentation=config.augmentation, spec=spec,
                       setup=self.setup, load_model=load_model, batch_size=32,  # measured: 32 beats 64 on CPU caches
                       decoded=DecodedImageCache(), cache=FeatureCache(), should_stop=self.run.cancel_requested,
+                      weights_sha256=self.weights_sha256,
                       on_batch_shrink=lambda n: self.warn(f"Out of memory while computing features; "
                                                           f"continuing {n} pictures at a time.", batch_size=n))
         self.progress_event("features", 0, total, 0.0)
@@ -422,6 +446,7 @@ class Trainer:
             self.train_samples, [0], backbone=self.config.backbone, prep=self.prep,
             augmentation=self.config.augmentation, spec=None, setup=self.setup, load_model=lambda: self.model,
             batch_size=32, cache=FeatureCache(), should_stop=self.run.cancel_requested,
+            weights_sha256=self.weights_sha256,
             progress=lambda done, total, seconds: self.progress_event("probe", done, total, seconds))
         settings = METHODS["features"].defaults
         head = self.head()
@@ -658,11 +683,14 @@ class Trainer:
     # ------------------------------------------------------------------ outputs
 
     def write_model_info(self) -> None:
+        from transfer.weights import record
+
         self.model_info_written = True
+        spec = self.config.initial_weights
         atomic_write_json(self.run.path / MODEL_INFO_FILE, model_info(
             self.model, backbone=self.config.backbone, method=self.config.method, classes=self.classes,
             preprocessing=self.prep, dropout=self.config.dropout, hidden=self.config.hidden,
-            weights=self.run.weights_path.name))
+            weights=self.run.weights_path.name, initial_weights=record(spec) if spec else None))
 
     def write_weights(self, module_state: dict) -> None:
         from safetensors.torch import save
