@@ -18,6 +18,7 @@ import streamlit as st
 
 from transfer import weights
 from transfer.errors import TransferError
+from transfer.quota import DiskQuota
 from transfer.runs import FINISHED, list_runs
 from ui import session
 
@@ -79,6 +80,7 @@ def _uploaded_weights(current: dict | None) -> dict | None:
         return kept[1]
     try:
         weights.check_upload(uploaded.name, uploaded.size)
+        DiskQuota.for_session(session.workspace()).check(uploaded.size)
         spec = weights.store_bytes(uploaded.getvalue(), uploaded.name, session.runs_dir()).to_dict()
     except TransferError as error:
         st.error(str(error))
