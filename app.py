@@ -2,9 +2,15 @@
 
 import streamlit as st
 
-from ui import sidebar
+from ui import demo_view, sidebar
 
 st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide")
+
+# A demo link (?demo=TOKEN) shows one shared model and nothing else: no navigation, no sidebar,
+# no session token, no password. It must stay before the session, password and sidebar code.
+if demo_view.requested():
+    st.navigation([st.Page(demo_view.render, title="Demo", url_path="demo")], position="hidden").run()
+    st.stop()
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),
