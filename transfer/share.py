@@ -322,8 +322,8 @@ class DemoStore:
         """
         demo = self.open(token)
         if size > self.max_picture_bytes:
-            raise DemoLimitReached(f"That picture is {size / 2**20:.1f} MB; this demo takes pictures up to "
-                                   f"{self.max_picture_bytes / 2**20:.0f} MB. Send a smaller one.")
+            raise DemoLimitReached(f"That picture is {_size(size)}; this demo takes pictures up to "
+                                   f"{_size(self.max_picture_bytes)}. Send a smaller one.")
         with file_lock(demo.folder / ".usage.lock"):
             usage = read_json(demo.folder / USAGE_FILE, {}) or {}
             now = self.clock()
@@ -372,6 +372,10 @@ def _clean(text: str | None, limit: int) -> str:
     """Strip control characters (not newlines) and cap the length."""
     text = "".join(ch for ch in (text or "") if ch in "\n\t" or ch.isprintable()).strip()
     return text[:limit]
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MB" if count >= 2**20 // 10 else f"{max(1, round(count / 1024))} KB"
 
 
 def demo_link(base_url: str, token: str) -> str:
