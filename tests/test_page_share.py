@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from apptools import ROOT, open_app
 from test_page_evaluate import all_text, trained  # noqa: F401 (the shared tiny finished run)
 from test_page_predict import encoded, top_k_charts
+from test_share import exported  # noqa: F401 (the tiny run with its exports made once)
 from transfer import share
 from transfer.predict import Predictor
 from transfer.runs import RunDir
@@ -20,11 +21,11 @@ from transfer.share import INVALID_LINK, DemoStore
 
 
 @pytest.fixture
-def owner(trained, transfer_home) -> tuple[str, RunDir]:
+def owner(exported, transfer_home) -> tuple[str, RunDir]:
     """A session (its token) in this test's home holding a copy of the tiny finished run."""
     token = secrets.token_urlsafe(24)
-    copy = transfer_home / "sessions" / token / "runs" / trained.run.id
-    shutil.copytree(trained.run.path, copy)
+    copy = transfer_home / "sessions" / token / "runs" / exported.run.id
+    shutil.copytree(exported.run.path, copy)
     return token, RunDir(copy)
 
 
@@ -149,3 +150,20 @@ def test_every_dead_link_gets_the_same_sentence_and_no_drop_zone(owner, how):
     assert [e.value for e in app.error] == [INVALID_LINK]
     assert not app.file_uploader and not app.camera_input
     assert "secret title" not in all_text(app) and "s" not in app.query_params
+
+
+def test_the_bundle_download_is_offered_only_when_the_owner_allowed_it(owner):
+    store = DemoStore()
+    allowed, _ = store.create(owner[1].path, title="Take it away", allow_download=True)
+    app = open_demo(allowed)
+    buttons = app.get("download_button")
+    assert len(buttons) == 1 and "Download the model" in buttons[0].proto.label
+    assert not open_demo(store.create(owner[1].path)[0]).get("download_button")
+
+
+def test_the_owner_can_allow_the_download_from_the_form(owner):
+    app = open_app("pages/predict.py", token=owner[0])
+    app.checkbox(key="share_download").check()
+    create_demo(app, "With the bundle")
+    token = links(app)[0].rsplit("=", 1)[1]
+    assert DemoStore().open(token).bundle_path is not None

@@ -8,6 +8,7 @@ import re
 import shutil
 import stat
 import threading
+import zipfile
 
 import pytest
 
@@ -28,11 +29,20 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(scope="module")
+def exported(trained):
+    """The tiny run with its checked exports made once: copies keep them (same weights, same stamp)."""
+    from transfer.export import export_run
+
+    export_run(trained.run.path, "bundle")
+    return trained
+
+
 @pytest.fixture
-def run(trained, transfer_home) -> RunDir:
+def run(exported, transfer_home) -> RunDir:
     """A private copy of the tiny finished run, in this test's home (tests may delete it)."""
-    copy = transfer_home / "sessions" / "owner" / "runs" / trained.run.id
-    shutil.copytree(trained.run.path, copy)
+    copy = transfer_home / "sessions" / "owner" / "runs" / exported.run.id
+    shutil.copytree(exported.run.path, copy)
     return RunDir(copy)
 
 
@@ -54,7 +64,7 @@ def test_a_demo_is_a_snapshot_named_by_the_tokens_hash(store, run, transfer_home
     token, demo = store.create(run.path, title="Colours", description="Try **it**", expires="7d")
     assert re.fullmatch(r"[A-Za-z0-9_-]+", token) and len(token) * 6 >= 128  # URL-safe, >= 128 random bits
     assert demo.folder == transfer_home / "demos" / share.token_digest(token)
-    assert sorted(p.name for p in demo.folder.iterdir()) == ["demo.json", "labels.json", "model.json",
+    assert sorted(p.name for p in demo.folder.iterdir()) == ["demo.json", "labels.json", "model.json", "model.onnx",
                                                             "model.safetensors", "usage.json"]
     # Nothing on disk under demos/ names or contains the token: a listing or a backup reveals no link.
     for path in (transfer_home / "demos").rglob("*"):
@@ -207,11 +217,36 @@ def test_the_owner_record_lists_its_demos_with_their_tokens(store, run, transfer
     assert stat.S_IMODE(record.stat().st_mode) == 0o600
 
 
-def test_download_is_refused_with_a_sentence_without_the_export_feature(store, run, monkeypatch, transfer_home):
-    monkeypatch.setattr(share, "bundle_exporter", lambda: None)
-    with pytest.raises(ShareError, match="export feature"):
+def test_the_snapshot_holds_the_checked_onnx_model_and_the_bundle_when_downloads_are_allowed(store, run, png):
+    _, without = store.create(run.path)
+    assert (without.folder / share.ONNX_FILE).is_file() and without.bundle_path is None
+    token, demo = store.create(run.path, allow_download=True)
+    with zipfile.ZipFile(demo.bundle_path) as bundle:
+        assert {"model/model.onnx", "model/predict.py", "model/README.md"} <= set(bundle.namelist())
+        assert "Validation accuracy" in bundle.read("model/README.md").decode()
+        assert not [name for name in bundle.namelist() if run.id in name or run.id.encode() in bundle.read(name)]
+    predictor = Predictor.from_run(demo.folder)
+    assert predictor.fast  # the demo's own model.onnx, through onnxruntime
+    picture = png(0, 11)
+    assert predictor.predict(picture, 1)[0].label == Predictor.from_run(run.path, fast=False).predict(picture, 1)[0].label
+    store.revoke(token)
+    assert not any((demo.folder / name).exists() for name in ("model.onnx", "bundle.zip", "model.safetensors"))
+
+
+def test_a_failed_export_refuses_the_download_with_a_sentence(store, run, monkeypatch, transfer_home, png):
+    from transfer import export
+
+    def refuse(*args, **kwargs):
+        raise export.ExportError("The onnx export of this run was refused: too different.")
+
+    monkeypatch.setattr(export, "export_run", refuse)
+    with pytest.raises(ShareError, match="refused: too different. The demo can still be shared without"):
         store.create(run.path, allow_download=True)
     assert not demo_folders(transfer_home)  # no half-made demo left behind
+    _, demo = store.create(run.path)  # without the download: predicted with PyTorch instead
+    assert not (demo.folder / share.ONNX_FILE).exists()
+    predictor = Predictor.from_run(demo.folder)
+    assert not predictor.fast and predictor.predict(png(1, 2), 1)[0].label in run.labels()
 
 
 # --------------------------------------------------------------------------- the command line

@@ -8,9 +8,11 @@ record (a session's ``demos.json``, or the command line's) holds the tokens them
 
 A demo folder holds ``demo.json`` (title, description, classes, accuracy, expiry, revocation),
 ``usage.json`` (pictures tried, and the times of the last minute's pictures for the rate cap)
-and the model files: ``model.json``, ``model.safetensors``, ``labels.json`` and, when the export
-feature is present, the bundle zip that visitors may download. Revoking keeps ``demo.json`` and
-``usage.json`` for the owner's list and deletes the model.
+and the model files: ``model.json``, ``model.safetensors``, ``labels.json``, the run's checked
+ONNX export ``model.onnx`` (so visitors' pictures go through the fast predictor of
+transfer.predict, which picks it up) and, when the owner allows downloads, ``bundle.zip``
+(transfer.export). Revoking keeps ``demo.json`` and ``usage.json`` for the owner's list and
+deletes the model.
 
 Revoked, expired and unknown tokens raise the same :class:`DemoUnavailable` with the same
 sentence, so a visitor cannot tell which tokens ever existed.
@@ -37,6 +39,7 @@ DEMO_FILE = "demo.json"
 USAGE_FILE = "usage.json"
 OWNER_FILE = "demos.json"  # in a session's workspace (or the command line's folder): the tokens it created
 BUNDLE_FILE = "bundle.zip"
+ONNX_FILE = "model.onnx"  # the name transfer.predict looks for in a folder: the fast path
 MODEL_FILES = ("model.json", "model.safetensors", LABELS_FILE)
 
 TOKEN_BYTES = 24  # 192 random bits; the issue asks for at least 128
@@ -201,7 +204,6 @@ class DemoStore:
         run = RunDir(run_dir)
         classes = self._check_run(run)
         expires_in = parse_expiry(expires)
-        export_bundle = self._bundle_writer() if allow_download else None
         now = self.clock()
         token = new_token()
         demo = Demo(digest=token_digest(token), title=_clean(title, MAX_TITLE_CHARS) or default_title(classes),
@@ -214,8 +216,7 @@ class DemoStore:
             staging.mkdir(mode=0o700)
             for name in MODEL_FILES:
                 shutil.copy2(run.path / name, staging / name)
-            if export_bundle is not None:
-                export_bundle(run.path, staging / BUNDLE_FILE)
+            copy_exports(run, staging, allow_download)
             atomic_write_json(staging / DEMO_FILE, demo.record())
             atomic_write_json(staging / USAGE_FILE, {"pictures_tried": 0, "recent": []})
             os.replace(staging, self.root / demo.digest)
@@ -242,14 +243,6 @@ class DemoStore:
         if not classes:
             raise ShareError(f"Run {run.id} has no class names (labels.json is damaged); train it again.")
         return list(classes)
-
-    @staticmethod
-    def _bundle_writer() -> Callable[[Path, Path], None]:
-        export = bundle_exporter()
-        if export is None:
-            raise ShareError("Downloads need the export feature, which this studio does not have; "
-                             "share the demo without the download.")
-        return export
 
     def _ensure_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -308,7 +301,7 @@ class DemoStore:
         if demo.revoked_at is None:
             demo.revoked_at = self.clock()
             atomic_write_json(demo.folder / DEMO_FILE, demo.record())
-        for name in (*MODEL_FILES, BUNDLE_FILE):
+        for name in (*MODEL_FILES, ONNX_FILE, BUNDLE_FILE):
             (demo.folder / name).unlink(missing_ok=True)
         return demo
 
@@ -374,6 +367,20 @@ def _clean(text: str | None, limit: int) -> str:
     return text[:limit]
 
 
+def copy_bundle_without_run_id(source: Path, target: Path, run_id: str, name: str = "model") -> None:
+    """Copy an export bundle for strangers: its folder and model card name the owner's run, which
+    a visitor has no business knowing, so both say ``name`` instead. Entries keep their compression."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
+        for entry in original.infolist():
+            data = original.read(entry)
+            if entry.filename.endswith(".md"):
+                data = data.replace(f"run `{run_id}`".encode(), b"a shared demo").replace(run_id.encode(), b"model")
+            entry.filename = entry.filename.replace(run_id, name, 1)
+            copy.writestr(entry, data, compress_type=entry.compress_type)
+
+
 def _size(count: int) -> str:
     return f"{count / 2**20:.1f} MB" if count >= 2**20 // 10 else f"{max(1, round(count / 1024))} KB"
 
@@ -387,11 +394,16 @@ def public_base_url(default: str = "http://localhost:8501") -> str:
     return (os.environ.get("TRANSFER_PUBLIC_URL") or default).strip().rstrip("/")
 
 
-def bundle_exporter() -> Callable[[Path, Path], None] | None:
-    """``export(run_dir, zip_path)`` from the export feature, or None while this studio has none."""
+def copy_exports(run: RunDir, folder: Path, with_bundle: bool) -> None:
+    """Freeze the run's checked exports into the demo: ``model.onnx`` for fast predictions (a
+    backbone that cannot be exported is predicted with PyTorch instead) and, for a demo that
+    offers downloads, the bundle (then an export that fails is a sentence: no download is faked)."""
+    from transfer.export import ExportError, export_run
+
     try:
-        from transfer import export  # noqa: F401  (the export feature's module)
-    except ImportError:
-        return None
-    write_bundle = getattr(export, "write_bundle_to", None)
-    return write_bundle
+        shutil.copy2(export_run(run.path, "onnx").path, folder / ONNX_FILE)
+        if with_bundle:
+            copy_bundle_without_run_id(export_run(run.path, "bundle").path, folder / BUNDLE_FILE, run.id)
+    except ExportError as error:
+        if with_bundle:
+            raise ShareError(f"{error} The demo can still be shared without the download.") from None

@@ -4,7 +4,7 @@ app.py routes here before any session, sidebar or password code runs, so a visit
 session token, no navigation and nothing of the owner's workspace. The page shows the demo's
 title, description, classes and validation accuracy, and predicts dropped or webcam pictures
 with the Predict page's own functions (ui.predict_view), the model loaded once per process from
-the demo's frozen snapshot. Every new picture is counted against the demo's caps first.
+the demo's frozen snapshot (through its ONNX copy: the fast predictor). Every new picture is counted against the demo's caps first.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def render() -> None:
     if demo.description:
         st.markdown(demo.description)
     show_facts(demo)
-    snapshot = RunDir(demo.folder)  # a folder with model.json and model.safetensors, as predict_view expects
-    predictor = predict_view.predictor_for(snapshot)
-    top_k, show_cam = options(predictor)
+    snapshot = RunDir(demo.folder)  # model.json, model.safetensors and model.onnx, as predict_view expects
+    predict_view.predictor_for(snapshot)  # loaded (once per process) before the first picture arrives
+    top_k, show_cam = options(len(demo.classes))
     pictures_tab, webcam_tab = st.tabs(["🖼️ Pictures", "📷 Webcam"])
     limit_mb = max(1, store.max_picture_bytes // 2**20)
     with pictures_tab:
@@ -72,14 +72,12 @@ def show_facts(demo) -> None:
                  help="The share of pictures the model had never trained on that it got right.")
 
 
-def options(predictor) -> tuple[int, bool]:
-    from transfer.explain import cam_layer_info
-
-    classes = len(predictor.labels)
+def options(classes: int) -> tuple[int, bool]:
     left, right = st.columns(2)
     top_k = left.slider("Classes to show", 1, classes, min(3, classes), key="demo_top_k")
-    cam = cam_layer_info(predictor.model)
-    show_cam = right.toggle("Show where the model looked (Grad-CAM)", key="demo_cam", disabled=not cam.found,
+    # The PyTorch model Grad-CAM needs is loaded only once a visitor turns this on (plain
+    # predictions use the faster ONNX model); a model without a usable layer then says so per picture.
+    show_cam = right.toggle("Show where the model looked (Grad-CAM)", key="demo_cam",
                             help="A heat map over the picture: the parts that raised the predicted class's score.")
     return top_k, show_cam
 

@@ -16,7 +16,7 @@ import streamlit as st
 from transfer.errors import TransferError
 from transfer.runs import RunDir
 from transfer.share import (EXPIRY_CHOICES, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, OWNER_FILE, DemoStore,
-                            bundle_exporter, default_title, demo_link, public_base_url)
+                            default_title, demo_link, public_base_url)
 from ui import session
 
 _LAST_LINK = "share_last_link"
@@ -38,7 +38,6 @@ def render(run: RunDir) -> None:
 
 
 def share_form(store: DemoStore, run: RunDir, record) -> None:
-    can_download = bundle_exporter() is not None
     with st.form("share_form", clear_on_submit=False, border=False):
         title = st.text_input("Title", max_chars=MAX_TITLE_CHARS, key="share_title",
                               placeholder=default_title(run.labels() or []))
@@ -47,13 +46,14 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         expiry = st.selectbox("Expires after", list(EXPIRY_CHOICES), index=2, format_func=EXPIRY_CHOICES.get,
                               key="share_expiry")
         allow_download = st.checkbox("Visitors may download the model (bundle zip)", key="share_download",
-                                     disabled=not can_download,
-                                     help=None if can_download else "Needs the export feature, not in this studio.")
+                                     help="The bundle holds the model (ONNX and safetensors), its model card and "
+                                          "a predict.py that runs without this studio.")
         if not st.form_submit_button("Create the demo link", icon="🔗", type="primary"):
             return
     try:
-        token, _ = store.create(run.path, title=title, description=description, expires=expiry,
-                                allow_download=allow_download and can_download, owner_record=record)
+        with st.spinner("Freezing a copy of the model for the demo ..."):
+            token, _ = store.create(run.path, title=title, description=description, expires=expiry,
+                                    allow_download=allow_download, owner_record=record)
     except TransferError as error:
         st.error(str(error), icon="🚫")
         return
