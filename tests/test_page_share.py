@@ -177,3 +177,11 @@ def test_the_owner_can_allow_the_download_from_the_form(owner):
     create_demo(app, "With the bundle")
     token = links(app)[0].rsplit("=", 1)[1]
     assert DemoStore().open(token).bundle_path is not None
+
+
+def test_a_damaged_snapshot_gets_the_sentence_not_a_traceback(owner):
+    token, demo = DemoStore().create(owner[1].path, title="broken")
+    (demo.folder / "model.json").unlink()
+    app = open_demo(token)
+    assert [e.value for e in app.error] == [INVALID_LINK]
+    assert not app.file_uploader and "broken" not in all_text(app)

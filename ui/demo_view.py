@@ -9,8 +9,11 @@ the demo's frozen snapshot (through its ONNX copy: the fast predictor). Every ne
 
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 
+from transfer.errors import TransferError
 from transfer.images import IMAGE_EXTENSIONS
 from transfer.runs import RunDir
 from transfer.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable
@@ -35,12 +38,17 @@ def render() -> None:
     except DemoUnavailable:
         show_invalid()
         return
+    snapshot = RunDir(demo.folder)  # model.json, model.safetensors and model.onnx, as predict_view expects
+    try:
+        predict_view.predictor_for(snapshot)  # loaded (once per process) before the first picture arrives
+    except (TransferError, OSError):  # revoked a moment ago, or damaged: never a path or a traceback
+        logging.getLogger(__name__).exception("demo %s could not be loaded", demo.id)
+        show_invalid()
+        return
     st.title(demo.title)
     if demo.description:
         st.markdown(demo.description)
     show_facts(demo)
-    snapshot = RunDir(demo.folder)  # model.json, model.safetensors and model.onnx, as predict_view expects
-    predict_view.predictor_for(snapshot)  # loaded (once per process) before the first picture arrives
     top_k, show_cam = options(len(demo.classes))
     pictures_tab, webcam_tab = st.tabs(["🖼️ Pictures", "📷 Webcam"])
     limit_mb = max(1, store.max_picture_bytes // 2**20)
