@@ -308,3 +308,22 @@ def test_predict_page_offers_the_downloads_and_says_why_one_is_refused(in_traine
         assert len(_model_buttons(app)) == 2
     finally:
         record.write_text(saved)
+
+
+def test_zip_predictions_run_on_the_fast_path_with_bounded_threads(in_trained_home, monkeypatch):
+    from transfer.predict import TorchEngine, predict_paths
+
+    def no_pytorch(self, batch):
+        raise AssertionError("a plain prediction reached the PyTorch model")
+
+    monkeypatch.setattr(TorchEngine, "__call__", no_pytorch)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(5):
+            picture = io.BytesIO()
+            make_picture(index % 3, 800 + index).save(picture, "PNG")
+            archive.writestr(f"batch/{index}.png", picture.getvalue())
+    predictor = Predictor.from_run(in_trained_home.run.path)
+    assert predictor.engine.session.get_session_options().intra_op_num_threads <= 4
+    result = predict_paths(predictor, buffer.getvalue(), top_k=2)
+    assert len(result.rows) == 5 and not result.skipped
