@@ -375,6 +375,35 @@ def _print_predictions(result, top_k: int) -> None:
         print("No picture could be predicted; see the reasons above.")
 
 
+# --------------------------------------------------------------------------- export
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a finished run as a bundle zip, ONNX or TorchScript, checked against it")
+    p.add_argument("run", metavar="RUN_DIR", help="run folder (or run id inside --runs-dir)")
+    p.add_argument("--format", required=True, choices=["bundle", "onnx", "torchscript"],
+                   help="bundle: zip with model.onnx, weights, model card and a torch-free predict.py")
+    p.add_argument("--output", metavar="PATH", help="file or folder to write (default: kept in RUN_DIR/exports/)")
+    add_runs_dir_argument(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from transfer.export import export_run, human_size
+
+    run_path = Path(args.run)
+    run_dir = run_path if (run_path / "model.json").is_file() else resolve_run(args.run, args.runs_dir)[0].path
+    result = export_run(run_dir, args.format, args.output)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(f"{result.format} written to {result.path} ({human_size(result.bytes)}); probabilities within "
+              f"{result.max_abs_diff:.1e} of the studio's on {result.checked_on} {result.check_inputs}.")
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -616,6 +645,7 @@ COMMANDS = {
     "cancel": (add_cancel, cmd_cancel),
     "resume": (add_resume, cmd_resume),
     "predict": (add_predict, cmd_predict),
+    "export": (add_export, cmd_export),
     "share": (add_share, cmd_share),
 }
 

@@ -30,8 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from transfer.errors import TransferError
-from transfer.model_io import MODEL_INFO_FILE, WEIGHTS_FILE, ModelNotReady, read_model_info
 from transfer.runs import atomic_write_bytes, atomic_write_json
+
+# transfer.model_io (and so torch) is imported inside the functions that need it: the web pages
+# import this module to list finished exports and must stay free of torch.
 
 FORMATS = ("bundle", "onnx", "torchscript")
 MAX_ABS_DIFF = 1e-4
@@ -111,12 +113,11 @@ def prediction_onnx(folder: Path | str) -> Path | None:
 
 def exports_folder(run_dir: Path) -> Path:
     """``RUN_DIR/exports/<stamp>``: one folder per version of the weights file."""
-    info = read_model_info(run_dir)
-    weights = run_dir / info.get("weights", WEIGHTS_FILE)
     try:
-        stat = weights.stat()
-    except FileNotFoundError:
-        raise ModelNotReady(f"{run_dir} has no trained weights yet: wait until its first epoch has finished.") from None
+        info = json.loads((run_dir / "model.json").read_text())
+        stat = (run_dir / str(info.get("weights", "model.safetensors"))).stat()
+    except (OSError, ValueError, AttributeError):
+        raise ExportError(f"{run_dir} has no trained model to export yet: wait until its training has finished.") from None
     return run_dir / EXPORTS_FOLDER / f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
@@ -357,6 +358,7 @@ def _validation_tensors(run_dir: Path, preprocessing):
 def bundle_bytes(run_dir: Path, onnx: bytes) -> bytes:
     """The zip: a folder named after the run holding everything needed to predict without torch."""
     from transfer import bundle_predict
+    from transfer.model_io import MODEL_INFO_FILE, WEIGHTS_FILE, read_model_info
 
     info = read_model_info(run_dir)
     bundled_info = {**info, "weights": "model.safetensors",
@@ -378,3 +380,46 @@ def model_card(run_dir: Path) -> str:
     from transfer.model_card import render_model_card
 
     return render_model_card(run_dir)
+
+
+# --------------------------------------------------------------------------- exporting from a server
+
+
+EXPORT_TIMEOUT_SECONDS = 900
+
+
+def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPORT_TIMEOUT_SECONDS) -> ExportResult:
+    """:func:`export_run` in a child process (``transfer export --json``): a web server stays
+    responsive and never holds the exporter's memory. The child runs at a lower CPU priority
+    with a bounded thread count. Returns the cached result; raises :class:`ExportError`."""
+    import os
+    import subprocess
+    import sys
+
+    cached = cached_export(run_dir, format)
+    if cached is not None:
+        return cached
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    command = [sys.executable, "-m", "transfer.cli", "export", str(Path(run_dir).resolve()), "--format", format, "--json"]
+    if shutil.which("nice"):  # not preexec_fn: that is unsafe in a threaded server
+        command = ["nice", "-n", "5", *command]
+    try:
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"The {format} export took longer than {timeout / 60:.0f} minutes and was stopped; "
+                          "try again when the machine is less busy.") from None
+    lines = done.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        answer = {}
+    if "error" in answer:
+        raise ExportError(answer["error"])
+    if done.returncode != 0 or "path" not in answer:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        raise ExportError(f"The {format} export stopped unexpectedly ({detail}); try again, or use `transfer export`.")
+    return cached_export(run_dir, format) or ExportResult(Path(answer["path"]), format, int(answer["bytes"]),
+                                                          float(answer["max_abs_diff"]), int(answer["checked_on"]),
+                                                          str(answer["check_inputs"]))

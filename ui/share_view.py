@@ -51,7 +51,8 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         if not st.form_submit_button("Create the demo link", icon="🔗", type="primary"):
             return
     try:
-        with st.spinner("Freezing a copy of the model for the demo ..."):
+        with st.spinner("Freezing a checked copy of the model for the demo ..."):
+            prepare_exports(run, allow_download)
             token, _ = store.create(run.path, title=title, description=description, expires=expiry,
                                     allow_download=allow_download, owner_record=record)
     except TransferError as error:
@@ -59,6 +60,18 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         return
     st.session_state[_LAST_LINK] = demo_link(base_url(), token)
     st.rerun()  # the list below now holds the new demo
+
+
+def prepare_exports(run: RunDir, with_bundle: bool) -> None:
+    """Make the exports a demo copies in a child process (transfer.export), not in the web server;
+    the demo then finds them ready. A refusal is recorded there and said by ``DemoStore.create``."""
+    from transfer.export import export_in_subprocess
+
+    for format in ("onnx", "bundle") if with_bundle else ("onnx",):
+        try:
+            export_in_subprocess(run.path, format)
+        except TransferError:
+            return
 
 
 def demo_list(store: DemoStore, owned: list) -> None:
