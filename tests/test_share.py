@@ -187,6 +187,30 @@ def test_concurrent_visitors_are_counted_exactly(run):
     assert store.open(token).pictures_tried == 60
 
 
+def test_one_loaded_demo_model_serves_concurrent_visitors(store, run, png):
+    """The web app keeps one predictor per demo per process; visitors' threads share it."""
+    token, _ = store.create(run.path)
+    predictor = Predictor.from_run(store.open(token).folder)
+    pictures = [png(i % 3, 40 + i) for i in range(12)]
+    expected = [predictor.predict(p, 3)[0] for p in pictures]
+    answers: dict[int, object] = {}
+
+    def visitor(index: int):
+        answers[index] = predictor.predict(pictures[index], 3)[0]
+        if index % 4 == 0:
+            predictor.explain(pictures[index])  # Grad-CAM at the same time must not disturb the others
+
+    threads = [threading.Thread(target=visitor, args=(i,)) for i in range(len(pictures))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, prediction in answers.items():
+        assert prediction.labels == expected[index].labels
+        assert prediction.probabilities == pytest.approx(expected[index].probabilities, abs=1e-6)
+    assert len(answers) == len(pictures)
+
+
 def test_only_finished_runs_with_a_model_can_be_shared(store, run, transfer_home):
     run.update_status(state="running")
     with pytest.raises(ShareError, match="only a finished run can be shared"):

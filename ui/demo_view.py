@@ -38,17 +38,20 @@ def render() -> None:
     except DemoUnavailable:
         show_invalid()
         return
+    introduction = st.empty()  # on screen while the model loads, taken back if it cannot load
+    with introduction.container():
+        st.title(demo.title)
+        if demo.description:
+            st.markdown(demo.description)
+        show_facts(demo)
     snapshot = RunDir(demo.folder)  # model.json, model.safetensors and model.onnx, as predict_view expects
     try:
         predict_view.predictor_for(snapshot)  # loaded (once per process) before the first picture arrives
     except (TransferError, OSError):  # revoked a moment ago, or damaged: never a path or a traceback
         logging.getLogger(__name__).exception("demo %s could not be loaded", demo.id)
+        introduction.empty()
         show_invalid()
         return
-    st.title(demo.title)
-    if demo.description:
-        st.markdown(demo.description)
-    show_facts(demo)
     top_k, show_cam = options(len(demo.classes))
     pictures_tab, webcam_tab = st.tabs(["🖼️ Pictures", "📷 Webcam"])
     limit_mb = max(1, store.max_picture_bytes // 2**20)

@@ -47,7 +47,8 @@ def test_owner_shares_a_stranger_tries_it_and_the_owner_revokes_it(studio, page,
     token, run = finished_run
     page.goto(f"{studio}/predict?s={token}")
     wait_for_app(page)
-    page.get_by_text("Share a demo").first.click()
+    # On a run's first visit the Predict page exports its ONNX model in a child process first.
+    page.get_by_text("Share a demo").first.click(timeout=240_000)
     page.get_by_label("Title").fill("Guess the colour")
     page.get_by_role("button", name="Create the demo link").click()
     code = page.locator("code").filter(has_text="?demo=").first
