@@ -143,6 +143,8 @@ def test_a_demo_outlives_its_run_and_a_server_restart(studio, browser, finished_
                 stranger.get_by_role("heading", name="Still here").wait_for()
                 wait_for_app(stranger)
                 shown = time.monotonic() - started
+                # The link is this server's very first request: still no page list (issue 14), no sidebar.
+                assert stranger.locator('[data-testid="stSidebarNav"], [data-testid="stSidebar"]').count() == 0
                 first = drop_and_read(stranger, picture, label)
                 print(f"\n{attempt}: demo page shown in {shown:.2f} s, first prediction {first:.2f} s after the drop")
             finally:
