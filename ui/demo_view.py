@@ -4,7 +4,8 @@ app.py routes here before any session, sidebar or password code runs, so a visit
 session token, no navigation and nothing of the owner's workspace. The page shows the demo's
 title, description, classes and validation accuracy, and predicts dropped or webcam pictures
 with the Predict page's own functions (ui.predict_view), the model loaded once per process from
-the demo's frozen snapshot (through its ONNX copy: the fast predictor). Every new picture is counted against the demo's caps first.
+the demo's frozen snapshot (through its ONNX copy: the fast predictor). Every new picture is
+counted against the demo's caps first.
 """
 
 from __future__ import annotations
