@@ -27,13 +27,14 @@ def render(run: RunDir) -> None:
     store = DemoStore()
     record = session.workspace() / OWNER_FILE
     owned = store.owned(record)
-    with st.expander("🔗 Share a demo", expanded=bool(owned) or _LAST_LINK in st.session_state):
+    last_link = st.session_state.get(_LAST_LINK, {}).get(run.id)  # the link just made for this run
+    with st.expander("🔗 Share a demo", expanded=bool(owned) or bool(last_link)):
         st.caption("A link anyone can open to try this model on their own pictures, without seeing your data, "
                    "runs or this workspace. The model is copied: retraining or deleting the run changes nothing.")
         share_form(store, run, record)
-        if _LAST_LINK in st.session_state:
+        if last_link:
             st.success("Send this link; it works until it expires or you revoke it.", icon="🔗")
-            st.code(st.session_state[_LAST_LINK], language=None)
+            st.code(last_link, language=None)
         demo_list(store, owned)
 
 
@@ -58,7 +59,7 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
     except TransferError as error:
         st.error(str(error), icon="🚫")
         return
-    st.session_state[_LAST_LINK] = demo_link(base_url(), token)
+    st.session_state[_LAST_LINK] = {run.id: demo_link(base_url(), token)}
     st.rerun()  # the list below now holds the new demo
 
 
@@ -89,13 +90,13 @@ def demo_list(store: DemoStore, owned: list) -> None:
                            f"{'expired' if state == 'expired' else 'expires'} {_when(demo.expires_at)}")
         columns[4].caption(f"{demo.pictures_tried} pictures tried")
         if state == "live":
-            columns[5].button("Revoke", key=f"revoke_{demo.id}", on_click=revoke, args=(store, demo.id),
+            columns[5].button("Revoke", key=f"revoke_{demo.id}", on_click=revoke, args=(store, token),
                               help="End this link now: visitors then see that it is no longer valid.")
             st.code(demo_link(base_url(), token), language=None)
 
 
-def revoke(store: DemoStore, demo_id: str) -> None:
-    store.revoke(demo_id)
+def revoke(store: DemoStore, token: str) -> None:
+    store.revoke(token)
     st.session_state.pop(_LAST_LINK, None)
     st.toast("The demo link is revoked.", icon="🔒")
 
