@@ -5,10 +5,17 @@ sentence (the details go to the server's log, never to the browser)."""
 import streamlit as st
 
 from transfer.gc import collect_now_and_then
-from ui import failures, gate, sidebar
+from ui import demo_view, failures, gate, sidebar
 
 st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide")
 gate.refuse_open_network()
+
+# A demo link (?demo=TOKEN) shows one shared model and nothing else: no navigation, no sidebar,
+# no session token, no password. It must stay before the session, password and sidebar code.
+if demo_view.requested():
+    with failures.shown_as_a_sentence("demo"):
+        st.navigation([st.Page(demo_view.render, title="Demo", url_path="demo")], position="hidden").run()
+    st.stop()
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon="🏠", default=True),

@@ -10,8 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from transfer.evaluate import PREDICTIONS_FILE, EvaluationNotReady, load_evaluation, prediction_thumbnail
-from ui import charts, predict_view, session
-from ui import cleanup_view
+from ui import charts, cleanup_view, export_view, predict_view, session, share_view
 
 GALLERY_SIZE = 12
 GALLERY_COLUMNS = 6
@@ -123,4 +122,6 @@ if run is not None:
         show_curves(run)
         st.page_link("pages/predict.py", label="Try the model on new pictures", icon="🖼️",
                      query_params={predict_view.RUN_PARAM: run.id, session.SESSION_PARAM: session.session_token()})
+    export_view.download_section(run, "evaluate_export")
+    share_view.render(run)
 cleanup_view.delete_run_control(run)

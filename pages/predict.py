@@ -11,7 +11,7 @@ import streamlit as st
 
 from transfer.errors import TransferError
 from transfer.images import IMAGE_EXTENSIONS
-from ui import predict_view
+from ui import export_view, predict_view, share_view
 
 PICTURE_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 
@@ -89,3 +89,5 @@ if run is not None:
                                         "are listed as skipped.")
         if archive is not None:
             show_zip(run, archive.name, archive.getvalue(), top_k)
+    export_view.download_section(run, "predict_export")
+    share_view.render(run)

@@ -59,9 +59,10 @@ class DecodedImageCache:
 
     # ------------------------------------------------------------------ reading
 
-    def get(self, sample: Sample, short_side: int) -> np.ndarray:
-        """The picture of ``sample`` at ``short_side``, decoding it only if never done before."""
-        key = (sample.sha256, int(short_side))
+    def get(self, sample: Sample, short_side: int, interpolation: str = "bilinear") -> np.ndarray:
+        """The picture of ``sample`` at ``short_side``, scaled with ``interpolation`` (the
+        backbone's, see Preprocessing), decoding it only if never done before."""
+        key = (sample.sha256, int(short_side), str(interpolation))
         array = self._from_memory(key)
         if array is not None:
             return array
@@ -74,7 +75,7 @@ class DecodedImageCache:
             return array
         with self._lock:
             self.misses += 1
-        array = self._decode(sample.path, key[1])
+        array = self._decode(sample.path, key[1], key[2])
         with self._lock:
             self.decoded += 1
         self._store(key, array)
@@ -86,6 +87,7 @@ class DecodedImageCache:
         samples: Iterable[Sample],
         short_side: int,
         progress: Callable[[int, int], None] | None = None,
+        interpolation: str = "bilinear",
     ) -> list[np.ndarray]:
         """``get`` for many samples in parallel threads, in the order given.
 
@@ -103,7 +105,7 @@ class DecodedImageCache:
         if progress:
             progress(0, total)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            futures = {pool.submit(self.get, sample, short_side): sha for sha, sample in first_of.items()}
+            futures = {pool.submit(self.get, sample, short_side, interpolation): sha for sha, sample in first_of.items()}
             for done, future in enumerate(as_completed(futures), start=1):
                 by_hash[futures[future]] = future.result()
                 if progress:
@@ -124,9 +126,11 @@ class DecodedImageCache:
     def memory_items(self) -> int:
         return len(self._memory)
 
-    def path_for(self, sha256: str, short_side: int) -> Path:
-        """Where the array for one picture and size lives on disk."""
-        return self.root / str(int(short_side)) / sha256[:2] / f"{sha256}.npy"
+    def path_for(self, sha256: str, short_side: int, interpolation: str = "bilinear") -> Path:
+        """Where the array for one picture, size and interpolation lives on disk (bilinear
+        arrays keep the plain size folder they always had)."""
+        folder = str(int(short_side)) if interpolation == "bilinear" else f"{int(short_side)}-{interpolation}"
+        return self.root / folder / sha256[:2] / f"{sha256}.npy"
 
     # ------------------------------------------------------------------ internals
 
@@ -163,9 +167,9 @@ class DecodedImageCache:
         array.flags.writeable = False
         return array
 
-    def _decode(self, path: Path, short_side: int) -> np.ndarray:
+    def _decode(self, path: Path, short_side: int, interpolation: str) -> np.ndarray:
         image = open_image(path, self.max_pixels, min_short_side=short_side)
-        array = to_array(resize_short_side(image, short_side))
+        array = to_array(resize_short_side(image, short_side, interpolation))
         array.flags.writeable = False
         return array
 

@@ -406,6 +406,35 @@ def _print_predictions(result, top_k: int) -> None:
         print("No picture could be predicted; see the reasons above.")
 
 
+# --------------------------------------------------------------------------- export
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a finished run as a bundle zip, ONNX or TorchScript, checked against it")
+    p.add_argument("run", metavar="RUN_DIR", help="run folder (or run id inside --runs-dir)")
+    p.add_argument("--format", required=True, choices=["bundle", "onnx", "torchscript"],
+                   help="bundle: zip with model.onnx, weights, model card and a torch-free predict.py")
+    p.add_argument("--output", metavar="PATH", help="file or folder to write (default: kept in RUN_DIR/exports/)")
+    add_runs_dir_argument(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from transfer.export import export_run, human_size
+
+    run_path = Path(args.run)
+    run_dir = run_path if (run_path / "model.json").is_file() else resolve_run(args.run, args.runs_dir)[0].path
+    result = export_run(run_dir, args.format, args.output)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(f"{result.format} written to {result.path} ({human_size(result.bytes)}); probabilities within "
+              f"{result.max_abs_diff:.1e} of the studio's on {result.checked_on} {result.check_inputs}.")
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -629,6 +658,71 @@ class _TrainProgress(_ProgressPrinter):
         super().__call__(event)
 
 
+# --------------------------------------------------------------------------- share
+
+
+def add_share(sub) -> None:
+    p = sub.add_parser("share", help="make, list or revoke demo links: one frozen model anyone with the link can try")
+    p.add_argument("run", metavar="RUN_DIR", nargs="?", help="the finished run to share (folder or run id)")
+    p.add_argument("--title", default="", help="shown at the top of the demo page")
+    p.add_argument("--description", default="", help="a sentence or two under the title")
+    p.add_argument("--expires", default="7d", help="90m, 1h, 1d, 7d, 30d ... or never (default 7d)")
+    p.add_argument("--allow-download", action="store_true", help="let visitors download the model bundle")
+    p.add_argument("--list", action="store_true", help="list the demos on this machine")
+    p.add_argument("--revoke", metavar="TOKEN", help="end a demo now (its token, or its id from --list)")
+    add_runs_dir_argument(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
+
+
+def cmd_share(args) -> int:
+    from transfer import share
+
+    store = share.DemoStore()
+    if sum([bool(args.run), args.list, bool(args.revoke)]) != 1:
+        raise UserError("Give a run to share, or --list, or --revoke TOKEN (one of the three).")
+    if args.list:
+        return _list_demos(store, args.json)
+    if args.revoke:
+        demo = store.revoke(args.revoke)
+        if args.json:
+            print_json({"revoked": demo.id, "title": demo.title})
+        else:
+            print(f"demo {demo.id} ({demo.title}) is revoked: its link no longer works.")
+        return 0
+    run, _ = resolve_run(args.run, args.runs_dir)
+    token, demo = store.create(run.path, title=args.title, description=args.description, expires=args.expires,
+                               allow_download=args.allow_download, owner_record=share.command_line_record())
+    link = share.demo_link(share.public_base_url(), token)
+    if args.json:
+        print_json({"token": token, "link": link, **demo.to_dict(store.clock())})
+    else:
+        print(link)
+        print(f"demo {demo.id}: '{demo.title}', expires {_when(demo.expires_at)}; "
+              "set TRANSFER_PUBLIC_URL to the address visitors use if it is not this one.")
+    return 0
+
+
+def _list_demos(store, as_json: bool) -> int:
+    from transfer import share
+
+    now = store.clock()
+    tokens = {share.token_digest(t): t for t in share.remembered_tokens(share.command_line_record())}
+    demos = [{**demo.to_dict(now), "token": tokens.get(demo.digest)} for demo in store.list()]
+    if as_json:
+        print_json({"demos": demos})
+        return 0
+    print_table([{**d, "title": d["title"][:40], "created": _when(d["created_at"]), "expires": _when(d["expires_at"]),
+                  "pictures": d["pictures_tried"], "token": d["token"] or "(made in the web app)"} for d in demos],
+                ["id", "state", "title", "run_id", "created", "expires", "pictures", "token"])
+    return 0
+
+
+def _when(timestamp) -> str:
+    import time
+
+    return "never" if timestamp is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
 # --------------------------------------------------------------------------- dispatch
 
 COMMANDS = {
@@ -642,6 +736,8 @@ COMMANDS = {
     "resume": (add_resume, cmd_resume),
     "predict": (add_predict, cmd_predict),
     "gc": (add_gc, cmd_gc),
+    "export": (add_export, cmd_export),
+    "share": (add_share, cmd_share),
 }
 
 

@@ -239,7 +239,8 @@ def cached_picture(sha256: str) -> np.ndarray | None:
     if not sha256 or not all(c in "0123456789abcdef" for c in sha256):
         return None
     root = cache_dir("decoded")
-    sizes = sorted((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if root.is_dir() else []
+    sizes = sorted((p for p in root.iterdir() if p.name.split("-")[0].isdigit()),
+                   key=lambda p: (int(p.name.split("-")[0]), p.name)) if root.is_dir() else []
     for size_dir in sizes:
         try:
             array = np.load(size_dir / sha256[:2] / f"{sha256}.npy", allow_pickle=False)

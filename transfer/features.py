@@ -76,6 +76,7 @@ def feature_key(backbone: str, prep: Preprocessing, view: int, augmentation: str
         "weights": weights_identity(backbone, weights_sha256=weights_sha256),
         "input_size": prep.input_size,
         "resize_size": prep.resize_size,
+        "interpolation": prep.interpolation,
         "mean": list(prep.mean),
         "std": list(prep.std),
         "view": view_name(view, augmentation),
@@ -262,7 +263,8 @@ class _Extraction:
 
         def decode(chunk: list[int]) -> torch.Tensor:
             begun = time.perf_counter()
-            bank = stack_squares(decoded.decode_all([self.samples[i] for i in chunk], side), side)
+            arrays = decoded.decode_all([self.samples[i] for i in chunk], side, interpolation=self.prep.interpolation)
+            bank = stack_squares(arrays, side)
             self.stats.decode_seconds += time.perf_counter() - begun
             return bank
 

@@ -16,6 +16,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from transfer import bundle_predict as pixel_rules
 from transfer.errors import TransferError
 
 #: File name endings read as images; anything else in a data set is skipped as "not an image".
@@ -53,7 +54,6 @@ _ADVICE = {
 }
 
 # EXIF orientations 5 to 8 turn the picture by 90 degrees, so width and height swap.
-_EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 
 
@@ -107,31 +107,12 @@ def thumbnail(source: Path | str | bytes | BinaryIO, size: int = 128, max_pixels
     return image
 
 
-def resize_short_side(image: Image.Image, short_side: int, max_aspect: float = 4.0) -> Image.Image:
-    """Scale ``image`` so its short side is exactly ``short_side`` pixels, keeping the aspect.
-
-    A strip far longer than it is wide is centre-cropped to ``max_aspect`` first: scaling a
-    10 x 10000 banner up to a 256-pixel short side would otherwise need gigabytes.
-    """
-    width, height = image.size
-    short, long = min(width, height), max(width, height)
-    if long > short * max_aspect:
-        keep = max(1, int(short * max_aspect))
-        left = (width - keep) // 2 if width > height else 0
-        top = (height - keep) // 2 if height > width else 0
-        image = image.crop((left, top, left + min(width, keep), top + min(height, keep)))
-        width, height = image.size
-        short = min(width, height)
-    if short == short_side:
-        return image
-    scale = short_side / short
-    new_size = (max(short_side, round(width * scale)), max(short_side, round(height * scale)))
-    if width <= height:
-        new_size = (short_side, new_size[1])
-    else:
-        new_size = (new_size[0], short_side)
-    # reducing_gap lets Pillow shrink in integer steps first: much faster, same look.
-    return image.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=3.0 if scale < 1 else None)
+def resize_short_side(image: Image.Image, short_side: int, interpolation: str = "bilinear",
+                      max_aspect: float = 4.0) -> Image.Image:
+    """Scale ``image`` so its short side is exactly ``short_side`` pixels with the backbone's
+    ``interpolation``; over-long strips are centre-cropped to ``max_aspect`` first. The rule
+    lives in :mod:`transfer.bundle_predict`, which exported bundles carry as their predict.py."""
+    return pixel_rules.resize_short_side(image, short_side, interpolation, max_aspect)
 
 
 def to_array(image: Image.Image) -> np.ndarray:
@@ -224,14 +205,14 @@ def _decode_stream(stream: BinaryIO, max_pixels: int, min_short_side: int | None
             raise ImageError(EMPTY, f"{width} x {height} pixels")
         if width * height > max_pixels:
             raise ImageError(TOO_MANY_PIXELS, f"{width} x {height} pixels, the limit is {max_pixels:,}")
-        orientation = _orientation(image)
+        orientation = pixel_rules.exif_orientation(image)
         info = _describe(image, orientation)
         image.seek(0)
         if min_short_side and image.format in ("JPEG", "MPO"):
             image.draft(image.mode, (min_short_side, min_short_side))
         image.load()
         # copy() detaches the first frame's pixels from the file, so the file can close.
-        image = _apply_orientation(image.copy(), orientation)
+        image = pixel_rules.apply_orientation(image.copy(), orientation)
         return _to_rgb(image), info
 
 
@@ -247,71 +228,8 @@ def _describe(image: Image.Image, orientation: int) -> ImageInfo:
     return ImageInfo(width, height, image.mode, image.format or "?", getattr(image, "n_frames", 1))
 
 
-def _orientation(image: Image.Image) -> int:
-    try:
-        return int(image.getexif().get(_EXIF_ORIENTATION_TAG, 1))
-    except Exception:  # noqa: BLE001 - broken EXIF must not make a good picture unreadable
-        return 1
-
-
-# How to undo each EXIF orientation (the camera stored the sensor's pixels, not the view).
-_UNDO_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-def _apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
-    method = _UNDO_ORIENTATION.get(orientation)
-    return image.transpose(method) if method is not None else image
-
-
 def _to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode == "P" and "transparency" in image.info or mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        return _composite_on_white(image.convert("RGBA"))
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        return _high_depth_to_rgb(image)
     try:
-        return image.convert("RGB")
-    except (ValueError, OSError) as error:
-        raise ImageError(UNREADABLE, f"colour mode {mode} cannot be converted ({error})") from None
-
-
-def _composite_on_white(rgba: Image.Image) -> Image.Image:
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
-
-
-def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit and float pictures brought to 0..255.
-
-    16-bit files use their full range (65535 is white). 32-bit integer and float pictures have
-    no agreed white: values already within 0..255 (or 0..1 for floats) are kept, anything
-    else is stretched from its minimum to its maximum.
-    """
-    with np.errstate(invalid="ignore", over="ignore"):
-        values = np.asarray(image, dtype=np.float64)
-    if image.mode.startswith("I;16"):
-        scaled = values / 257.0
-    else:
-        finite = values[np.isfinite(values)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        if image.mode == "F" and low >= 0.0 and high <= 1.0:
-            scaled = values * 255.0
-        elif low >= 0.0 and high <= 255.0:
-            scaled = values
-        elif high > low:
-            scaled = (values - low) * (255.0 / (high - low))
-        else:
-            scaled = np.zeros_like(values)
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
-    grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    return Image.fromarray(grey).convert("RGB")
+        return pixel_rules.to_rgb(image)
+    except ValueError as error:
+        raise ImageError(UNREADABLE, str(error)) from None

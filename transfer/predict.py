@@ -1,9 +1,9 @@
 """Use a finished run: load its model once, then classify pictures one at a time or in batches.
 
-A :class:`Predictor` holds a run's model in eval mode (channels-last on the CPU, which makes
-convolutions about a third faster there), its class names and the backbone's evaluation
-preprocessing: short side scaled to ``resize_size``, centre crop of ``input_size``, normalised
-with the weights' mean and std. Every picture is read through :func:`transfer.images.open_image`,
+A :class:`Predictor` holds a run's model (by default its checked ONNX export in onnxruntime,
+see transfer.export; the PyTorch model is loaded only for Grad-CAM), its class names and the
+backbone's evaluation preprocessing: short side scaled to ``resize_size`` with the backbone's
+interpolation, centre crop of ``input_size``, normalised with the weights' mean and std. Every picture is read through :func:`transfer.images.open_image`,
 so every format and colour mode the data layer accepts works here too.
 
 The model is rebuilt by :mod:`transfer.model_io` from the run's ``model.json`` and
@@ -12,6 +12,7 @@ The model is rebuilt by :mod:`transfer.model_io` from the run's ``model.json`` a
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import os
@@ -20,7 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ def model_view(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
     """The ``(resize_size, resize_size, 3)`` uint8 centre square of a picture whose short side is
     scaled to ``resize_size``: the same square training and validation start from (see
     transfer.cache and transfer.augment), so a picture is predicted exactly as it was validated."""
-    return centre_square(to_array(resize_short_side(image, preprocessing.resize_size)))
+    return centre_square(to_array(resize_short_side(image, preprocessing.resize_size, preprocessing.interpolation)))
 
 
 def eval_transform(image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
@@ -136,36 +137,102 @@ def load_run_model(run_dir: Path | str) -> LoadedRun:
     return LoadedRun(model.eval(), labels, preprocessing, str(read_model_info(run_dir).get("backbone", "")))
 
 
+# --------------------------------------------------------------------------- the engines
+
+
+class TorchEngine:
+    """Probabilities from the PyTorch model (channels-last on the CPU: about a third faster there)."""
+
+    def __init__(self, model: nn.Module, channels_last: bool | None = None):
+        self.device = next(model.parameters()).device
+        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+        self.model = (model.to(memory_format=torch.channels_last) if self.channels_last else model).eval()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return torch.softmax(self.model(batch).float(), dim=1).cpu()
+
+
+class OnnxEngine:
+    """Probabilities from the run's checked ONNX export in an onnxruntime session: no autograd,
+    a graph optimised once, and a bounded thread pool (see transfer.export.onnx_session).
+    ``InferenceSession.run`` is safe to call from several threads at once."""
+
+    def __init__(self, onnx_model: Path | str | bytes, threads: int | None = None):
+        from transfer.export import onnx_session
+
+        self.session = onnx_session(onnx_model, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
 # --------------------------------------------------------------------------- the predictor
 
 
 class Predictor:
     """A run's model, loaded once, answering ``predict`` for any number of pictures.
 
-    Safe to share between threads (the web app keeps one per run per process): inference
-    holds no state, and Grad-CAM serialises itself.
+    Plain predictions go through ``engine``: the run's checked ONNX export in onnxruntime (the
+    fast path, see :meth:`from_run`) or the PyTorch model. Grad-CAM always runs on a PyTorch
+    model of its own, loaded on first use and serialised by a lock, so its hooks never touch a
+    plain prediction. Safe to share between threads and sessions (the web app keeps one per run
+    per process).
     """
 
-    def __init__(self, model: nn.Module, labels: Sequence[str], preprocessing: Preprocessing, *,
-                 channels_last: bool | None = None, warm_up: bool = True, name: str = ""):
+    def __init__(self, model: nn.Module | Callable[[], nn.Module], labels: Sequence[str],
+                 preprocessing: Preprocessing, *, channels_last: bool | None = None, warm_up: bool = True,
+                 name: str = "", onnx_model: Path | str | bytes | None = None, threads: int | None = None):
+        """``model`` is the PyTorch model, or a function that loads it (called only when Grad-CAM
+        needs it) when ``onnx_model`` gives the fast path."""
         self.labels = list(labels)
         self.preprocessing = preprocessing
         self.name = name
-        self.device = next(model.parameters()).device
-        # Measured on a 2-core CPU with EfficientNet-Lite0: 20 ms per picture channels-last, 30 ms without.
-        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model.eval()
+        if onnx_model is not None:
+            self.engine = OnnxEngine(onnx_model, threads)
+            self._model_source = model
+        else:
+            self.engine = TorchEngine(model, channels_last)
+            self._model_source = lambda: copy.deepcopy(self.engine.model)  # Grad-CAM's own copy
+        self.fast = isinstance(self.engine, OnnxEngine)
+        self._cam_model: nn.Module | None = None
         self._cam_lock = threading.Lock()
+        self._load_lock = threading.Lock()
         if warm_up:  # the first call pays for kernel selection; pay it here, not on a user's first picture
-            with torch.inference_mode():
-                self.model(self._batch([torch.zeros(3, preprocessing.input_size, preprocessing.input_size)]))
+            self.engine(torch.zeros(1, 3, preprocessing.input_size, preprocessing.input_size))
 
     @classmethod
-    def from_run(cls, run_dir: Path | str, **options) -> "Predictor":
+    def from_run(cls, run_dir: Path | str, *, fast: bool = True, **options) -> "Predictor":
+        """The predictor of a finished run (or of any folder holding model.json and model.safetensors,
+        and optionally model.onnx). With ``fast`` (the default) plain predictions run on the checked
+        ONNX export (made and kept in the run folder on first use) and the PyTorch model is only
+        loaded for Grad-CAM; a backbone that cannot be exported falls back to PyTorch."""
+        if fast:
+            from transfer.export import prediction_onnx
+            from transfer.model_io import preprocessing_from_info, read_model_info
+
+            info = read_model_info(run_dir)
+            onnx_file = prediction_onnx(run_dir)
+            if onnx_file is not None:
+                return cls(lambda: load_run_model(run_dir).model, [str(c) for c in info["classes"]],
+                           preprocessing_from_info(info), name=str(info.get("backbone", "")), onnx_model=onnx_file,
+                           **options)
         loaded = load_run_model(run_dir)
         return cls(loaded.model, loaded.labels, loaded.preprocessing, name=loaded.backbone, **options)
+
+    @property
+    def model(self) -> nn.Module:
+        """The PyTorch model Grad-CAM works on (never the one plain predictions use), loaded once."""
+        with self._load_lock:
+            if self._cam_model is None:
+                model = self._model_source()
+                self._cam_model = model.eval()
+            return self._cam_model
 
     # ----------------------------------------------------------------- inference
 
@@ -175,9 +242,7 @@ class Predictor:
 
     def probabilities(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Softmax over the classes for preprocessed ``(3, H, W)`` tensors, one row each."""
-        with torch.inference_mode():
-            logits = self.model(self._batch(tensors))
-            return torch.softmax(logits.float(), dim=1).cpu()
+        return self.engine(torch.stack(list(tensors)))
 
     def predict(self, images: ImageSource | Sequence[ImageSource], top_k: int = 5, *,
                 batch_size: int = 32) -> list[Prediction]:
@@ -204,10 +269,6 @@ class Predictor:
             for row_val, row_idx in zip(values, indices)
         ]
 
-    def _batch(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        batch = torch.stack(list(tensors)).to(self.device)
-        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
-
     # ----------------------------------------------------------------- explanation
 
     def explain(self, source: ImageSource, target_class: int | str | None = None) -> "Explanation":
@@ -216,19 +277,27 @@ class Predictor:
 
         image = as_rgb_image(source, min_short_side=self.preprocessing.resize_size)
         crop = centre_crop(image, self.preprocessing)
-        tensor = eval_transform(image, self.preprocessing).unsqueeze(0).to(self.device)
-        if self.channels_last:
-            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        tensor = eval_transform(image, self.preprocessing)
         if isinstance(target_class, str):
             if target_class not in self.labels:
                 raise PredictError(f"'{target_class}' is not one of this model's classes: {', '.join(self.labels)}.")
             target_class = self.labels.index(target_class)
-        info = cam_layer_info(self.model)
-        with self._cam_lock:
-            cam, target = gradcam(self.model, tensor, target_class, return_target=True) if info.found else (None, None)
+        model = self.model
+        info = cam_layer_info(model)
+        cam, target = None, None
+        if info.found:
+            with self._cam_lock:
+                device = next(model.parameters()).device
+                cam, target = gradcam(model, tensor.unsqueeze(0).to(device), target_class, return_target=True)
         if target is None:
-            target = int(self.probabilities([tensor[0]])[0].argmax())
+            target = int(self.probabilities([tensor])[0].argmax())
         return Explanation(crop, cam, target, self.labels[target], info.description)
+
+
+def load_fast_predictor(folder: Path | str, **options) -> Predictor:
+    """The fast predictor of any folder holding ``model.json`` and ``model.safetensors`` (a run,
+    an unpacked bundle, a shared snapshot), using its ``model.onnx`` when there is one."""
+    return Predictor.from_run(folder, fast=True, **options)
 
 
 @dataclass

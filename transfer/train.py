@@ -281,6 +281,9 @@ class Trainer:
         self.dataset = self.load_dataset()
         self.classes = list(self.dataset.classes)
         self.run.write_labels(self.classes)
+        # The model card of an exported bundle reports the training data from this event.
+        self.info(f"Data: {len(self.dataset.samples)} pictures in {len(self.classes)} classes.",
+                  data_counts=self.dataset.counts())
         self.prep = preprocessing_for(get_backbone(config.backbone).preprocessing, config.image_size)
         self.train_samples, self.val_samples = self.dataset.train, self.dataset.val
         if not self.train_samples or not self.val_samples:
@@ -416,7 +419,7 @@ class Trainer:
             if done == total or done % 64 == 0:
                 self.progress_event("decode", done, total, time.perf_counter() - started)
 
-        arrays = decoded.decode_all(samples, side, progress=report)
+        arrays = decoded.decode_all(samples, side, progress=report, interpolation=self.prep.interpolation)
         bank = stack_squares(arrays, side)
         del arrays
         decoded.clear_memory()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -74,9 +75,19 @@ def _link_to_chosen(key: str) -> None:
 @st.cache_resource(max_entries=4, show_spinner="Loading the model ...")
 def _load_predictor(run_path: str, weights_version: float):
     """One :class:`~transfer.predict.Predictor` per run and weights file, shared by every session
-    of this server process; ``weights_version`` (the weights' mtime) reloads retrained weights."""
+    of this server process (st.cache_resource builds each one once, under its own lock);
+    ``weights_version`` (the weights' mtime) reloads retrained weights.
+
+    The fast path's ONNX file is exported and checked by a child process, never in the server;
+    a model that cannot be exported is predicted with PyTorch instead."""
+    from transfer.export import export_in_subprocess
     from transfer.predict import Predictor
 
+    if not (Path(run_path) / "model.onnx").is_file():  # a shared demo's snapshot brings its own
+        try:
+            export_in_subprocess(run_path, "onnx")
+        except TransferError:
+            pass  # Predictor.from_run finds the recorded refusal and falls back to PyTorch
     return Predictor.from_run(run_path)
 
 

@@ -1,0 +1,136 @@
+"""The page a demo link (``/?demo=TOKEN``) opens: one shared model, nothing else of the studio.
+
+app.py routes here before any session, sidebar or password code runs, so a visitor gets no
+session token, no navigation and nothing of the owner's workspace. The page shows the demo's
+title, description, classes and validation accuracy, and predicts dropped or webcam pictures
+with the Predict page's own functions (ui.predict_view), the model loaded once per process from
+the demo's frozen snapshot (through its ONNX copy: the fast predictor). Every new picture is
+counted against the demo's caps first.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import streamlit as st
+
+from transfer.errors import TransferError
+from transfer.images import IMAGE_EXTENSIONS
+from transfer.runs import RunDir
+from transfer.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable
+from ui import predict_view
+
+DEMO_PARAM = "demo"
+PICTURE_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
+_ADMITTED = "demo_admitted_pictures"  # digests of this visitor's pictures already counted
+
+
+def requested() -> bool:
+    """Whether this visit is a demo link (the app then shows only the demo)."""
+    return DEMO_PARAM in st.query_params
+
+
+def render() -> None:
+    """The demo page (a page function for ``st.navigation``)."""
+    token = st.query_params.get(DEMO_PARAM, "")
+    store = DemoStore()
+    try:
+        demo = store.open(token)
+    except DemoUnavailable:
+        show_invalid()
+        return
+    introduction = st.empty()  # on screen while the model loads, taken back if it cannot load
+    with introduction.container():
+        st.title(demo.title)
+        if demo.description:
+            st.markdown(demo.description)
+        show_facts(demo)
+    snapshot = RunDir(demo.folder)  # model.json, model.safetensors and model.onnx, as predict_view expects
+    try:
+        predict_view.predictor_for(snapshot)  # loaded (once per process) before the first picture arrives
+    except (TransferError, OSError):  # revoked a moment ago, or damaged: never a path or a traceback
+        logging.getLogger(__name__).exception("demo %s could not be loaded", demo.id)
+        introduction.empty()
+        show_invalid()
+        return
+    top_k, show_cam = options(len(demo.classes))
+    pictures_tab, webcam_tab = st.tabs(["🖼️ Pictures", "📷 Webcam"])
+    limit_mb = max(1, store.max_picture_bytes // 2**20)
+    with pictures_tab:
+        files = st.file_uploader("Drop pictures here", type=PICTURE_TYPES, accept_multiple_files=True,
+                                 key="demo_pictures", max_upload_size=limit_mb,
+                                 help=f"JPEG, PNG, GIF, BMP, WebP or TIFF, up to {limit_mb} MB each.")
+        for index, upload in enumerate(files or []):
+            show_picture(store, token, snapshot, upload.name, upload.getvalue(), top_k, show_cam, f"upload_{index}")
+    with webcam_tab:
+        photo = st.camera_input("Take a picture", key="demo_webcam")
+        if photo is not None:
+            show_picture(store, token, snapshot, "webcam picture", photo.getvalue(), top_k, show_cam, "webcam")
+    offer_download(demo)
+
+
+def show_invalid() -> None:
+    """The one answer for unknown, revoked and expired links alike."""
+    st.title("Transfer Studio demo")
+    st.error(INVALID_LINK, icon="🔒")
+
+
+def show_facts(demo) -> None:
+    left, right = st.columns([3, 1])
+    left.markdown("**Classes:** " + ", ".join(f"`{name}`" for name in demo.classes))
+    left.caption("The model always answers with one of these classes, even for a picture of something else.")
+    accuracy = demo.val_accuracy
+    right.metric("Validation accuracy", f"{accuracy:.1%}" if isinstance(accuracy, (int, float)) else "–",
+                 help="The share of pictures the model had never trained on that it got right.")
+
+
+def options(classes: int) -> tuple[int, bool]:
+    left, right = st.columns(2)
+    top_k = left.slider("Classes to show", 1, classes, min(3, classes), key="demo_top_k")
+    # The PyTorch model Grad-CAM needs is loaded only once a visitor turns this on (plain
+    # predictions use the faster ONNX model); a model without a usable layer then says so per picture.
+    show_cam = right.toggle("Show where the model looked (Grad-CAM)", key="demo_cam",
+                            help="A heat map over the picture: the parts that raised the predicted class's score.")
+    return top_k, show_cam
+
+
+def show_picture(store: DemoStore, token: str, snapshot: RunDir, name: str, data: bytes, top_k: int, show_cam: bool,
+                 key: str) -> None:
+    content = predict_view.digest(data)
+    if not admitted(store, token, name, content, len(data)):
+        return
+    result = predict_view.predict_picture(str(snapshot.path), predict_view.weights_version(snapshot), content, name,
+                                          data, top_k, show_cam)
+    predict_view.render_picture(result, show_cam, key=key)
+
+
+def admitted(store: DemoStore, token: str, name: str, content: str, size: int) -> bool:
+    """Count a picture this visitor has not sent before; a rerun of the page (any click) counts nothing."""
+    seen = st.session_state.setdefault(_ADMITTED, set())
+    if content in seen:
+        return True
+    try:
+        store.admit_picture(token, size)
+    except DemoLimitReached as limit:
+        st.warning(f"{name}: {limit}", icon="⏳")
+        return False
+    except DemoUnavailable:  # revoked or expired while the page was open
+        st.error(INVALID_LINK, icon="🔒")
+        st.stop()
+    seen.add(content)
+    return True
+
+
+def offer_download(demo) -> None:
+    bundle = demo.bundle_path if demo.allow_download else None
+    if bundle is None:
+        return
+    st.divider()
+    st.download_button("Download the model (bundle zip)", bundle.read_bytes(), file_name=f"{bundle_name(demo)}.zip",
+                       mime="application/zip", icon="⬇️", on_click="ignore", key="demo_bundle",
+                       help="The model with a predict.py that runs without this studio.")
+
+
+def bundle_name(demo) -> str:
+    words = "".join(ch if ch.isalnum() else "-" for ch in demo.title.lower()).strip("-")
+    return "-".join(part for part in words.split("-") if part)[:60] or "model"

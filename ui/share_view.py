@@ -1,0 +1,124 @@
+""""Share a demo" on the Predict and Evaluate pages: make a link to a frozen copy of a finished
+run's model, and list (and revoke) this session's demo links.
+
+The link is ``<base URL>/?demo=<token>``; the base URL is ``TRANSFER_PUBLIC_URL`` when set (a
+studio behind a proxy), else the address the owner's browser is using. The tokens live in the
+session's ``demos.json``; the demos themselves in ``$TRANSFER_HOME/demos`` (transfer.share).
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+import streamlit as st
+
+from transfer.errors import TransferError
+from transfer.runs import RunDir
+from transfer.share import (EXPIRY_CHOICES, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, OWNER_FILE, DemoStore,
+                            default_title, demo_link, public_base_url)
+from ui import session
+
+_LAST_LINK = "share_last_link"
+
+
+def render(run: RunDir) -> None:
+    """The "Share a demo" form for ``run`` and the list of this session's demo links."""
+    store = DemoStore()
+    record = session.workspace() / OWNER_FILE
+    owned = store.owned(record)
+    last_link = st.session_state.get(_LAST_LINK, {}).get(run.id)  # the link just made for this run
+    with st.expander("🔗 Share a demo", expanded=bool(owned) or bool(last_link)):
+        st.caption("A link anyone can open to try this model on their own pictures, without seeing your data, "
+                   "runs or this workspace. The model is copied: retraining or deleting the run changes nothing.")
+        share_form(store, run, record)
+        if last_link:
+            st.success("Send this link; it works until it expires or you revoke it.", icon="🔗")
+            st.code(last_link, language=None)
+        demo_list(store, owned)
+
+
+def share_form(store: DemoStore, run: RunDir, record) -> None:
+    with st.form("share_form", clear_on_submit=False, border=False):
+        title = st.text_input("Title", max_chars=MAX_TITLE_CHARS, key="share_title",
+                              placeholder=default_title(run.labels() or []))
+        description = st.text_area("Description (optional)", max_chars=MAX_DESCRIPTION_CHARS, key="share_description",
+                                   height=80, help="Shown under the title; Markdown works.")
+        expiry = st.selectbox("Expires after", list(EXPIRY_CHOICES), index=2, format_func=EXPIRY_CHOICES.get,
+                              key="share_expiry")
+        allow_download = st.checkbox("Visitors may download the model (bundle zip)", key="share_download",
+                                     help="The bundle holds the model (ONNX and safetensors), its model card and "
+                                          "a predict.py that runs without this studio.")
+        if not st.form_submit_button("Create the demo link", icon="🔗", type="primary"):
+            return
+    try:
+        with st.spinner("Freezing a checked copy of the model for the demo ..."):
+            prepare_exports(run, allow_download)
+            token, _ = store.create(run.path, title=title, description=description, expires=expiry,
+                                    allow_download=allow_download, owner_record=record)
+    except TransferError as error:
+        st.error(str(error), icon="🚫")
+        return
+    st.session_state[_LAST_LINK] = {run.id: demo_link(base_url(), token)}
+    st.rerun()  # the list below now holds the new demo
+
+
+def prepare_exports(run: RunDir, with_bundle: bool) -> None:
+    """Make the exports a demo copies in a child process (transfer.export), not in the web server;
+    the demo then finds them ready. A refusal is recorded there and said by ``DemoStore.create``."""
+    from transfer.export import export_in_subprocess
+
+    for format in ("onnx", "bundle") if with_bundle else ("onnx",):
+        try:
+            export_in_subprocess(run.path, format)
+        except TransferError:
+            return
+
+
+def demo_list(store: DemoStore, owned: list) -> None:
+    if not owned:
+        return
+    st.markdown("**This session's demo links**")
+    now = store.clock()
+    for token, demo in owned:
+        state = demo.state(now)
+        columns = st.columns([3, 2, 2, 2, 1, 1.2])
+        columns[0].markdown(f"**{demo.title}**" + ("" if state == "live" else f"  \n_{state}_"))
+        columns[1].caption(f"run `{demo.run_id}`")
+        columns[2].caption(f"created {_when(demo.created_at)}")
+        columns[3].caption("never expires" if demo.expires_at is None else
+                           f"{'expired' if state == 'expired' else 'expires'} {_when(demo.expires_at)}")
+        columns[4].caption(f"{demo.pictures_tried} pictures tried")
+        if state == "live":
+            columns[5].button("Revoke", key=f"revoke_{demo.id}", on_click=revoke, args=(store, token),
+                              help="End this link now: visitors then see that it is no longer valid.")
+            st.code(demo_link(base_url(), token), language=None)
+
+
+def revoke(store: DemoStore, token: str) -> None:
+    store.revoke(token)
+    st.session_state.pop(_LAST_LINK, None)
+    st.toast("The demo link is revoked.", icon="🔒")
+
+
+def base_url() -> str:
+    """``TRANSFER_PUBLIC_URL``, else the scheme, host and port the owner's browser uses, plus the
+    server's base path."""
+    prefix = (st.get_option("server.baseUrlPath") or "").strip("/")
+    browser = _browser_origin()
+    default = f"{browser}/{prefix}" if prefix else browser
+    return public_base_url(default) if browser else public_base_url()
+
+
+def _browser_origin() -> str:
+    url = st.context.url
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme and parts.netloc:
+            return f"{parts.scheme}://{parts.netloc}"
+    host = st.context.headers.get("Host") if st.context.headers else None
+    return f"http://{host}" if host else ""
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
