@@ -147,6 +147,11 @@ def test_predict_py_runs_without_torch_and_agrees_with_transfer_predict(in_train
         assert abs(row["probability"] - expected["probability"]) <= 1e-4
         assert [t["label"] for t in row["top_k"]] == [t["label"] for t in expected["top_k"]]
 
+    unpacked = load_fast_predictor(folder)  # an unpacked bundle serves as a model folder too
+    assert unpacked.fast and not (folder / "exports").exists()
+    first = bundled["predictions"][0]
+    assert unpacked.predict(Path(first["file"]), 1)[0].label == first["label"]
+
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_predict_py_prepares_pictures_exactly_as_the_studio(interpolation, tmp_path):
