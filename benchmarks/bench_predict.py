@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -88,12 +87,29 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def measure(predictor, picture, image_path: Path, calls: int, batch: int) -> dict:
+def measure(predictors: dict, picture, image_path: Path, calls: int, batch: int) -> dict:
+    """Each measurement alternates between the predictors call by call, so both see the same
+    load from other processes on a shared machine."""
     pictures = [picture] * batch
-    single = timed(lambda: predictor.predict(picture, top_k=5), calls)
-    from_file = timed(lambda: predictor.predict(image_path, top_k=5), calls)
-    batches = timed(lambda: predictor.predict(pictures, top_k=5, batch_size=batch), max(3, calls // 10), warm_up=1)
-    return {"single": single, "file": from_file, "batch_per_s": batch / (percentile(batches, 0.5) / 1000.0)}
+    tasks = {"single": (lambda p: p.predict(picture, top_k=5), calls, 3),
+             "file": (lambda p: p.predict(image_path, top_k=5), calls, 3),
+             "batch": (lambda p: p.predict(pictures, top_k=5, batch_size=batch), max(3, calls // 10), 1)}
+    results = {name: {} for name in predictors}
+    for task, (call, count, warm_up) in tasks.items():
+        for predictor in predictors.values():
+            for _ in range(warm_up):
+                call(predictor)
+        times = {name: [] for name in predictors}
+        for _ in range(count):
+            for name, predictor in predictors.items():
+                started = time.perf_counter()
+                call(predictor)
+                times[name].append((time.perf_counter() - started) * 1000.0)
+        for name in predictors:
+            results[name][task] = times[name]
+    for name in predictors:
+        results[name]["batch_per_s"] = batch / (percentile(results[name].pop("batch"), 0.5) / 1000.0)
+    return results
 
 
 def main() -> int:
@@ -116,12 +132,12 @@ def main() -> int:
         run = args.run or make_run(Path(scratch) / "run")
         image_path = pick_image(args.image, Path(scratch))
         picture = open_image(image_path)
-        loads, results = {}, {}
+        loads, predictors = {}, {}
         for name, fast in (("pytorch", False), ("fast", True)):
             started = time.perf_counter()  # the fast path's first load includes exporting and checking the ONNX file
-            predictor = Predictor.from_run(run, fast=fast)
+            predictors[name] = predictor = Predictor.from_run(run, fast=fast)
             loads[name] = time.perf_counter() - started
-            results[name] = measure(predictor, picture, image_path, args.calls, args.batch)
+        results = measure(predictors, picture, image_path, args.calls, args.batch)
         assert predictor.fast, "the fast path fell back to PyTorch: the model could not be exported"
         cam = timed(lambda: predictor.explain(picture), args.cam_calls)
         layer = predictor.explain(picture).layer

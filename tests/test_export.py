@@ -147,6 +147,11 @@ def test_predict_py_runs_without_torch_and_agrees_with_transfer_predict(in_train
         assert abs(row["probability"] - expected["probability"]) <= 1e-4
         assert [t["label"] for t in row["top_k"]] == [t["label"] for t in expected["top_k"]]
 
+    unpacked = load_fast_predictor(folder)  # an unpacked bundle serves as a model folder too
+    assert unpacked.fast and not (folder / "exports").exists()
+    first = bundled["predictions"][0]
+    assert unpacked.predict(Path(first["file"]), 1)[0].label == first["label"]
+
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_predict_py_prepares_pictures_exactly_as_the_studio(interpolation, tmp_path):
@@ -327,3 +332,23 @@ def test_zip_predictions_run_on_the_fast_path_with_bounded_threads(in_trained_ho
     assert predictor.engine.session.get_session_options().intra_op_num_threads <= 4
     result = predict_paths(predictor, buffer.getvalue(), top_k=2)
     assert len(result.rows) == 5 and not result.skipped
+
+
+def test_attention_layers_export_to_onnx_like_vision_transformers_need():
+    from transfer.export import max_abs_diff, onnx_bytes, probability_model
+
+    class TinyTransformer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patches = torch.nn.Conv2d(3, 16, 8, stride=8)
+            self.attention = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+            self.head = torch.nn.Linear(16, 3)
+
+        def forward(self, x):
+            tokens = self.patches(x).flatten(2).transpose(1, 2)
+            return self.head(self.attention(tokens, tokens, tokens, need_weights=False)[0].mean(1))
+
+    torch.manual_seed(0)
+    wrapped = probability_model(TinyTransformer().eval())
+    data = onnx_bytes(wrapped, 32, "tiny transformer")  # a fused attention path would have no ONNX form
+    assert max_abs_diff(wrapped, data, "onnx", torch.randn(5, 3, 32, 32)) <= MAX_ABS_DIFF

@@ -243,7 +243,9 @@ def onnx_bytes(wrapped, input_size: int, backbone: str = "") -> bytes:
 
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        # Not under no_grad: there PyTorch's attention layers take a fused fast path
+        # (aten::_native_multi_head_attention) that has no ONNX form, and ViTs would fail.
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's concern
             torch.onnx.export(wrapped, (_example(input_size),), buffer, dynamo=False, opset_version=ONNX_OPSET,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -260,7 +262,7 @@ def torchscript_bytes(wrapped, input_size: int, backbone: str = "") -> bytes:
 
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():  # as for ONNX, see there
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(wrapped, _example(input_size), check_trace=False)
             torch.jit.save(torch.jit.freeze(traced), buffer)
