@@ -39,8 +39,8 @@ from transfer.jobs import (
     default_max_parallel,
     dispatch,
     job_place,
+    lock_with_retry,
     lower_priority,
-    try_lock,
     try_take_slot,
     worker_threads,
 )
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if not run.exists():
         print(f"{run.path} is not a run folder", file=sys.stderr)
         return 2
-    lock = args.lock_fd if args.lock_fd is not None else _take_worker_lock(run)
+    lock = args.lock_fd if args.lock_fd is not None else lock_with_retry(run.worker_lock_path, WORKER_LOCK_WAIT_SECONDS)
     if lock is None:
         print(f"another worker is already looking after {run.path}; exiting", file=sys.stderr)
         return 0
@@ -113,15 +113,6 @@ def train_in_slot(run: RunDir) -> int:
         return 0
     print(f"{time.strftime('%H:%M:%S')} worker {os.getpid()} running {run.path}", flush=True)
     return run_job(run)
-
-
-def _take_worker_lock(run: RunDir) -> int | None:
-    deadline = time.monotonic() + WORKER_LOCK_WAIT_SECONDS
-    while True:
-        fd = try_lock(run.worker_lock_path)
-        if fd is not None or time.monotonic() > deadline:
-            return fd
-        time.sleep(0.05)
 
 
 def wait_for_slot(run: RunDir, poll: float = QUEUE_POLL_SECONDS) -> int | None:
