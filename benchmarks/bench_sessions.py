@@ -39,7 +39,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "browser")]
+sys.path[:0] = [str(ROOT / "tests" / "browser"), str(ROOT / "tests")]
 
 from conftest import CHROMIUM_FLAGS, _chromium, _free_port, _wait_until_serving  # noqa: E402  (tests/browser)
 from pictures import make_picture  # noqa: E402
@@ -110,7 +110,7 @@ class Session:
 
     async def change_page(self, name: str) -> float:
         started = time.perf_counter()
-        await self.page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=name, exact=True).click()
+        await self.page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=name).click()
         await self.page.get_by_role("heading", name=TITLES[name], exact=True).first.wait_for()
         seconds = time.perf_counter() - started
         await self._look_for_exceptions()

@@ -130,13 +130,23 @@ def keep_queue_moving(run) -> None:
         dispatch()
 
 
-@st.fragment(run_every=1.5)
-def live_view(run_id: str) -> None:
+LIVE_SECONDS, TABLE_SECONDS = 1.5, 3.0
+
+
+def ticking(every: float, active: bool) -> dict:
+    """Fragments redraw on a timer only while something can change: with many sessions open,
+    idle timers would cost the server for nothing."""
+    return {"run_every": every if active else None}
+
+
+def live_view(run_id: str, was_active: bool) -> None:
     run = find_run(session.runs_dir(), run_id)
     if run.state in ACTIVE_STATES:
         keep_queue_moving(run)
     status = run.status()
     state = status["state"]
+    if was_active and state not in ACTIVE_STATES:
+        st.rerun()  # the run ended: draw the page once more, without the timer
     st.subheader(f"{STATE_ICONS.get(state, '')} Run `{run.id}`: {state}")
     st.caption(f"{run.config.get('method')} · {run.config.get('backbone')}")
     epochs = status.get("epochs") or run.config.get("epochs") or 1
@@ -202,17 +212,19 @@ def _describe(event: dict) -> str:
 run = shown_run()
 if run is not None:
     st.query_params[RUN_PARAM] = run.id
-    live_view(run.id)
+    shown_active = run.state in ACTIVE_STATES
+    st.fragment(live_view, **ticking(LIVE_SECONDS, shown_active))(run.id, shown_active)
 
 
 # ----------------------------------------------------------------------------- runs and comparison
 
 
-@st.fragment(run_every=3)
-def runs_table() -> None:
+def runs_table(was_active: bool) -> None:
     runs = list_runs(session.runs_dir())
     if not runs:
         return
+    if was_active and not any(item.state in ACTIVE_STATES for item in runs):
+        st.rerun()
     st.subheader("This session's runs")
     rows = []
     for item in runs:
@@ -255,4 +267,5 @@ def comparison_view(runs) -> None:
                  column_config={"best accuracy": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent")})
 
 
-runs_table()
+any_active = any(item.state in ACTIVE_STATES for item in list_runs(session.runs_dir()))
+st.fragment(runs_table, **ticking(TABLE_SECONDS, any_active))(any_active)
