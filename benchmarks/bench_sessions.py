@@ -92,13 +92,14 @@ class Session:
         self.upload_seconds = self.start_seconds = None
         self.page_changes: list[float] = []
         self.exceptions: list[str] = []
+        self.failed = False
 
     async def open(self) -> None:
         context = await self.browser.new_context(viewport={"width": 1400, "height": 1000})
         self.page = await context.new_page()
         self.page.set_default_timeout(180_000)
         self.page.on("pageerror", lambda error: self.exceptions.append(f"page error: {error}"))
-        await self.page.goto(f"{self.url}/data")
+        await self.page.goto(f"{self.url}/data", timeout=180_000)
         await self.page.wait_for_url("**/data?s=*")
         self.token = self.page.url.split("s=")[1].split("&")[0]
 
@@ -127,7 +128,19 @@ class Session:
         await self.page.get_by_text(f"Run {self.run_id}", exact=False).first.wait_for()
         self.start_seconds = time.perf_counter() - started
 
+    async def attempt(self, step, *args) -> None:
+        """Run one step of the journey; a failure is recorded as this session's exception."""
+        if self.failed:
+            return
+        try:
+            await step(*args)
+        except Exception as error:  # a timeout or a lost page: the session's journey ends here
+            self.failed = True
+            self.exceptions.append(f"{step.__name__}: {type(error).__name__}: {str(error).splitlines()[0]}")
+
     def status(self) -> dict:
+        if self.run_id is None:
+            return {}
         path = self.home / "sessions" / self.token / "runs" / self.run_id / "status.json"
         try:
             return json.loads(path.read_text())
@@ -152,14 +165,20 @@ async def fresh_visit(browser, url: str) -> float:
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
     started = time.perf_counter()
-    await page.goto(url)
+    await page.goto(url, timeout=180_000)
     await page.get_by_role("heading", name="Transfer Studio", exact=True).first.wait_for(timeout=180_000)
     seconds = time.perf_counter() - started
     await context.close()
     return seconds
 
 
-async def measure(args, url: str, home: Path, scratch: Path) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(args, url: str, home: Path, scratch: Path, server_pid: int) -> dict:
     from playwright.async_api import async_playwright
 
     zips = []
@@ -172,11 +191,11 @@ async def measure(args, url: str, home: Path, scratch: Path) -> dict:
         sessions = [Session(i, browser, url, home, zips[i]) for i in range(args.sessions)]
         for session in sessions:  # opening is not what is measured; one at a time is kinder to the server
             await session.open()
-        await asyncio.gather(*(s.upload() for s in sessions))
-        clicked = time.time()
-        await asyncio.gather(*(s.start_run() for s in sessions))
+        await asyncio.gather(*(s.attempt(s.upload) for s in sessions))
+        clicked, server_cpu = time.time(), cpu_seconds(server_pid)
+        await asyncio.gather(*(s.attempt(s.start_run) for s in sessions))
         deadline = time.monotonic() + args.timeout
-        browsing = asyncio.gather(*(s.browse_until_the_run_ends(deadline) for s in sessions))
+        browsing = asyncio.gather(*(s.attempt(s.browse_until_the_run_ends, deadline) for s in sessions))
         visits = []
         for _ in range(args.visits):
             visits.append(await fresh_visit(browser, url))
@@ -184,6 +203,7 @@ async def measure(args, url: str, home: Path, scratch: Path) -> dict:
         await browsing
         while any(s.status().get("state") in ("queued", "running") for s in sessions) and time.monotonic() < deadline:
             await asyncio.sleep(1.0)
+        server_cpu_share = (cpu_seconds(server_pid) - server_cpu) / (time.time() - clicked)
         await browser.close()
     statuses = [s.status() for s in sessions]
     ended = [st.get("ended_at") for st in statuses if st.get("ended_at")]
@@ -206,6 +226,8 @@ async def measure(args, url: str, home: Path, scratch: Path) -> dict:
         "page_change_s_p50": percentile(changes, 0.5),
         "page_change_s_p95": percentile(changes, 0.95),
         "page_change_s_max": max(changes, default=None),
+        "server_cpu_share": server_cpu_share,
+        "load_average": os.getloadavg()[0],
         "worker_threads": os.environ.get("TRANSFER_WORKER_THREADS", "default"),
         "cpus": os.cpu_count(),
     }
@@ -245,12 +267,12 @@ def main() -> int:
     if _chromium() is None:
         print("Debian's chromium is needed: apt-get install chromium", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="bench-sessions-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="bench-sessions-", ignore_cleanup_errors=True) as scratch:
         home = Path(scratch) / "home"
         home.mkdir()
         server, url = start_server(home)
         try:
-            result = asyncio.run(measure(args, url, home, Path(scratch)))
+            result = asyncio.run(measure(args, url, home, Path(scratch), server.pid))
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from transfer import cli
-from transfer.jobs import BadMaxParallel, JobManager, SessionQueueFull, dispatch, pid_is_worker, queue_dir
+from transfer.jobs import (
+    BadMaxParallel,
+    JobManager,
+    SessionQueueFull,
+    dispatch,
+    pid_is_worker,
+    queue_dir,
+    try_lock,
+)
 from transfer.runs import RunDir, RunStateError, list_runs
 
 WAIT = 30.0  # generous: other test suites may share the two cores
@@ -342,3 +350,15 @@ def test_an_active_run_cannot_be_resumed_twice(home):
     manager.cancel(run)
     manager.wait(run, timeout=WAIT)
     assert isinstance(RunDir(run.path).status()["ended_at"], float)
+
+
+def test_a_page_never_waits_for_another_process_that_is_dispatching(home):
+    manager = JobManager(home / "runs")
+    busy = try_lock(queue_dir() / "dispatch.lock")  # as a worker would, starved of CPU mid-pass
+    started = time.monotonic()
+    run = manager.submit(demo(epochs=1, epoch_seconds=0.05))
+    assert time.monotonic() - started < 5 and run.state == "queued"
+    assert (queue_dir() / "dispatch.wanted").exists()  # the note the holder reads after its pass
+    os.close(busy)
+    assert [r.id for r in dispatch()] == [run.id]
+    assert manager.wait(run, timeout=WAIT)["state"] == "finished"

@@ -11,7 +11,8 @@ session and every terminal shares it. It lives under ``transfer.paths.home() / "
   while it holds an ``flock`` on one of them; the OS releases it when the worker exits or dies,
   so a crash can never leak a slot.
 - ``dispatch.lock``: :func:`dispatch` runs under it, so any number of web servers, sessions
-  and terminals may call it at once. It takes a free slot and the run's worker lock itself,
+  and terminals may call it at once (a caller that finds it taken leaves a note,
+  ``dispatch.wanted``, and returns at once; the holder looks again). It takes a free slot and the run's worker lock itself,
   then starts ``python -m transfer.worker RUN_DIR`` in a new session (a fresh interpreter,
   never a fork of a process that may have initialised CUDA) handing both locks over as open
   descriptors: from the first instant the run is visibly taken and the slot visibly busy.
@@ -327,26 +328,42 @@ _children: list[subprocess.Popen] = []
 def dispatch() -> list[RunDir]:
     """Start a worker for each waiting run that a free slot allows, first in the queue first,
     and bring the queue places of the others up to date. Safe to call from any process at any
-    time; returns the runs it started."""
+    time, and it never waits: when another process is dispatching, a note asks it to look
+    once more after its pass (a web page must not wait behind a worker that holds the lock at
+    a low CPU priority). Returns the runs this call started."""
     _reap_children()
+    wanted = queue_dir() / "dispatch.wanted"
+    wanted.touch()
     started: list[RunDir] = []
-    with file_lock(queue_dir() / "dispatch.lock"):
-        full_pools: set[str] = set()
-        for path, entry in queue_entries():
-            pool = entry.get("pool", DEVICE_POOL)
-            if pool in full_pools:
-                continue  # first come, first served within a pool
-            run = _start_entry(path, entry)
-            if run is None:
-                full_pools.add(pool)
-            elif run is not False:
-                started.append(run)
-        for place, (_, entry) in _places(queue_entries()):
-            run = RunDir(entry["run_dir"])
-            if run.status().get("queue_position") != place:
-                ahead = "next in line" if place == 1 else f"{place - 1} runs ahead"
-                run.transition([QUEUED], queue_position=place,
-                               message=f"Waiting for a free training slot ({ahead}).")
+    while wanted.exists():
+        lock = try_lock(queue_dir() / "dispatch.lock")
+        if lock is None:
+            return started  # its holder checks the note after letting go of the lock
+        try:
+            wanted.unlink(missing_ok=True)
+            started += _dispatch_pass()
+        finally:
+            os.close(lock)
+    return started
+
+
+def _dispatch_pass() -> list[RunDir]:
+    started: list[RunDir] = []
+    full_pools: set[str] = set()
+    for path, entry in queue_entries():
+        pool = entry.get("pool", DEVICE_POOL)
+        if pool in full_pools:
+            continue  # first come, first served within a pool
+        run = _start_entry(path, entry)
+        if run is None:
+            full_pools.add(pool)
+        elif run is not False:
+            started.append(run)
+    for place, (_, entry) in _places(queue_entries()):
+        run = RunDir(entry["run_dir"])
+        if run.status().get("queue_position") != place:
+            ahead = "next in line" if place == 1 else f"{place - 1} runs ahead"
+            run.transition([QUEUED], queue_position=place, message=f"Waiting for a free training slot ({ahead}).")
     return started
 
 
