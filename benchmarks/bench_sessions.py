@@ -31,7 +31,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "browser"), str(ROOT / "tests")]
 
-from conftest import CHROMIUM_FLAGS, _chromium, _free_port, _wait_until_serving  # noqa: E402  (tests/browser)
+from conftest import CHROMIUM_FLAGS, _chromium, start_studio, stop_studio  # noqa: E402  (tests/browser)
 from pictures import make_picture  # noqa: E402
 
 TITLES = {"Train": "Train", "Evaluate": "Evaluate", "Home": "Transfer Studio", "Data": "Data"}
@@ -59,20 +58,6 @@ def make_zip(session_index: int, pictures: int) -> bytes:
                 make_picture(class_index, 100 * session_index + number).save(picture, "PNG")
                 archive.writestr(f"{name}/{name}_{number:03d}.png", picture.getvalue())
     return buffer.getvalue()
-
-
-def start_server(home: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {**os.environ, "TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1"}
-    log = open(home / "server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    _wait_until_serving(url, process)
-    return process, url
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -270,12 +255,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-sessions-", ignore_cleanup_errors=True) as scratch:
         home = Path(scratch) / "home"
         home.mkdir()
-        server, url = start_server(home)
+        server, url = start_studio(home)
         try:
             result = asyncio.run(measure(args, url, home, Path(scratch), server.pid))
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            stop_studio(server)
             _stop_workers(home)
     report(result)
     return 0 if result["targets_met"] else 1

@@ -68,30 +68,45 @@ class Studio(str):
     home: Path
 
 
+def start_studio(home: Path) -> tuple[subprocess.Popen, str]:
+    """``streamlit run app.py`` on a free local port with ``home`` as its ``TRANSFER_HOME``,
+    offline; returns the process and its URL once it serves (its output goes to server.log)."""
+    port = _free_port()
+    env = {**os.environ, "TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1"}
+    with open(home / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+             "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(url, process)
+    except RuntimeError:
+        stop_studio(process)
+        raise
+    return process, url
+
+
+def stop_studio(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     """A freshly started studio server with an empty home: its URL, with ``.home`` attached."""
     home = tmp_path_factory.mktemp("browser_home")
-    port = _free_port()
-    env = {**os.environ, "TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1"}
-    log = open(home / "server.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = Studio(f"http://127.0.0.1:{port}")
+    process, address = start_studio(home)
+    url = Studio(address)
     url.home = home
     try:
-        _wait_until_serving(url, process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop_studio(process)
 
 
 @pytest.fixture(scope="module")
