@@ -362,3 +362,12 @@ def test_a_page_never_waits_for_another_process_that_is_dispatching(home):
     os.close(busy)
     assert [r.id for r in dispatch()] == [run.id]
     assert manager.wait(run, timeout=WAIT)["state"] == "finished"
+
+
+def test_workers_yield_the_cpu_and_use_a_bounded_number_of_threads(home, monkeypatch):
+    monkeypatch.setenv("TRANSFER_WORKER_THREADS", "1")
+    manager = JobManager(home / "runs")
+    run = manager.submit(demo(epochs=1, epoch_seconds=0.05))
+    assert manager.wait(run, timeout=WAIT)["state"] == "finished"
+    started = next(e for e in run.events("info") if "start_epoch" in e)
+    assert started["nice"] >= 10 and started["threads"] == "1"

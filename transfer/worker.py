@@ -215,7 +215,8 @@ def _demo_job(run: RunDir) -> None:
     checkpoint = read_json(checkpoint_path, default={}) or {}
     done = int(checkpoint.get("epoch", 0))
     best = checkpoint.get("best_val_accuracy")
-    run.append_event({"type": "info", "message": f"Demo job starting at epoch {done + 1}.", "start_epoch": done + 1})
+    run.append_event({"type": "info", "message": f"Demo job starting at epoch {done + 1}.", "start_epoch": done + 1,
+                      "nice": os.getpriority(os.PRIO_PROCESS, 0), "threads": os.environ.get(WORKER_THREADS_ENV)})
     run.update_status(epochs=epochs)
     for epoch in range(done + 1, epochs + 1):
         for step in range(1, steps + 1):
