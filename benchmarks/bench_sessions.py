@@ -11,7 +11,8 @@ chromium is driven by Playwright, one browser context per session. Each session
    and times each change until the new page's title is drawn.
 
 Once every session has started its run, a fresh visitor opens the Home page a few times (a
-new browser context each time). Reported: the time from the click to the run's headline
+new browser context each time), each time after a plain HTTP GET of the root page (the
+server's own latency, without a browser). Reported: the time from the click to the run's headline
 (time to start) and to its worker starting, the time until all runs ended, the fresh
 visitor's render times, page-change times in the busy sessions (p50/p95), and whether every
 run finished with no exception shown on any page. Targets on a 2-core machine with N = 8:
@@ -34,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -78,6 +80,7 @@ class Session:
         self.page_changes: list[float] = []
         self.exceptions: list[str] = []
         self.failed = False
+        self.think_seconds = 1.0
 
     async def open(self) -> None:
         context = await self.browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -137,7 +140,7 @@ class Session:
         while self.status().get("state") in (None, "queued", "running") and time.monotonic() < deadline:
             self.page_changes.append(await self.change_page(TOUR[step % len(TOUR)]))
             step += 1
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.think_seconds)
 
     async def _look_for_exceptions(self) -> None:
         shown = self.page.locator('[data-testid="stException"]')
@@ -145,22 +148,44 @@ class Session:
             self.exceptions.append(await shown.first.inner_text())
 
 
-async def fresh_visit(browser, url: str) -> float:
-    """Seconds until a new visitor's Home page shows its title."""
+async def fresh_visit(browser, url: str, failures: list[str]) -> float | None:
+    """Seconds until a new visitor's Home page shows its title; None (and a failure) if it
+    did not within 180 s."""
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
     started = time.perf_counter()
-    await page.goto(url, timeout=180_000)
-    await page.get_by_role("heading", name="Transfer Studio", exact=True).first.wait_for(timeout=180_000)
-    seconds = time.perf_counter() - started
-    await context.close()
-    return seconds
+    try:
+        await page.goto(url, timeout=180_000, wait_until="commit")
+        await page.get_by_role("heading", name="Transfer Studio", exact=True).first.wait_for(timeout=180_000)
+        return time.perf_counter() - started
+    except Exception as error:  # a visitor who gave up is a result, not a crash of the benchmark
+        failures.append(f"fresh visitor: {type(error).__name__}: {str(error).splitlines()[0]}")
+        return None
+    finally:
+        await context.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far, from /proc."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """Seconds a process has run (all its threads, ended ones too), and a lower bound of the
+    seconds its live threads waited, ready to run, for a CPU: what the machine, not the
+    server, held back."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ran = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            waited += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError):
+            continue
+    return ran, waited / 1e9
+
+
+def http_get_seconds(url: str) -> float:
+    """A plain HTTP GET of the root page: the server's own responsiveness, without a browser."""
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=180) as response:
+        response.read()
+    return time.perf_counter() - started
 
 
 async def measure(args, url: str, home: Path, scratch: Path, server_pid: int) -> dict:
@@ -174,6 +199,8 @@ async def measure(args, url: str, home: Path, scratch: Path, server_pid: int) ->
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
         sessions = [Session(i, browser, url, home, zips[i]) for i in range(args.sessions)]
+        for session in sessions:
+            session.think_seconds = args.think
         for session in sessions:  # opening is not what is measured; one at a time is kinder to the server
             await session.open()
         await asyncio.gather(*(s.attempt(s.upload) for s in sessions))
@@ -181,14 +208,17 @@ async def measure(args, url: str, home: Path, scratch: Path, server_pid: int) ->
         await asyncio.gather(*(s.attempt(s.start_run) for s in sessions))
         deadline = time.monotonic() + args.timeout
         browsing = asyncio.gather(*(s.attempt(s.browse_until_the_run_ends, deadline) for s in sessions))
-        visits = []
+        visits, gets, failures = [], [], []
         for _ in range(args.visits):
-            visits.append(await fresh_visit(browser, url))
+            gets.append(await asyncio.to_thread(http_get_seconds, url))
+            visits.append(await fresh_visit(browser, url, failures))
             await asyncio.sleep(2.0)
         await browsing
         while any(s.status().get("state") in ("queued", "running") for s in sessions) and time.monotonic() < deadline:
             await asyncio.sleep(1.0)
-        server_cpu_share = (cpu_seconds(server_pid) - server_cpu) / (time.time() - clicked)
+        server_now, elapsed = cpu_seconds(server_pid), time.time() - clicked
+        server_cpu_share = (server_now[0] - server_cpu[0]) / elapsed
+        server_wait_share = (server_now[1] - server_cpu[1]) / elapsed
         await browser.close()
     statuses = [s.status() for s in sessions]
     ended = [st.get("ended_at") for st in statuses if st.get("ended_at")]
@@ -199,21 +229,24 @@ async def measure(args, url: str, home: Path, scratch: Path, server_pid: int) ->
         "pictures_per_session": 3 * args.pictures,
         "runs_finished": sum(st.get("state") == "finished" for st in statuses),
         "run_states": sorted(st.get("state", "?") for st in statuses),
-        "exceptions": [e for s in sessions for e in s.exceptions],
+        "exceptions": [e for s in sessions for e in s.exceptions] + failures,
         "upload_s_p50": percentile([s.upload_seconds for s in sessions if s.upload_seconds], 0.5),
         "start_s_p50": percentile([s.start_seconds for s in sessions if s.start_seconds], 0.5),
         "start_s_max": max((s.start_seconds for s in sessions if s.start_seconds), default=None),
         "queue_wait_s_max": max(waits, default=None),
         "all_runs_end_s": (max(ended) - clicked) if len(ended) == len(sessions) else None,
         "fresh_home_s": visits,
-        "fresh_home_s_max": max(visits, default=None),
+        "fresh_home_s_max": None if None in visits else max(visits, default=None),
+        "http_get_root_s": gets,
         "page_changes": len(changes),
         "page_change_s_p50": percentile(changes, 0.5),
         "page_change_s_p95": percentile(changes, 0.95),
         "page_change_s_max": max(changes, default=None),
         "server_cpu_share": server_cpu_share,
+        "server_cpu_wait_share": server_wait_share,
         "load_average": os.getloadavg()[0],
         "worker_threads": os.environ.get("TRANSFER_WORKER_THREADS", "default"),
+        "think_s": args.think,
         "cpus": os.cpu_count(),
     }
 
@@ -247,6 +280,7 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--pictures", type=int, default=10, help="pictures per class in each zip (3 classes)")
     parser.add_argument("--visits", type=int, default=3, help="fresh visitors opening Home while the runs train")
+    parser.add_argument("--think", type=float, default=1.0, help="seconds a busy session waits between page changes")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for all runs")
     args = parser.parse_args()
     if _chromium() is None:

@@ -130,7 +130,7 @@ def keep_queue_moving(run) -> None:
         dispatch()
 
 
-LIVE_SECONDS, TABLE_SECONDS = 1.5, 3.0
+LIVE_SECONDS, TABLE_SECONDS = 2.0, 5.0
 
 
 def ticking(every: float, active: bool) -> dict:
