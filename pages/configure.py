@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import streamlit as st
 
 from transfer.backbones import UNAVAILABLE, get_backbone
 from transfer.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 from transfer.errors import TransferError
-from transfer.estimate import describe_seconds, estimate_training_seconds, recommend_method
+from transfer.estimate import (
+    describe_seconds,
+    estimate_training_seconds,
+    recommend_method,
+    request_measurement,
+    stored_forward_seconds,
+)
 from transfer.methods import METHODS
-from ui import charts, reports, session, weights_view
+from transfer.runs import ACTIVE_STATES, FINISHED, RunDir
+from ui import charts, jobs_view, reports, session, weights_view
 from ui.sidebar import has_gpu
 
 STATUS_BADGES = {
@@ -95,6 +100,45 @@ def setting(name: str, fallback=None):
     return defaults.get(name, fallback)
 
 
+def start_lr_finder(method: str, backbone: str, image_size: int, batch_size: int) -> None:
+    """Queue the range test as a job of this session; the page follows it without waiting."""
+    try:
+        trial = TrainConfig.for_method(method, dataset=dataset.to_dict(), backbone=backbone,
+                                       image_size=image_size, batch_size=batch_size)
+        job = jobs_view.session_jobs_manager().submit({"job": "lr_find", "train": trial.to_dict(), "steps": 60})
+    except TransferError as error:
+        st.error(str(error))
+        return
+    st.session_state["lr_job"] = str(job.path)
+    st.session_state.pop("lr_found", None)
+
+
+def show_lr_finder(method: str, lr_key: str, left, right) -> None:
+    """The finder's progress while it runs, then its curve and a button to use its suggestion."""
+    from transfer.lr_find import lr_find_result
+
+    job_path = st.session_state.get("lr_job")
+    if job_path:
+        job = RunDir(job_path)
+        status = job.status()
+        if status["state"] in ACTIVE_STATES:
+            with right:
+                jobs_view.follow_job(job, "Trying learning rates from 1e-7 to 10", key="lr_progress")
+            return
+        del st.session_state["lr_job"]
+        result = lr_find_result(job) if status["state"] == FINISHED else None
+        if result is None:
+            st.error(status.get("message") or "The learning-rate finder stopped unexpectedly.")
+        else:
+            st.session_state["lr_found"] = result
+    found = st.session_state.get("lr_found")
+    if found and found["method"] == method:
+        right.plotly_chart(charts.lr_finder_curve(found["lrs"], found["losses"], found["suggestion"]),
+                           key="lr_curve")
+        left.button(f"Use {found['suggestion']:.1e}", key="use_lr", on_click=st.session_state.__setitem__,
+                    args=(lr_key, min(1.0, max(1e-6, float(f"{found['suggestion']:.1e}")))))
+
+
 with st.expander("Advanced settings", expanded=False):
     st.caption("The defaults suit the method; change them only if you know why.")
     left, middle, right = st.columns(3)
@@ -157,18 +201,8 @@ with st.expander("Advanced settings", expanded=False):
     finder_left, finder_right = st.columns([1, 2])
     if finder_left.button("Find a learning rate", icon="🔎", key="lr_find",
                           help="A short range test (about 60 steps) in a separate process, as fastai's lr_find."):
-        with st.spinner("Trying learning rates from 1e-7 to 10 ..."):
-            try:
-                st.session_state["lr_found"] = {"method": method, **reports.find_learning_rate(
-                    choice["source"], method, backbone, int(image_size), int(batch_size))}
-            except (reports.LearningRateFinderError, OSError, subprocess.TimeoutExpired) as error:
-                st.error(str(error))
-    found = st.session_state.get("lr_found")
-    if found and found["method"] == method:
-        finder_right.plotly_chart(charts.lr_finder_curve(found["lrs"], found["losses"], found["suggestion"]),
-                                  key="lr_curve")
-        finder_left.button(f"Use {found['suggestion']:.1e}", key="use_lr", on_click=st.session_state.__setitem__,
-                           args=(lr_key, min(1.0, max(1e-6, float(f"{found['suggestion']:.1e}")))))
+        start_lr_finder(method, backbone, int(image_size), int(batch_size))
+    show_lr_finder(method, lr_key, finder_left, finder_right)
 
 try:
     config = TrainConfig.for_method(
@@ -202,12 +236,19 @@ session.save_draft_config(settings)
 
 # ----------------------------------------------------------------------------- estimate
 st.subheader("3. Expected training time")
-seconds_per_image = reports.forward_seconds(backbone, int(image_size))
-estimate = estimate_training_seconds(
-    method, train_images=len(dataset.train), val_images=len(dataset.val), epochs=int(epochs),
-    forward_seconds=seconds_per_image, feature_views=int(extra.get("feature_views") or 1),
-)
-st.metric("Estimated time on this machine", describe_seconds(estimate.seconds))
-st.caption(f"Measured {seconds_per_image * 1000:.0f} ms per picture for {backbone} at {int(image_size)} px; "
-           f"{estimate.detail}.")
+seconds_per_image = stored_forward_seconds(backbone, int(image_size))
+if seconds_per_image is None:
+    measurement = request_measurement(backbone, int(image_size))
+    if measurement.state in ACTIVE_STATES:
+        jobs_view.follow_job(measurement, f"Measuring how fast {backbone} runs on this machine", key="estimate_progress")
+    else:
+        st.warning("The time estimate is not available: " + (measurement.status().get("message") or "the measurement failed."))
+else:
+    estimate = estimate_training_seconds(
+        method, train_images=len(dataset.train), val_images=len(dataset.val), epochs=int(epochs),
+        forward_seconds=seconds_per_image, feature_views=int(extra.get("feature_views") or 1),
+    )
+    st.metric("Estimated time on this machine", describe_seconds(estimate.seconds))
+    st.caption(f"Measured {seconds_per_image * 1000:.0f} ms per picture for {backbone} at {int(image_size)} px; "
+               f"{estimate.detail}.")
 st.page_link("pages/train.py", label="Go to Train to start", icon="🚀")

@@ -1,8 +1,10 @@
 """Train: start runs, watch them live, stop them, and compare the three methods on one chart.
 
-Training happens in worker processes; this page only reads run folders. Leaving the page,
-closing the tab or refreshing never stops a run, and ``?run=<id>`` in the URL brings the
-page back to the run it was showing.
+Training happens in worker processes; this page only reads run folders, and the live views
+read only the events appended since their last look. Leaving the page, closing the tab or
+refreshing never stops a run, and ``?run=<id>`` in the URL brings the page back to the run it
+was showing. Once a data set is chosen the page starts runs with the default settings; a
+visit to Configure is optional.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import streamlit as st
 
 from transfer.config import TrainConfig
 from transfer.errors import TransferError
+from transfer.estimate import recommend_method
+from transfer.jobs import dispatch
+from transfer.live import RunEvents
 from transfer.methods import METHODS
-from transfer.runs import ACTIVE_STATES, FINISHED, find_run, list_runs
-from ui import charts, reports, session
-from ui import cleanup_view
+from transfer.runs import ACTIVE_STATES, FINISHED, QUEUED, find_run, list_runs
+from ui import charts, cleanup_view, reports, session
+from ui.sidebar import has_gpu
 
 RUN_PARAM = "run"
 _PHASES = {"decode": "Reading pictures", "features": "Computing features once"}
@@ -30,21 +35,32 @@ manager = session.job_manager()
 # ----------------------------------------------------------------------------- starting runs
 
 
-def chosen_config() -> TrainConfig | None:
-    """The settings from the Configure page, applied to the chosen data set and its split."""
-    choice, draft = session.chosen_dataset(), session.draft_config()
-    if choice is None or not draft:
-        return None
+def chosen_config() -> tuple[TrainConfig | None, bool]:
+    """The settings from the Configure page (or, when it was not visited, the defaults with
+    the method recommended for this data set) applied to the chosen data set and its split;
+    and whether they are the defaults."""
+    choice = session.chosen_dataset()
+    if choice is None:
+        return None, False
     report = reports.chosen_report(choice)
     if not report.ok or report.dataset is None:
         st.error("The chosen data set has problems to fix first: " + " ".join(report.errors))
-        return None
+        return None, False
+    dataset = report.dataset.to_dict()
+    draft = session.draft_config()
+    if not draft:
+        method = recommend_method(len(report.dataset.train), len(report.dataset.classes), has_gpu()).method
+        return TrainConfig.for_method(method, dataset=dataset), True
     settings = {k: v for k, v in draft.items() if k != "dataset_name"}
-    return TrainConfig.from_dict({**settings, "dataset": report.dataset.to_dict()})
+    return TrainConfig.from_dict({**settings, "dataset": dataset}), False
 
 
 def start(configs: list[TrainConfig]) -> None:
-    runs = [manager.submit(config.to_dict()) for config in configs]
+    try:
+        runs = manager.submit_all([config.to_dict() for config in configs])
+    except TransferError as error:  # the session's limit of queued runs, a full disk ...
+        st.error(str(error))
+        return
     st.query_params[RUN_PARAM] = runs[0].id
     if len(runs) > 1:
         session.remember_comparison([run.id for run in runs])
@@ -52,18 +68,20 @@ def start(configs: list[TrainConfig]) -> None:
 
 
 try:
-    config = chosen_config()
+    config, defaults = chosen_config()
 except TransferError as error:
     st.error(str(error))
-    config = None
+    config, defaults = None, False
 
 if config is None:
-    st.info("Choose a data set and settings first; the defaults are a good start.")
-    st.page_link("pages/configure.py", label="Go to Configure", icon="⚙️")
+    st.info("Choose a data set first; the default settings are a good start.")
+    st.page_link("pages/data.py", label="Go to Data", icon="🗂️")
 else:
     st.markdown(f"**{METHODS[config.method].title}** of **{config.backbone}** for {config.epochs} epochs, "
                 f"batch {config.batch_size}, learning rate {config.lr:g}."
                 + (f" Starting from your weights **{config.initial_weights['name']}**." if config.initial_weights else ""))
+    if defaults:
+        st.caption("These are the default settings for this data set; Configure changes them if you like.")
     left, right = st.columns(2)
     if left.button("Start training", type="primary", icon="🚀"):
         start([config])
@@ -90,17 +108,53 @@ def shown_run():
     return runs[0] if runs else None
 
 
-@st.fragment(run_every=1.5)
-def live_view(run_id: str) -> None:
+def events_of(run) -> RunEvents:
+    """The run's events as of now; each call reads only what was appended since the last."""
+    followed = st.session_state.setdefault("run_events", {})
+    key = str(run.path)
+    if key not in followed:
+        followed[key] = RunEvents(run.path)
+    return followed[key].update()
+
+
+QUEUE_CHECK_SECONDS = 5.0
+
+
+def keep_queue_moving(run) -> None:
+    """Now and then, notice a dead worker and let the queue move on (a worker that was killed
+    cannot hand its slot on by itself)."""
+    last = st.session_state.get("queue_checked_at", 0.0)
+    if time.monotonic() - last < QUEUE_CHECK_SECONDS:
+        return
+    st.session_state["queue_checked_at"] = time.monotonic()
+    manager.check(run)
+    if run.state == QUEUED:
+        dispatch()
+
+
+LIVE_SECONDS, TABLE_SECONDS = 2.0, 5.0
+
+
+def ticking(every: float, active: bool) -> dict:
+    """Fragments redraw on a timer only while something can change: with many sessions open,
+    idle timers would cost the server for nothing."""
+    return {"run_every": every if active else None}
+
+
+def live_view(run_id: str, was_active: bool) -> None:
     run = find_run(session.runs_dir(), run_id)
+    if run.state in ACTIVE_STATES:
+        keep_queue_moving(run)
     status = run.status()
     state = status["state"]
+    if was_active and state not in ACTIVE_STATES:
+        st.rerun()  # the run ended: draw the page once more, without the timer
     st.subheader(f"{STATE_ICONS.get(state, '')} Run `{run.id}`: {state}")
     st.caption(f"{run.config.get('method')} · {run.config.get('backbone')}")
     epochs = status.get("epochs") or run.config.get("epochs") or 1
     epoch, step, steps = status.get("epoch") or 0, status.get("step") or 0, status.get("steps") or 0
-    events = run.events()
-    latest = next((e for e in reversed(events) if e.get("type") in ("step", "progress", "epoch")), {})
+    events = events_of(run)
+    latest = events.latest
     if state == "queued":
         place = status.get("queue_position")
         st.progress(0.0, text="Waiting for the device" + (f": place {place} in the queue." if place else "."))
@@ -122,8 +176,8 @@ def live_view(run_id: str) -> None:
     metrics[2].metric("Training time", f"{run.summary().get('seconds') or 0:.0f} s")
     if status.get("message") and state not in ("running", "queued"):
         (st.error if state == "failed" else st.info)(status["message"])
-    history = run.epoch_history()
-    steps_now = [e for e in events if e.get("type") == "step" and e.get("epoch") == epoch + 1] if state == "running" else []
+    history = events.epoch_history()
+    steps_now = events.steps_of_epoch(epoch + 1) if state == "running" else []
     if history or steps_now:
         st.plotly_chart(charts.training_curves(history, steps_now), key=f"curves_{run.id}")
     if state in ACTIVE_STATES:
@@ -134,8 +188,7 @@ def live_view(run_id: str) -> None:
         if st.button("Resume", icon="▶️", key=f"resume_{run.id}"):
             _act(manager.resume, run.id, "Resuming from the last finished epoch ...")
     with st.expander("Event log"):
-        log = [e for e in events if e.get("type") not in ("step", "progress")][-30:]
-        st.code("\n".join(_describe(e) for e in log) or "No events yet.", language=None)
+        st.code("\n".join(_describe(e) for e in events.log) or "No events yet.", language=None)
 
 
 def _act(action, run_id: str, note: str) -> None:
@@ -161,18 +214,20 @@ def _describe(event: dict) -> str:
 run = shown_run()
 if run is not None:
     st.query_params[RUN_PARAM] = run.id
-    live_view(run.id)
+    shown_active = run.state in ACTIVE_STATES
+    st.fragment(live_view, **ticking(LIVE_SECONDS, shown_active))(run.id, shown_active)
     cleanup_view.delete_run_control(run)
 
 
 # ----------------------------------------------------------------------------- runs and comparison
 
 
-@st.fragment(run_every=3)
-def runs_table() -> None:
+def runs_table(was_active: bool) -> None:
     runs = list_runs(session.runs_dir())
     if not runs:
         return
+    if was_active and not any(item.state in ACTIVE_STATES for item in runs):
+        st.rerun()
     st.subheader("This session's runs")
     rows = []
     for item in runs:
@@ -192,7 +247,7 @@ def runs_table() -> None:
 
 
 def comparison_view(runs) -> None:
-    ended_or_running = [r for r in runs if r.epoch_history()]
+    ended_or_running = [r for r in runs if events_of(r).epoch_history()]
     if len(ended_or_running) < 2:
         return
     st.subheader("Compare runs")
@@ -202,7 +257,7 @@ def comparison_view(runs) -> None:
     if not picked:
         return
     by_id = {r.id: r for r in ended_or_running}
-    series = {labels[i]: by_id[i].epoch_history() for i in picked}
+    series = {labels[i]: events_of(by_id[i]).epoch_history() for i in picked}
     axis = st.radio("Horizontal axis", ["epoch", "elapsed"], horizontal=True, key="compare_axis",
                     format_func=lambda a: "epochs" if a == "epoch" else "seconds of training")
     st.plotly_chart(charts.compare_curves(series, axis), key="compare_chart")
@@ -215,4 +270,5 @@ def comparison_view(runs) -> None:
                  column_config={"best accuracy": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent")})
 
 
-runs_table()
+any_active = any(item.state in ACTIVE_STATES for item in list_runs(session.runs_dir()))
+st.fragment(runs_table, **ticking(TABLE_SECONDS, any_active))(any_active)

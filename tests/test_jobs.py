@@ -1,5 +1,7 @@
 """The job manager with real worker processes running the demo job (sleeps, no torch):
-queueing, cancelling, a worker killed mid-epoch, resuming, and one queue shared by sessions."""
+queueing, one dispatcher that starts workers only when a run leaves the queue, the per-session
+limit, cancelling, a worker killed mid-epoch, resuming, a restart, and one queue shared by
+sessions."""
 
 from __future__ import annotations
 
@@ -7,11 +9,20 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from transfer import cli
-from transfer.jobs import BadMaxParallel, JobManager, pid_is_worker, queue_dir
+from transfer.jobs import (
+    BadMaxParallel,
+    JobManager,
+    SessionQueueFull,
+    dispatch,
+    pid_is_worker,
+    queue_dir,
+    try_lock,
+)
 from transfer.runs import RunDir, RunStateError, list_runs
 
 WAIT = 30.0  # generous: other test suites may share the two cores
@@ -22,6 +33,7 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TRANSFER_OFFLINE", "1")
     monkeypatch.delenv("TRANSFER_MAX_PARALLEL_JOBS", raising=False)
+    monkeypatch.delenv("TRANSFER_MAX_QUEUED", raising=False)
     yield tmp_path
     _stop_leftover_workers(tmp_path)
 
@@ -37,6 +49,20 @@ def _stop_leftover_workers(root) -> None:
 
 def demo(epochs=3, epoch_seconds=0.3, steps=3, **extra) -> dict:
     return {"job": "demo", "epochs": epochs, "epoch_seconds": epoch_seconds, "steps_per_epoch": steps, **extra}
+
+
+def worker_processes(root) -> list[int]:
+    """Live worker processes working on runs under ``root`` (their command line names the run)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"transfer.worker" in cmdline and str(root).encode() in cmdline and pid_is_worker(int(proc.name)):
+                found.append(int(proc.name))
+    return found
 
 
 def kill_worker(pid: int) -> None:
@@ -109,7 +135,7 @@ def test_cancel_a_queued_job_takes_effect_at_once(home):
     manager.cancel(second)
     assert second.state == "cancelled"
     assert second.status()["message"] == "Cancelled before it started."
-    wait_until(lambda: not pid_is_worker(second.status()["pid"]), "the queued worker to exit")
+    assert "pid" not in second.status()  # a waiting run never had a process
     assert "started_at" not in second.status()
     assert [e["state"] for e in second.events("end")] == ["cancelled"]
     manager.cancel(first)
@@ -145,19 +171,95 @@ def test_a_killed_worker_is_interrupted_and_resumes_from_its_last_finished_epoch
     assert [e["state"] for e in run.events("end")] == ["interrupted", "finished"]
 
 
-def test_a_dead_queued_worker_leaves_the_queue(home):
+def test_waiting_runs_have_no_process_until_a_slot_frees(home):
+    manager = JobManager(home / "runs", max_parallel=1)
+    first = manager.submit(demo(epochs=50))
+    waiting = [manager.submit(demo(epochs=1, epoch_seconds=0.1)) for _ in range(3)]
+    wait_until(lambda: first.state == "running", "the first run to start")
+    time.sleep(1.0)  # time enough for a wrongly started worker to show up
+    assert worker_processes(home) == [first.status()["pid"]]
+    assert [r.status().get("queue_position") for r in waiting] == [1, 2, 3]
+    assert all(r.state == "queued" and "pid" not in r.status() for r in waiting)
+
+    manager.cancel(first)
+    wait_until(lambda: waiting[0].state != "queued", "the next run to leave the queue")
+    assert waiting[1].status().get("queue_position") == 1
+    assert len(worker_processes(home)) <= 2  # the next one, and the first one on its way out
+    for run in waiting:
+        assert manager.wait(run, timeout=WAIT)["state"] == "finished"
+    assert worker_processes(home) == []
+    assert list((queue_dir() / "entries").iterdir()) == []
+
+
+def test_queued_runs_start_after_a_restart_even_when_their_worker_died(home):
     manager = JobManager(home / "runs")
     first = manager.submit(demo(epochs=50))
-    doomed = manager.submit(demo())
-    last = manager.submit(demo())
+    second, third = manager.submit(demo(epochs=1, epoch_seconds=0.1)), manager.submit(demo(epochs=1, epoch_seconds=0.1))
     wait_until(lambda: first.state == "running", "the first run to start")
-    wait_until(lambda: last.status().get("queue_position") == 2, "the third run to be second in line")
-    kill_worker(doomed.status()["pid"])
-    wait_until(lambda: last.status().get("queue_position") == 1, "the third run to move up")
-    JobManager(home / "runs")
-    assert doomed.state == "interrupted"
-    manager.cancel(first)
-    assert manager.wait(last, timeout=WAIT)["state"] == "finished"
+    kill_worker(first.status()["pid"])  # nothing dispatches now: the dead worker cannot
+    time.sleep(0.5)
+    assert (second.state, third.state) == ("queued", "queued") and worker_processes(home) == []
+
+    restarted = JobManager(home / "runs")  # the web server or a terminal, after a restart
+    assert first.state == "interrupted"
+    assert restarted.wait(second, timeout=WAIT)["state"] == "finished"
+    assert restarted.wait(third, timeout=WAIT)["state"] == "finished"
+    assert third.status()["started_at"] >= second.status()["ended_at"]
+
+
+def test_a_session_may_have_four_runs_queued_or_running_and_compare_counts_three(home, monkeypatch):
+    manager = JobManager(home / "runs")
+    runs = [manager.submit(demo(epochs=50)) for _ in range(2)]
+    with pytest.raises(SessionQueueFull, match="starts 3 runs, but this session already has 2 of its 4"):
+        manager.submit_all([demo(), demo(), demo()])  # what "Compare the three methods" does
+    assert len(list_runs(home / "runs")) == 2  # all or nothing
+    runs += manager.submit_all([demo(epochs=50), demo(epochs=50)])
+    with pytest.raises(SessionQueueFull, match="already has 4 runs queued or running, the most it may have at once is 4"):
+        manager.submit(demo())
+    other_session = JobManager(home / "runs-other")
+    extra = other_session.submit(demo(epochs=1, epoch_seconds=0.05))  # the limit is per session
+    monkeypatch.setenv("TRANSFER_MAX_QUEUED", "5")
+    runs.append(JobManager(home / "runs").submit(demo(epochs=50)))
+    manager.cancel(runs[-1])
+    finished_or_cancelled = runs[0]
+    manager.cancel(finished_or_cancelled)
+    manager.wait(finished_or_cancelled, timeout=WAIT)
+    manager.submit(demo(epochs=1, epoch_seconds=0.05))  # room again after one ended
+    with pytest.raises(SessionQueueFull):
+        manager.resume(finished_or_cancelled)  # resuming counts too
+    monkeypatch.setenv("TRANSFER_MAX_QUEUED", "none")
+    with pytest.raises(BadMaxParallel, match="TRANSFER_MAX_QUEUED"):
+        JobManager(home / "runs")
+    for run in list_runs(home / "runs"):
+        manager.cancel(run)
+    other_session.wait(extra, timeout=WAIT)
+
+
+def test_the_command_line_refuses_a_run_past_the_limit_with_a_sentence(home, monkeypatch, capsys, tiny_dataset):
+    runs_dir = home / "runs"
+    waiting = JobManager(runs_dir).submit(demo(epochs=50))
+    monkeypatch.setenv("TRANSFER_MAX_QUEUED", "1")
+    assert cli.main(["train", str(tiny_dataset), "--runs-dir", str(runs_dir), "--no-wait", "--json"]) == 2
+    error = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert error.startswith("This session already has 1 runs queued or running, the most it may have at once is 1")
+    assert len(list_runs(runs_dir)) == 1
+    JobManager(runs_dir).cancel(waiting)
+
+
+def test_many_processes_dispatching_at_once_start_each_run_once(home):
+    manager = JobManager(home / "runs", max_parallel=2)
+    runs = manager.submit_all([demo(epochs=1, epoch_seconds=0.2) for _ in range(4)])
+    import threading
+
+    callers = [threading.Thread(target=dispatch) for _ in range(6)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    for run in runs:
+        assert manager.wait(run, timeout=WAIT)["state"] == "finished"
+        assert [e["state"] for e in run.events("end")] == ["finished"]
+        assert len([e for e in run.events("info") if "start_epoch" in e]) == 1  # trained once
 
 
 def test_browser_sessions_with_their_own_runs_folders_share_one_queue(home):
@@ -248,3 +350,24 @@ def test_an_active_run_cannot_be_resumed_twice(home):
     manager.cancel(run)
     manager.wait(run, timeout=WAIT)
     assert isinstance(RunDir(run.path).status()["ended_at"], float)
+
+
+def test_a_page_never_waits_for_another_process_that_is_dispatching(home):
+    manager = JobManager(home / "runs")
+    busy = try_lock(queue_dir() / "dispatch.lock")  # as a worker would, starved of CPU mid-pass
+    started = time.monotonic()
+    run = manager.submit(demo(epochs=1, epoch_seconds=0.05))
+    assert time.monotonic() - started < 5 and run.state == "queued"
+    assert (queue_dir() / "dispatch.wanted").exists()  # the note the holder reads after its pass
+    os.close(busy)
+    assert [r.id for r in dispatch()] == [run.id]
+    assert manager.wait(run, timeout=WAIT)["state"] == "finished"
+
+
+def test_workers_yield_the_cpu_and_use_a_bounded_number_of_threads(home, monkeypatch):
+    monkeypatch.setenv("TRANSFER_WORKER_THREADS", "1")
+    manager = JobManager(home / "runs")
+    run = manager.submit(demo(epochs=1, epoch_seconds=0.05))
+    assert manager.wait(run, timeout=WAIT)["state"] == "finished"
+    started = next(e for e in run.events("info") if "start_epoch" in e)
+    assert started["nice"] >= 10 and started["threads"] == "1"

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from apptools import open_app, session_with_dataset
+
+
+def rerun_until(app, done, what: str, timeout: float = 180):
+    """Run the page again (as its fragments would) until ``done(app)``: jobs run in workers."""
+    deadline = time.monotonic() + timeout
+    while not done(app):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.5)
+        app.run()
+        assert not app.exception, app.exception
+    return app
+
+
+def has_estimate(app) -> bool:
+    return any("Estimated time" in metric.label for metric in app.metric)
 
 
 @pytest.fixture
@@ -28,7 +44,7 @@ def test_defaults_recommendation_and_estimate(session_with_data):
     assert app.radio(key="method").value == "features"  # 8 pictures per class on a CPU
     assert "Recommended here" in app.info[0].value
     assert app.number_input(key="epochs_features").value == 30
-    assert "Estimated time" in app.metric[0].label
+    rerun_until(app, has_estimate, "the time estimate")
     draft = json.loads((workspace / "draft_config.json").read_text())
     assert draft["backbone"] == "efficientnet_lite0" and draft["method"] == "features" and draft["epochs"] == 30
 
@@ -55,6 +71,7 @@ def test_augmentation_preview_and_learning_rate_finder(session_with_data):
     assert not app.exception, app.exception
     app.button(key="lr_find").click().run()
     assert not app.exception, app.exception
+    rerun_until(app, lambda a: "lr_found" in a.session_state or a.error, "the learning-rate finder")
     assert not app.error, [e.value for e in app.error]
     found = app.session_state["lr_found"]
     assert 1e-7 <= found["suggestion"] <= 10
@@ -62,3 +79,27 @@ def test_augmentation_preview_and_learning_rate_finder(session_with_data):
     assert app.number_input(key="lr_features").value == pytest.approx(float(f"{found['suggestion']:.1e}"))
     draft = json.loads((workspace / "draft_config.json").read_text())
     assert draft["lr"] == pytest.approx(float(f"{found['suggestion']:.1e}")) and draft["augmentation"] == "strong"
+
+
+def test_the_estimate_and_the_finder_run_in_workers_not_in_the_web_server(session_with_data, monkeypatch):
+    """The page process cannot measure or train here; the page still gets both results."""
+    import transfer.estimate
+    import transfer.lr_find
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("heavy work ran inside the web server")
+
+    monkeypatch.setattr(transfer.estimate, "measure_forward_seconds", not_here)
+    monkeypatch.setattr(transfer.lr_find, "find_learning_rate", not_here)
+    token, _ = session_with_data
+    app = open_app("pages/configure.py", token=token)
+    assert not app.exception, app.exception
+    assert not has_estimate(app)
+    assert any("Measuring how fast" in info.value for info in app.info)  # the page shows it is waiting
+    rerun_until(app, has_estimate, "the time estimate from the worker")
+    app.button(key="lr_find").click().run()
+    rerun_until(app, lambda a: "lr_found" in a.session_state or a.error, "the learning-rate finder")
+    assert not app.error, [e.value for e in app.error]
+    assert 1e-7 <= app.session_state["lr_found"]["suggestion"] <= 10
+    app = open_app("pages/configure.py", token=token)  # measured once: the next visit knows it at once
+    assert has_estimate(app)

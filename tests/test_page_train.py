@@ -1,4 +1,5 @@
-"""The Train page: start a real run, see progress and curves, stop one, compare the methods."""
+"""The Train page: start a real run, see progress and curves, stop one, compare the methods,
+start with the defaults without visiting Configure, and the per-session limit of runs."""
 
 from __future__ import annotations
 
@@ -29,10 +30,44 @@ def wait_for_state(runs_dir, states, timeout=120):
     raise AssertionError(f"runs did not reach {states}: {[r.status() for r in list_runs(runs_dir)]}")
 
 
-def test_without_settings_the_page_points_to_configure():
+def test_without_a_data_set_the_page_points_to_the_data_page():
     app = open_app("pages/train.py")
     assert not app.exception
-    assert "Choose a data set and settings first" in app.info[0].value
+    assert "Choose a data set first" in app.info[0].value
+
+
+def test_a_newcomer_starts_with_the_defaults_without_visiting_configure(tiny_dataset):
+    token, workspace = session_with_dataset(tiny_dataset)  # a data set, no settings saved
+    app = open_app("pages/train.py", token=token)
+    assert not app.exception, app.exception
+    assert "Feature transfer" in app.markdown[0].value and "efficientnet_lite0" in app.markdown[0].value
+    assert any("default settings" in caption.value for caption in app.caption)
+    app.button[0].click().run()  # Start training
+    assert not app.exception, app.exception
+    runs = list_runs(workspace / "runs")
+    assert [r.id for r in runs] == [app.query_params["run"]]
+    config = runs[0].config
+    assert config["method"] == "features" and config["backbone"] == "efficientnet_lite0"
+    assert config["epochs"] == 30  # the method's default
+    JobManager(workspace / "runs").cancel(runs[0].id)
+
+
+def test_the_session_limit_refuses_more_runs_with_a_sentence(configured_session, monkeypatch):
+    token, workspace = configured_session
+    monkeypatch.setenv("TRANSFER_MAX_QUEUED", "3")
+    manager = JobManager(workspace / "runs")
+    busy = [manager.submit({"job": "demo", "epochs": 100, "epoch_seconds": 1}) for _ in range(1)]
+    app = open_app("pages/train.py", token=token)
+    app.button[1].click().run()  # Compare the three methods: 3 more runs, 4 in all
+    assert not app.exception, app.exception
+    assert "starts 3 runs, but this session already has 1 of its 3" in app.error[0].value
+    assert len(list_runs(workspace / "runs")) == 1
+    busy += manager.submit_all([{"job": "demo", "epochs": 100, "epoch_seconds": 1}] * 2)
+    app.button[0].click().run()  # Start training: a fourth run
+    assert "the most it may have at once is 3" in app.error[0].value
+    assert len(list_runs(workspace / "runs")) == 3
+    for run in busy:
+        manager.cancel(run)
 
 
 def test_start_watch_and_finish_a_run(configured_session):

@@ -126,11 +126,15 @@ def cpu_has_native_bf16() -> bool:
 
 
 def use_all_cores() -> int:
-    """Let torch use every core this process may run on."""
+    """Let torch use every core this process may run on, or as many as a worker was given
+    (``$TRANSFER_WORKER_THREADS``, set by the job dispatcher so workers leave the web server room)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
+    granted = os.environ.get("TRANSFER_WORKER_THREADS", "")
+    if granted.isdigit() and int(granted) >= 1:
+        cores = min(cores, int(granted))
     if torch.get_num_threads() != cores:
         torch.set_num_threads(cores)
     return cores

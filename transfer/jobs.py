@@ -1,21 +1,30 @@
-"""Jobs: each training run is trained by its own worker process, queued per machine.
+"""Jobs: training runs (and the studio's other heavy work) queued per machine, each trained by
+its own worker process, started by one dispatcher only when the run leaves the queue.
 
-There is no daemon. ``JobManager.submit`` creates a run directory and starts
-``python -m transfer.worker RUN_DIR`` in a new session: a fresh interpreter (never a fork of a
-process that may have initialised CUDA) that outlives the web server's reruns and restarts.
+There is no daemon. The queue belongs to the machine, not to one runs folder, so every browser
+session and every terminal shares it. It lives under ``transfer.paths.home() / "queue"``:
 
-The queue belongs to the machine, not to one runs folder, so every browser session and every
-terminal shares it. It lives under ``transfer.paths.home() / "queue"``:
+- ``entries/<priority>-<nanoseconds>-<run id>.json``: one per waiting run; lower priority
+  first, then arrival (FIFO) order. A waiting run has no process at all.
+- ``slots/<pool>-<i>.lock``: the ``device`` pool has ``max_parallel`` slots (training, the
+  learning-rate finder), the ``probe`` pool one (short speed measurements). A worker trains
+  while it holds an ``flock`` on one of them; the OS releases it when the worker exits or dies,
+  so a crash can never leak a slot.
+- ``dispatch.lock``: :func:`dispatch` runs under it, so any number of web servers, sessions
+  and terminals may call it at once (a caller that finds it taken leaves a note,
+  ``dispatch.wanted``, and returns at once; the holder looks again). It takes a free slot and the run's worker lock itself,
+  then starts ``python -m transfer.worker RUN_DIR`` in a new session (a fresh interpreter,
+  never a fork of a process that may have initialised CUDA) handing both locks over as open
+  descriptors: from the first instant the run is visibly taken and the slot visibly busy.
 
-- ``entries/<nanoseconds>-<run id>.json``: one per waiting run, in arrival (FIFO) order;
-- ``slots/slot-<i>.lock``: ``max_parallel`` files; a worker trains while it holds an ``flock``
-  on one of them, and the OS releases it when the worker exits or dies, so a crash can never
-  leak a slot.
+Whoever changes the queue calls :func:`dispatch`: a submit, a cancel, a resume, a worker that
+just ended (so the queue moves on with no server at all), and every ``JobManager`` as it is
+built (so a restarted server or a terminal finds queued runs and starts them).
 
-A waiting worker polls: it takes a free slot only when no live entry is ahead of it beyond the
-number of free slots, and keeps its run's ``queue_position`` (1 = next) up to date. Each worker
-also holds an ``flock`` on its run's ``.worker.lock`` while it lives; that is how any process
-tells a live worker from a dead one (a dead worker's run becomes ``interrupted``).
+Each worker holds an ``flock`` on its run's ``.worker.lock`` while it lives; that is how any
+process tells a live worker from a dead one (a dead worker's run becomes ``interrupted``).
+Workers run at a lower CPU priority and with a bounded number of threads, so the web pages
+stay responsive while they train.
 """
 
 from __future__ import annotations
@@ -42,16 +51,32 @@ from transfer.runs import (
     RunDir,
     RunStateError,
     atomic_write_json,
+    file_lock,
     find_run,
     list_runs,
     read_json,
 )
 
 MAX_PARALLEL_ENV = "TRANSFER_MAX_PARALLEL_JOBS"
+MAX_QUEUED_ENV = "TRANSFER_MAX_QUEUED"
+WORKER_THREADS_ENV = "TRANSFER_WORKER_THREADS"
+DEFAULT_MAX_QUEUED = 4
 QUEUE_POLL_SECONDS = 0.3
-# A run that is queued but has no worker pid yet is given this long before it counts as dead
-# (the gap between creating its queue entry and the worker process existing).
+# A run that is queued but not yet in the queue is given this long before it counts as dead
+# (the gap between creating its folder and writing its queue entry).
 STARTUP_GRACE_SECONDS = 60.0
+# How long the dispatcher retries a lock that a probing process holds for an instant.
+LOCK_RETRY_SECONDS = 2.0
+# Workers yield the CPU to the web server: nice 10 gets about a tenth of a core's share
+# against a process at nice 0 when both want it.
+WORKER_NICE = 10
+
+DEVICE_POOL, PROBE_POOL = "device", "probe"
+PROBE_SLOTS = 1
+# job type -> (pool, priority). Short jobs that a person waits for on a page go first; the
+# learning-rate finder still needs the device, speed measurements are a few forward passes.
+_JOB_PLACES = {"lr_find": (DEVICE_POOL, 0), "estimate": (PROBE_POOL, 0)}
+_TRAINING_PLACE = (DEVICE_POOL, 1)
 
 
 class JobStartError(TransferError):
@@ -60,6 +85,10 @@ class JobStartError(TransferError):
 
 class BadMaxParallel(TransferError):
     """An unusable number of parallel jobs."""
+
+
+class SessionQueueFull(TransferError):
+    """The runs folder (a browser session) already has its limit of queued and running runs."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -75,16 +104,45 @@ def default_max_parallel() -> int:
 
 
 def _check_max_parallel(value) -> int:
+    return _positive_whole_number(
+        value, f"The number of parallel training jobs must be a whole number of at least 1, not {value!r}; "
+               f"fix {MAX_PARALLEL_ENV} or the setting.")
+
+
+def default_max_queued() -> int:
+    """Queued plus running runs one runs folder (a browser session) may have:
+    ``$TRANSFER_MAX_QUEUED``, else 4."""
+    raw = os.environ.get(MAX_QUEUED_ENV, "").strip()
+    return _check_max_queued(raw) if raw else DEFAULT_MAX_QUEUED
+
+
+def _check_max_queued(value) -> int:
+    return _positive_whole_number(
+        value, f"The number of queued runs per session must be a whole number of at least 1, not {value!r}; "
+               f"fix {MAX_QUEUED_ENV} or the setting.")
+
+
+def _positive_whole_number(value, sentence: str) -> int:
     try:
         number = int(value)
     except (TypeError, ValueError):
         number = 0
     if number < 1:
-        raise BadMaxParallel(
-            f"The number of parallel training jobs must be a whole number of at least 1, not {value!r}; "
-            f"fix {MAX_PARALLEL_ENV} or the setting."
-        )
+        raise BadMaxParallel(sentence)
     return number
+
+
+def worker_threads(max_parallel: int) -> int:
+    """Threads each worker's torch may use: ``$TRANSFER_WORKER_THREADS``, else the cores shared
+    out between the parallel slots, so parallel workers never oversubscribe the CPU."""
+    raw = os.environ.get(WORKER_THREADS_ENV, "").strip()
+    if raw.isdigit() and int(raw) >= 1:
+        return int(raw)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, max_parallel))
 
 
 def queue_dir() -> Path:
@@ -98,14 +156,15 @@ def queue_dir() -> Path:
 
 
 def lock_is_held(path: Path) -> bool:
-    """Whether some process (this one included, through another open file) holds an ``flock``
-    on ``path``. Probing takes the lock for an instant, so owners retry a failed first try."""
+    """Whether some process holds an exclusive ``flock`` on ``path``. The probe takes a shared
+    lock for an instant: probes never disturb each other, and whoever wants the exclusive lock
+    retries a failed first try."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:
@@ -116,13 +175,23 @@ def lock_is_held(path: Path) -> bool:
 def try_lock(path: Path) -> int | None:
     """An open descriptor holding an exclusive ``flock`` on ``path``, or None if it is taken.
     Keep the descriptor open for as long as the lock should last."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
     return fd
+
+
+def lock_with_retry(path: Path, seconds: float = LOCK_RETRY_SECONDS) -> int | None:
+    """:func:`try_lock`, retried for ``seconds`` (a probe may hold the lock for an instant)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        fd = try_lock(path)
+        if fd is not None or time.monotonic() > deadline:
+            return fd
+        time.sleep(0.02)
 
 
 def pid_is_worker(pid: int) -> bool:
@@ -147,46 +216,52 @@ def pid_is_worker(pid: int) -> bool:
 
 
 def worker_alive(run: RunDir, status: dict | None = None) -> bool:
-    """Whether a worker process is (or is about to be) looking after ``run``."""
+    """Whether ``run`` is looked after: a live worker, or (while queued) its place in the queue."""
     if lock_is_held(run.worker_lock_path):
         return True
     status = run.status() if status is None else status
+    if status["state"] == QUEUED:
+        if find_queue_entry(run) is not None:
+            return True  # waiting runs have no process by design
+        waiting_since = status.get("queued_at") or status.get("created_at") or 0.0
+        return time.time() - waiting_since < STARTUP_GRACE_SECONDS
     pid = status.get("pid")
-    if isinstance(pid, int):
-        return pid_is_worker(pid)
-    waiting_since = status.get("queued_at") or status.get("created_at") or 0.0
-    return time.time() - waiting_since < STARTUP_GRACE_SECONDS
+    return isinstance(pid, int) and pid_is_worker(pid)
 
 
 # --------------------------------------------------------------------------- the queue
 
 
+def job_place(config: dict) -> tuple[str, int]:
+    """The slot pool and priority (lower first) of a run with this config."""
+    return _JOB_PLACES.get(config.get("job", "train"), _TRAINING_PLACE)
+
+
 def add_queue_entry(run: RunDir, max_parallel: int) -> Path:
-    """Put ``run`` at the back of the machine's queue."""
-    path = queue_dir() / "entries" / f"{time.time_ns():020d}-{run.id}.json"
-    atomic_write_json(path, {"run_dir": str(run.path), "max_parallel": max_parallel, "created_at": time.time()})
+    """Put ``run`` at the back of its part of the machine's queue."""
+    pool, priority = job_place(run.config)
+    path = queue_dir() / "entries" / f"{priority}-{time.time_ns():020d}-{run.id}.json"
+    atomic_write_json(path, {"run_dir": str(run.path), "max_parallel": max_parallel, "pool": pool,
+                             "created_at": time.time()})
     return path
 
 
 def queue_entries() -> list[tuple[Path, dict]]:
-    """The live queue entries in FIFO order; entries whose run is no longer waiting or whose
-    worker died are removed on the way."""
+    """The entries of runs still waiting, in queue order; entries whose run is no longer
+    waiting (cancelled, deleted, or already handed to a worker) are removed on the way."""
     live = []
     for path in sorted((queue_dir() / "entries").glob("*.json")):
         entry = read_json(path)
-        if isinstance(entry, dict) and _entry_is_live(entry):
+        if isinstance(entry, dict) and _entry_is_waiting(entry):
             live.append((path, entry))
         else:
             remove_queue_entry(path)
     return live
 
 
-def _entry_is_live(entry: dict) -> bool:
+def _entry_is_waiting(entry: dict) -> bool:
     run = RunDir(entry.get("run_dir", "/nonexistent"))
-    if not run.exists():
-        return False
-    status = run.status()
-    return status["state"] == QUEUED and worker_alive(run, status)
+    return run.exists() and run.state == QUEUED and not lock_is_held(run.worker_lock_path)
 
 
 def find_queue_entry(run: RunDir) -> tuple[Path, dict] | None:
@@ -203,75 +278,222 @@ def remove_queue_entry(path: Path) -> None:
 
 
 def queue_position(run: RunDir) -> int | None:
-    """1 for the next run to start, 2 for the one after, ...; None when ``run`` is not queued."""
-    for index, (_, entry) in enumerate(queue_entries(), start=1):
+    """1 for the next run of its pool to start, 2 for the one after, ...; None when ``run`` is
+    not waiting."""
+    for place, (_, entry) in _places(queue_entries()):
         if Path(entry["run_dir"]) == run.path:
-            return index
+            return place
     return None
 
 
-def slot_path(index: int) -> Path:
-    return queue_dir() / "slots" / f"slot-{index}.lock"
+def _places(entries: list[tuple[Path, dict]]):
+    """``(place in its pool, (path, entry))`` for each entry, in queue order."""
+    seen: dict[str, int] = {}
+    for item in entries:
+        pool = item[1].get("pool", DEVICE_POOL)
+        seen[pool] = seen.get(pool, 0) + 1
+        yield seen[pool], item
 
 
-def free_slot_count(max_parallel: int) -> int:
-    return sum(not lock_is_held(slot_path(i)) for i in range(max_parallel))
+def slot_path(index: int, pool: str = DEVICE_POOL) -> Path:
+    name = f"slot-{index}" if pool == DEVICE_POOL else f"{pool}-{index}"
+    return queue_dir() / "slots" / f"{name}.lock"
 
 
-def try_take_slot(max_parallel: int) -> int | None:
-    """A descriptor holding one of the machine's training slots, or None if all are busy."""
+def pool_size(entry: dict) -> int:
+    if entry.get("pool", DEVICE_POOL) == PROBE_POOL:
+        return PROBE_SLOTS
+    return int(entry.get("max_parallel") or 1)
+
+
+def free_slot_count(max_parallel: int, pool: str = DEVICE_POOL) -> int:
+    return sum(not lock_is_held(slot_path(i, pool)) for i in range(max_parallel))
+
+
+def try_take_slot(max_parallel: int, pool: str = DEVICE_POOL) -> int | None:
+    """A descriptor holding one of the machine's slots of ``pool``, or None if all are busy."""
     for index in range(max_parallel):
-        fd = try_lock(slot_path(index))
+        fd = try_lock(slot_path(index, pool))
         if fd is not None:
             return fd
     return None
+
+
+# --------------------------------------------------------------------------- the dispatcher
+
+# Workers this process started; polled now and then so that they do not linger as zombies.
+_children: list[subprocess.Popen] = []
+
+
+def dispatch() -> list[RunDir]:
+    """Start a worker for each waiting run that a free slot allows, first in the queue first,
+    and bring the queue places of the others up to date. Safe to call from any process at any
+    time, and it never waits: when another process is dispatching, a note asks it to look
+    once more after its pass (a web page must not wait behind a worker that holds the lock at
+    a low CPU priority). Returns the runs this call started."""
+    _reap_children()
+    wanted = queue_dir() / "dispatch.wanted"
+    wanted.touch()
+    started: list[RunDir] = []
+    while wanted.exists():
+        lock = try_lock(queue_dir() / "dispatch.lock")
+        if lock is None:
+            return started  # its holder checks the note after letting go of the lock
+        try:
+            wanted.unlink(missing_ok=True)
+            started += _dispatch_pass()
+        finally:
+            os.close(lock)
+    return started
+
+
+def _dispatch_pass() -> list[RunDir]:
+    started: list[RunDir] = []
+    full_pools: set[str] = set()
+    for path, entry in queue_entries():
+        pool = entry.get("pool", DEVICE_POOL)
+        if pool in full_pools:
+            continue  # first come, first served within a pool
+        run = _start_entry(path, entry)
+        if run is None:
+            full_pools.add(pool)
+        elif run is not False:
+            started.append(run)
+    for place, (_, entry) in _places(queue_entries()):
+        run = RunDir(entry["run_dir"])
+        if run.status().get("queue_position") != place:
+            ahead = "next in line" if place == 1 else f"{place - 1} runs ahead"
+            run.transition([QUEUED], queue_position=place, message=f"Waiting for a free training slot ({ahead}).")
+    return started
+
+
+def _start_entry(path: Path, entry: dict):
+    """Hand one waiting run to a new worker: the run, None when its pool has no free slot, or
+    False when the entry turned out to need nothing (its run was taken meanwhile)."""
+    slot = try_take_slot(pool_size(entry), entry.get("pool", DEVICE_POOL))
+    if slot is None:
+        return None
+    run = RunDir(entry["run_dir"])
+    lock = lock_with_retry(run.worker_lock_path)
+    try:
+        if lock is None or run.state != QUEUED:
+            remove_queue_entry(path)
+            return False
+        try:
+            process = _spawn_worker(run, slot, lock, pool_size(entry))
+        except OSError as error:
+            remove_queue_entry(path)
+            message = f"Could not start the training process ({error}); check that Python can run here."
+            run.transition([QUEUED], with_event={"type": "end", "state": FAILED, "message": message},
+                           state=FAILED, ended_at=time.time(), queue_position=None, message=message)
+            return False
+        run.transition([QUEUED], pid=process.pid, message="Starting.")
+        remove_queue_entry(path)
+        return run
+    finally:
+        os.close(slot)  # the worker holds its own copies of both descriptors now
+        if lock is not None:
+            os.close(lock)
+
+
+def _spawn_worker(run: RunDir, slot: int, lock: int, max_parallel: int) -> subprocess.Popen:
+    threads = str(worker_threads(max_parallel))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_THREADS_ENV: threads,
+           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    command = [sys.executable, "-m", "transfer.worker", str(run.path), "--slot-fd", str(slot), "--lock-fd", str(lock)]
+    with open(run.log_path, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(slot, lock),
+            start_new_session=True,  # a Ctrl-C or restart of the server does not reach it
+            env=env,
+        )
+    _children.append(process)
+    return process
+
+
+def _reap_children() -> None:
+    for process in list(_children):
+        if process.poll() is not None:
+            _children.remove(process)
+
+
+def lower_priority() -> None:
+    """Make this process yield the CPU to interactive ones (the web server): nice
+    ``WORKER_NICE``, never raising a niceness that is already higher."""
+    with contextlib.suppress(AttributeError, OSError):
+        if os.getpriority(os.PRIO_PROCESS, 0) < WORKER_NICE:
+            os.setpriority(os.PRIO_PROCESS, 0, WORKER_NICE)
 
 
 # --------------------------------------------------------------------------- the manager
 
 
 class JobManager:
-    """Starts, queues, cancels and resumes the training runs of one runs folder.
+    """Starts, queues, cancels and resumes the runs of one runs folder.
 
     Used by the web app (one runs folder per browser session) and by the command line. Building
-    one marks runs whose worker died as ``interrupted``.
+    one marks runs whose worker died as ``interrupted`` and lets the queue move on.
     """
 
-    def __init__(self, runs_dir: Path | str, max_parallel: int | None = None):
+    def __init__(self, runs_dir: Path | str, max_parallel: int | None = None, max_queued: int | None = None):
         self.runs_dir = Path(runs_dir)
         self.max_parallel = default_max_parallel() if max_parallel is None else _check_max_parallel(max_parallel)
-        self._processes: dict[Path, subprocess.Popen] = {}
+        self.max_queued = default_max_queued() if max_queued is None else _check_max_queued(max_queued)
         self.refresh()
 
     # ----------------------------------------------------------------- starting
 
     def submit(self, config: dict) -> RunDir:
-        """Create a run for ``config`` and start its worker; it trains when a slot is free."""
-        run = RunDir.create(self.runs_dir, config)
-        return self.start(run)
+        """Create a run for ``config`` and queue it; a worker starts when a slot is free."""
+        return self.submit_all([config])[0]
+
+    def submit_all(self, configs: list[dict]) -> list[RunDir]:
+        """Create and queue one run per config, all or none: refused with a sentence when the
+        runs folder would have more than ``max_queued`` runs queued or running."""
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        with self._submit_lock():
+            self._check_room(len(configs))
+            runs = [RunDir.create(self.runs_dir, config) for config in configs]
+            for run in runs:
+                self._enqueue(run)
+        dispatch()
+        return runs
 
     def start(self, run: RunDir) -> RunDir:
-        """Queue a ``queued`` run and start its worker process."""
-        entry = add_queue_entry(run, self.max_parallel)
-        run.update_status(queue_position=queue_position(run) or 1, message="Waiting for a free training slot.")
-        try:
-            with open(run.log_path, "ab") as log:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "transfer.worker", str(run.path)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # a Ctrl-C or restart of the server does not reach it
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
-        except OSError as error:
-            remove_queue_entry(entry)
-            run.update_status(state=FAILED, ended_at=time.time(), queue_position=None,
-                              message=f"Could not start the training process ({error}).")
-            raise JobStartError(f"Could not start the training process ({error}); check that Python can run here.") from error
-        self._processes[run.path] = process
-        run.transition([QUEUED], pid=process.pid)
+        """Queue a ``queued`` run (one created by hand) and let the dispatcher start it."""
+        self._enqueue(run)
+        dispatch()
         return run
+
+    def _enqueue(self, run: RunDir) -> None:
+        add_queue_entry(run, self.max_parallel)
+        run.update_status(message="Waiting for a free training slot.")
+
+    def active_runs(self) -> list[RunDir]:
+        """This folder's runs that are queued or running (dead workers accounted for)."""
+        self._mark_dead_runs()
+        return [run for run in list_runs(self.runs_dir) if run.state in ACTIVE_STATES]
+
+    def _check_room(self, wanted: int) -> None:
+        active = len(self.active_runs())
+        if active + wanted <= self.max_queued:
+            return
+        limit = self.max_queued
+        if wanted == 1:
+            raise SessionQueueFull(
+                f"This session already has {active} runs queued or running, the most it may have at once "
+                f"is {limit}; wait for one to finish or stop one, then start this one.")
+        raise SessionQueueFull(
+            f"This starts {wanted} runs, but this session already has {active} of its {limit} queued or "
+            f"running; wait for {active + wanted - limit} of them to finish or stop them first.")
+
+    def _submit_lock(self):
+        # Two quick clicks in one session must not both pass the limit check.
+        return file_lock(self.runs_dir / ".submit.lock")
 
     # ----------------------------------------------------------------- looking
 
@@ -284,14 +506,19 @@ class JobManager:
         return list_runs(self.runs_dir)
 
     def refresh(self) -> list[RunDir]:
-        """Mark runs that say queued or running but have no live worker as ``interrupted``;
-        returns them."""
-        self._reap()
-        return [run for run in list_runs(self.runs_dir) if self._refresh_run(run)]
+        """Mark runs that say queued or running but have no live worker as ``interrupted``
+        (returned), and let the machine's queue move on."""
+        marked = self._mark_dead_runs()
+        dispatch()
+        return marked
 
-    mark_interrupted = refresh
 
-    def _refresh_run(self, run: RunDir) -> bool:
+    def _mark_dead_runs(self) -> list[RunDir]:
+        return [run for run in list_runs(self.runs_dir) if self.check(run)]
+
+    def check(self, run: RunDir) -> bool:
+        """Mark ``run`` ``interrupted`` if it says queued or running but nothing looks after it;
+        True when it was marked."""
         status = run.status()
         if status["state"] not in ACTIVE_STATES or worker_alive(run, status):
             return False
@@ -311,11 +538,6 @@ class JobManager:
             remove_queue_entry(entry[0])
         return True
 
-    def _reap(self) -> None:
-        # Collect exit codes of workers this process started, so they do not linger as zombies.
-        for key, process in list(self._processes.items()):
-            if process.poll() is not None:
-                del self._processes[key]
 
     # ----------------------------------------------------------------- controlling
 
@@ -324,7 +546,7 @@ class JobManager:
         and keeps its last finished epoch. A run that already ended is left as it is, except an
         interrupted one, which becomes cancelled."""
         run = self._as_run(run)
-        self._refresh_run(run)
+        self.check(run)
         state = run.state
         if state in (FINISHED, FAILED, CANCELLED):
             return run
@@ -341,36 +563,41 @@ class JobManager:
             entry = find_queue_entry(run)
             if entry:
                 remove_queue_entry(entry[0])
+            dispatch()  # the runs behind it move up
         return run
 
     def resume(self, run: RunDir | str) -> RunDir:
         """Queue an interrupted, cancelled or failed run again; training continues from its
         checkpoint (its last finished epoch) when there is one."""
         run = self._as_run(run)
-        self._refresh_run(run)
-        status = run.status()
-        state = status["state"]
-        if state == FINISHED:
-            raise RunStateError(f"Run {run.id} already finished; start a new run to train it further.")
-        if state in ACTIVE_STATES:
-            raise RunStateError(f"Run {run.id} is already {state}; wait for it or cancel it first.")
-        run.clear_cancel()
-        resumed = run.transition(
-            RESUMABLE_STATES,
-            state=QUEUED,
-            queued_at=time.time(),
-            ended_at=None,
-            pid=None,
-            resumes=int(status.get("resumes", 0)) + 1,
-            earlier_seconds=_attempt_seconds(status) + float(status.get("earlier_seconds") or 0.0),
-            started_at=None,
-            message="Resumed; waiting for a free training slot.",
-        )
-        if resumed is None:
-            raise RunStateError(f"Run {run.id} changed state while resuming; look at `transfer runs` and try again.")
-        run.append_event({"type": "info", "message": f"Resumed after epoch {status.get('epoch', 0)}.",
-                          "resumed_after_epoch": status.get("epoch", 0)})
-        return self.start(run)
+        with self._submit_lock():
+            self.check(run)
+            status = run.status()
+            state = status["state"]
+            if state == FINISHED:
+                raise RunStateError(f"Run {run.id} already finished; start a new run to train it further.")
+            if state in ACTIVE_STATES:
+                raise RunStateError(f"Run {run.id} is already {state}; wait for it or cancel it first.")
+            self._check_room(1)
+            run.clear_cancel()
+            resumed = run.transition(
+                RESUMABLE_STATES,
+                state=QUEUED,
+                queued_at=time.time(),
+                ended_at=None,
+                pid=None,
+                resumes=int(status.get("resumes", 0)) + 1,
+                earlier_seconds=_attempt_seconds(status) + float(status.get("earlier_seconds") or 0.0),
+                started_at=None,
+                message="Resumed; waiting for a free training slot.",
+            )
+            if resumed is None:
+                raise RunStateError(f"Run {run.id} changed state while resuming; look at `transfer runs` and try again.")
+            run.append_event({"type": "info", "message": f"Resumed after epoch {status.get('epoch', 0)}.",
+                              "resumed_after_epoch": status.get("epoch", 0)})
+            self._enqueue(run)
+        dispatch()
+        return run
 
     def wait(self, run: RunDir | str, timeout: float | None = None, poll: float = 0.2,
              on_event=None) -> dict:
@@ -379,6 +606,7 @@ class JobManager:
         run = self._as_run(run)
         deadline = None if timeout is None else time.monotonic() + timeout
         offset = 0
+        last_dispatch = time.monotonic()
         while True:
             if on_event is not None:
                 events, offset = run.read_events(offset)
@@ -390,9 +618,11 @@ class JobManager:
                     for event in run.read_events(offset)[0]:
                         on_event(event)
                 return status
-            self._reap()
-            if self._refresh_run(run):
+            if self.check(run):
                 continue
+            if status["state"] == QUEUED and time.monotonic() - last_dispatch > 2.0:
+                dispatch()  # a slot freed by a worker that died moves the queue on too
+                last_dispatch = time.monotonic()
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run {run.id} still {status['state']} after {timeout} s")
             time.sleep(poll)

@@ -102,3 +102,27 @@ def find_learning_rate(config, *, num_steps: int = 100, start_lr: float = 1e-7, 
             return float(trainer._train_step(indices, 1)[0])  # an infinite loss ends the test
 
         return lr_range_test(step, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps)
+
+
+RESULT_FILE = "result.json"
+
+
+def lr_find_job(run) -> None:
+    """The worker's side of the Configure page's finder: ``run.config`` holds ``train`` (a
+    training config as a dict) and ``steps``; the result lands in the run's ``result.json``."""
+    from transfer.config import TrainConfig
+    from transfer.runs import atomic_write_json
+
+    config = TrainConfig.from_dict(run.config["train"])
+    result = find_learning_rate(config, num_steps=int(run.config.get("steps", 100)))
+    atomic_write_json(run.path / RESULT_FILE, {**result.to_dict(), "method": config.method,
+                                               "backbone": config.backbone})
+    run.update_status(message=f"Suggested learning rate {result.suggestion:.1e}.")
+
+
+def lr_find_result(run) -> dict | None:
+    """What :func:`lr_find_job` found for ``run``, once it has finished."""
+    from transfer.runs import read_json
+
+    result = read_json(run.path / RESULT_FILE)
+    return result if isinstance(result, dict) and "suggestion" in result else None

@@ -1,21 +1,26 @@
 """The worker process: ``python -m transfer.worker RUN_DIR`` trains one run, then exits.
 
-Started by ``transfer.jobs.JobManager`` in a fresh interpreter. It
+Started by ``transfer.jobs.dispatch`` in a fresh interpreter when the run leaves the queue,
+with the run's worker lock and a training slot already taken and handed over as open
+descriptors (``--lock-fd``, ``--slot-fd``). It
 
-1. takes its run's worker lock (so no two workers ever train the same run, and any process can
-   tell that this one is alive);
-2. waits in the machine's queue for a training slot, keeping ``queue_position`` up to date;
-3. marks the run ``running`` and calls ``transfer.train.train_run(run)``;
-4. records how it ended: ``finished``, ``cancelled`` (the training code raised ``Cancelled``),
-   or ``failed`` with a sentence for the user, and appends one ``end`` event.
+1. lowers its CPU priority and bounds torch's threads (the web server stays responsive);
+2. marks the run ``running`` and calls the job's function (``transfer.train.train_run`` for
+   training);
+3. records how it ended: ``finished``, ``cancelled`` (the job raised ``Cancelled``), or
+   ``failed`` with a sentence for the user, and appends one ``end`` event;
+4. gives its slot back and dispatches the next waiting run, so the queue moves on even when
+   no web server is running.
 
+Started by hand (no descriptors), it takes the worker lock and waits for a free slot itself.
 If the process is killed, nothing is recorded; the next ``JobManager`` sees the dead worker
 and marks the run ``interrupted``.
 
-A config with ``"job": "demo"`` runs ``_demo_job`` instead of real training: a few epochs of
-sleeping that write the same kinds of events, status and checkpoint as training does. The
-job-manager tests use it so that they exercise queueing, cancelling, killing and resuming in
-seconds, without torch.
+Job types besides training: ``lr_find`` (the learning-rate range test of the Configure page)
+and ``estimate`` (a backbone's speed on this machine, for time estimates). A config with
+``"job": "demo"`` runs ``_demo_job``: a few epochs of sleeping that write the same kinds of
+events, status and checkpoint as training does. The job-manager tests use it so that they
+exercise queueing, cancelling, killing and resuming in seconds, without torch.
 """
 
 from __future__ import annotations
@@ -28,15 +33,16 @@ import traceback
 
 from transfer.errors import TransferError
 from transfer.jobs import (
+    DEVICE_POOL,
     QUEUE_POLL_SECONDS,
-    add_queue_entry,
+    WORKER_THREADS_ENV,
     default_max_parallel,
-    find_queue_entry,
-    free_slot_count,
-    queue_entries,
-    remove_queue_entry,
-    try_lock,
+    dispatch,
+    job_place,
+    lock_with_retry,
+    lower_priority,
     try_take_slot,
+    worker_threads,
 )
 from transfer.runs import (
     CANCELLED,
@@ -53,6 +59,8 @@ from transfer.runs import (
 
 DEMO_JOB = "demo"
 TRAIN_JOB = "train"
+LR_FIND_JOB = "lr_find"
+ESTIMATE_JOB = "estimate"
 # Probing processes hold a run's worker lock for an instant; a worker retries for this long.
 WORKER_LOCK_WAIT_SECONDS = 10.0
 
@@ -64,80 +72,60 @@ class UnknownJob(TransferError):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.worker", description="Train one run directory.")
     parser.add_argument("run_dir")
+    parser.add_argument("--slot-fd", type=int, help="an open descriptor holding a slot (from the dispatcher)")
+    parser.add_argument("--lock-fd", type=int, help="an open descriptor holding the run's worker lock")
     args = parser.parse_args(argv)
 
     run = RunDir(args.run_dir)
     if not run.exists():
         print(f"{run.path} is not a run folder", file=sys.stderr)
         return 2
-    lock = _take_worker_lock(run)
+    lock = args.lock_fd if args.lock_fd is not None else lock_with_retry(run.worker_lock_path, WORKER_LOCK_WAIT_SECONDS)
     if lock is None:
         print(f"another worker is already looking after {run.path}; exiting", file=sys.stderr)
         return 0
-    if run.transition([QUEUED], pid=os.getpid()) is None:
-        print(f"run is {run.state}, not queued; nothing to do", file=sys.stderr)
-        return 0
+    slot = args.slot_fd
+    try:
+        if run.transition([QUEUED], pid=os.getpid()) is None:
+            print(f"run is {run.state}, not queued; nothing to do", file=sys.stderr)
+            return 0
+        if slot is None:
+            slot = wait_for_slot(run)
+        if slot is None:
+            _end_cancelled_in_queue(run)
+            return 0
+        return train_in_slot(run)
+    finally:
+        if slot is not None:
+            os.close(slot)  # the slot is free from here on: hand it to the next waiting run
+            dispatch()
 
-    slot = wait_for_slot(run)
-    if slot is None:
-        _end_cancelled_in_queue(run)
-        return 0
+
+def train_in_slot(run: RunDir) -> int:
+    """Run the job of ``run`` (this process holds a slot for it); returns the exit code."""
+    lower_priority()
+    os.environ.setdefault(WORKER_THREADS_ENV, str(worker_threads(default_max_parallel())))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # read once, when torch loads
+        os.environ.setdefault(name, os.environ[WORKER_THREADS_ENV])
     started = run.transition([QUEUED], state=RUNNING, pid=os.getpid(), started_at=time.time(),
-                             queue_position=None, message="Training.")
-    if started is None:  # cancelled between taking the slot and starting
+                             queue_position=None, message="Running.")
+    if started is None:  # cancelled between leaving the queue and starting
         return 0
-    print(f"{time.strftime('%H:%M:%S')} worker {os.getpid()} training {run.path}", flush=True)
+    print(f"{time.strftime('%H:%M:%S')} worker {os.getpid()} running {run.path}", flush=True)
     return run_job(run)
 
 
-def _take_worker_lock(run: RunDir) -> int | None:
-    deadline = time.monotonic() + WORKER_LOCK_WAIT_SECONDS
-    while True:
-        fd = try_lock(run.worker_lock_path)
-        if fd is not None or time.monotonic() > deadline:
-            return fd
-        time.sleep(0.05)
-
-
-# --------------------------------------------------------------------------- waiting in the queue
-
-
 def wait_for_slot(run: RunDir, poll: float = QUEUE_POLL_SECONDS) -> int | None:
-    """Wait for this run's turn and a free slot; returns the slot's lock descriptor (held until
-    the process exits), or None if the run was cancelled while waiting."""
-    found = find_queue_entry(run)
-    if found is None:  # started by hand rather than by a JobManager
-        entry_path = add_queue_entry(run, default_max_parallel())
-        entry = read_json(entry_path)
-    else:
-        entry_path, entry = found
-    max_parallel = int(entry.get("max_parallel") or 1)
-    reported = None
-    while True:
-        if run.cancel_requested():
-            remove_queue_entry(entry_path)
-            return None
-        position = _position_in_queue(run, entry_path, entry)
-        if position <= free_slot_count(max_parallel):
-            slot = try_take_slot(max_parallel)
-            if slot is not None:
-                remove_queue_entry(entry_path)
-                return slot
-        if position != reported:
-            ahead = "next in line" if position == 1 else f"{position - 1} runs ahead"
-            run.update_status(queue_position=position, message=f"Waiting for a free training slot ({ahead}).")
-            reported = position
+    """For a worker started by hand: wait for a free slot of the run's pool; returns the slot's
+    lock descriptor, or None if the run was cancelled while waiting."""
+    pool, _ = job_place(run.config)
+    size = default_max_parallel() if pool == DEVICE_POOL else 1
+    while not run.cancel_requested():
+        slot = try_take_slot(size, pool)
+        if slot is not None:
+            return slot
         time.sleep(poll)
-
-
-def _position_in_queue(run: RunDir, entry_path, entry: dict) -> int:
-    names = [path.name for path, _ in queue_entries()]
-    if entry_path.name not in names:
-        # Judged stale by another process (should not happen while we hold the worker lock):
-        # put it back under its old name, which keeps its place.
-        atomic_write_json(entry_path, entry)
-        names = sorted([*names, entry_path.name])
-    return names.index(entry_path.name) + 1
+    return None
 
 
 def _end_cancelled_in_queue(run: RunDir) -> None:
@@ -180,6 +168,14 @@ def job_function(config: dict):
         return train_run
     if job == DEMO_JOB:
         return _demo_job
+    if job == LR_FIND_JOB:
+        from transfer.lr_find import lr_find_job
+
+        return lr_find_job
+    if job == ESTIMATE_JOB:
+        from transfer.estimate import measurement_job
+
+        return measurement_job
     raise UnknownJob(f"This version of Transfer Studio cannot run jobs of type {job!r}; start a new run.")
 
 
@@ -219,7 +215,8 @@ def _demo_job(run: RunDir) -> None:
     checkpoint = read_json(checkpoint_path, default={}) or {}
     done = int(checkpoint.get("epoch", 0))
     best = checkpoint.get("best_val_accuracy")
-    run.append_event({"type": "info", "message": f"Demo job starting at epoch {done + 1}.", "start_epoch": done + 1})
+    run.append_event({"type": "info", "message": f"Demo job starting at epoch {done + 1}.", "start_epoch": done + 1,
+                      "nice": os.getpriority(os.PRIO_PROCESS, 0), "threads": os.environ.get(WORKER_THREADS_ENV)})
     run.update_status(epochs=epochs)
     for epoch in range(done + 1, epochs + 1):
         for step in range(1, steps + 1):

@@ -41,15 +41,6 @@ def catalogue_rows(search: str = "") -> list[dict]:
     return [entry.to_dict() for entry in list_backbones(search or None, timm_limit=20)]
 
 
-@st.cache_data(show_spinner="Measuring this machine's speed ...", max_entries=32)
-def forward_seconds(backbone: str, image_size: int) -> float:
-    """Seconds per picture for one forward pass of ``backbone`` here (random weights suffice)."""
-    from transfer.backbones import load_backbone
-    from transfer.estimate import measure_forward_seconds
-
-    return measure_forward_seconds(load_backbone(backbone, pretrained=False), image_size)
-
-
 @st.cache_data(show_spinner="Preparing augmented samples ...", max_entries=32)
 def augmentation_preview(_samples: list, sample_ids: tuple, backbone: str, image_size: int, preset: str) -> list:
     """Augmented copies of a few training pictures, as training will see them (``sample_ids`` keys the cache)."""
@@ -60,23 +51,3 @@ def augmentation_preview(_samples: list, sample_ids: tuple, backbone: str, image
     prep = preprocessing_for(get_backbone(backbone).preprocessing, image_size)
     arrays = [DecodedImageCache().get(sample, prep.resize_size) for sample in _samples]
     return preview(arrays, prep, preset)
-
-
-class LearningRateFinderError(Exception):
-    pass
-
-
-def find_learning_rate(source: str, method: str, backbone: str, image_size: int, batch_size: int) -> dict:
-    """Run the range test in its own process (the web server never trains) and return its JSON."""
-    import json
-    import subprocess
-    import sys
-
-    command = [sys.executable, "-m", "transfer.cli", "lr-find", source, "--method", method, "--backbone", backbone,
-               "--image-size", str(image_size), "--batch-size", str(batch_size), "--steps", "60", "--json"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    lines = done.stdout.strip().splitlines()
-    result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
-    if done.returncode != 0 or "suggestion" not in result:
-        raise LearningRateFinderError(result.get("error") or "The learning-rate finder stopped unexpectedly.")
-    return result
