@@ -445,14 +445,18 @@ def _map_points(features: np.ndarray, samples, names, suspects: set[str], seed: 
 
 def run_feature_map(run_dir: Path | str, progress: Progress | None = None) -> dict:
     """The map of a finished run's validation pictures, right and wrong answers marked."""
-    from transfer.data import Dataset
+    from transfer.data import Dataset, load_dataset
     from transfer.evaluate import load_evaluation
 
     run_dir = Path(run_dir)
     config = read_json(run_dir / "config.json", {}) or {}
-    if not isinstance(config.get("dataset"), dict):
-        raise AuditError("This run does not list its pictures; train it again to draw its map.")
-    dataset = Dataset.from_dict(config["dataset"])
+    source = config.get("dataset")
+    if isinstance(source, dict):
+        dataset = Dataset.from_dict(source)
+    elif isinstance(source, str) and Path(source).exists():
+        dataset = load_dataset(source, val_fraction=config.get("val_fraction", 0.2), seed=config.get("split_seed", 0))
+    else:
+        raise AuditError("This run's pictures are no longer where it found them, so its map cannot be drawn.")
     evaluation = load_evaluation(run_dir)
     by_hash = {s.sha256: s for s in dataset.val}
     pairs = [(p, by_hash[p.sha256]) for p in evaluation.predictions if p.sha256 in by_hash]
