@@ -25,7 +25,7 @@ reads files. torch is imported inside the functions that need it.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 import traceback
@@ -52,6 +52,7 @@ MAX_AUDIT_PICTURES = 20_000
 PROGRESS_FILE = "progress.json"
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
+JOB_LOCK = "job.lock"  # held by the job's process while it works
 RUN_MAP_FOLDER = "feature_map"
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -494,7 +495,12 @@ def _progress_writer(folder: Path) -> Progress:
 
 def run_job(folder: Path, work: Callable[[Progress], dict]) -> int:
     """Run ``work`` with progress written into ``folder``; its result or error lands there too."""
+    from transfer.jobs import try_lock
+
     folder.mkdir(parents=True, exist_ok=True)
+    lock = try_lock(folder / JOB_LOCK)
+    if lock is None:
+        return 0  # the same job is already running
     try:
         result = work(_progress_writer(folder))
     except TransferError as error:
@@ -504,8 +510,11 @@ def run_job(folder: Path, work: Callable[[Progress], dict]) -> int:
         traceback.print_exc()
         atomic_write_json(folder / ERROR_FILE, {"error": f"The check stopped unexpectedly ({type(error).__name__})."})
         return 1
-    atomic_write_json(folder / RESULT_FILE, result)
-    return 0
+    else:
+        atomic_write_json(folder / RESULT_FILE, result)
+        return 0
+    finally:
+        os.close(lock)
 
 
 def main(argv: list[str] | None = None) -> int:

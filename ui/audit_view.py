@@ -8,7 +8,6 @@ data set (:class:`transfer.working_copy.WorkingCopy`), never to the user's own f
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -18,13 +17,14 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from transfer.audit import ERROR_FILE, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
+from transfer.audit import ERROR_FILE, JOB_LOCK, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
 from transfer.errors import TransferError
 from transfer.runs import atomic_write_json, read_json
 from transfer.working_copy import MOVE, REMOVE, WorkingCopy
 from ui import data_view, session
 
 JOB_FILE = "job.json"
+STARTING_SECONDS = 30.0  # a fresh job may take this long to import torch and take its lock
 GALLERY_LIMIT = 12
 GALLERY_COLUMNS = 4
 THUMBNAIL = 120
@@ -53,7 +53,13 @@ def start_job(folder: Path, arguments: list[str], **details) -> None:
 
 
 def job_state(folder: Path) -> str:
-    """``idle`` (never started), ``running``, ``done``, ``failed`` or ``stopped`` (the process died)."""
+    """``idle`` (never started), ``running``, ``done``, ``failed`` or ``stopped`` (the process died).
+
+    The job holds a lock on its folder while it works (see ``transfer.audit.run_job``); a job
+    started moments ago may still be importing, before it takes the lock.
+    """
+    from transfer.jobs import lock_is_held
+
     if (folder / RESULT_FILE).is_file():
         return "done"
     if (folder / ERROR_FILE).is_file():
@@ -61,23 +67,9 @@ def job_state(folder: Path) -> str:
     job = read_json(folder / JOB_FILE, None)
     if not isinstance(job, dict):
         return "idle"
-    return "running" if _alive(int(job.get("pid", 0))) else "stopped"
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a finished child not yet reaped is a zombie: not alive
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    if lock_is_held(folder / JOB_LOCK) or time.time() - float(job.get("started") or 0) < STARTING_SECONDS:
+        return "running"
+    return "stopped"
 
 
 @st.fragment(run_every=1.0)
