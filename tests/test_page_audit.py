@@ -66,11 +66,11 @@ def test_move_remove_keep_and_undo_change_only_the_working_copy(tiny_dataset):
     assert "Likely mistakes (2)" in [t.label for t in app.tabs]
 
     app.selectbox(key="suspect:blue/blue_001.png:other").set_value("green").run()
-    button(app, "Move", "suspect:blue/blue_001.png").click().run()
+    button(app, "Move to the class above", "suspect:blue/blue_001.png").click().run()
     assert (copy / "green" / "blue_001.png").is_file()
     button(app, "Remove", "suspect:green/green_002.png").click().run()
     assert not (copy / "green" / "green_002.png").exists()
-    button(app, "Keep", "outlier:red/red_004.png").click().run()
+    button(app, "Keep as is", "outlier:red/red_004.png").click().run()
     assert (copy / "red" / "red_004.png").is_file()
     assert sum(counts(app)["green"]) == 11  # +red_003 +blue_001 -green_002
     assert "Outliers (0)" in [t.label for t in app.tabs]

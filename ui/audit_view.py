@@ -257,16 +257,17 @@ def _picture(root: Path, relative: str) -> None:
 
 def _actions(path: str, given: str, suggested: str | None, sha256: str, context: dict, key: str) -> None:
     if suggested:
-        st.button(f"Move to {suggested}", key=f"{key}:suggested", type="primary",
+        st.button(f"Move to {suggested}", key=f"{key}:suggested", type="primary", width="stretch",
                   on_click=_apply, args=(MOVE, path, given, suggested, sha256, context))
     others = [c for c in context["classes"] if c != given]
-    target = st.selectbox("Another class", others, key=f"{key}:other", label_visibility="collapsed")
-    left, middle, right = st.columns(3)
-    left.button("Move", key=f"{key}:move", on_click=_apply, args=(MOVE, path, given, None, sha256, context),
-                kwargs={"choose_from": f"{key}:other"}, help=f"Move to the class chosen above ({target})")
-    middle.button("Remove", key=f"{key}:remove", on_click=_apply, args=(REMOVE, path, given, None, sha256, context))
-    right.button("Keep", key=f"{key}:keep", on_click=_apply, args=("keep", path, given, None, sha256, context),
-                 help="The label is right: keep the picture as it is")
+    st.selectbox("Another class", others, key=f"{key}:other", label_visibility="collapsed")
+    # One button per line: a gallery column is too narrow for three side by side.
+    st.button("Move to the class above", key=f"{key}:move", on_click=_apply, width="stretch",
+              args=(MOVE, path, given, None, sha256, context), kwargs={"choose_from": f"{key}:other"})
+    st.button("Remove", key=f"{key}:remove", on_click=_apply, width="stretch",
+              args=(REMOVE, path, given, None, sha256, context))
+    st.button("Keep as is", key=f"{key}:keep", on_click=_apply, width="stretch",
+              args=("keep", path, given, None, sha256, context), help="The label is right")
 
 
 def _working_copy_for(context: dict) -> WorkingCopy:
