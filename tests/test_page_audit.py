@@ -164,3 +164,20 @@ def test_evaluate_draws_the_feature_map_of_the_validation_pictures(trained_home)
     assert sum(len(t["x"]) for t in points) == len(predictions)
     wrong = sum(p["label"] != p["predicted"] for p in predictions)
     assert sum(symbol == "x" for t in points for symbol in t["marker"]["symbol"]) == wrong
+
+
+def test_choosing_the_original_again_offers_the_corrected_copy(tiny_dataset):
+    token, workspace = session_with_dataset(tiny_dataset)
+    fake_audit(workspace, tiny_dataset, [("red/red_003.png", "red", "green")])
+    app = open_app(PAGE, token=token)
+    button(app, "Move to green").click().run()
+    copy = workspace / "audit" / "working_copy" / "data"
+    session_file = workspace / "dataset.json"
+    session_file.write_text(json.dumps({**json.loads(session_file.read_text()), "source": str(tiny_dataset)}))
+    app = open_app(PAGE, token=token)
+    assert sum(counts(app)["red"]) == 10  # the original, as chosen
+    assert any("earlier fix" in i.value for i in app.info)
+    button(app, "Use the corrected copy").click().run()
+    assert not app.exception
+    assert json.loads(session_file.read_text())["source"] == str(copy)
+    assert sum(counts(app)["red"]) == 9

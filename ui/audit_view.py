@@ -176,8 +176,13 @@ def check_labels_section(choice: dict, report) -> None:
     if result:
         st.button("Check again", on_click=start_audit, args=(choice,), icon="🔁", key="audit_again")
         show_findings(result, choice, report, copy)
-    if copy.serves(choice["source"]) and copy.edits:
+    if copy.edits and str(choice["source"]) == str(copy.data):
         show_changes(copy)
+    elif copy.edits and str(choice["source"]) == copy.original:
+        st.info(f"Your {len(copy.edits)} earlier fix(es) to this data set are kept in a corrected copy.")
+        st.button("Use the corrected copy", on_click=session.choose_dataset, args=(copy.data, choice["name"]),
+                  kwargs={"val_fraction": float(choice["val_fraction"]), "seed": int(choice["seed"])},
+                  key="use_corrected_copy")
 
 
 def _same_data(audited: str | None, chosen: str, copy: WorkingCopy) -> bool:
@@ -185,8 +190,9 @@ def _same_data(audited: str | None, chosen: str, copy: WorkingCopy) -> bool:
 
 
 def show_findings(result: dict, choice: dict, report, copy: WorkingCopy) -> None:
-    decided = copy.decided() if copy.serves(choice["source"]) else set()
-    root = Path(copy.data if copy.serves(choice["source"]) else result["root"])
+    corrected = str(choice["source"]) == str(copy.data)
+    decided = copy.decided() if corrected else set()
+    root = Path(copy.data if corrected else result["root"])
     classes = list(report.dataset.classes)
     suspects = [s for s in result["suspects"] if s["path"] not in decided]
     pairs = [d for d in result["near_duplicates"] if d["a"] not in decided and d["b"] not in decided]
@@ -273,7 +279,7 @@ def _actions(path: str, given: str, suggested: str | None, sha256: str, context:
 def _working_copy_for(context: dict) -> WorkingCopy:
     """The session's working copy of the chosen data set, made (and chosen) on the first fix."""
     copy, choice = working_copy(), context["choice"]
-    if not copy.serves(choice["source"]):
+    if str(choice["source"]) != str(copy.data):  # the original chosen again: start a fresh copy of it
         copy.materialise(context["report"].dataset, choice["source"])
     if str(choice["source"]) != str(copy.data):
         session.choose_dataset(copy.data, choice["name"], val_fraction=float(choice["val_fraction"]),
