@@ -15,7 +15,7 @@ from transfer.data import demo_dataset_path
 from transfer.errors import TransferError
 from transfer.images import IMAGE_EXTENSIONS
 from transfer.quota import DiskQuota
-from ui import cleanup_view, data_view, session
+from ui import audit_view, cleanup_view, data_view, session
 
 BUILDER_NAME = "Your classes"
 PICTURE_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
@@ -279,6 +279,7 @@ def report_section() -> None:
     data_view.render_thumbnails(report)
     data_view.render_skipped(report)
     data_view.render_duplicates(report)
+    audit_view.check_labels_section(choice, report)
 
 
 # --------------------------------------------------------------------------- the page

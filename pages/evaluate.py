@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from transfer.evaluate import PREDICTIONS_FILE, EvaluationNotReady, load_evaluation, prediction_thumbnail
-from ui import charts, cleanup_view, export_view, predict_view, session, share_view
+from ui import audit_view, charts, cleanup_view, export_view, predict_view, session, share_view
 
 GALLERY_SIZE = 12
 GALLERY_COLUMNS = 6
@@ -120,6 +120,7 @@ if run is not None:
         show_per_class(evaluation)
         show_top_losses(run, evaluation)
         show_curves(run)
+        audit_view.run_feature_map_section(run)
         st.page_link("pages/predict.py", label="Try the model on new pictures", icon="🖼️",
                      query_params={predict_view.RUN_PARAM: run.id, session.SESSION_PARAM: session.session_token()})
     export_view.download_section(run, "evaluate_export")

@@ -13,6 +13,7 @@ import time
 
 import streamlit as st
 
+from transfer.backbones import get_backbone
 from transfer.config import TrainConfig
 from transfer.errors import TransferError
 from transfer.estimate import recommend_method
@@ -88,8 +89,11 @@ else:
     if right.button("Compare the three methods", icon="⚖️",
                     help="Trains feature transfer, fine-tuning and training from scratch on the same "
                          "pictures and split, one after another, each with its own default settings."):
-        shared = {"dataset": config.dataset, "backbone": config.backbone, "seed": config.seed,
-                  "image_size": config.image_size}
+        shared = {"dataset": config.dataset, "backbone": config.backbone, "seed": config.seed}
+        # An image size chosen on Configure applies to all three; otherwise each method keeps its
+        # own default (scratch trains smaller pictures, which keeps the comparison short).
+        if config.image_size not in (None, get_backbone(config.backbone).preprocessing.input_size):
+            shared["image_size"] = config.image_size
         start([TrainConfig.for_method(name, **shared, initial_weights=None if name == "scratch" else config.initial_weights)
                for name in METHODS])
 

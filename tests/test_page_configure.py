@@ -9,6 +9,8 @@ import pytest
 
 from apptools import open_app, session_with_dataset
 
+from transfer.methods import METHODS
+
 
 def rerun_until(app, done, what: str, timeout: float = 180):
     """Run the page again (as its fragments would) until ``done(app)``: jobs run in workers."""
@@ -57,7 +59,7 @@ def test_switching_method_switches_defaults_and_offline_backbones_cannot_be_pick
     assert "resnet18" not in options  # offline and not cached
     app.radio(key="method").set_value("finetune").run()
     assert not app.exception, app.exception
-    assert app.number_input(key="epochs_finetune").value == 8
+    assert app.number_input(key="epochs_finetune").value == METHODS["finetune"].defaults["epochs"]
     app.number_input(key="epochs_finetune").set_value(3).run()
     draft = json.loads((workspace / "draft_config.json").read_text())
     assert draft["method"] == "finetune" and draft["epochs"] == 3 and draft["train_blocks"] is None

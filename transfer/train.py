@@ -441,42 +441,17 @@ class Trainer:
         and distorts what they learned. The probe costs one backbone pass over the training
         pictures (cached for later runs) and a fraction of a second of head training."""
         from transfer.features import FeatureCache, extract_features
-        from transfer.methods import METHODS
 
         started = time.perf_counter()
-        n = len(self.train_samples)
         features, stats = extract_features(
             self.train_samples, [0], backbone=self.config.backbone, prep=self.prep,
             augmentation=self.config.augmentation, spec=None, setup=self.setup, load_model=lambda: self.model,
             batch_size=32, cache=FeatureCache(), should_stop=self.run.cancel_requested,
             weights_sha256=self.weights_sha256,
             progress=lambda done, total, seconds: self.progress_event("probe", done, total, seconds))
-        settings = METHODS["features"].defaults
         head = self.head()
-        inputs, targets = features[:, 0].to(self.setup.device), self.train_targets_on_device
-        optimizer = torch.optim.AdamW(head.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
-        generator = torch.Generator().manual_seed(self.config.seed)
-        epochs, batch = settings["epochs"], settings["batch_size"]
-        threads = torch.get_num_threads()
-        if self.setup.kind == "cpu":
-            torch.set_num_threads(1)  # tiny steps: see train()
-        try:
-            head.train()
-            for epoch in range(epochs):
-                order = torch.randperm(n, generator=generator).to(self.setup.device)
-                for start in range(0, n, batch):
-                    indices = order[start : start + batch]
-                    factor = lr_factor("onecycle", (epoch * n + start) / (epochs * n))
-                    for group in optimizer.param_groups:
-                        group["lr"] = settings["lr"] * factor
-                    optimizer.zero_grad(set_to_none=True)
-                    F.cross_entropy(head(inputs[indices]).float(), targets[indices]).backward()
-                    optimizer.step()
-            head.eval()
-            with torch.no_grad():
-                accuracy = float((head(inputs).argmax(1) == targets).float().mean())
-        finally:
-            torch.set_num_threads(threads)
+        accuracy = fit_head_on_features(head, features[:, 0].to(self.setup.device), self.train_targets_on_device,
+                                        seed=self.config.seed, single_thread=self.setup.kind == "cpu")
         self.info(f"New head initialised by a linear probe (training accuracy {accuracy:.3f}; "
                   f"{stats.computed} features computed, {stats.cached} cached) in "
                   f"{time.perf_counter() - started:.1f} s.", probe_train_accuracy=round(accuracy, 4),
@@ -784,6 +759,39 @@ def checked_loss(loss: float) -> float:
         raise TrainingError("The loss became infinite or not a number: lower the learning rate (--lr) and "
                             "train again.")
     return loss
+
+
+def fit_head_on_features(head: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, seed: int,
+                         single_thread: bool = True) -> float:
+    """Train ``head`` on fixed feature vectors with feature transfer's default settings (AdamW,
+    one-cycle) and return its training accuracy. Used for fine-tuning's linear probe and for the
+    data audit's cross-validated heads."""
+    from transfer.methods import METHODS
+
+    settings = METHODS["features"].defaults
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+    generator = torch.Generator().manual_seed(seed)
+    epochs, batch, n = settings["epochs"], settings["batch_size"], inputs.shape[0]
+    threads = torch.get_num_threads()
+    if single_thread:
+        torch.set_num_threads(1)  # tiny steps: see Trainer.train()
+    try:
+        head.train()
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=generator).to(inputs.device)
+            for start in range(0, n, batch):
+                indices = order[start : start + batch]
+                factor = lr_factor("onecycle", (epoch * n + start) / (epochs * n))
+                for group in optimizer.param_groups:
+                    group["lr"] = settings["lr"] * factor
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(head(inputs[indices]).float(), targets[indices]).backward()
+                optimizer.step()
+        head.eval()
+        with torch.no_grad():
+            return float((head(inputs).argmax(1) == targets).float().mean())
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _HeadNeedsPictures(Exception):
