@@ -244,7 +244,7 @@ def _pair_card(pair: dict, index: int, context: dict) -> None:
         for column, path, label in zip(st.columns(2), (pair["a"], pair["b"]), pair["classes"]):
             with column:
                 _picture(context["root"], path)
-                st.caption(f"{label} · {path}")
+                st.caption(f"class: {label}")
                 st.button("Remove this one", key=f"pair:{index}:{path}", on_click=_apply,
                           args=(REMOVE, path, label, None, "", context), icon="🗑️")
         st.button("Keep both", key=f"pair:{index}:keep", on_click=_keep_pair, args=(pair, context))

@@ -48,10 +48,11 @@ def _offer(run, format: str, label: str, mime: str, key: str) -> None:
             return
         with st.spinner(f"Exporting and checking {label} ..."):
             try:
-                result = export_in_subprocess(run.path, format)
+                export_in_subprocess(run.path, format)
             except TransferError as error:
                 st.error(f"{label}: {error}", icon="🚫")
                 return
+        st.rerun()  # the export is kept in the run folder: the next run offers only its download
     path = result.path
     st.download_button(f"Download {label} ({human_size(result.bytes)})", lambda: path.read_bytes(),
                        file_name=path.name if format != "bundle" else f"{run.id}.zip", mime=mime, icon="⬇️",

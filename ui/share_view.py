@@ -88,7 +88,7 @@ def demo_list(store: DemoStore, owned: list) -> None:
         columns[2].caption(f"created {_when(demo.created_at)}")
         columns[3].caption("never expires" if demo.expires_at is None else
                            f"{'expired' if state == 'expired' else 'expires'} {_when(demo.expires_at)}")
-        columns[4].caption(f"{demo.pictures_tried} pictures tried")
+        columns[4].caption(f"{demo.pictures_tried} picture{'' if demo.pictures_tried == 1 else 's'} tried")
         if state == "live":
             columns[5].button("Revoke", key=f"revoke_{demo.id}", on_click=revoke, args=(store, token),
                               help="End this link now: visitors then see that it is no longer valid.")

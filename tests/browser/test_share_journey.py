@@ -78,7 +78,7 @@ def test_owner_shares_a_stranger_tries_it_and_the_owner_revokes_it(studio, page,
 
         page.reload()
         wait_for_app(page)
-        page.get_by_text("1 pictures tried").first.wait_for()
+        page.get_by_text("1 picture tried").first.wait_for()
         page.get_by_role("button", name="Revoke").first.click()
         page.get_by_text("revoked").first.wait_for()
 
