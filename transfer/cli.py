@@ -422,7 +422,8 @@ def add_export(sub) -> None:
 def cmd_export(args) -> int:
     from pathlib import Path
 
-    from transfer.export import export_run, human_size
+    from transfer.export import export_run
+    from transfer.quota import human_size
 
     run_path = Path(args.run)
     run_dir = run_path if (run_path / "model.json").is_file() else resolve_run(args.run, args.runs_dir)[0].path

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import zipfile
 from dataclasses import asdict, dataclass
@@ -119,14 +120,6 @@ def exports_folder(run_dir: Path) -> Path:
     except (OSError, ValueError, AttributeError):
         raise ExportError(f"{run_dir} has no trained model to export yet: wait until its training has finished.") from None
     return run_dir / EXPORTS_FOLDER / f"{stat.st_size}-{stat.st_mtime_ns}"
-
-
-def human_size(size: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
 
 
 # --------------------------------------------------------------------------- making and recording
@@ -279,8 +272,6 @@ def _cannot_export(kind: str, backbone: str, error: Exception) -> str:
 
 def onnx_session(model: bytes | str | Path, threads: int | None = None):
     """An onnxruntime CPU session with a bounded thread count (the web server shares the CPU)."""
-    import os
-
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -397,29 +388,21 @@ def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPO
     """:func:`export_run` in a child process (``transfer export --json``): a web server stays
     responsive and never holds the exporter's memory. The child runs at a lower CPU priority
     with a bounded thread count. Returns the cached result; raises :class:`ExportError`."""
-    import os
     import subprocess
-    import sys
+
+    from transfer.child import run_module
 
     cached = cached_export(run_dir, format)
     if cached is not None:
         return cached
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    command = [sys.executable, "-m", "transfer.cli", "export", str(Path(run_dir).resolve()), "--format", format, "--json"]
-    if shutil.which("nice"):  # not preexec_fn: that is unsafe in a threaded server
-        command = ["nice", "-n", "5", *command]
+    arguments = ["export", str(Path(run_dir).resolve()), "--format", format, "--json"]
     try:
-        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+        done = run_module("transfer.cli", arguments, timeout=timeout, niced=True,
+                          env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
     except subprocess.TimeoutExpired:
         raise ExportError(f"The {format} export took longer than {timeout / 60:.0f} minutes and was stopped; "
                           "try again when the machine is less busy.") from None
-    lines = done.stdout.strip().splitlines()
-    try:
-        answer = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        answer = {}
+    answer = done.answer
     if "error" in answer:
         raise ExportError(answer["error"])
     if done.returncode != 0 or "path" not in answer:

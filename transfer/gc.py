@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from transfer import paths
+from transfer.child import run_module
 from transfer.errors import TransferError
 from transfer.jobs import lock_is_held, worker_alive
 from transfer.quota import folder_bytes
@@ -335,13 +336,10 @@ def collect_now_and_then(interval: float = WEB_GC_INTERVAL_SECONDS) -> bool:
 def _collect_and_record(home: Path) -> None:
     """Collect in a separate, low-priority process (walking every session's files is no work for
     the web server's own interpreter) and note the outcome beside the stamp."""
-    command = [sys.executable, "-m", "transfer.gc"]
     try:
-        done = subprocess.run(command, env={**os.environ, "TRANSFER_HOME": str(home)}, capture_output=True,
-                              text=True, timeout=WEB_GC_INTERVAL_SECONDS)
-        lines = done.stdout.strip().splitlines()
-        outcome = json.loads(lines[-1]) if done.returncode == 0 and lines else {"error": done.stderr[-500:]}
-    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        done = run_module("transfer.gc", [], timeout=WEB_GC_INTERVAL_SECONDS, env={"TRANSFER_HOME": str(home)})
+        outcome = done.answer if done.returncode == 0 and done.answer else {"error": done.stderr[-500:]}
+    except (OSError, subprocess.SubprocessError) as error:
         outcome = {"error": str(error)}
     if outcome.get("error"):
         logger.warning("the background clean-up of %s failed: %s", home, outcome["error"])

@@ -106,7 +106,7 @@ def check_free_space(folder: Path, needed: int, what: str = "the upload") -> Non
 
 def human_size(count: int) -> str:
     """A byte count as people read it (decimal units, as the quota is set)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if count >= scale:
             return f"{count / scale:.1f} {unit}"
     return f"{count} bytes"

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from transfer.export import ExportError, cached_export, export_in_subprocess, human_size
 from transfer.errors import TransferError
+from transfer.export import ExportError, cached_export, export_in_subprocess
+from transfer.quota import human_size
 
 #: (format, button label, what it is for, mime type)
 CHOICES = (

@@ -9,14 +9,13 @@ the web server never reads a large file into memory or builds a model.
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from pathlib import Path
 
 import streamlit as st
 
 from transfer import weights
+from transfer.child import run_module
 from transfer.errors import TransferError
 from transfer.quota import DiskQuota
 from transfer.runs import FINISHED, list_runs
@@ -144,19 +143,15 @@ def weights_report(path: str, sha256: str, backbone: str, num_classes: int, drop
                    hidden: int | None) -> dict:
     """``{"report": ...}`` or ``{"error": sentence}`` from ``transfer weights`` in its own process
     (``sha256`` keys the cache: a stored file never changes under its name)."""
-    command = [sys.executable, "-m", "transfer.cli", "weights", path, "--backbone", backbone,
-               "--classes", str(num_classes), "--dropout", str(dropout), "--json"]
+    arguments = ["weights", path, "--backbone", backbone, "--classes", str(num_classes), "--dropout", str(dropout),
+                 "--json"]
     if hidden:
-        command += ["--hidden", str(hidden)]
+        arguments += ["--hidden", str(hidden)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=REPORT_TIMEOUT_S)
+        done = run_module("transfer.cli", arguments, timeout=REPORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"Checking the weights took longer than {REPORT_TIMEOUT_S} s; try a smaller file."}
-    lines = done.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        result = {}
+    result = done.answer
     if done.returncode != 0 or "report" not in result:
         return {"error": result.get("error") or "The weights could not be checked; try another file."}
     return result
