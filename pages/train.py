@@ -31,6 +31,12 @@ STATE_ICONS = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": 
 
 st.title("Train")
 manager = session.job_manager()
+# The page's three areas are laid out before anything slow runs. The live view and the runs
+# table redraw on timers; their updates are addressed by position on the page, so the
+# positions they draw into must exist from the first moment of every run of the page (a
+# timer firing while a slow rerun had drawn only its first few elements made the browser
+# reject an update addressed past the end of the page).
+settings_area, live_area, runs_area = st.container(), st.container(), st.container()
 
 
 # ----------------------------------------------------------------------------- starting runs
@@ -68,34 +74,35 @@ def start(configs: list[TrainConfig]) -> None:
     st.rerun()
 
 
-try:
-    config, defaults = chosen_config()
-except TransferError as error:
-    st.error(str(error))
-    config, defaults = None, False
+with settings_area:
+    try:
+        config, defaults = chosen_config()
+    except TransferError as error:
+        st.error(str(error))
+        config, defaults = None, False
 
-if config is None:
-    st.info("Choose a data set first; the default settings are a good start.")
-    st.page_link("pages/data.py", label="Go to Data", icon="🗂️")
-else:
-    st.markdown(f"**{METHODS[config.method].title}** of **{config.backbone}** for {config.epochs} epochs, "
-                f"batch {config.batch_size}, learning rate {config.lr:g}."
-                + (f" Starting from your weights **{config.initial_weights['name']}**." if config.initial_weights else ""))
-    if defaults:
-        st.caption("These are the default settings for this data set; Configure changes them if you like.")
-    left, right = st.columns(2)
-    if left.button("Start training", type="primary", icon="🚀"):
-        start([config])
-    if right.button("Compare the three methods", icon="⚖️",
-                    help="Trains feature transfer, fine-tuning and training from scratch on the same "
-                         "pictures and split, one after another, each with its own default settings."):
-        shared = {"dataset": config.dataset, "backbone": config.backbone, "seed": config.seed}
-        # An image size chosen on Configure applies to all three; otherwise each method keeps its
-        # own default (scratch trains smaller pictures, which keeps the comparison short).
-        if config.image_size not in (None, get_backbone(config.backbone).preprocessing.input_size):
-            shared["image_size"] = config.image_size
-        start([TrainConfig.for_method(name, **shared, initial_weights=None if name == "scratch" else config.initial_weights)
-               for name in METHODS])
+    if config is None:
+        st.info("Choose a data set first; the default settings are a good start.")
+        st.page_link("pages/data.py", label="Go to Data", icon="🗂️")
+    else:
+        st.markdown(f"**{METHODS[config.method].title}** of **{config.backbone}** for {config.epochs} epochs, "
+                    f"batch {config.batch_size}, learning rate {config.lr:g}."
+                    + (f" Starting from your weights **{config.initial_weights['name']}**." if config.initial_weights else ""))
+        if defaults:
+            st.caption("These are the default settings for this data set; Configure changes them if you like.")
+        left, right = st.columns(2)
+        if left.button("Start training", type="primary", icon="🚀"):
+            start([config])
+        if right.button("Compare the three methods", icon="⚖️",
+                        help="Trains feature transfer, fine-tuning and training from scratch on the same "
+                             "pictures and split, one after another, each with its own default settings."):
+            shared = {"dataset": config.dataset, "backbone": config.backbone, "seed": config.seed}
+            # An image size chosen on Configure applies to all three; otherwise each method keeps its
+            # own default (scratch trains smaller pictures, which keeps the comparison short).
+            if config.image_size not in (None, get_backbone(config.backbone).preprocessing.input_size):
+                shared["image_size"] = config.image_size
+            start([TrainConfig.for_method(name, **shared, initial_weights=None if name == "scratch" else config.initial_weights)
+                   for name in METHODS])
 
 
 # ----------------------------------------------------------------------------- the shown run
@@ -219,8 +226,9 @@ run = shown_run()
 if run is not None:
     st.query_params[RUN_PARAM] = run.id
     shown_active = run.state in ACTIVE_STATES
-    st.fragment(live_view, **ticking(LIVE_SECONDS, shown_active))(run.id, shown_active)
-    cleanup_view.delete_run_control(run)
+    with live_area:
+        st.fragment(live_view, **ticking(LIVE_SECONDS, shown_active))(run.id, shown_active)
+        cleanup_view.delete_run_control(run)
 
 
 # ----------------------------------------------------------------------------- runs and comparison
@@ -275,4 +283,5 @@ def comparison_view(runs) -> None:
 
 
 any_active = any(item.state in ACTIVE_STATES for item in list_runs(session.runs_dir()))
-st.fragment(runs_table, **ticking(TABLE_SECONDS, any_active))(any_active)
+with runs_area:
+    st.fragment(runs_table, **ticking(TABLE_SECONDS, any_active))(any_active)

@@ -33,14 +33,20 @@ def render() -> None:
         st.caption(f"Device: **{device_description()}**")
         dataset = session.chosen_dataset()
         st.caption(f"Data set: **{dataset['name']}**" if dataset else "Data set: none chosen yet")
-        _active_job()
+        # The line redraws itself every 2 s only while a run is queued or running: idle timers
+        # in every open tab would cost the server for nothing. Starting a run reruns the page,
+        # which starts the timer.
+        st.fragment(_active_job, run_every=2 if _active_runs() else None)()
 
 
-@st.fragment(run_every=2)
-def _active_job() -> None:
+def _active_runs() -> list:
     from transfer.runs import ACTIVE_STATES, list_runs
 
-    active = [r for r in list_runs(session.runs_dir()) if r.state in ACTIVE_STATES]
+    return [r for r in list_runs(session.runs_dir()) if r.state in ACTIVE_STATES]
+
+
+def _active_job() -> None:
+    active = _active_runs()
     if not active:
         st.caption("No training running.")
         return
