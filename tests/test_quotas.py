@@ -280,3 +280,20 @@ def test_a_full_disk_while_adding_pictures_keeps_those_already_saved(tmp_path, p
     assert len(opened) == 2
     assert [p.name for p in uploads.builder_classes(builder)["cat"]] == ["a.png"], "all of the upload or none"
     assert not [p for p in (builder / "cat").iterdir() if p.name != "a.png"], "no partial picture or temp file"
+
+
+def test_a_run_does_not_start_when_the_sessions_quota_has_no_room_for_it(tmp_path):
+    from transfer.jobs import RUN_ROOM_BYTES, JobManager
+
+    workspace = tmp_path / "session"
+    (workspace / "uploads").mkdir(parents=True)
+    (workspace / "uploads" / "big.bin").write_bytes(b"\0" * 1000)
+    quota = DiskQuota(workspace, RUN_ROOM_BYTES + 500)  # room for the upload, not for a run beside it
+    manager = JobManager(workspace / "runs", quota=quota)
+    with pytest.raises(QuotaExceeded, match="delete uploads or runs"):
+        manager.submit({"job": "demo", "epochs": 1})
+    assert not [p for p in (workspace / "runs").iterdir() if p.is_dir()]
+
+    roomy = JobManager(workspace / "runs", quota=DiskQuota(workspace, RUN_ROOM_BYTES + 2000))
+    run = roomy.submit({"job": "demo", "epochs": 1, "epoch_seconds": 0.1})
+    roomy.wait(run.id, timeout=60)

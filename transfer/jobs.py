@@ -432,6 +432,9 @@ def lower_priority() -> None:
 # --------------------------------------------------------------------------- the manager
 
 
+RUN_ROOM_BYTES = 300 * 10**6  # a ResNet-50 run's weights, checkpoint (with optimizer state) and outputs
+
+
 class JobManager:
     """Starts, queues, cancels and resumes the runs of one runs folder.
 
@@ -439,8 +442,10 @@ class JobManager:
     one marks runs whose worker died as ``interrupted`` and lets the queue move on.
     """
 
-    def __init__(self, runs_dir: Path | str, max_parallel: int | None = None, max_queued: int | None = None):
+    def __init__(self, runs_dir: Path | str, max_parallel: int | None = None, max_queued: int | None = None,
+                 quota=None):
         self.runs_dir = Path(runs_dir)
+        self.quota = quota  # a transfer.quota.DiskQuota for a web session's folder; None: no quota
         self.max_parallel = default_max_parallel() if max_parallel is None else _check_max_parallel(max_parallel)
         self.max_queued = default_max_queued() if max_queued is None else _check_max_queued(max_queued)
         self.refresh()
@@ -479,6 +484,10 @@ class JobManager:
         return [run for run in list_runs(self.runs_dir) if run.state in ACTIVE_STATES]
 
     def _check_room(self, wanted: int) -> None:
+        if self.quota is not None:
+            # A run writes its weights, a checkpoint and its outputs as it trains; it starts only
+            # when its session's quota still has room for a typical run.
+            self.quota.check(wanted * RUN_ROOM_BYTES)
         active = len(self.active_runs())
         if active + wanted <= self.max_queued:
             return

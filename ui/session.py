@@ -55,8 +55,9 @@ def uploads_dir() -> Path:
 
 def job_manager():
     from transfer.jobs import JobManager
+    from transfer.quota import DiskQuota
 
-    return JobManager(runs_dir())
+    return JobManager(runs_dir(), quota=DiskQuota.for_session(workspace()))
 
 
 # --------------------------------------------------------------------------- chosen data set
