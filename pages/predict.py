@@ -13,6 +13,9 @@ from transfer.errors import TransferError
 from transfer.images import IMAGE_EXTENSIONS
 from ui import export_view, predict_view, share_view
 
+MAX_PICTURE_MB = 50  # a large camera photo is 10 to 25 MB
+MAX_ZIP_MB = 500
+
 PICTURE_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 
 st.title("Predict")
@@ -76,7 +79,9 @@ if run is not None:
     pictures_tab, webcam_tab, zip_tab = st.tabs(["🖼️ Pictures", "📷 Webcam", "🗜️ Zip of pictures"])
     with pictures_tab:
         files = st.file_uploader("Drop pictures here", type=PICTURE_TYPES, accept_multiple_files=True,
-                                 key="pictures", help="JPEG, PNG, GIF, BMP, WebP or TIFF; as many as you like.")
+                                 key="pictures", max_upload_size=MAX_PICTURE_MB,
+                                 help=f"JPEG, PNG, GIF, BMP, WebP or TIFF, up to {MAX_PICTURE_MB} MB each; "
+                                      "as many as you like.")
         if files:
             show_pictures(run, [(f.name, f.getvalue()) for f in files], top_k, show_cam, "upload")
     with webcam_tab:
@@ -84,7 +89,7 @@ if run is not None:
         if photo is not None:
             show_pictures(run, [("webcam picture", photo.getvalue())], top_k, show_cam, "webcam")
     with zip_tab:
-        archive = st.file_uploader("Drop a zip of pictures", type=["zip"], key="zip",
+        archive = st.file_uploader("Drop a zip of pictures", type=["zip"], key="zip", max_upload_size=MAX_ZIP_MB,
                                    help="Folders inside the zip are fine; files that are not pictures "
                                         "are listed as skipped.")
         if archive is not None:
