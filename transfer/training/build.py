@@ -128,10 +128,11 @@ class _HeadNeedsPictures(Exception):
 
 
 def feature_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, model: LazyModel,
-                 reporter: Reporter, should_stop: Callable[[], bool]) -> FeatureTask | None:
+                 reporter: Reporter, should_stop: Callable[[], bool], extract: Callable) -> FeatureTask | None:
     """Head training on cached features; None when this architecture's head cannot be fed
-    features (a convolutional head such as SqueezeNet's), so pictures are used instead."""
-    from transfer.features import FeatureCache, extract_features
+    features (a convolutional head such as SqueezeNet's), so pictures are used instead.
+    ``extract`` is :func:`transfer.features.extract_features` or its sharded form."""
+    from transfer.features import FeatureCache
 
     spec = get_preset(config.augmentation)
     views = list(range(config.feature_views if spec is not None else 1))
@@ -156,11 +157,9 @@ def feature_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, mo
                                                           f"continuing {n} pictures at a time.", batch_size=n))
     reporter.progress("features", 0, total, 0.0)
     try:
-        train_features, train_stats = extract_features(data.train_samples, views, progress=progress_from(0),
-                                                       **common)
-        val_features, val_stats = extract_features(data.val_samples, [0],
-                                                   progress=progress_from(len(data.train_samples) * len(views)),
-                                                   **common)
+        train_features, train_stats = extract(data.train_samples, views, progress=progress_from(0), **common)
+        val_features, val_stats = extract(data.val_samples, [0],
+                                          progress=progress_from(len(data.train_samples) * len(views)), **common)
     except _HeadNeedsPictures:
         reporter.info("This backbone's head works on feature maps, so the frozen backbone runs on every batch.")
         return None
@@ -178,7 +177,7 @@ def feature_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, mo
 
 
 def image_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, model: LazyModel,
-               reporter: Reporter) -> ImageTask:
+               reporter: Reporter, task_class: Callable[..., ImageTask] = ImageTask) -> ImageTask:
     side = data.prep.resize_size
     decoded = DecodedImageCache()
     started = time.perf_counter()
@@ -196,13 +195,14 @@ def image_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, mode
                   f"in {time.perf_counter() - started:.1f} s.", images_decoded=decoded.decoded,
                   images_cached=decoded.hits)
     n_train = len(data.train_samples)
-    return ImageTask(model.get(), config, bank[:n_train], bank[n_train:], data.prep, setup)
+    return task_class(model.get(), config, bank[:n_train], bank[n_train:], data.prep, setup)
 
 
 def build_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, model: LazyModel, reporter: Reporter,
-               should_stop: Callable[[], bool], *, caches_features: bool) -> FeatureTask | ImageTask:
-    task = feature_task(config, data, setup, model, reporter, should_stop) if caches_features else None
-    return task or image_task(config, data, setup, model, reporter)
+               should_stop: Callable[[], bool], *, caches_features: bool, extract: Callable,
+               image_task_class: Callable[..., ImageTask]) -> FeatureTask | ImageTask:
+    task = feature_task(config, data, setup, model, reporter, should_stop, extract) if caches_features else None
+    return task or image_task(config, data, setup, model, reporter, image_task_class)
 
 
 def wants_linear_probe(config: TrainConfig, task, model: LazyModel) -> bool:
@@ -211,15 +211,15 @@ def wants_linear_probe(config: TrainConfig, task, model: LazyModel) -> bool:
 
 
 def linear_probe_head(config: TrainConfig, data: TrainingData, setup: DeviceSetup, model: LazyModel,
-                      reporter: Reporter, should_stop: Callable[[], bool]) -> None:
+                      reporter: Reporter, should_stop: Callable[[], bool], extract: Callable) -> None:
     """Fine-tuning starts from a trained head rather than a random one ("LP-FT"): a random
     head sends large, meaningless gradients into the pretrained layers in the first steps
     and distorts what they learned. The probe costs one backbone pass over the training
     pictures (cached for later runs) and a fraction of a second of head training."""
-    from transfer.features import FeatureCache, extract_features
+    from transfer.features import FeatureCache
 
     started = time.perf_counter()
-    features, stats = extract_features(
+    features, stats = extract(
         data.train_samples, [0], backbone=config.backbone, prep=data.prep, augmentation=config.augmentation,
         spec=None, setup=setup, load_model=model.get, batch_size=FEATURE_BATCH, cache=FeatureCache(),
         should_stop=should_stop, weights_sha256=initial_weights_sha256(config),

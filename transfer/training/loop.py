@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from transfer.config import TrainConfig
+from transfer.distributed import current_ranks
 from transfer.devices import DeviceError, is_out_of_memory, release_cached_memory, resolve_device
 from transfer.methods import get_method
 from transfer.runs import Cancelled, RunDir
+from transfer.training import TrainingError
 from transfer.training.build import (LazyModel, build_task, check_initial_weights, linear_probe_head,
                                      load_training_data, model_builder, require_both_splits, wants_linear_probe)
 from transfer.training.reporter import Reporter
@@ -43,7 +45,8 @@ class Trainer:
         self.run = run
         self.config = config
         self.method = get_method(config.method)
-        self.reporter = Reporter(run, config.epochs)
+        self.ranks = current_ranks()  # fellow processes of distributed training, if any
+        self.reporter = Reporter(run, config.epochs, writes=self.ranks.is_main)
 
     # ------------------------------------------------------------------ top level
 
@@ -51,7 +54,8 @@ class Trainer:
         self.prepare()
         start_epoch = self.restore_checkpoint() + 1
         if start_epoch == 1 and wants_linear_probe(self.config, self.task, self.model):
-            linear_probe_head(self.config, self.data, self.setup, self.model, self.reporter, self.should_stop)
+            linear_probe_head(self.config, self.data, self.setup, self.model, self.reporter,
+                              self.run.cancel_requested, self.extract)
         threads = torch.get_num_threads()
         if isinstance(self.task, FeatureTask) and self.setup.kind == "cpu":
             # A head's steps take well under a millisecond on one core; spreading such tiny
@@ -68,22 +72,29 @@ class Trainer:
         self.reporter.finish(self.best)
 
     def should_stop(self) -> bool:
-        return self.run.cancel_requested()
+        """Whether to cancel; with several ranks, all decide together."""
+        return self.ranks.agree(self.run.cancel_requested())
 
     def prepare(self) -> None:
         """Data, model, what trains on what, optimizer: everything before the first epoch."""
         config = self.config
         self.generator = seed_everything(config.seed)
         self.setup = resolve_device(config.device, config.precision)
-        self.reporter.info(f"Training on {self.setup.describe()}.", device=str(self.setup.device))
+        processes = {"world_size": self.ranks.size} if self.ranks.size > 1 else {}
+        self.reporter.info(f"Training on {self.setup.describe()}{self.ranks.describe()}.",
+                           device=str(self.setup.device), **processes)
         self.prepare_data()
         self.batch_size = config.batch_size
         self.reporter.status(epochs=config.epochs, epoch=self.store.finished_epoch_on_disk(),
-                             message="Preparing the data.", batch_size=self.batch_size)
+                             message="Preparing the data.", batch_size=self.batch_size, **processes)
         self.model = LazyModel(model_builder(config, len(self.data.classes), self.initial_weights),
                                self.store.write_model_info, background=self.method.caches_features)
-        self.task = build_task(config, self.data, self.setup, self.model, self.reporter, self.should_stop,
-                               caches_features=self.method.caches_features)
+        self.task = build_task(config, self.data, self.setup, self.model, self.reporter, self.run.cancel_requested,
+                               caches_features=self.method.caches_features, extract=self.extract,
+                               image_task_class=self.ranks.image_task_class())
+        if self.task.sharded and self.batch_size < self.ranks.size:
+            raise TrainingError(f"The batch size ({self.batch_size}) is the batch of all {self.ranks.size} "
+                                f"processes together and must be at least that many; raise --batch-size.")
         self.optimizer = make_optimizer(config, self.task.trainable_groups(config.lr))
         self.scaler = self.setup.grad_scaler() if self.task.uses_amp else torch.amp.GradScaler("cpu", enabled=False)
         self.parts = StepParts(self.task, self.optimizer, self.scaler, self.data.train_targets.to(self.setup.device),
@@ -91,9 +102,16 @@ class Trainer:
         self.best = Best()
         self.samples_done = 0
 
+    def extract(self, *args, **kwargs):
+        """Backbone features of pictures (:func:`transfer.features.extract_features`), shared
+        out between the ranks when there are several."""
+        from transfer.features import extract_features
+
+        return self.ranks.sharded_extraction(extract_features)(*args, **kwargs)
+
     def prepare_data(self) -> None:
         self.data = load_training_data(self.config)
-        self.store = Store(self.run, self.config, self.data)
+        self.store = Store(self.run, self.config, self.data, writes=self.ranks.is_main)
         self.store.write_labels()
         # The model card of an exported bundle reports the training data from this event.
         self.reporter.info(f"Data: {len(self.data.dataset.samples)} pictures in {len(self.data.classes)} classes.",
@@ -137,7 +155,7 @@ class Trainer:
         config = self.config
         self.task.train_mode(epoch)
         n = len(self.data.train_samples)
-        order = torch.randperm(n, generator=self.generator)
+        order = self.task.epoch_order(epoch) if self.task.sharded else torch.randperm(n, generator=self.generator)
         # Loss and hits add up on the device; reading them forces a GPU sync, so that happens
         # only when an event is written.
         total_loss = torch.zeros((), device=self.setup.device)
@@ -151,7 +169,7 @@ class Trainer:
             progress = self.samples_done / (config.epochs * n)
             lr = set_learning_rate(self.optimizer, lr_factor(config.schedule, progress, config.warmup_fraction))
             try:
-                loss, hits = train_step(self.parts, indices, epoch)
+                loss, hits = self.step(indices, epoch)
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
                 if not is_out_of_memory(error):
                     raise
@@ -170,7 +188,20 @@ class Trainer:
                                    seen / (time.perf_counter() - begun), cursor, n)
         return float(total_loss) / seen, int(correct) / seen, seen / max(1e-9, time.perf_counter() - begun)
 
+    def step(self, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the global batch ``indices``; a sharded task trains on this
+        rank's share and the batch's loss and hits are summed over the ranks."""
+        if not self.task.sharded:
+            return train_step(self.parts, indices, epoch)
+        local, weight = self.task.shard(indices)
+        loss, hits = train_step(self.parts, local, epoch, weight)
+        return self.task.batch_totals(loss, hits, len(local), weight, len(indices))
+
     def shrink_batch(self) -> None:
+        if self.ranks.size > 1:
+            # Halving on one rank alone would leave the others waiting in the gradient exchange.
+            raise DeviceError(f"The device ran out of memory with a batch of {self.batch_size} over "
+                              f"{self.ranks.size} processes; start again with a smaller --batch-size or image size.")
         self.optimizer.zero_grad(set_to_none=True)
         release_cached_memory(self.setup)
         if self.batch_size == 1:
@@ -211,7 +242,7 @@ class Trainer:
 
     def restore_checkpoint(self) -> int:
         """Load the last finished epoch if there is one; returns its number (0 if none)."""
-        checkpoint = self.store.load_checkpoint(self.reporter.warn)
+        checkpoint = self.ranks.from_main(lambda: self.store.load_checkpoint(self.reporter.warn))
         if checkpoint is None:
             return 0
         self.task.module.load_state_dict(checkpoint["module"])

@@ -31,22 +31,26 @@ class StepParts:
     label_smoothing: float = 0.0
 
 
-def train_step(parts: StepParts, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(parts: StepParts, indices: torch.Tensor, epoch: int,
+               loss_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on the training pictures ``indices``; returns the batch's mean loss
     and number of hits, as tensors (reading them would force a device sync).
 
     The batch may go through the model in parts (``task.micro_batch``), with gradients
     added up: the same step for the optimizer, a fraction of the activation memory.
+    ``loss_weight`` scales the gradients (a rank's share of a global batch).
     """
     device = parts.targets.device
     parts.optimizer.zero_grad(set_to_none=True)
     total_loss = torch.zeros((), device=device)
     hits = torch.zeros((), dtype=torch.long, device=device)
-    for part in indices.split(parts.task.micro_batch or len(indices)):
+    chunks = indices.split(parts.task.micro_batch or len(indices))
+    for number, part in enumerate(chunks, start=1):
         targets = parts.targets[part.to(device)]
-        logits = parts.task.forward_train(part, epoch, parts.generator)
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=parts.label_smoothing)
-        parts.scaler.scale(loss * (len(part) / len(indices))).backward()
+        with parts.task.gradient_sync(number == len(chunks)):
+            logits = parts.task.forward_train(part, epoch, parts.generator)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=parts.label_smoothing)
+            parts.scaler.scale(loss * (len(part) / len(indices) * loss_weight)).backward()
         total_loss += loss.detach() * len(part)
         hits += (logits.detach().argmax(1) == targets).sum()
     parts.scaler.step(parts.optimizer)

@@ -56,17 +56,23 @@ class Best:
 
 
 class Store:
-    def __init__(self, run: RunDir, config: TrainConfig, data):
+    """Writes nothing when ``writes`` is False: in distributed training only rank 0 keeps the run."""
+
+    def __init__(self, run: RunDir, config: TrainConfig, data, *, writes: bool = True):
         self.run = run
+        self.writes = writes
         self.config = config
         self.data = data  # a transfer.training.build.TrainingData
         self.model_info_written = False
 
     def write_labels(self) -> None:
-        self.run.write_labels(self.data.classes)
+        if self.writes:
+            self.run.write_labels(self.data.classes)
 
     def finished_epoch_on_disk(self) -> int:
-        return int(self.run.status().get("epoch") or 0) if self.run.checkpoint_path.exists() else 0
+        if not self.writes or not self.run.checkpoint_path.exists():
+            return 0
+        return int(self.run.status().get("epoch") or 0)
 
     # ------------------------------------------------------------------ the model
 
@@ -74,7 +80,7 @@ class Store:
         """``model.json``: how to rebuild ``model`` for prediction."""
         from transfer.weights import record
 
-        if self.model_info_written:
+        if self.model_info_written or not self.writes:
             return
         self.model_info_written = True
         config, spec = self.config, self.config.initial_weights
@@ -87,12 +93,16 @@ class Store:
         """The full model's state dict (backbone and head) as safetensors."""
         from safetensors.torch import save
 
+        if not self.writes:
+            return
         tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
         atomic_write_bytes(self.run.weights_path, save(tensors, metadata={"format": "pt"}))
 
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, checkpoint: dict) -> None:
+        if not self.writes:
+            return
         path = self.run.checkpoint_path
         temp = path.with_name(f".{path.name}.tmp")
         torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, temp)
@@ -114,6 +124,8 @@ class Store:
 
     def write_outputs(self, best: Best) -> None:
         """Validation predictions and metrics of the best epoch, and the ``result`` event."""
+        if not self.writes:
+            return
         data, classes = self.data, self.data.classes
         predicted = best.probabilities.argmax(1)
         root = Path(data.dataset.root)

@@ -7,6 +7,7 @@ Both kinds answer the same three calls the loop makes: ``train_mode(epoch)``,
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -26,6 +27,7 @@ class FeatureTask:
 
     uses_amp = False
     micro_batch = None
+    sharded = False  # with several ranks, each trains the same head on all features
 
     def __init__(self, head: nn.Module, train_features: torch.Tensor, val_features: torch.Tensor,
                  device: torch.device):
@@ -42,6 +44,9 @@ class FeatureTask:
         view = (epoch - 1) % self.views
         return self.module(self.train_features[indices.to(self.train_features.device), view])
 
+    def gradient_sync(self, last_part: bool):
+        return contextlib.nullcontext()
+
     def val_logits(self, batch_size: int) -> torch.Tensor:
         self.module.eval()
         with torch.inference_mode():
@@ -57,6 +62,7 @@ class ImageTask:
     """Fine-tuning and training from scratch: the whole model on (augmented) pictures."""
 
     uses_amp = True
+    sharded = False  # see transfer.distributed.DistributedImageTask
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_bank: torch.Tensor, val_bank: torch.Tensor,
                  prep: Preprocessing, setup: DeviceSetup):
@@ -103,6 +109,10 @@ class ImageTask:
         x = x.contiguous(memory_format=self.setup.memory_format())
         with self.setup.autocast():
             return self.module(x)
+
+    def gradient_sync(self, last_part: bool):
+        """Where gradients are exchanged between ranks, only after a batch's last part."""
+        return contextlib.nullcontext()
 
     def val_logits(self, batch_size: int) -> torch.Tensor:
         self.module.eval()
