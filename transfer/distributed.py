@@ -172,10 +172,14 @@ class RankGroup:
             def scaled(done: int, _total: int, seconds: float) -> None:
                 progress(min(len(samples), round(done * scale)), len(samples), seconds)
 
-            features, stats, stopped = None, None, False
+            from transfer.features import ExtractionStats
+
+            features, stats, stopped = None, ExtractionStats(), False
             try:
-                features, stats = extract(samples[start:end], views, load_model=load_model, should_stop=should_stop,
-                                          progress=scaled if progress else None, **options)
+                if end > start:  # fewer pictures than ranks leaves some with none
+                    features, stats = extract(samples[start:end], views, load_model=load_model,
+                                              should_stop=should_stop, progress=scaled if progress else None,
+                                              **options)
             except Cancelled:
                 stopped = True
             if self.agree(stopped):
@@ -328,6 +332,15 @@ def leave_group() -> None:
         dist.destroy_process_group()
 
 
+def lost_a_fellow_rank(error: BaseException) -> bool:
+    """Whether ``error`` came from a collective whose other side went away."""
+    if world_size() <= 1:
+        return False
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(
+        words in text for words in ("connection closed by peer", "connection reset", "gloo", "nccl"))
+
+
 def train_as_rank(run: RunDir) -> tuple[str, str]:
     """Join the group, train, and say how it ended: ``(state, sentence)``."""
     from transfer.config import TrainConfig
@@ -344,6 +357,10 @@ def train_as_rank(run: RunDir) -> tuple[str, str]:
         return "failed", str(error)
     except Exception as error:  # a bug or an environment problem: keep the trace in the log
         traceback.print_exc()
+        if lost_a_fellow_rank(error):
+            epoch = run.status().get("epoch") or 0
+            return "failed", (f"Another training process of this run stopped, so this one could not go on; "
+                              f"resuming continues after the last finished epoch ({epoch}).")
         return "failed", f"Training failed on rank {rank()}: {type(error).__name__}: {error}."
 
 
