@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,8 @@ from transfer.config import TrainConfig
 from transfer.distributed import OUTCOME_FILE, SeededShardSampler, contiguous_chunk, is_main, rank, world_size
 from transfer.runs import FINISHED, RunDir
 from transfer.train import PREDICTIONS_FILE, train_run
+
+from test_train import wait_for
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SMALL = dict(image_size=32, device="cpu", batch_size=8)
@@ -71,16 +72,6 @@ def rank_processes(parent: int) -> dict[int, int]:
             if entry.startswith(b"RANK="):
                 found[int(entry[5:])] = int(child)
     return found
-
-
-def wait_for(predicate, timeout: float = 180.0, poll: float = 0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError("timed out waiting")
 
 
 # --------------------------------------------------------------------------- without processes
@@ -151,7 +142,7 @@ def test_finetuning_on_two_ranks_resumes_after_a_rank_is_killed(tmp_path, tiny_d
     epochs = 3
     two = make_run(tmp_path / "runs", data, "finetune", epochs=epochs, augmentation="none")
     process = start_ranks(two, tmp_path / "home-ranks")
-    wait_for(lambda: two.checkpoint_path.exists() or process.poll() is not None)
+    wait_for(lambda: two.checkpoint_path.exists() or process.poll() is not None, poll=0.005)
     assert process.poll() is None, "the ranks ended before their first checkpoint"
     os.kill(rank_processes(process.pid)[1], signal.SIGKILL)
     assert finish(process, two, timeout=120) != 0

@@ -167,10 +167,10 @@ class RankGroup:
         def run(samples: list, views: list[int], *, load_model, should_stop=None, progress=None, **options):
             load_model()  # a head that needs pictures must be found on every rank, not only where computed
             start, end = contiguous_chunk(len(samples), self.size, self.rank)
-            scale = len(samples) / max(1, end - start)
+            scale, vectors = len(samples) / max(1, end - start), len(samples) * len(views)
 
-            def scaled(done: int, _total: int, seconds: float) -> None:
-                progress(min(len(samples), round(done * scale)), len(samples), seconds)
+            def scaled(done: int, _total: int, seconds: float) -> None:  # this rank's pace stands for all
+                progress(min(vectors, round(done * scale)), vectors, seconds)
 
             from transfer.features import ExtractionStats
 
