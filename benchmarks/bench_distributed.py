@@ -1,7 +1,7 @@
 """One process against several: ``transfer train --nproc-per-node N`` side by side on one machine.
 
     python benchmarks/bench_distributed.py [--data DIR] [--method finetune] [--epochs 2]
-                                           [--processes 1,2] [--backbone efficientnet_lite0]
+                                           [--processes 1,2] [--backbone efficientnet_lite0] [--device auto]
 
 Each configuration is a whole ``transfer train DATA --json`` process in one shared
 ``TRANSFER_HOME``; a first, unmeasured one-epoch run fills the decoded-picture cache so that
@@ -35,7 +35,8 @@ DEFAULT_DATA = Path("/work/shared/datasets/hymenoptera_data")
 def train(data: Path, home: Path, args, processes: int, epochs: int) -> dict:
     """One ``transfer train`` process; its JSON summary plus wall time and per-epoch figures."""
     command = [sys.executable, "-m", "transfer.cli", "train", str(data), "--method", args.method,
-               "--backbone", args.backbone, "--epochs", str(epochs), "--runs-dir", str(home / "runs"), "--json"]
+               "--backbone", args.backbone, "--epochs", str(epochs), "--runs-dir", str(home / "runs"), "--json",
+               "--device", args.device]
     if processes > 1:
         command += ["--nproc-per-node", str(processes)]
     started = time.perf_counter()
@@ -69,6 +70,7 @@ def main() -> int:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--processes", default="1,2", help="comma-separated numbers of processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (one GPU per process)")
     args = parser.parse_args()
     data = args.data
     if not data.is_dir():
