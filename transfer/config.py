@@ -198,9 +198,9 @@ def _initial_weights(config) -> None:
 def _distribution(config) -> None:
     """The torchrun settings: each within its range, consistent with each other, and no more
     processes on this machine than it has GPUs (a CUDA run) or cores (a CPU run)."""
-    _whole(config, "nproc_per_node", 1, MAX_PROCESSES_PER_NODE)
-    _whole(config, "nnodes", 1, MAX_NODES)
-    _whole(config, "master_port", 0, 65_535)
+    _whole(config, "nproc_per_node", 1, MAX_PROCESSES_PER_NODE, label="Training processes per machine (nproc per node)")
+    _whole(config, "nnodes", 1, MAX_NODES, label="The number of machines (nnodes)")
+    _whole(config, "master_port", 0, 65_535, label="Master port (0: any free port)")
     node_rank = config.node_rank
     if isinstance(node_rank, bool) or not isinstance(node_rank, int) or not 0 <= node_rank < config.nnodes:
         raise ConfigError(f"Node rank must be this machine's place among the {config.nnodes} machines, a whole "
@@ -241,10 +241,10 @@ def _processes_fit_machine(config) -> None:
                           f"training processes fit on it, not {wanted}; choose {cores} or fewer.")
 
 
-def _whole(config, name: str, low: int, high: int) -> None:
+def _whole(config, name: str, low: int, high: int, label: str | None = None) -> None:
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{_label(name)} must be a whole number from {low} to {high}, not {value!r}.")
+        raise ConfigError(f"{label or _label(name)} must be a whole number from {low} to {high}, not {value!r}.")
 
 
 def _positive_real(config, name: str, upper: float) -> None:
