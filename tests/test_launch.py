@@ -315,3 +315,38 @@ def test_a_killed_worker_takes_its_ranks_along_and_the_run_resumes(home):
     final = manager.wait(run, timeout=WAIT)
     assert final["state"] == "finished" and final["epoch"] == 3
     assert [e["start_epoch"] for e in run.events("info") if "start_epoch" in e] == [1, kept + 1]
+
+
+# --------------------------------------------------------------------------- the web app
+
+
+def test_gpus_to_use_is_offered_with_two_gpus_and_hidden_with_one(home, tiny_dataset, monkeypatch):
+    from apptools import open_app, session_with_dataset
+
+    token, workspace = session_with_dataset(tiny_dataset, {"backbone": "efficientnet_lite0", "method": "features",
+                                                           "epochs": 3, "batch_size": 16, "image_size": 64})
+    monkeypatch.setattr(machine, "gpu_count", lambda: 1)
+    for page in ("pages/configure.py", "pages/train.py"):
+        app = open_app(page, token=token)
+        assert not app.exception, app.exception
+        assert not [box for box in app.number_input if box.label == "GPUs to use"]
+
+    monkeypatch.setattr(machine, "gpu_count", lambda: 2)
+    app = open_app("pages/configure.py", token=token)
+    assert app.number_input(key="gpus").label == "GPUs to use" and app.number_input(key="gpus").max == 2
+    app.number_input(key="gpus").set_value(2).run()
+    assert not app.exception, app.exception
+    assert json.loads((workspace / "draft_config.json").read_text())["nproc_per_node"] == 2
+
+    held = try_take_slots(1, 1)  # the run stays queued: this machine has no GPU to train on
+    try:
+        app = open_app("pages/train.py", token=token)
+        assert app.number_input(key="gpus").value == 2  # as chosen on Configure
+        app.button[0].click().run()  # Start training
+        assert not app.exception, app.exception
+        (run,) = list_runs(workspace / "runs")
+        assert run.config["nproc_per_node"] == 2 and run.config["world_size"] == 2
+        JobManager(workspace / "runs").cancel(run)
+    finally:
+        for fd in held:
+            os.close(fd)
