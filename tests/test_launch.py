@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from test_jobs import wait_until as wait_until_within
 from transfer import cli, launch, machine
 from transfer.config import ConfigError, TrainConfig
 from transfer.jobs import JobManager, free_slot_count, slots_needed, try_take_slots
@@ -67,13 +68,7 @@ def rank_pid(root: Path, rank: int) -> int | None:
 
 
 def wait_until(predicate, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
+    return wait_until_within(predicate, what, timeout)
 
 
 def demo(epochs=3, epoch_seconds=0.6, steps=3, **extra) -> dict:
