@@ -257,11 +257,18 @@ def test_the_train_summary_carries_the_world_size(home):
 
 def test_a_run_on_two_gpus_takes_two_slots_and_cancels_through_its_ranks(home):
     manager = JobManager(home / "runs", max_parallel=2)
+    held = try_take_slots(1, 2)
     wide = manager.submit(demo(epochs=100, epoch_seconds=0.3, device="cuda"))  # demo ranks never touch CUDA
+    time.sleep(0.5)
+    assert wide.status()["state"] == "queued"  # one free slot is not enough, and it takes none
+    assert wide.status()["message"] == "Waiting for 2 free training slots (one per GPU) (next in line)."
+    assert free_slot_count(2) == 1
+    os.close(held[0])
     narrow = manager.submit({**demo(epochs=1, epoch_seconds=0.1), "nproc_per_node": 1})
     wait_until(lambda: (wide.status().get("epoch") or 0) >= 1, "the first epoch on two processes")
     assert free_slot_count(2) == 0
     assert narrow.status()["state"] == "queued" and narrow.status()["queue_position"] == 1
+    assert narrow.status()["message"] == "Waiting for a free training slot (next in line)."
     launched = [e for e in wide.events("info") if "world_size" in e]
     assert launched[0]["world_size"] == 2 and "transfer.demo_ranks" in launched[0]["command"]
 

@@ -380,7 +380,9 @@ def _dispatch_pass() -> list[RunDir]:
         run = RunDir(entry["run_dir"])
         if run.status().get("queue_position") != place:
             ahead = "next in line" if place == 1 else f"{place - 1} runs ahead"
-            run.transition([QUEUED], queue_position=place, message=f"Waiting for a free training slot ({ahead}).")
+            slots = int(entry.get("slots") or 1)
+            wanted = "a free training slot" if slots == 1 else f"{slots} free training slots (one per GPU)"
+            run.transition([QUEUED], queue_position=place, message=f"Waiting for {wanted} ({ahead}).")
     return started
 
 
