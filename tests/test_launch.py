@@ -352,3 +352,25 @@ def test_gpus_to_use_is_offered_with_two_gpus_and_hidden_with_one(home, tiny_dat
     finally:
         for fd in held:
             os.close(fd)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.skipif(machine.cpu_cores() < 2, reason="two CPU processes need two cores")
+def test_two_cpu_processes_fine_tune_through_the_command_line(home, tiny_dataset, capsys):
+    code = cli.main(["train", str(tiny_dataset), "--method", "finetune", "--nproc-per-node", "2", "--epochs", "1",
+                     "--image-size", "64", "--device", "cpu", "--runs-dir", str(home / "runs"), "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0, result
+    assert result["state"] == "finished" and result["world_size"] == 2 and result["epochs"] == 1
+    assert 0.0 <= result["val_accuracy"] <= 1.0
+    run = RunDir(result["run_dir"])
+    assert run.config["world_size"] == 2 and run.config["method"] == "finetune"
+    for name in ("config.json", "status.json", "events.jsonl", "labels.json", "model.safetensors", "model.json",
+                 "checkpoint.pt", launch.RANK_OUTCOME_FILE):
+        assert (run.path / name).is_file(), name
+    # Rank 0 marks the run finished itself; the worker's end event follows a moment later.
+    assert wait_until(lambda: run.events("end"), "the worker's end event")[0]["state"] == "finished"
+    assert [e["epoch"] for e in run.epoch_history()] == [1]  # one run folder, written once per epoch
+    assert list_runs(home / "runs") == [run]
