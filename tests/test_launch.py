@@ -362,10 +362,11 @@ def test_two_cpu_processes_fine_tune_through_the_command_line(home, tiny_dataset
     code = cli.main(["train", str(tiny_dataset), "--method", "finetune", "--nproc-per-node", "2", "--epochs", "1",
                      "--image-size", "64", "--device", "cpu", "--runs-dir", str(home / "runs"), "--json"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0, result
-    assert result["state"] == "finished" and result["world_size"] == 2 and result["epochs"] == 1
-    assert 0.0 <= result["val_accuracy"] <= 1.0
     run = RunDir(result["run_dir"])
+    story = f"{result}\n{run.log_path.read_text()[-3000:] if run.log_path.is_file() else ''}"
+    assert code == 0, story
+    assert result["state"] == "finished" and result["world_size"] == 2 and result["epochs"] == 1, story
+    assert 0.0 <= result["val_accuracy"] <= 1.0, story
     assert run.config["world_size"] == 2 and run.config["method"] == "finetune"
     for name in ("config.json", "status.json", "events.jsonl", "labels.json", "model.safetensors", "model.json",
                  "checkpoint.pt", launch.RANK_OUTCOME_FILE):
