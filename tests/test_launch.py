@@ -193,6 +193,17 @@ def test_an_unanswered_cancel_stops_torchrun_then_kills_what_is_left(tmp_path, m
     assert time.monotonic() - started < 10
 
 
+def test_ranks_that_answered_a_cancel_are_given_time_to_exit(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "CANCEL_GRACE_SECONDS", 0.2)
+    run = RunDir.create(tmp_path / "runs", demo())
+    run.request_cancel()
+    (run.path / launch.RANK_OUTCOME_FILE).write_text(json.dumps({"state": "cancelled", "message": "Cancelled."}))
+    leaving = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"], start_new_session=True)
+    assert launch.supervise(run, leaving, poll=0.05) is False
+    assert leaving.returncode == 0
+    assert launch.rank_outcome(run, 1, forced=False) == ("cancelled", "Cancelled.")
+
+
 # --------------------------------------------------------------------------- slots
 
 

@@ -8,8 +8,9 @@ meets the other machines' torchruns at ``master_addr:master_port`` (one machine 
 uses a free port). :func:`run_ranks` then
 
 - forwards cancel: the ranks read the run's cancel request themselves and stop at their next
-  step; if they have not stopped ``CANCEL_GRACE_SECONDS`` after the request, torchrun is told
-  to stop them (SIGTERM), and ``KILL_GRACE_SECONDS`` later every process of the launch is
+  step; if they have not answered (rank 0 writes its outcome) ``CANCEL_GRACE_SECONDS`` after
+  the request, or have answered but not exited ``ANSWERED_GRACE_SECONDS`` after it, torchrun is
+  told to stop them (SIGTERM), and ``KILL_GRACE_SECONDS`` later every process of the launch is
   killed;
 - makes torchrun die with the worker (``PR_SET_PDEATHSIG``), and hands it the run lock and
   slots, so a run whose worker was killed is seen as interrupted only once its ranks are gone;
@@ -39,6 +40,9 @@ OUTCOME_STATES = (FINISHED, CANCELLED, FAILED)
 # job tests (no torch in the ranks, seconds per run).
 RANK_MODULES = {"train": "transfer.distributed", "demo": "transfer.demo_ranks"}
 CANCEL_GRACE_SECONDS = 5.0
+# Ranks that answered (rank 0 wrote its outcome) are only leaving: tearing down the process group
+# and exiting can take a while on busy cores, so they are not hurried as long.
+ANSWERED_GRACE_SECONDS = 30.0
 KILL_GRACE_SECONDS = 10.0
 POLL_SECONDS = 0.3
 _PR_SET_PDEATHSIG = 1
@@ -102,13 +106,18 @@ def supervise(run: RunDir, process: subprocess.Popen, poll: float = POLL_SECONDS
         now = time.monotonic()
         if cancel_seen is None and run.cancel_requested():
             cancel_seen = now
-        if cancel_seen is not None and terminated is None and now - cancel_seen > CANCEL_GRACE_SECONDS:
+        if cancel_seen is not None and terminated is None and now - cancel_seen > _cancel_grace(run):
             process.terminate()  # torchrun passes SIGTERM on to its ranks and waits for them
             terminated = now
         if terminated is not None and now - terminated > KILL_GRACE_SECONDS:
             kill_launch(process)
         time.sleep(poll)
     return terminated is not None
+
+
+def _cancel_grace(run: RunDir) -> float:
+    answered = (run.path / RANK_OUTCOME_FILE).exists()
+    return ANSWERED_GRACE_SECONDS if answered else CANCEL_GRACE_SECONDS
 
 
 def kill_launch(process: subprocess.Popen) -> None:
