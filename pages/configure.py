@@ -17,6 +17,7 @@ from transfer.estimate import (
 from transfer.methods import METHODS
 from transfer.runs import ACTIVE_STATES, FINISHED, RunDir
 from ui import charts, jobs_view, reports, session, weights_view
+from ui.gpus_view import gpus_to_use
 from ui.sidebar import has_gpu
 
 STATUS_BADGES = {
@@ -89,6 +90,7 @@ method = st.radio(
 )
 st.info(f"Recommended here: **{METHODS[recommendation.method].title}**. {recommendation.reason}")
 initial_weights = weights_view.initial_weights_section(backbone, method, len(dataset.classes), draft)
+gpus = gpus_to_use(draft.get("nproc_per_node"), key="gpus")
 
 # ----------------------------------------------------------------------------- settings
 defaults = dict(METHODS[method].defaults)
@@ -221,6 +223,7 @@ try:
         label_smoothing=float(label_smoothing),
         weight_decay=float(weight_decay),
         initial_weights=initial_weights,
+        nproc_per_node=gpus,
         **{k: v for k, v in extra.items() if v is not None},
     )
     if method == "finetune" and extra.get("train_blocks") is None:

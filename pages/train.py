@@ -22,6 +22,7 @@ from transfer.live import RunEvents
 from transfer.methods import METHODS
 from transfer.runs import ACTIVE_STATES, FINISHED, QUEUED, find_run, list_runs
 from ui import charts, cleanup_view, reports, session
+from ui.gpus_view import gpus_to_use
 from ui.sidebar import has_gpu
 
 RUN_PARAM = "run"
@@ -64,7 +65,7 @@ def chosen_config() -> tuple[TrainConfig | None, bool]:
 
 def start(configs: list[TrainConfig]) -> None:
     try:
-        runs = manager.submit_all([config.to_dict() for config in configs])
+        runs = manager.submit_all([config.validate().to_dict() for config in configs])
     except TransferError as error:  # the session's limit of queued runs, a full disk ...
         st.error(str(error))
         return
@@ -90,13 +91,15 @@ with settings_area:
                     + (f" Starting from your weights **{config.initial_weights['name']}**." if config.initial_weights else ""))
         if defaults:
             st.caption("These are the default settings for this data set; Configure changes them if you like.")
+        config.nproc_per_node = gpus_to_use(config.nproc_per_node, key="gpus")
         left, right = st.columns(2)
         if left.button("Start training", type="primary", icon="🚀"):
             start([config])
         if right.button("Compare the three methods", icon="⚖️",
                         help="Trains feature transfer, fine-tuning and training from scratch on the same "
                              "pictures and split, one after another, each with its own default settings."):
-            shared = {"dataset": config.dataset, "backbone": config.backbone, "seed": config.seed}
+            shared = {"dataset": config.dataset, "backbone": config.backbone, "seed": config.seed,
+                      "nproc_per_node": config.nproc_per_node}
             # An image size chosen on Configure applies to all three; otherwise each method keeps its
             # own default (scratch trains smaller pictures, which keeps the comparison short).
             if config.image_size not in (None, get_backbone(config.backbone).preprocessing.input_size):

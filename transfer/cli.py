@@ -473,12 +473,26 @@ def add_train(sub) -> None:
                         "run of the same architecture, instead of the catalogue's")
     p.add_argument("--no-wait", action="store_true", help="queue the run and return at once")
     p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
+    add_distributed_arguments(p)
 
 
+def add_distributed_arguments(parser) -> None:
+    """torchrun's settings for training on several GPUs or machines (see transfer.launch)."""
+    group = parser.add_argument_group("several GPUs or machines (through torchrun)")
+    group.add_argument("--nproc-per-node", type=int, metavar="N",
+                       help="training processes on this machine: one per GPU, or CPU processes (default 1)")
+    group.add_argument("--nnodes", type=int, metavar="M", help="machines training together (default 1)")
+    group.add_argument("--node-rank", type=int, metavar="R", help="this machine's place, 0 to M-1 (0: the master)")
+    group.add_argument("--master-addr", metavar="HOST", help="host name or address of machine 0")
+    group.add_argument("--master-port", type=int, metavar="P",
+                       help="free port on machine 0, the same on every machine (default: any free port, one machine only)")
+
+
+_DISTRIBUTED_SETTINGS = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port")
 _TRAIN_SETTINGS = ("backbone", "epochs", "batch_size", "lr", "image_size", "seed", "device", "augmentation",
                    "optimizer", "schedule", "label_smoothing", "weight_decay", "early_stopping_patience",
                    "train_blocks", "head_only_epochs", "feature_views", "dropout", "hidden", "val_fraction",
-                   "probe_init")
+                   "probe_init") + _DISTRIBUTED_SETTINGS
 
 
 def cmd_train(args) -> int:
@@ -571,6 +585,7 @@ def train_result(run, status: dict, seconds: float) -> dict:
         "val_accuracy": status.get("val_accuracy"),
         "best_val_accuracy": status.get("best_val_accuracy"),
         "best_epoch": status.get("best_epoch"),
+        "world_size": config.get("world_size", 1),
         "initial_weights": record(config["initial_weights"]) if config.get("initial_weights") else None,
         "seconds": round(seconds, 2),
         "train_seconds": run.summary().get("seconds"),

@@ -10,6 +10,7 @@ says what to change.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from transfer.errors import TransferError
@@ -23,7 +24,11 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 TRAIN_JOB = "train"
 
 # Keys a config.json may carry that are not settings of the training itself.
-_BOOKKEEPING_KEYS = {"job"}
+_BOOKKEEPING_KEYS = {"job", "world_size"}
+MAX_NODES = 1024
+MAX_PROCESSES_PER_NODE = 256
+# A host name or an IPv4/IPv6 address, as torchrun's --master-addr takes it.
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:_\[\]-]{0,252}")
 
 
 class ConfigError(TransferError):
@@ -67,6 +72,13 @@ class TrainConfig:
     split_seed: int = 0
     momentum: float = 0.9  # SGD only
     initial_weights: dict | None = None  # start from these weights instead of the catalogue's (transfer.weights)
+    # Distributed training through torchrun (transfer.launch): processes on this machine, machines
+    # in all, this machine's place among them, and where node 0 listens (port 0: a free one, one machine only).
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
     job: str = field(default=TRAIN_JOB)
 
     # ------------------------------------------------------------------ building
@@ -111,7 +123,12 @@ class TrainConfig:
         return config
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "world_size": self.world_size}
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all machines; the batch size is the batch of all of them together."""
+        return self.nproc_per_node * self.nnodes
 
     # ------------------------------------------------------------------ checking
 
@@ -163,6 +180,7 @@ class TrainConfig:
             raise ConfigError("Name a backbone (see `transfer backbones`).")
         if self.initial_weights is not None:
             _initial_weights(self)
+        _distribution(self)
         return self
 
 
@@ -177,10 +195,56 @@ def _initial_weights(config) -> None:
                           "file: choose feature transfer or fine-tuning, or leave out the weights.")
 
 
-def _whole(config, name: str, low: int, high: int) -> None:
+def _distribution(config) -> None:
+    """The torchrun settings: each within its range, consistent with each other, and no more
+    processes on this machine than it has GPUs (a CUDA run) or cores (a CPU run)."""
+    _whole(config, "nproc_per_node", 1, MAX_PROCESSES_PER_NODE, label="Training processes per machine (nproc per node)")
+    _whole(config, "nnodes", 1, MAX_NODES, label="The number of machines (nnodes)")
+    _whole(config, "master_port", 0, 65_535, label="Master port (0: any free port)")
+    node_rank = config.node_rank
+    if isinstance(node_rank, bool) or not isinstance(node_rank, int) or not 0 <= node_rank < config.nnodes:
+        raise ConfigError(f"Node rank must be this machine's place among the {config.nnodes} machines, a whole "
+                          f"number from 0 to {config.nnodes - 1} (0 on the machine at the master address), "
+                          f"not {node_rank!r}.")
+    if not isinstance(config.master_addr, str) or not _HOST.fullmatch(config.master_addr):
+        raise ConfigError(f"Master address must be the host name or IP address of machine 0, "
+                          f"such as 10.0.0.5, not {config.master_addr!r}.")
+    if config.nnodes > 1 and config.master_port == 0:
+        raise ConfigError("Several machines meet on a fixed port of machine 0: give the master port "
+                          "(for example 29500), the same on every machine.")
+    if config.batch_size < config.world_size:
+        raise ConfigError(f"The batch size ({config.batch_size}) is the batch of all {config.world_size} training "
+                          f"processes together, so it must be at least {config.world_size}.")
+    if config.nproc_per_node > 1:
+        _processes_fit_machine(config)
+
+
+def _processes_fit_machine(config) -> None:
+    from transfer import machine
+
+    wanted = config.nproc_per_node
+    if config.device == "mps":
+        raise ConfigError("Several training processes run on CUDA GPUs or on the CPU, not on Apple's MPS "
+                          "device: choose the cpu or cuda device, or 1 process per machine.")
+    if machine.trains_on_gpus(config.device):
+        gpus = machine.gpu_count()
+        if gpus == 0:
+            raise ConfigError("No CUDA GPU is visible on this machine; choose the cpu or auto device.")
+        if wanted > gpus:
+            raise ConfigError(f"This machine has {gpus} GPU{'s' if gpus != 1 else ''}, so at most {gpus} "
+                              f"training processes fit on it (one per GPU), not {wanted}; choose {gpus} or "
+                              f"fewer, or the cpu device.")
+        return
+    cores = machine.cpu_cores()
+    if wanted > cores:
+        raise ConfigError(f"This machine has {cores} CPU core{'s' if cores != 1 else ''}, so at most {cores} "
+                          f"training processes fit on it, not {wanted}; choose {cores} or fewer.")
+
+
+def _whole(config, name: str, low: int, high: int, label: str | None = None) -> None:
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{_label(name)} must be a whole number from {low} to {high}, not {value!r}.")
+        raise ConfigError(f"{label or _label(name)} must be a whole number from {low} to {high}, not {value!r}.")
 
 
 def _positive_real(config, name: str, upper: float) -> None:

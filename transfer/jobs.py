@@ -9,7 +9,9 @@ session and every terminal shares it. It lives under ``transfer.paths.home() / "
 - ``slots/<pool>-<i>.lock``: the ``device`` pool has ``max_parallel`` slots (training, the
   learning-rate finder), the ``probe`` pool one (short speed measurements). A worker trains
   while it holds an ``flock`` on one of them; the OS releases it when the worker exits or dies,
-  so a crash can never leak a slot.
+  so a crash can never leak a slot. A distributed run on GPUs takes one slot per GPU it uses
+  on this machine (at most the whole pool), all at once or none; on the CPU its processes share
+  one slot, and that slot's threads (see :func:`slots_needed`).
 - ``dispatch.lock``: :func:`dispatch` runs under it, so any number of web servers, sessions
   and terminals may call it at once (a caller that finds it taken leaves a note,
   ``dispatch.wanted``, and returns at once; the holder looks again). It takes a free slot and the run's worker lock itself,
@@ -37,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from transfer import paths
+from transfer import machine, paths
 from transfer.errors import TransferError
 from transfer.runs import (
     ACTIVE_STATES,
@@ -138,11 +140,7 @@ def worker_threads(max_parallel: int) -> int:
     raw = os.environ.get(WORKER_THREADS_ENV, "").strip()
     if raw.isdigit() and int(raw) >= 1:
         return int(raw)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, max_parallel))
+    return max(1, machine.cpu_cores() // max(1, max_parallel))
 
 
 def queue_dir() -> Path:
@@ -237,12 +235,25 @@ def job_place(config: dict) -> tuple[str, int]:
     return _JOB_PLACES.get(config.get("job", "train"), _TRAINING_PLACE)
 
 
+def slots_needed(config: dict, max_parallel: int) -> int:
+    """Device slots a run of ``config`` takes while it trains. A distributed run on GPUs takes one
+    per GPU its processes use on this machine, at most all ``max_parallel``; every other run
+    takes one. On the CPU the processes of a distributed run share one slot: the slot stands for
+    a share of the cores, and its threads are divided between the processes."""
+    if job_place(config)[0] != DEVICE_POOL:
+        return 1
+    processes = int(config.get("nproc_per_node") or 1)
+    if processes <= 1 or not machine.trains_on_gpus(config.get("device", "auto")):
+        return 1
+    return max(1, min(processes, max_parallel))
+
+
 def add_queue_entry(run: RunDir, max_parallel: int) -> Path:
     """Put ``run`` at the back of its part of the machine's queue."""
     pool, priority = job_place(run.config)
     path = queue_dir() / "entries" / f"{priority}-{time.time_ns():020d}-{run.id}.json"
     atomic_write_json(path, {"run_dir": str(run.path), "max_parallel": max_parallel, "pool": pool,
-                             "created_at": time.time()})
+                             "slots": slots_needed(run.config, max_parallel), "created_at": time.time()})
     return path
 
 
@@ -310,13 +321,19 @@ def free_slot_count(max_parallel: int, pool: str = DEVICE_POOL) -> int:
     return sum(not lock_is_held(slot_path(i, pool)) for i in range(max_parallel))
 
 
-def try_take_slot(max_parallel: int, pool: str = DEVICE_POOL) -> int | None:
-    """A descriptor holding one of the machine's slots of ``pool``, or None if all are busy."""
+def try_take_slots(count: int, max_parallel: int, pool: str = DEVICE_POOL) -> list[int]:
+    """Descriptors holding ``count`` of the machine's ``max_parallel`` slots of ``pool``, or none
+    at all when fewer are free (a run never waits holding part of what it needs)."""
+    taken = []
     for index in range(max_parallel):
         fd = try_lock(slot_path(index, pool))
         if fd is not None:
-            return fd
-    return None
+            taken.append(fd)
+            if len(taken) == count:
+                return taken
+    for fd in taken:
+        os.close(fd)
+    return []
 
 
 # --------------------------------------------------------------------------- the dispatcher
@@ -363,15 +380,18 @@ def _dispatch_pass() -> list[RunDir]:
         run = RunDir(entry["run_dir"])
         if run.status().get("queue_position") != place:
             ahead = "next in line" if place == 1 else f"{place - 1} runs ahead"
-            run.transition([QUEUED], queue_position=place, message=f"Waiting for a free training slot ({ahead}).")
+            slots = int(entry.get("slots") or 1)
+            wanted = "a free training slot" if slots == 1 else f"{slots} free training slots (one per GPU)"
+            run.transition([QUEUED], queue_position=place, message=f"Waiting for {wanted} ({ahead}).")
     return started
 
 
 def _start_entry(path: Path, entry: dict):
     """Hand one waiting run to a new worker: the run, None when its pool has no free slot, or
     False when the entry turned out to need nothing (its run was taken meanwhile)."""
-    slot = try_take_slot(pool_size(entry), entry.get("pool", DEVICE_POOL))
-    if slot is None:
+    size = pool_size(entry)
+    slots = try_take_slots(min(int(entry.get("slots") or 1), size), size, entry.get("pool", DEVICE_POOL))
+    if not slots:
         return None
     run = RunDir(entry["run_dir"])
     lock = lock_with_retry(run.worker_lock_path)
@@ -380,7 +400,7 @@ def _start_entry(path: Path, entry: dict):
             remove_queue_entry(path)
             return False
         try:
-            process = _spawn_worker(run, slot, lock, pool_size(entry))
+            process = _spawn_worker(run, slots, lock, size)
         except OSError as error:
             remove_queue_entry(path)
             message = f"Could not start the training process ({error}); check that Python can run here."
@@ -391,23 +411,26 @@ def _start_entry(path: Path, entry: dict):
         remove_queue_entry(path)
         return run
     finally:
-        os.close(slot)  # the worker holds its own copies of both descriptors now
+        for slot in slots:
+            os.close(slot)  # the worker holds its own copies of the descriptors now
         if lock is not None:
             os.close(lock)
 
 
-def _spawn_worker(run: RunDir, slot: int, lock: int, max_parallel: int) -> subprocess.Popen:
-    threads = str(worker_threads(max_parallel))
+def _spawn_worker(run: RunDir, slots: list[int], lock: int, max_parallel: int) -> subprocess.Popen:
+    threads = str(worker_threads(max_parallel) * len(slots))  # each slot brings its share of the cores
     env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_THREADS_ENV: threads,
            "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    command = [sys.executable, "-m", "transfer.worker", str(run.path), "--slot-fd", str(slot), "--lock-fd", str(lock)]
+    command = [sys.executable, "-m", "transfer.worker", str(run.path), "--lock-fd", str(lock)]
+    for slot in slots:
+        command += ["--slot-fd", str(slot)]
     with open(run.log_path, "ab") as log:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            pass_fds=(slot, lock),
+            pass_fds=(*slots, lock),
             start_new_session=True,  # a Ctrl-C or restart of the server does not reach it
             env=env,
         )

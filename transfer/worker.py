@@ -1,12 +1,13 @@
 """The worker process: ``python -m transfer.worker RUN_DIR`` trains one run, then exits.
 
 Started by ``transfer.jobs.dispatch`` in a fresh interpreter when the run leaves the queue,
-with the run's worker lock and a training slot already taken and handed over as open
+with the run's worker lock and its training slot(s) already taken and handed over as open
 descriptors (``--lock-fd``, ``--slot-fd``). It
 
 1. lowers its CPU priority and bounds torch's threads (the web server stays responsive);
 2. marks the run ``running`` and calls the job's function (``transfer.train.train_run`` for
-   training);
+   training), or, for a run on several processes, starts them through torchrun and waits for
+   them (``transfer.launch``);
 3. records how it ended: ``finished``, ``cancelled`` (the job raised ``Cancelled``), or
    ``failed`` with a sentence for the user, and appends one ``end`` event;
 4. gives its slot back and dispatches the next waiting run, so the queue moves on even when
@@ -18,7 +19,7 @@ and marks the run ``interrupted``.
 
 Job types besides training: ``lr_find`` (the learning-rate range test of the Configure page)
 and ``estimate`` (a backbone's speed on this machine, for time estimates). A config with
-``"job": "demo"`` runs ``_demo_job``: a few epochs of sleeping that write the same kinds of
+``"job": "demo"`` runs ``demo_job``: a few epochs of sleeping that write the same kinds of
 events, status and checkpoint as training does. The job-manager tests use it so that they
 exercise queueing, cancelling, killing and resuming in seconds, without torch.
 """
@@ -41,9 +42,11 @@ from transfer.jobs import (
     job_place,
     lock_with_retry,
     lower_priority,
-    try_take_slot,
+    slots_needed,
+    try_take_slots,
     worker_threads,
 )
+from transfer.launch import is_distributed, run_ranks
 from transfer.runs import (
     CANCELLED,
     FAILED,
@@ -72,7 +75,8 @@ class UnknownJob(TransferError):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.worker", description="Train one run directory.")
     parser.add_argument("run_dir")
-    parser.add_argument("--slot-fd", type=int, help="an open descriptor holding a slot (from the dispatcher)")
+    parser.add_argument("--slot-fd", type=int, action="append",
+                        help="an open descriptor holding a slot (from the dispatcher); one per slot the run takes")
     parser.add_argument("--lock-fd", type=int, help="an open descriptor holding the run's worker lock")
     args = parser.parse_args(argv)
 
@@ -84,25 +88,27 @@ def main(argv: list[str] | None = None) -> int:
     if lock is None:
         print(f"another worker is already looking after {run.path}; exiting", file=sys.stderr)
         return 0
-    slot = args.slot_fd
+    slots = args.slot_fd or []
     try:
         if run.transition([QUEUED], pid=os.getpid()) is None:
             print(f"run is {run.state}, not queued; nothing to do", file=sys.stderr)
             return 0
-        if slot is None:
-            slot = wait_for_slot(run)
-        if slot is None:
+        if not slots:
+            slots = wait_for_slots(run)
+        if not slots:
             _end_cancelled_in_queue(run)
             return 0
-        return train_in_slot(run)
+        return train_in_slot(run, (lock, *slots))
     finally:
-        if slot is not None:
-            os.close(slot)  # the slot is free from here on: hand it to the next waiting run
+        for slot in slots:
+            os.close(slot)  # the slots are free from here on: hand them to the next waiting run
+        if slots:
             dispatch()
 
 
-def train_in_slot(run: RunDir) -> int:
-    """Run the job of ``run`` (this process holds a slot for it); returns the exit code."""
+def train_in_slot(run: RunDir, held_fds: tuple[int, ...] = ()) -> int:
+    """Run the job of ``run`` (this process holds its slots, and its lock, as ``held_fds``);
+    returns the exit code."""
     lower_priority()
     os.environ.setdefault(WORKER_THREADS_ENV, str(worker_threads(default_max_parallel())))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # read once, when torch loads
@@ -112,20 +118,22 @@ def train_in_slot(run: RunDir) -> int:
     if started is None:  # cancelled between leaving the queue and starting
         return 0
     print(f"{time.strftime('%H:%M:%S')} worker {os.getpid()} running {run.path}", flush=True)
+    if is_distributed(run.config):
+        return run_distributed(run, held_fds)
     return run_job(run)
 
 
-def wait_for_slot(run: RunDir, poll: float = QUEUE_POLL_SECONDS) -> int | None:
-    """For a worker started by hand: wait for a free slot of the run's pool; returns the slot's
-    lock descriptor, or None if the run was cancelled while waiting."""
+def wait_for_slots(run: RunDir, poll: float = QUEUE_POLL_SECONDS) -> list[int]:
+    """For a worker started by hand: wait until the slots the run needs are free; returns their
+    lock descriptors, or none if the run was cancelled while waiting."""
     pool, _ = job_place(run.config)
     size = default_max_parallel() if pool == DEVICE_POOL else 1
     while not run.cancel_requested():
-        slot = try_take_slot(size, pool)
-        if slot is not None:
-            return slot
+        slots = try_take_slots(slots_needed(run.config, size), size, pool)
+        if slots:
+            return slots
         time.sleep(poll)
-    return None
+    return []
 
 
 def _end_cancelled_in_queue(run: RunDir) -> None:
@@ -158,6 +166,16 @@ def run_job(run: RunDir) -> int:
     return 0
 
 
+def run_distributed(run: RunDir, held_fds: tuple[int, ...]) -> int:
+    """Train on several processes through torchrun (``transfer.launch``) and record how it ended."""
+    try:
+        state, message = run_ranks(run, held_fds, int(os.environ[WORKER_THREADS_ENV]))
+    except OSError as error:  # torchrun could not start at all
+        state, message = FAILED, f"Could not start the training processes ({error}); check that torch is installed."
+    _finish(run, state, message)
+    return 0 if state in (FINISHED, CANCELLED) else 1
+
+
 def job_function(config: dict):
     """The function that trains a run of this config. Imported lazily: real training pulls in
     torch, and the demo job must not."""
@@ -167,7 +185,7 @@ def job_function(config: dict):
 
         return train_run
     if job == DEMO_JOB:
-        return _demo_job
+        return demo_job
     if job == LR_FIND_JOB:
         from transfer.lr_find import lr_find_job
 
@@ -201,7 +219,7 @@ def _finish(run: RunDir, state: str, message: str) -> None:
 # --------------------------------------------------------------------------- the demo job
 
 
-def _demo_job(run: RunDir) -> None:
+def demo_job(run: RunDir) -> None:
     """Pretend training for the job-manager tests: ``epochs`` epochs of ``steps_per_epoch``
     sleeps (``epoch_seconds`` per epoch). Like real training it checks the cancel flag every
     step, writes step and epoch events, saves a checkpoint (JSON here) of each finished epoch,
