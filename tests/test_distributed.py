@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from transfer.config import TrainConfig
-from transfer.distributed import OUTCOME_FILE, SeededShardSampler, contiguous_chunk, is_main, rank, world_size
+from transfer.distributed import (OUTCOME_FILE, SeededShardSampler, contiguous_chunk, is_main, main, rank,
+                                  share_the_cores, world_size)
 from transfer.runs import FINISHED, RunDir
 from transfer.train import PREDICTIONS_FILE, train_run
 
@@ -79,6 +80,23 @@ def rank_processes(parent: int) -> dict[int, int]:
 
 def test_without_a_process_group_this_is_the_only_rank():
     assert (world_size(), rank(), is_main()) == (1, 0, True)
+
+
+def test_ranks_on_one_machine_share_its_cores(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("TRANSFER_WORKER_THREADS", "1" if len(os.sched_getaffinity(0)) < 2 else "2")
+    share_the_cores()
+    assert os.environ["TRANSFER_WORKER_THREADS"] == "1"
+
+
+def test_one_rank_is_plain_training_with_an_outcome(tmp_path, tiny_dataset, monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    run = make_run(tmp_path / "runs", tiny_dataset, "features", epochs=1)
+    (run.path / OUTCOME_FILE).write_text('{"state": "failed", "message": "an earlier attempt"}')
+    assert main([str(run.path)]) == 0
+    assert outcome(run)["state"] == FINISHED and run.state == FINISHED
+    assert "world_size" not in run.events("info")[0]
 
 
 @pytest.mark.parametrize("world", [2, 3])

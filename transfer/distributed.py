@@ -291,7 +291,8 @@ def _environment_number(name: str, default: int) -> int:
 
 def share_the_cores() -> None:
     """Ranks on one machine split its cores (or the worker's share of them) between them,
-    instead of each starting a thread per core."""
+    instead of each starting a thread per core. (torchrun's default OMP_NUM_THREADS=1 would
+    leave all but one core per rank idle; the trainer sets torch's threads from this share.)"""
     local_world = _environment_number("LOCAL_WORLD_SIZE", 1)
     if local_world <= 1:
         return
@@ -300,9 +301,7 @@ def share_the_cores() -> None:
     except AttributeError:
         cores = os.cpu_count() or 1
     cores = min(cores, _environment_number("TRANSFER_WORKER_THREADS", cores))
-    threads = max(1, cores // local_world)
-    threads = min(threads, _environment_number("OMP_NUM_THREADS", threads) or threads)
-    os.environ["TRANSFER_WORKER_THREADS"] = str(threads)
+    os.environ["TRANSFER_WORKER_THREADS"] = str(max(1, cores // local_world))
 
 
 def uses_cuda(config) -> bool:
