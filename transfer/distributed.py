@@ -203,7 +203,6 @@ class DistributedImageTask(ImageTask):
     def __init__(self, *args, ranks: RankGroup, **kwargs):
         self.ranks = ranks
         super().__init__(*args, **kwargs)
-        self.forward_module = self.module
         self.sampler = SeededShardSampler(self.train_bank.shape[0], self.config.seed, self.ranks.size,
                                           self.ranks.rank)
         self.augment_generator = torch.Generator()
@@ -230,14 +229,7 @@ class DistributedImageTask(ImageTask):
         self.forward_module = DistributedDataParallel(self.module, device_ids=devices, forward_sync_buffers=False)
 
     def forward_train(self, indices: torch.Tensor, epoch: int, generator: torch.Generator) -> torch.Tensor:
-        from transfer.augment import augment_batch
-
-        images = self.train_bank[indices.to(self.train_bank.device)]
-        with torch.no_grad():
-            x = augment_batch(images, self.prep, self.spec, generator=self.augment_generator)
-        x = x.contiguous(memory_format=self.setup.memory_format())
-        with self.setup.autocast():
-            return self.forward_module(x)
+        return super().forward_train(indices, epoch, self.augment_generator)
 
     def gradient_sync(self, last_part: bool):
         return contextlib.nullcontext() if last_part else self.forward_module.no_sync()
@@ -267,12 +259,7 @@ class DistributedImageTask(ImageTask):
         for buffer in self.module.buffers():  # every rank validates rank 0's model
             dist.broadcast(buffer, src=0)
         start, end = contiguous_chunk(self.val_bank.shape[0], self.ranks.size, self.ranks.rank)
-        full_bank = self.val_bank
-        try:
-            self.val_bank = full_bank[start:end]
-            mine = super().val_logits(batch_size).cpu()
-        finally:
-            self.val_bank = full_bank
+        mine = self.logits_of(self.val_bank[start:end], batch_size).cpu()
         parts = [part for part in self.ranks.gather(mine) if len(part)]
         return torch.cat(parts).to(self.setup.device)
 
