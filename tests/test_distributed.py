@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from transfer.config import TrainConfig
-from transfer.distributed import OUTCOME_FILE, SeededShardSampler, contiguous_chunk, is_main, rank, world_size
+from transfer.distributed import (OUTCOME_FILE, SeededShardSampler, contiguous_chunk, is_main, main, rank,
+                                  share_the_cores, world_size)
 from transfer.runs import FINISHED, RunDir
 from transfer.train import PREDICTIONS_FILE, train_run
 
@@ -81,6 +82,23 @@ def test_without_a_process_group_this_is_the_only_rank():
     assert (world_size(), rank(), is_main()) == (1, 0, True)
 
 
+def test_ranks_on_one_machine_share_its_cores(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("TRANSFER_WORKER_THREADS", "1" if len(os.sched_getaffinity(0)) < 2 else "2")
+    share_the_cores()
+    assert os.environ["TRANSFER_WORKER_THREADS"] == "1"
+
+
+def test_one_rank_is_plain_training_with_an_outcome(tmp_path, tiny_dataset, monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    run = make_run(tmp_path / "runs", tiny_dataset, "features", epochs=1)
+    (run.path / OUTCOME_FILE).write_text('{"state": "failed", "message": "an earlier attempt"}')
+    assert main([str(run.path)]) == 0
+    assert outcome(run)["state"] == FINISHED and run.state == FINISHED
+    assert "world_size" not in run.events("info")[0]
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_the_sampler_shares_every_batch_out_disjointly_and_repeats_after_a_resume(world):
     size, batch = 23, 8
@@ -140,7 +158,9 @@ def test_a_cancel_request_stops_every_rank_together(tmp_path, tiny_dataset):
 def test_finetuning_on_two_ranks_resumes_after_a_rank_is_killed(tmp_path, tiny_dataset):
     data = tiny_dataset
     epochs = 3
-    two = make_run(tmp_path / "runs", data, "finetune", epochs=epochs, augmentation="none")
+    # 24 training pictures in global batches of 23: the last batch's one picture leaves rank 1
+    # with none, and it must still join the gradient exchange.
+    two = make_run(tmp_path / "runs", data, "finetune", epochs=epochs, augmentation="none", batch_size=23)
     process = start_ranks(two, tmp_path / "home-ranks")
     wait_for(lambda: two.checkpoint_path.exists() or process.poll() is not None, poll=0.005)
     assert process.poll() is None, "the ranks ended before their first checkpoint"
@@ -158,7 +178,7 @@ def test_finetuning_on_two_ranks_resumes_after_a_rank_is_killed(tmp_path, tiny_d
     assert any(e.get("start_epoch") == kept + 1 for e in two.events("info"))
     assert sorted({e["epoch"] for e in two.events("epoch")}) == list(range(1, epochs + 1))
 
-    one = make_run(tmp_path / "one", data, "finetune", epochs=epochs, augmentation="none")
+    one = make_run(tmp_path / "one", data, "finetune", epochs=epochs, augmentation="none", batch_size=23)
     train_run(one)
     val_pictures = len(probabilities(one))
     assert abs(status["best_val_accuracy"] - one.status()["best_val_accuracy"]) <= 2 / val_pictures

@@ -203,7 +203,6 @@ class DistributedImageTask(ImageTask):
     def __init__(self, *args, ranks: RankGroup, **kwargs):
         self.ranks = ranks
         super().__init__(*args, **kwargs)
-        self.forward_module = self.module
         self.sampler = SeededShardSampler(self.train_bank.shape[0], self.config.seed, self.ranks.size,
                                           self.ranks.rank)
         self.augment_generator = torch.Generator()
@@ -230,14 +229,7 @@ class DistributedImageTask(ImageTask):
         self.forward_module = DistributedDataParallel(self.module, device_ids=devices, forward_sync_buffers=False)
 
     def forward_train(self, indices: torch.Tensor, epoch: int, generator: torch.Generator) -> torch.Tensor:
-        from transfer.augment import augment_batch
-
-        images = self.train_bank[indices.to(self.train_bank.device)]
-        with torch.no_grad():
-            x = augment_batch(images, self.prep, self.spec, generator=self.augment_generator)
-        x = x.contiguous(memory_format=self.setup.memory_format())
-        with self.setup.autocast():
-            return self.forward_module(x)
+        return super().forward_train(indices, epoch, self.augment_generator)
 
     def gradient_sync(self, last_part: bool):
         return contextlib.nullcontext() if last_part else self.forward_module.no_sync()
@@ -267,12 +259,7 @@ class DistributedImageTask(ImageTask):
         for buffer in self.module.buffers():  # every rank validates rank 0's model
             dist.broadcast(buffer, src=0)
         start, end = contiguous_chunk(self.val_bank.shape[0], self.ranks.size, self.ranks.rank)
-        full_bank = self.val_bank
-        try:
-            self.val_bank = full_bank[start:end]
-            mine = super().val_logits(batch_size).cpu()
-        finally:
-            self.val_bank = full_bank
+        mine = self.logits_of(self.val_bank[start:end], batch_size).cpu()
         parts = [part for part in self.ranks.gather(mine) if len(part)]
         return torch.cat(parts).to(self.setup.device)
 
@@ -291,7 +278,8 @@ def _environment_number(name: str, default: int) -> int:
 
 def share_the_cores() -> None:
     """Ranks on one machine split its cores (or the worker's share of them) between them,
-    instead of each starting a thread per core."""
+    instead of each starting a thread per core. (torchrun's default OMP_NUM_THREADS=1 would
+    leave all but one core per rank idle; the trainer sets torch's threads from this share.)"""
     local_world = _environment_number("LOCAL_WORLD_SIZE", 1)
     if local_world <= 1:
         return
@@ -300,9 +288,7 @@ def share_the_cores() -> None:
     except AttributeError:
         cores = os.cpu_count() or 1
     cores = min(cores, _environment_number("TRANSFER_WORKER_THREADS", cores))
-    threads = max(1, cores // local_world)
-    threads = min(threads, _environment_number("OMP_NUM_THREADS", threads) or threads)
-    os.environ["TRANSFER_WORKER_THREADS"] = str(threads)
+    os.environ["TRANSFER_WORKER_THREADS"] = str(max(1, cores // local_world))
 
 
 def uses_cuda(config) -> bool:

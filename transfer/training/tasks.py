@@ -67,6 +67,7 @@ class ImageTask:
     def __init__(self, model: nn.Module, config: TrainConfig, train_bank: torch.Tensor, val_bank: torch.Tensor,
                  prep: Preprocessing, setup: DeviceSetup):
         self.module = model.to(setup.device, memory_format=setup.memory_format())
+        self.forward_module = self.module  # what training steps call (a DDP wrapper with several ranks)
         self.config = config
         self.train_bank = train_bank.to(setup.device)  # uint8 (N, S, S, 3), resident on the device
         self.val_bank = val_bank.to(setup.device)
@@ -108,18 +109,22 @@ class ImageTask:
             x = augment_batch(images, self.prep, self.spec, generator=generator)
         x = x.contiguous(memory_format=self.setup.memory_format())
         with self.setup.autocast():
-            return self.module(x)
+            return self.forward_module(x)
 
     def gradient_sync(self, last_part: bool):
         """Where gradients are exchanged between ranks, only after a batch's last part."""
         return contextlib.nullcontext()
 
     def val_logits(self, batch_size: int) -> torch.Tensor:
+        return self.logits_of(self.val_bank, batch_size)
+
+    def logits_of(self, bank: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Logits of uint8 pictures in evaluation mode (no augmentation)."""
         self.module.eval()
         out = []
         with torch.inference_mode(), self.setup.autocast():
-            for start in range(0, self.val_bank.shape[0], batch_size):
-                x = eval_batch(self.val_bank[start : start + batch_size], self.prep)
+            for start in range(0, bank.shape[0], batch_size):
+                x = eval_batch(bank[start : start + batch_size], self.prep)
                 out.append(self.module(x.contiguous(memory_format=self.setup.memory_format())).float())
         return torch.cat(out) if out else torch.empty(0)
 
