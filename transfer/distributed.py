@@ -41,10 +41,10 @@ import torch
 import torch.distributed as dist
 
 from transfer.errors import TransferError
+from transfer.launch import RANK_OUTCOME_FILE as OUTCOME_FILE  # one name for the file both sides read
 from transfer.runs import Cancelled, RunDir, atomic_write_json
 from transfer.training.tasks import ImageTask
 
-OUTCOME_FILE = "rank-outcome.json"
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)  # a first epoch's feature pass can take long
 
 
