@@ -14,6 +14,7 @@ and reading a user's weights file safely.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,7 @@ def _timm_hub_id(model_name: str) -> str | None:
 # --------------------------------------------------------------------------- catalogue
 
 
+@functools.cache
 def get_backbone(name: str) -> Backbone:
     """The catalogue entry for ``name`` (``efficientnet_lite0``, ``resnet18``, ``timm/convnext_tiny``).
 

@@ -273,7 +273,9 @@ def _timm_answers_dir() -> Path:
     from transfer import paths
 
     version = re.sub(r"[^A-Za-z0-9._-]", "_", _installed_version("timm") or "none")
-    return paths.cache_dir("catalogue") / f"timm-{version}"
+    folder = paths.cache_dir("catalogue") / f"timm-{version}"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def _safe_file_name(text: str) -> str:
