@@ -17,7 +17,7 @@ import logging
 
 import torch
 from torch import fx, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 _log = logging.getLogger(__name__)
 
@@ -71,10 +71,14 @@ def folded_copy(model: nn.Module, check_input: torch.Tensor | None = None) -> nn
         return model
     if not pairs:
         return model
-    folded = copy.deepcopy(model).eval()
+    # New module objects, the same tensors: only the folded convolutions get new weights, so the
+    # copy costs almost nothing and the original (trained, saved later) is never changed.
+    shared = {id(tensor): tensor for tensor in [*model.parameters(), *model.buffers()]}
+    folded = copy.deepcopy(model, shared).eval()
     for conv_name, norm_name in pairs:
         conv, norm = folded.get_submodule(conv_name), folded.get_submodule(norm_name)
-        folded.set_submodule(conv_name, fuse_conv_bn_eval(conv, norm))
+        conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                                      norm.eps, norm.weight, norm.bias)
         folded.set_submodule(norm_name, _what_remains(norm))
     if check_input is not None and not _same_output(model, folded, check_input):
         _log.warning("BatchNorm folding changed the model's output; using the model as it is")
