@@ -274,8 +274,9 @@ class _Extraction:
             # loads and while the backbone works on earlier batches.
             pending = deque(prefetcher.submit(decode, chunk) for chunk in chunks[:DECODE_LOOKAHEAD_BATCHES])
             queued = len(pending)
-            model = load_model().to(self.setup.device, memory_format=self.setup.memory_format()).eval()
-            catcher = HeadInputCatcher(folded_copy(model))  # frozen: BatchNorm folded into convolutions
+            model = load_model().to(self.setup.device).eval()
+            # Frozen, so BatchNorm can be folded into the convolutions (in the layout they run fastest in).
+            catcher = HeadInputCatcher(folded_copy(model).to(memory_format=self.setup.memory_format()))
             try:
                 for chunk in chunks:
                     bank = pending.popleft().result()
