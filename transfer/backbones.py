@@ -35,8 +35,6 @@ from transfer.catalogue import (  # noqa: F401  (the catalogue's public names, f
     WeightsUnavailable,
     bundled_names,
     is_online,
-    list_backbones,
-    search_timm,
     torchvision_names,
     weights_status,
 )
@@ -165,6 +163,19 @@ def get_backbone(name: str) -> Backbone:
     if name.startswith(TIMM_PREFIX):
         import timm  # noqa: F401  (loaded, the catalogue asks it in this process)
     return catalogue.get_backbone(name)
+
+
+def list_backbones(search: str | None = None, timm_limit: int = 50) -> list[Backbone]:
+    """:func:`transfer.catalogue.list_backbones`, with timm searched in this process."""
+    if search:
+        import timm  # noqa: F401
+    return catalogue.list_backbones(search, timm_limit)
+
+
+def search_timm(text: str, limit: int = 50) -> list[str]:
+    import timm  # noqa: F401
+
+    return catalogue.search_timm(text, limit)
 
 
 _BUILDERS = {
