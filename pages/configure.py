@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from transfer.backbones import UNAVAILABLE, get_backbone
+from transfer.catalogue import METHODS, UNAVAILABLE, get_backbone
 from transfer.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 from transfer.errors import TransferError
 from transfer.estimate import (
@@ -14,7 +14,6 @@ from transfer.estimate import (
     request_measurement,
     stored_forward_seconds,
 )
-from transfer.methods import METHODS
 from transfer.runs import ACTIVE_STATES, FINISHED, RunDir
 from ui import charts, jobs_view, reports, session, weights_view
 from ui.gpus_view import gpus_to_use
@@ -178,9 +177,13 @@ with st.expander("Advanced settings", expanded=False):
     preview_samples = [samples[0] for samples in dataset.by_class("train").values() if samples][:4]
     if preview_samples:
         st.caption(f"What '{augmentation}' augmentation does to a few of your pictures (each column: one picture, three random versions):")
-        versions = reports.augmentation_preview(preview_samples, tuple(s.sha256 for s in preview_samples),
-                                                backbone, int(image_size), augmentation)
-        grid = st.columns(len(versions))
+        try:
+            versions = reports.augmentation_preview(preview_samples, tuple(s.sha256 for s in preview_samples),
+                                                    backbone, int(image_size), augmentation)
+        except TransferError as error:
+            versions = []
+            st.caption(f"The preview is not available: {error}")
+        grid = st.columns(len(versions)) if versions else []
         for column, copies in zip(grid, versions):
             column.image(copies, width=96)
     extra: dict = {}

@@ -1,8 +1,8 @@
 """Predict: try a finished run's model on new pictures.
 
 Drop one or many pictures (every format the data layer reads), take one with the webcam, or
-give a zip of pictures for a table and a CSV. The model is loaded once per server process and
-run (see ui.predict_view); each picture's answer is cached, so clicking around re-predicts nothing.
+give a zip of pictures for a table and a CSV. The model is loaded with the first picture, once per
+server process (see ui.predict_view); each picture's answer is cached, so clicking around re-predicts nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +29,21 @@ def cam_sentence(predictor) -> tuple[bool, str]:
     return info.found, info.description
 
 
+def loaded_predictor(run):
+    """The run's model, loaded on the first picture: opening the page loads nothing (no torch)."""
+    try:
+        return predict_view.predictor_for(run)
+    except TransferError as error:
+        st.error(str(error))
+        st.stop()
+
+
 def show_pictures(run, uploads: list[tuple[str, bytes]], top_k: int, show_cam: bool, key: str) -> None:
+    predictor = loaded_predictor(run)
+    if show_cam:
+        show_cam, cam_note = cam_sentence(predictor)
+        if not show_cam:
+            st.caption(f"No heat map for this model: {cam_note}")
     version = predict_view.weights_version(run)
     for index, (name, data) in enumerate(uploads):
         result = predict_view.predict_picture(str(run.path), version, predict_view.digest(data), name, data, top_k,
@@ -38,6 +52,7 @@ def show_pictures(run, uploads: list[tuple[str, bytes]], top_k: int, show_cam: b
 
 
 def show_zip(run, name: str, data: bytes, top_k: int) -> None:
+    loaded_predictor(run)
     result, error = predict_view.predict_zip(str(run.path), predict_view.weights_version(run),
                                              predict_view.digest(data), data, top_k)
     if error:
@@ -62,19 +77,11 @@ def show_zip(run, name: str, data: bytes, top_k: int) -> None:
 
 run = predict_view.choose_finished_run("predict_run")
 if run is not None:
-    try:
-        predictor = predict_view.predictor_for(run)
-    except TransferError as error:
-        st.error(str(error))
-        st.stop()
-    classes = len(predictor.labels)
+    classes = len(run.labels() or loaded_predictor(run).labels)
     left, right = st.columns(2)
     top_k = left.slider("Classes to show", 1, classes, min(3, classes), key="top_k")
-    has_cam, cam_note = cam_sentence(predictor)
-    show_cam = right.toggle("Show where the model looked (Grad-CAM)", key="show_cam", disabled=not has_cam,
+    show_cam = right.toggle("Show where the model looked (Grad-CAM)", key="show_cam",
                             help="A heat map over the picture: the parts that raised the predicted class's score.")
-    if not has_cam:
-        right.caption(f"No heat map for this model: {cam_note}")
 
     pictures_tab, webcam_tab, zip_tab = st.tabs(["🖼️ Pictures", "📷 Webcam", "🗜️ Zip of pictures"])
     with pictures_tab:

@@ -160,3 +160,33 @@ def test_bundled_weights_know_ants_and_bees(name):
             top5 = model(batch).topk(5).indices
         hit_rate = (top5 == index).any(dim=1).float().mean().item()
         assert hit_rate >= 0.8, (folder, hit_rate)  # chance would be 0.5%
+
+
+def test_the_torchvision_snapshot_matches_the_installed_torchvision():
+    """transfer/torchvision_catalogue.json is what pages read without torch: it must say what
+    torchvision itself says (refresh: python -m transfer.backbones --write-torchvision-table)."""
+    from transfer import catalogue
+
+    live = backbones.live_torchvision_table()
+    stored = json.loads(catalogue.TORCHVISION_TABLE.read_text())
+    assert stored["torchvision"] == live["torchvision"]
+    assert stored["models"] == json.loads(json.dumps(live["models"]))
+
+
+def test_timm_entries_are_described_by_a_child_when_timm_is_not_loaded(monkeypatch):
+    """The server asks a child process (kept on disk afterwards); the engine asks timm directly."""
+    import sys
+
+    from transfer import catalogue
+
+    direct = catalogue._timm_entry_here("timm/convnext_atto")
+    monkeypatch.delitem(sys.modules, "timm")
+    catalogue.get_backbone.cache_clear()
+    try:
+        asked = catalogue.get_backbone("timm/convnext_atto")
+        assert asked.to_dict() == direct.to_dict()
+        assert list(catalogue._timm_answers_dir().glob("describe-*.json"))  # kept: no child next time
+        found = catalogue.search_timm("convnext_atto", 5)
+        assert "timm/convnext_atto.d2_in1k" in found and all("convnext_atto" in name for name in found)
+    finally:
+        catalogue.get_backbone.cache_clear()

@@ -496,8 +496,6 @@ _TRAIN_SETTINGS = ("backbone", "epochs", "batch_size", "lr", "image_size", "seed
 
 
 def cmd_train(args) -> int:
-    import importlib
-    import threading
     import time
     from pathlib import Path
 
@@ -510,12 +508,9 @@ def cmd_train(args) -> int:
     if not source.exists():
         raise UserError(f"{args.data} does not exist: give a folder of class folders or a .zip of one.")
     settings = {name: getattr(args, name) for name in _TRAIN_SETTINGS}
-    # torch (needed for the method defaults) imports while the data are checked.
-    importer = threading.Thread(target=importlib.import_module, args=("transfer.methods",), daemon=True)
-    importer.start()
-    # Checked here, so data problems are reported at once and never reach a worker.
+    # Checked here, so data problems are reported at once and never reach a worker. This process
+    # never imports torch (the method defaults come from transfer.catalogue): only the worker does.
     dataset = load_dataset(source.resolve(), val_fraction=settings["val_fraction"] or 0.2)
-    importer.join()
     if args.weights:
         settings.update(initial_weights_setting(args, len(dataset.classes)))
     config = TrainConfig.for_method(args.method, dataset=dataset.to_dict(), **settings)

@@ -2,7 +2,7 @@
 
 A run's ``config.json`` is ``TrainConfig.to_dict()``; the worker rebuilds it with
 ``TrainConfig.from_dict``. ``TrainConfig.for_method(method, **overrides)`` starts from the
-settings that suit a transfer method (``transfer.methods.METHODS[...].defaults``) and
+settings that suit a transfer method (``transfer.catalogue.METHODS[...].defaults``) and
 applies the user's choices on top. Every impossible value is refused with a sentence that
 says what to change.
 """
@@ -87,7 +87,7 @@ class TrainConfig:
     def for_method(cls, method: str = "features", **overrides) -> "TrainConfig":
         """The settings that suit ``method``, then ``overrides`` (``None`` values are ignored,
         so unset command-line options keep the method's defaults)."""
-        from transfer.methods import get_method
+        from transfer.catalogue import get_method
 
         try:
             defaults = dict(get_method(method).defaults)
@@ -133,7 +133,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ checking
 
     def validate(self) -> "TrainConfig":
-        from transfer.methods import METHODS
+        from transfer.catalogue import METHODS
 
         if self.method not in METHODS:
             raise ConfigError(f"Unknown method '{self.method}': choose one of {', '.join(METHODS)}.")

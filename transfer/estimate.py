@@ -68,7 +68,7 @@ def estimate_training_seconds(method: str, *, train_images: int, val_images: int
                               forward_seconds: float, feature_views: int = 1,
                               features_cached: bool = False) -> Estimate:
     """Expected wall time of a run, from the measured seconds per forward pass."""
-    from transfer.methods import get_method
+    from transfer.catalogue import get_method
 
     method_info = get_method(method)
     decode = (train_images + val_images) * _DECODE_SECONDS_PER_IMAGE

@@ -40,6 +40,7 @@ from transfer.backbones import Preprocessing, get_backbone
 from transfer.cache import DecodedImageCache
 from transfer.data import Sample
 from transfer.devices import DeviceSetup, is_out_of_memory, release_cached_memory
+from transfer.fusion import folded_copy
 from transfer.heads import head_module
 
 CENTRE_VIEW = 0
@@ -273,8 +274,9 @@ class _Extraction:
             # loads and while the backbone works on earlier batches.
             pending = deque(prefetcher.submit(decode, chunk) for chunk in chunks[:DECODE_LOOKAHEAD_BATCHES])
             queued = len(pending)
-            catcher = HeadInputCatcher(load_model().to(self.setup.device, memory_format=self.setup.memory_format()))
-            catcher.model.eval()
+            model = load_model().to(self.setup.device).eval()
+            # Frozen, so BatchNorm can be folded into the convolutions (in the layout they run fastest in).
+            catcher = HeadInputCatcher(folded_copy(model).to(memory_format=self.setup.memory_format()))
             try:
                 for chunk in chunks:
                     bank = pending.popleft().result()

@@ -1,4 +1,5 @@
-"""The transfer methods, as data, and the one function that applies any of them to a model.
+"""The transfer methods applied to a model (their descriptions, as data, live in
+:mod:`transfer.catalogue`, which pages read without torch).
 
 * ``features`` (feature transfer): the pretrained backbone is frozen, BatchNorm statistics
   included; only the new head learns, so backbone features can be computed once and cached.
@@ -10,83 +11,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
-from transfer.errors import TransferError
+from transfer.catalogue import METHODS, MethodError, TransferMethod, get_method  # noqa: F401  (public names)
 from transfer.heads import head_module
-
-
-class MethodError(TransferError):
-    """An unknown method or an impossible setting for one."""
-
-
-@dataclass(frozen=True)
-class TransferMethod:
-    name: str
-    title: str
-    summary: str  # one plain sentence for people who know their pictures, not PyTorch
-    pretrained: bool
-    trains_backbone: bool
-    caches_features: bool
-    backbone_lr_mult: float  # backbone learning rate relative to the head's
-    defaults: dict = field(default_factory=dict)  # training settings that suit the method
-
-
-METHODS: dict[str, TransferMethod] = {
-    method.name: method
-    for method in (
-        TransferMethod(
-            name="features",
-            title="Feature transfer",
-            summary="Keep the pretrained network as it is and teach only a new last layer: "
-            "results in seconds, best with few pictures or no GPU.",
-            pretrained=True,
-            trains_backbone=False,
-            caches_features=True,
-            backbone_lr_mult=0.0,
-            defaults={"epochs": 30, "lr": 1e-3, "batch_size": 64, "augmentation": "light", "optimizer": "adamw",
-                      "schedule": "onecycle", "weight_decay": 1e-4, "label_smoothing": 0.0},
-        ),
-        TransferMethod(
-            name="finetune",
-            title="Fine-tuning",
-            summary="Start from the pretrained network and adjust all of it (or its last blocks) "
-            "to your pictures: slower, best with many pictures or pictures unlike everyday photos.",
-            pretrained=True,
-            trains_backbone=True,
-            caches_features=False,
-            backbone_lr_mult=0.1,
-            # Six epochs: the head starts trained (LP-FT), so the backbone needs only a short
-            # adjustment; more mostly costs time on a CPU (the demo's Compare stays under 5 minutes).
-            defaults={"epochs": 6, "lr": 1e-3, "batch_size": 32, "augmentation": "light", "optimizer": "adamw",
-                      "schedule": "onecycle", "weight_decay": 1e-2, "label_smoothing": 0.1},
-        ),
-        TransferMethod(
-            name="scratch",
-            title="Training from scratch",
-            summary="Use the same network design but start from random weights: the baseline that "
-            "shows how much the pretrained knowledge is worth.",
-            pretrained=False,
-            trains_backbone=True,
-            caches_features=False,
-            backbone_lr_mult=1.0,
-            # A baseline, sized for the few hundred pictures people bring: from random weights such
-            # data cannot teach a network much in any number of epochs, so six epochs at 128 px
-            # show the gap to the pretrained methods at a third of the cost of the backbone's size.
-            defaults={"epochs": 6, "lr": 3e-3, "batch_size": 32, "augmentation": "strong", "optimizer": "adamw",
-                      "schedule": "onecycle", "weight_decay": 5e-2, "label_smoothing": 0.1, "image_size": 128},
-        ),
-    )
-}
-
-
-def get_method(name: str) -> TransferMethod:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise MethodError(f"Unknown method '{name}': choose one of {', '.join(METHODS)}.") from None
 
 
 @dataclass

@@ -1,22 +1,11 @@
-"""How many blocks a backbone has, for the fine-tuning slider (computed once per backbone)."""
+"""How many blocks a backbone has, for the fine-tuning slider (computed once per backbone, in a
+child process: counting needs torch, which the web server does not load)."""
 
 import streamlit as st
 
+from transfer.page_helpers import block_count_in_child
 
-@st.cache_data(show_spinner=False, max_entries=64)
+
+@st.cache_data(show_spinner="Counting the backbone's blocks ...", max_entries=64)
 def block_count(backbone: str) -> int:
-    import torch
-
-    from transfer.backbones import load_backbone
-    from transfer.heads import replace_head
-    from transfer.methods import backbone_blocks
-
-    with torch.device("meta"):  # only the structure matters: no memory, no initialisation
-        try:
-            model = load_backbone(backbone, pretrained=False)
-        except NotImplementedError:
-            model = None
-    if model is None:
-        model = load_backbone(backbone, pretrained=False)
-    replace_head(model, 2)
-    return len(backbone_blocks(model))
+    return block_count_in_child(backbone)

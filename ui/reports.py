@@ -36,18 +36,15 @@ def _version(source: Path) -> float:
 @st.cache_data(show_spinner=False, max_entries=64)
 def catalogue_rows(search: str = "") -> list[dict]:
     """The backbone catalogue as table rows, bundled backbones first."""
-    from transfer.backbones import list_backbones
+    from transfer.catalogue import list_backbones
 
     return [entry.to_dict() for entry in list_backbones(search or None, timm_limit=20)]
 
 
 @st.cache_data(show_spinner="Preparing augmented samples ...", max_entries=32)
 def augmentation_preview(_samples: list, sample_ids: tuple, backbone: str, image_size: int, preset: str) -> list:
-    """Augmented copies of a few training pictures, as training will see them (``sample_ids`` keys the cache)."""
-    from transfer.augment import preprocessing_for, preview
-    from transfer.backbones import get_backbone
-    from transfer.cache import DecodedImageCache
+    """Augmented copies of a few training pictures, as training will see them (``sample_ids`` keys
+    the cache); made in a child process, so the server does not load torch for them."""
+    from transfer.page_helpers import augmentation_preview_in_child
 
-    prep = preprocessing_for(get_backbone(backbone).preprocessing, image_size)
-    arrays = [DecodedImageCache().get(sample, prep.resize_size) for sample in _samples]
-    return preview(arrays, prep, preset)
+    return augmentation_preview_in_child(_samples, backbone, image_size, preset)

@@ -9,23 +9,16 @@ from ui import session
 
 @st.cache_resource
 def device_description() -> str:
-    import torch
+    from transfer.gpus import describe_device  # probes without torch in this process
 
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return f"GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB)"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "GPU: Apple (MPS)"
-    import os
-
-    return f"CPU ({os.cpu_count()} cores)"
+    return describe_device()
 
 
 @st.cache_resource
 def has_gpu() -> bool:
-    import torch
+    from transfer import gpus
 
-    return torch.cuda.is_available() or bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    return gpus.has_gpu()
 
 
 def render() -> None:

@@ -132,7 +132,7 @@ def feature_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, mo
     """Head training on cached features; None when this architecture's head cannot be fed
     features (a convolutional head such as SqueezeNet's), so pictures are used instead.
     ``extract`` is :func:`transfer.features.extract_features` or its sharded form."""
-    from transfer.features import FeatureCache
+    from transfer.features import ExtractionStats, FeatureCache
 
     spec = get_preset(config.augmentation)
     views = list(range(config.feature_views if spec is not None else 1))
@@ -157,9 +157,15 @@ def feature_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, mo
                                                           f"continuing {n} pictures at a time.", batch_size=n))
     reporter.progress("features", 0, total, 0.0)
     try:
-        train_features, train_stats = extract(data.train_samples, views, progress=progress_from(0), **common)
-        val_features, val_stats = extract(data.val_samples, [0],
-                                          progress=progress_from(len(data.train_samples) * len(views)), **common)
+        if views == [0]:  # one pass over both splits: no pause between them, the backbone set up once
+            every, train_stats = extract(data.train_samples + data.val_samples, views, progress=progress_from(0),
+                                         **common)
+            train_features, val_features = every[:len(data.train_samples)], every[len(data.train_samples):]
+            val_stats = ExtractionStats()
+        else:
+            train_features, train_stats = extract(data.train_samples, views, progress=progress_from(0), **common)
+            val_features, val_stats = extract(data.val_samples, [0],
+                                              progress=progress_from(len(data.train_samples) * len(views)), **common)
     except _HeadNeedsPictures:
         reporter.info("This backbone's head works on feature maps, so the frozen backbone runs on every batch.")
         return None
