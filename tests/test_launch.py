@@ -122,20 +122,6 @@ def test_processes_fit_the_gpus_of_a_cuda_run_and_the_cores_of_a_cpu_run(monkeyp
         TrainConfig.for_method("finetune", dataset="d", nproc_per_node=2, device="cuda")
 
 
-def test_gpus_hidden_by_cuda_visible_devices_are_not_counted(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
-    assert machine._visible(4) == 2
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,7,1")  # CUDA stops at the GPU that is not there
-    assert machine._visible(4) == 1
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert machine._visible(4) == 0
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert machine._visible(3) == 3
-
-
-# --------------------------------------------------------------------------- the command line of torchrun
-
-
 def test_torchrun_command_for_one_machine_and_for_node_1_of_two(tmp_path, monkeypatch):
     monkeypatch.setattr(machine, "cpu_cores", lambda: 8)
     one = TrainConfig.for_method("finetune", dataset="d", device="cpu", nproc_per_node=4)

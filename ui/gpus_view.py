@@ -1,6 +1,6 @@
 """"GPUs to use": offered on a machine with several GPUs, absent with one or none.
 
-The GPUs are counted by ``transfer.machine.gpu_count`` (``nvidia-smi -L`` once per server,
+The GPUs are counted by ``transfer.machine.gpu_count`` (``transfer.gpus``: probed once per server,
 or torch when it is loaded already), so a page shows the control without loading torch.
 """
 
