@@ -152,3 +152,28 @@ def test_an_empty_bank_reads_as_empty(tmp_path):
     bank, _ = open_or_build([], SIDE)
     assert len(bank) == 0 and bank.take([]).shape == (0, SIDE, SIDE, 3) and list(bank.batches(4)) == []
     assert isinstance(PictureBank(bank.path), PictureBank)
+
+
+def test_device_batches_on_the_cpu_read_the_file_and_match_memory(samples, in_memory):
+    from transfer.bank import DeviceBatches
+
+    bank, _ = open_or_build(samples, SIDE)
+    for resident in (False, True):  # a copy in (device) memory, as a GPU keeps one that fits
+        batches = DeviceBatches(bank.rows(4, len(bank)), "cpu", resident=resident)
+        assert (batches.resident is not None) == resident and not batches.pinned and len(batches) == len(bank) - 4
+        assert torch.equal(batches.take(torch.tensor([3, 0, 7])), in_memory[[7, 4, 11]])
+        assert torch.equal(torch.cat(list(batches.batches(5))), in_memory[4:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_device_batches_on_a_gpu_resident_or_pinned_give_the_same_pictures(samples, in_memory):
+    from transfer.bank import DeviceBatches
+
+    bank, _ = open_or_build(samples, SIDE)
+    assert DeviceBatches(bank, "cuda").resident is not None  # a few kilobytes always fit
+    for resident in (True, False):
+        batches = DeviceBatches(bank, "cuda", resident=resident)
+        assert batches.pinned == (not resident)
+        taken = batches.take(torch.tensor([5, 1, 1]))
+        assert taken.device.type == "cuda" and torch.equal(taken.cpu(), in_memory[[5, 1, 1]])
+        assert torch.equal(torch.cat(list(batches.batches(8))).cpu(), in_memory)

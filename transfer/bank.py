@@ -367,3 +367,60 @@ def _unlink_quietly(path: str | Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+# --------------------------------------------------------------------------- batches on a device
+
+#: A bank is copied whole onto a GPU when it takes at most this share of the GPU's free memory,
+#: so the model, its activations and the optimizer keep the rest.
+RESIDENT_SHARE = 0.5
+_UPLOAD_ROWS = 256
+
+
+class DeviceBatches:
+    """Batches of a bank on the training device: ``take(indices)`` and ``batches(size)`` give
+    uint8 ``(B, S, S, 3)`` tensors on ``device``.
+
+    On the CPU every batch is read from the bank file. On a GPU the whole bank is copied into
+    GPU memory once when it fits (:data:`RESIDENT_SHARE`): a GPU step takes milliseconds, less
+    than reading scattered rows from a disk, and the pictures then never cross the bus again;
+    a bank too large for that is read per batch into pinned memory and copied asynchronously.
+    """
+
+    def __init__(self, bank: PictureBank, device: torch.device | str, *, resident: bool | None = None):
+        self.bank = bank
+        self.device = torch.device(device)
+        on_gpu = self.device.type == "cuda"
+        if resident is None:
+            resident = on_gpu and fits_on_gpu(bank.nbytes, self.device)
+        self.resident = _upload(bank, self.device) if resident else None
+        self.pinned = on_gpu and self.resident is None
+
+    def __len__(self) -> int:
+        return len(self.bank)
+
+    def take(self, indices) -> torch.Tensor:
+        if self.resident is not None:
+            return self.resident[torch.as_tensor(indices).to(self.device)]
+        images = self.bank.take(indices, pin_memory=self.pinned)
+        return images.to(self.device, non_blocking=True) if self.pinned else images
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for first in range(0, len(self), batch_size):
+            yield self.take(torch.arange(first, min(first + batch_size, len(self))))
+
+
+def fits_on_gpu(nbytes: int, device: torch.device) -> bool:
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= RESIDENT_SHARE * free
+
+
+def _upload(bank: PictureBank, device: torch.device) -> torch.Tensor:
+    """The bank as one tensor on ``device``, copied a few hundred rows at a time (never the
+    whole bank in host memory)."""
+    resident = torch.empty((len(bank), bank.side, bank.side, 3), dtype=torch.uint8, device=device)
+    first = 0
+    for rows in bank.batches(_UPLOAD_ROWS, pin_memory=device.type == "cuda"):
+        resident[first:first + len(rows)].copy_(rows, non_blocking=True)
+        first += len(rows)
+    return resident
