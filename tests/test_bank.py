@@ -37,7 +37,8 @@ def in_memory(samples) -> torch.Tensor:
 
 
 def files_in(folder) -> list[str]:
-    return sorted(path.name for path in folder.iterdir())
+    """Banks and temporary files (the empty lock files that let one process build a bank stay)."""
+    return sorted(path.name for path in folder.iterdir() if not path.name.startswith(".lock-"))
 
 
 def test_batches_are_exactly_those_of_the_in_memory_bank(samples, in_memory):
@@ -177,3 +178,37 @@ def test_device_batches_on_a_gpu_resident_or_pinned_give_the_same_pictures(sampl
         taken = batches.take(torch.tensor([5, 1, 1]))
         assert taken.device.type == "cuda" and torch.equal(taken.cpu(), in_memory[[5, 1, 1]])
         assert torch.equal(torch.cat(list(batches.batches(8))).cpu(), in_memory)
+
+
+def test_device_batches_read_like_the_tensor_they_replace(samples, in_memory):
+    """What the training loop and the distributed ranks do with a bank: shape, index, slice."""
+    from transfer.bank import DeviceBatches
+
+    bank, _ = open_or_build(samples, SIDE)
+    for source in (DeviceBatches(bank, "cpu"), DeviceBatches(in_memory, "cpu")):
+        assert source.shape == in_memory.shape and source.dtype == torch.uint8 and source.device.type == "cpu"
+        indices = torch.tensor([9, 3])
+        assert torch.equal(source[indices.to(source.device)], in_memory[indices])
+        part = source[10:20]
+        assert part.shape[0] == 10 and torch.equal(part[torch.tensor([0, 9])], in_memory[[10, 19]])
+        assert torch.equal(torch.cat(list(part.batches(3))), in_memory[10:20])
+        assert len(source[25:10]) == 0
+        with pytest.raises(IndexError):
+            source[::2]
+
+
+def test_processes_wanting_the_same_bank_build_it_once(samples, tmp_path, transfer_home):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from transfer.bank import open_or_build; from transfer.data import load_dataset\n"
+        f"d = load_dataset({str(samples[0].path.parents[1])!r}); s = d.train + d.val\n"
+        f"bank, stats = open_or_build(s, {SIDE}); print(stats.reused)\n"
+    )
+    env = {**os.environ, "TRANSFER_HOME": str(transfer_home)}
+    children = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    answers = sorted(child.communicate()[0].strip() for child in children)
+    assert answers == ["False", "True"]  # one built it, the other waited and found it complete
+    assert len(list(paths.cache_dir("banks").glob("*.npy"))) == 1

@@ -23,7 +23,9 @@ interpolation and pixel-rules version, and read per batch with :meth:`PictureBan
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -49,11 +51,12 @@ BANK_KIND = "banks"
 #: Bump when the file layout or what a row holds changes.
 LAYOUT_VERSION = 1
 #: A temporary file this old belongs to a build that was killed (a live build writes to its
-#: file all the time); it is deleted when the next bank is built.
+#: file all the time); it is deleted when the next bank is built, with build locks as old.
 STALE_TEMP_SECONDS = 6 * 3600
 #: Left free on the disk after a bank is built, so a build never fills the disk to the last byte.
 DISK_HEADROOM_BYTES = 256 * 1024**2
 _TEMP_PREFIX = ".tmp-"
+_LOCK_PREFIX = ".lock-"
 _ROW_DIMS = 3  # (S, S, 3) per picture
 
 
@@ -235,17 +238,31 @@ def open_or_build(
     for row, sample in enumerate(samples):
         rows_of.setdefault(sample.sha256, []).append(row)
     path = bank_path(list(sample.sha256 for sample in samples), side, interpolation, root)
-    existing = _open_complete(path, len(samples), side)
-    if existing is not None:
-        if progress:
-            progress(len(rows_of), len(rows_of))
-        return existing, BankStats(len(samples), 0, len(rows_of), True, time.perf_counter() - started)
-    decoded = decoded if decoded is not None else DecodedImageCache(memory_budget_bytes=0)
-    decoded_before, hits_before = decoded.decoded, decoded.hits
-    _build(path, samples, rows_of, side, interpolation, decoded, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Processes that want the same bank at once (the ranks of a distributed run on one machine)
+    # build it once: the others wait for the lock, then find it complete.
+    with _build_lock(path):
+        existing = _open_complete(path, len(samples), side)
+        if existing is not None:
+            if progress:
+                progress(len(rows_of), len(rows_of))
+            return existing, BankStats(len(samples), 0, len(rows_of), True, time.perf_counter() - started)
+        decoded = decoded if decoded is not None else DecodedImageCache(memory_budget_bytes=0)
+        decoded_before, hits_before = decoded.decoded, decoded.hits
+        _build(path, samples, rows_of, side, interpolation, decoded, progress)
     stats = BankStats(len(samples), decoded.decoded - decoded_before, decoded.hits - hits_before, False,
                       time.perf_counter() - started)
     return PictureBank(path), stats
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
+    fd = os.open(path.with_name(f"{_LOCK_PREFIX}{path.stem}"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _open_complete(path: Path, count: int, side: int) -> PictureBank | None:
@@ -354,7 +371,7 @@ def _no_space(folder: Path, nbytes: int, free: int | None = None) -> BankError:
 
 def _remove_stale_temps(folder: Path) -> None:
     cutoff = time.time() - STALE_TEMP_SECONDS
-    for temp in folder.glob(f"{_TEMP_PREFIX}*"):
+    for temp in [*folder.glob(f"{_TEMP_PREFIX}*"), *folder.glob(f"{_LOCK_PREFIX}*")]:
         try:
             if temp.stat().st_mtime < cutoff:
                 temp.unlink()
@@ -378,26 +395,47 @@ _UPLOAD_ROWS = 256
 
 
 class DeviceBatches:
-    """Batches of a bank on the training device: ``take(indices)`` and ``batches(size)`` give
-    uint8 ``(B, S, S, 3)`` tensors on ``device``.
+    """The pictures of a bank as the training loop uses them, on the training device: indexing
+    with a tensor of indices (``batches[indices]``) or a list gives a uint8 ``(B, S, S, 3)``
+    batch on ``device``, a slice gives the rows as another ``DeviceBatches``, and ``shape``,
+    ``dtype`` and ``device`` read as those of the uint8 tensor the bank used to be.
 
     On the CPU every batch is read from the bank file. On a GPU the whole bank is copied into
     GPU memory once when it fits (:data:`RESIDENT_SHARE`): a GPU step takes milliseconds, less
     than reading scattered rows from a disk, and the pictures then never cross the bus again;
     a bank too large for that is read per batch into pinned memory and copied asynchronously.
+    A uint8 tensor may stand in for a bank (it is then the resident copy).
     """
 
-    def __init__(self, bank: PictureBank, device: torch.device | str, *, resident: bool | None = None):
-        self.bank = bank
+    dtype = torch.uint8
+
+    def __init__(self, bank: PictureBank | torch.Tensor, device: torch.device | str, *,
+                 resident: bool | None = None):
         self.device = torch.device(device)
-        on_gpu = self.device.type == "cuda"
-        if resident is None:
-            resident = on_gpu and fits_on_gpu(bank.nbytes, self.device)
-        self.resident = _upload(bank, self.device) if resident else None
-        self.pinned = on_gpu and self.resident is None
+        if isinstance(bank, torch.Tensor):
+            self.bank, self.resident = None, bank.to(self.device)
+        else:
+            if resident is None:
+                resident = self.device.type == "cuda" and fits_on_gpu(bank.nbytes, self.device)
+            self.bank, self.resident = bank, _upload(bank, self.device) if resident else None
+        self.pinned = self.device.type == "cuda" and self.resident is None
 
     def __len__(self) -> int:
-        return len(self.bank)
+        return len(self.resident) if self.resident is not None else len(self.bank)
+
+    @property
+    def shape(self) -> torch.Size:
+        if self.resident is not None:
+            return self.resident.shape
+        return torch.Size((len(self.bank), self.bank.side, self.bank.side, 3))
+
+    def __getitem__(self, key) -> torch.Tensor | DeviceBatches:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise IndexError("picture rows are sliced without a step")
+            return self._rows(start, max(start, stop))
+        return self.take(key)
 
     def take(self, indices) -> torch.Tensor:
         if self.resident is not None:
@@ -408,6 +446,13 @@ class DeviceBatches:
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         for first in range(0, len(self), batch_size):
             yield self.take(torch.arange(first, min(first + batch_size, len(self))))
+
+    def _rows(self, start: int, stop: int) -> DeviceBatches:
+        part = object.__new__(DeviceBatches)
+        part.device, part.pinned = self.device, self.pinned
+        part.bank = self.bank.rows(start, stop) if self.bank is not None else None
+        part.resident = self.resident[start:stop] if self.resident is not None else None
+        return part
 
 
 def fits_on_gpu(nbytes: int, device: torch.device) -> bool:

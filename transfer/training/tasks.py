@@ -15,6 +15,7 @@ from torch import nn
 
 from transfer.augment import augment_batch, eval_batch, get_preset
 from transfer.backbones import Preprocessing
+from transfer.bank import DeviceBatches, PictureBank
 from transfer.config import TrainConfig
 from transfer.devices import DeviceSetup
 from transfer.methods import prepare_model
@@ -64,12 +65,14 @@ class ImageTask:
     uses_amp = True
     sharded = False  # see transfer.distributed.DistributedImageTask
 
-    def __init__(self, model: nn.Module, config: TrainConfig, train_bank: torch.Tensor, val_bank: torch.Tensor,
-                 prep: Preprocessing, setup: DeviceSetup):
+    def __init__(self, model: nn.Module, config: TrainConfig, train_bank: PictureBank | torch.Tensor,
+                 val_bank: PictureBank | torch.Tensor, prep: Preprocessing, setup: DeviceSetup):
         self.module = model.to(setup.device, memory_format=setup.memory_format())
         self.config = config
-        self.train_bank = train_bank.to(setup.device)  # uint8 (N, S, S, 3), resident on the device
-        self.val_bank = val_bank.to(setup.device)
+        # uint8 (N, S, S, 3) pictures, read a batch at a time from the bank file (or kept whole
+        # in GPU memory when they fit): indexed and sliced like the tensor they replace.
+        self.train_bank = DeviceBatches(train_bank, setup.device)
+        self.val_bank = DeviceBatches(val_bank, setup.device)
         self.prep = prep
         self.spec = get_preset(config.augmentation)
         self.setup = setup
@@ -118,8 +121,8 @@ class ImageTask:
         self.module.eval()
         out = []
         with torch.inference_mode(), self.setup.autocast():
-            for start in range(0, self.val_bank.shape[0], batch_size):
-                x = eval_batch(self.val_bank[start : start + batch_size], self.prep)
+            for images in self.val_bank.batches(batch_size):
+                x = eval_batch(images, self.prep)
                 out.append(self.module(x.contiguous(memory_format=self.setup.memory_format())).float())
         return torch.cat(out) if out else torch.empty(0)
 
