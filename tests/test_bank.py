@@ -212,3 +212,22 @@ def test_processes_wanting_the_same_bank_build_it_once(samples, tmp_path, transf
     answers = sorted(child.communicate()[0].strip() for child in children)
     assert answers == ["False", "True"]  # one built it, the other waited and found it complete
     assert len(list(paths.cache_dir("banks").glob("*.npy"))) == 1
+
+
+def test_fine_tuning_reads_its_pictures_from_a_bank_built_once(tiny_dataset, tmp_path):
+    from transfer.config import TrainConfig
+    from transfer.runs import FINISHED, RunDir
+    from transfer.train import train_run
+
+    config = TrainConfig.for_method("finetune", dataset=str(tiny_dataset), image_size=32, device="cpu", epochs=1,
+                                    batch_size=8, probe_init=False)
+    ready = []
+    for attempt in range(2):
+        run = RunDir.create(tmp_path / "runs", config.to_dict())
+        train_run(run)
+        assert run.state == FINISHED
+        assert any(e["phase"] == "decode" for e in run.events("progress"))
+        ready += [e for e in run.events("info") if e["message"].startswith("Pictures ready")]
+    banks = list(paths.cache_dir("banks").glob("*.npy"))
+    assert len(banks) == 1 and ready[0]["bank_bytes"] == banks[0].stat().st_size - PictureBank(banks[0]).data_offset
+    assert ready[0]["images_decoded"] == 30 and ready[1]["images_decoded"] == 0 and ready[1]["images_cached"] == 30
