@@ -53,7 +53,7 @@ THROUGHPUT_TARGET = 0.9
 
 def subset(source: Path, target: Path, count: int) -> Path:
     """The first ``count`` pictures of ``source`` as hard links (same files, no extra disk)."""
-    pictures = sorted(source.rglob("*.jpg"))[:count]
+    pictures = sorted(source.rglob("*.jpg"), key=lambda path: path.name)[:count]  # named by number: both classes
     for picture in pictures:
         link = target / picture.relative_to(source)
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -188,14 +188,14 @@ def main() -> int:
         began = time.perf_counter()
         all_pictures = make_pictures(scratch / f"data-{largest}", largest, args.source, processes=args.processes)
         print(f"{largest} pictures written in {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
-        small = subset(all_pictures, scratch / "data-small", args.small)
-        os.environ["TRANSFER_HOME"] = str(scratch / "home-throughput")
-        through = throughput(small, args.rounds, args.throughput_steps)
-        print(f"throughput: bank {through['bank_vs_memory']:.3f} x memory", file=sys.stderr, flush=True)
         for count in sizes:
             data = all_pictures if count == largest else subset(all_pictures, scratch / f"data-{count}", count)
             rows.append(memory_row(data, scratch, count, args.steps))
-            print(f"{count}: {rows[-1]['peak_rss_gb']:.2f} GB peak", file=sys.stderr, flush=True)
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        small = subset(all_pictures, scratch / "data-small", args.small)
+        os.environ["TRANSFER_HOME"] = str(scratch / "home-throughput")
+        through = throughput(small, args.rounds, args.throughput_steps)
+        print(json.dumps(through), file=sys.stderr, flush=True)
 
     print(f"{'pictures':>8} {'bank GB':>8} {'peak RSS GB':>12} {'build s':>8} {'s/step':>7} {'epoch s':>8} {'state':>10}")
     for row in rows:
