@@ -167,15 +167,19 @@ class RankGroup:
         def run(samples: list, views: list[int], *, load_model, should_stop=None, progress=None, **options):
             load_model()  # a head that needs pictures must be found on every rank, not only where computed
             start, end = contiguous_chunk(len(samples), self.size, self.rank)
-            scale = len(samples) / max(1, end - start)
+            scale, vectors = len(samples) / max(1, end - start), len(samples) * len(views)
 
-            def scaled(done: int, _total: int, seconds: float) -> None:
-                progress(min(len(samples), round(done * scale)), len(samples), seconds)
+            def scaled(done: int, _total: int, seconds: float) -> None:  # this rank's pace stands for all
+                progress(min(vectors, round(done * scale)), vectors, seconds)
 
-            features, stats, stopped = None, None, False
+            from transfer.features import ExtractionStats
+
+            features, stats, stopped = None, ExtractionStats(), False
             try:
-                features, stats = extract(samples[start:end], views, load_model=load_model, should_stop=should_stop,
-                                          progress=scaled if progress else None, **options)
+                if end > start:  # fewer pictures than ranks leaves some with none
+                    features, stats = extract(samples[start:end], views, load_model=load_model,
+                                              should_stop=should_stop, progress=scaled if progress else None,
+                                              **options)
             except Cancelled:
                 stopped = True
             if self.agree(stopped):
@@ -199,7 +203,6 @@ class DistributedImageTask(ImageTask):
     def __init__(self, *args, ranks: RankGroup, **kwargs):
         self.ranks = ranks
         super().__init__(*args, **kwargs)
-        self.forward_module = self.module
         self.sampler = SeededShardSampler(self.train_bank.shape[0], self.config.seed, self.ranks.size,
                                           self.ranks.rank)
         self.augment_generator = torch.Generator()
@@ -226,14 +229,7 @@ class DistributedImageTask(ImageTask):
         self.forward_module = DistributedDataParallel(self.module, device_ids=devices, forward_sync_buffers=False)
 
     def forward_train(self, indices: torch.Tensor, epoch: int, generator: torch.Generator) -> torch.Tensor:
-        from transfer.augment import augment_batch
-
-        images = self.train_bank[indices.to(self.train_bank.device)]
-        with torch.no_grad():
-            x = augment_batch(images, self.prep, self.spec, generator=self.augment_generator)
-        x = x.contiguous(memory_format=self.setup.memory_format())
-        with self.setup.autocast():
-            return self.forward_module(x)
+        return super().forward_train(indices, epoch, self.augment_generator)
 
     def gradient_sync(self, last_part: bool):
         return contextlib.nullcontext() if last_part else self.forward_module.no_sync()
@@ -263,12 +259,7 @@ class DistributedImageTask(ImageTask):
         for buffer in self.module.buffers():  # every rank validates rank 0's model
             dist.broadcast(buffer, src=0)
         start, end = contiguous_chunk(self.val_bank.shape[0], self.ranks.size, self.ranks.rank)
-        full_bank = self.val_bank
-        try:
-            self.val_bank = full_bank[start:end]
-            mine = super().val_logits(batch_size).cpu()
-        finally:
-            self.val_bank = full_bank
+        mine = self.logits_of(self.val_bank[start:end], batch_size).cpu()
         parts = [part for part in self.ranks.gather(mine) if len(part)]
         return torch.cat(parts).to(self.setup.device)
 
@@ -287,7 +278,8 @@ def _environment_number(name: str, default: int) -> int:
 
 def share_the_cores() -> None:
     """Ranks on one machine split its cores (or the worker's share of them) between them,
-    instead of each starting a thread per core."""
+    instead of each starting a thread per core. (torchrun's default OMP_NUM_THREADS=1 would
+    leave all but one core per rank idle; the trainer sets torch's threads from this share.)"""
     local_world = _environment_number("LOCAL_WORLD_SIZE", 1)
     if local_world <= 1:
         return
@@ -296,9 +288,7 @@ def share_the_cores() -> None:
     except AttributeError:
         cores = os.cpu_count() or 1
     cores = min(cores, _environment_number("TRANSFER_WORKER_THREADS", cores))
-    threads = max(1, cores // local_world)
-    threads = min(threads, _environment_number("OMP_NUM_THREADS", threads) or threads)
-    os.environ["TRANSFER_WORKER_THREADS"] = str(threads)
+    os.environ["TRANSFER_WORKER_THREADS"] = str(max(1, cores // local_world))
 
 
 def uses_cuda(config) -> bool:
@@ -328,6 +318,15 @@ def leave_group() -> None:
         dist.destroy_process_group()
 
 
+def lost_a_fellow_rank(error: BaseException) -> bool:
+    """Whether ``error`` came from a collective whose other side went away."""
+    if world_size() <= 1:
+        return False
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(
+        words in text for words in ("connection closed by peer", "connection reset", "gloo", "nccl"))
+
+
 def train_as_rank(run: RunDir) -> tuple[str, str]:
     """Join the group, train, and say how it ended: ``(state, sentence)``."""
     from transfer.config import TrainConfig
@@ -344,6 +343,10 @@ def train_as_rank(run: RunDir) -> tuple[str, str]:
         return "failed", str(error)
     except Exception as error:  # a bug or an environment problem: keep the trace in the log
         traceback.print_exc()
+        if lost_a_fellow_rank(error):
+            epoch = run.status().get("epoch") or 0
+            return "failed", (f"Another training process of this run stopped, so this one could not go on; "
+                              f"resuming continues after the last finished epoch ({epoch}).")
         return "failed", f"Training failed on rank {rank()}: {type(error).__name__}: {error}."
 
 

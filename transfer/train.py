@@ -25,6 +25,9 @@
 ``val_metrics.json``
     ``{"epoch", "val_accuracy", "val_loss", "per_class": {label: {"accuracy", "correct",
     "count"}}, "confusion": [[count of true i predicted j]]}`` for the best epoch.
+``rank-outcome.json``
+    Only for a run trained by several processes (:mod:`transfer.distributed`, where rank 0
+    alone writes all these files): ``{"state": "finished" | "cancelled" | "failed", "message"}``.
 
 Events (``events.jsonl``): ``info`` and ``warning`` messages; ``progress`` before the first
 epoch (``phase``: ``features`` while backbone features are computed, ``decode`` while pictures

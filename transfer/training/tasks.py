@@ -68,6 +68,7 @@ class ImageTask:
     def __init__(self, model: nn.Module, config: TrainConfig, train_bank: PictureBank | torch.Tensor,
                  val_bank: PictureBank | torch.Tensor, prep: Preprocessing, setup: DeviceSetup):
         self.module = model.to(setup.device, memory_format=setup.memory_format())
+        self.forward_module = self.module  # what training steps call (a DDP wrapper with several ranks)
         self.config = config
         # uint8 (N, S, S, 3) pictures, read a batch at a time from the bank file (or kept whole
         # in GPU memory when they fit): indexed and sliced like the tensor they replace.
@@ -111,17 +112,21 @@ class ImageTask:
             x = augment_batch(images, self.prep, self.spec, generator=generator)
         x = x.contiguous(memory_format=self.setup.memory_format())
         with self.setup.autocast():
-            return self.module(x)
+            return self.forward_module(x)
 
     def gradient_sync(self, last_part: bool):
         """Where gradients are exchanged between ranks, only after a batch's last part."""
         return contextlib.nullcontext()
 
     def val_logits(self, batch_size: int) -> torch.Tensor:
+        return self.logits_of(self.val_bank, batch_size)
+
+    def logits_of(self, bank: DeviceBatches, batch_size: int) -> torch.Tensor:
+        """Logits of a bank's pictures in evaluation mode (no augmentation), a batch at a time."""
         self.module.eval()
         out = []
         with torch.inference_mode(), self.setup.autocast():
-            for images in self.val_bank.batches(batch_size):
+            for images in bank.batches(batch_size):
                 x = eval_batch(images, self.prep)
                 out.append(self.module(x.contiguous(memory_format=self.setup.memory_format())).float())
         return torch.cat(out) if out else torch.empty(0)
