@@ -4,8 +4,8 @@
                                       [--source DIR]
 
 Writes ``--images`` distinct JPEG pictures (the hymenoptera pictures, each cropped, shifted
-in colour and resized differently so no two share a hash; random noise pictures when the
-source is missing) as a folder of two class folders, then runs a real worker process
+in colour and resized differently, seeded by its number, so no two share a hash; random
+noise pictures when the source is missing) as a folder of two class folders, then runs a real worker process
 (``python -m transfer.worker RUN_DIR``) per method with empty caches and reads its peak
 resident memory from the kernel (``wait4``'s ``ru_maxrss``). Target (issue 4): at most 2.5 GB.
 Prints a table, then one JSON line.
@@ -14,12 +14,14 @@ Prints a table, then one JSON line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +31,25 @@ DEFAULT_SOURCE = Path("/work/shared/datasets/hymenoptera_data")
 TARGET_BYTES = 2.5e9
 
 
-def make_pictures(target: Path, count: int, source: Path) -> Path:
-    rng = np.random.default_rng(0)
+def make_pictures(target: Path, count: int, source: Path, processes: int = 1) -> Path:
     originals = sorted(source.rglob("*.jpg")) if source.is_dir() else []
-    for index in range(count):
+    chunks = [range(start, count, processes) for start in range(processes)]
+    if processes == 1:
+        _write_pictures(target, chunks[0], originals)
+    else:
+        with ProcessPoolExecutor(processes) as pool:
+            list(pool.map(_write_pictures, [target] * processes, chunks, [originals] * processes))
+    return target
+
+
+def _write_pictures(target: Path, indices: range, originals: list[Path]) -> None:
+    for index in indices:
+        rng = np.random.default_rng(index)
         label = "a" if index % 2 == 0 else "b"
         folder = target / label
         folder.mkdir(parents=True, exist_ok=True)
         if originals:
-            image = Image.open(originals[index % len(originals)]).convert("RGB")
+            image = Image.fromarray(_original(originals[index % len(originals)]))
             width, height = image.size
             left, top = rng.integers(0, max(1, width // 8)), rng.integers(0, max(1, height // 8))
             image = image.crop((left, top, width - rng.integers(0, max(1, width // 8)), height))
@@ -48,7 +60,13 @@ def make_pictures(target: Path, count: int, source: Path) -> Path:
         else:
             image = Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8))
         image.save(folder / f"{index:05d}.jpg", quality=90)
-    return target
+
+
+@functools.lru_cache(maxsize=None)
+def _original(path: Path) -> np.ndarray:
+    """Each source photo is decoded once per process, not once per picture made from it."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def peak_rss_of_worker(run_dir: Path, env: dict) -> tuple[int, float, int]:

@@ -34,6 +34,9 @@ PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", 
 SAFE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 MAX_PIXELS = 64_000_000
 MAX_ASPECT = 4.0
+#: Bump when a rule below changes the decoded pixels: the studio's decode caches, picture banks
+#: and feature caches key on it, so nothing decoded the old way is reused.
+PIXEL_RULES_VERSION = 1
 
 _RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,

@@ -20,6 +20,7 @@ import numpy as np
 
 from transfer import paths
 from transfer.data import Sample
+from transfer.bundle_predict import PIXEL_RULES_VERSION
 from transfer.images import DEFAULT_MAX_PIXELS, open_image, resize_short_side, to_array
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024**2
@@ -128,8 +129,11 @@ class DecodedImageCache:
 
     def path_for(self, sha256: str, short_side: int, interpolation: str = "bilinear") -> Path:
         """Where the array for one picture, size and interpolation lives on disk (bilinear
-        arrays keep the plain size folder they always had)."""
+        arrays keep the plain size folder they always had, and pixels of the first pixel rules
+        a folder without a version)."""
         folder = str(int(short_side)) if interpolation == "bilinear" else f"{int(short_side)}-{interpolation}"
+        if PIXEL_RULES_VERSION > 1:
+            folder += f"-p{PIXEL_RULES_VERSION}"
         return self.root / folder / sha256[:2] / f"{sha256}.npy"
 
     # ------------------------------------------------------------------ internals

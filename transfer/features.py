@@ -37,6 +37,7 @@ from torch import nn
 from transfer import paths
 from transfer.augment import AugmentSpec, augment_batch, eval_batch, stack_squares, view_params
 from transfer.backbones import Preprocessing, get_backbone
+from transfer.bundle_predict import PIXEL_RULES_VERSION
 from transfer.cache import DecodedImageCache
 from transfer.data import Sample
 from transfer.devices import DeviceSetup, is_out_of_memory, release_cached_memory
@@ -82,6 +83,9 @@ def feature_key(backbone: str, prep: Preprocessing, view: int, augmentation: str
         "std": list(prep.std),
         "view": view_name(view, augmentation),
         "version": 1,  # bump when the way features are computed changes
+        # Pictures decoded by other pixel rules give other features (the first rules add no entry,
+        # so the features cached before the rules had a version stay valid).
+        **({"pixels": PIXEL_RULES_VERSION} if PIXEL_RULES_VERSION > 1 else {}),
     }
 
 

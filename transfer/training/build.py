@@ -2,7 +2,7 @@
 
 Feature transfer trains a head on backbone features computed once (and cached); when the
 architecture's head takes feature maps rather than vectors, or for fine-tuning and training
-from scratch, the whole model trains on pictures decoded once into a uint8 bank.
+from scratch, the whole model trains on pictures decoded once into a bank file on disk.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from transfer.augment import get_preset, preprocessing_for, stack_squares
+from transfer.augment import get_preset, preprocessing_for
 from transfer.backbones import Preprocessing, get_backbone
+from transfer.bank import open_or_build
 from transfer.cache import DecodedImageCache
 from transfer.config import TrainConfig
 from transfer.data import Dataset, load_dataset
@@ -184,24 +185,20 @@ def feature_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, mo
 
 def image_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, model: LazyModel,
                reporter: Reporter, task_class: Callable[..., ImageTask] = ImageTask) -> ImageTask:
-    side = data.prep.resize_size
-    decoded = DecodedImageCache()
+    """The whole model on pictures, decoded once into a bank file (see :mod:`transfer.bank`)."""
     started = time.perf_counter()
-    samples = data.train_samples + data.val_samples
 
     def report(done: int, total: int) -> None:
         if done == total or done % 64 == 0:
             reporter.progress("decode", done, total, time.perf_counter() - started)
 
-    arrays = decoded.decode_all(samples, side, progress=report, interpolation=data.prep.interpolation)
-    bank = stack_squares(arrays, side)
-    del arrays
-    decoded.clear_memory()
-    reporter.info(f"Pictures ready: {decoded.decoded} decoded, {decoded.hits} from the cache, "
-                  f"in {time.perf_counter() - started:.1f} s.", images_decoded=decoded.decoded,
-                  images_cached=decoded.hits)
+    bank, stats = open_or_build(data.train_samples + data.val_samples, data.prep.resize_size,
+                                data.prep.interpolation, progress=report)
+    reporter.info(f"Pictures ready: {stats.decoded} decoded, {stats.cached} from the cache, "
+                  f"in {stats.seconds:.1f} s.", images_decoded=stats.decoded, images_cached=stats.cached,
+                  decode_seconds=round(stats.seconds, 3), bank_bytes=bank.nbytes)
     n_train = len(data.train_samples)
-    return task_class(model.get(), config, bank[:n_train], bank[n_train:], data.prep, setup)
+    return task_class(model.get(), config, bank.rows(0, n_train), bank.rows(n_train, len(bank)), data.prep, setup)
 
 
 def build_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, model: LazyModel, reporter: Reporter,

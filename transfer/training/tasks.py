@@ -15,6 +15,7 @@ from torch import nn
 
 from transfer.augment import augment_batch, eval_batch, get_preset
 from transfer.backbones import Preprocessing
+from transfer.bank import DeviceBatches, PictureBank
 from transfer.config import TrainConfig
 from transfer.devices import DeviceSetup
 from transfer.methods import prepare_model
@@ -64,13 +65,15 @@ class ImageTask:
     uses_amp = True
     sharded = False  # see transfer.distributed.DistributedImageTask
 
-    def __init__(self, model: nn.Module, config: TrainConfig, train_bank: torch.Tensor, val_bank: torch.Tensor,
-                 prep: Preprocessing, setup: DeviceSetup):
+    def __init__(self, model: nn.Module, config: TrainConfig, train_bank: PictureBank | torch.Tensor,
+                 val_bank: PictureBank | torch.Tensor, prep: Preprocessing, setup: DeviceSetup):
         self.module = model.to(setup.device, memory_format=setup.memory_format())
         self.forward_module = self.module  # what training steps call (a DDP wrapper with several ranks)
         self.config = config
-        self.train_bank = train_bank.to(setup.device)  # uint8 (N, S, S, 3), resident on the device
-        self.val_bank = val_bank.to(setup.device)
+        # uint8 (N, S, S, 3) pictures, read a batch at a time from the bank file (or kept whole
+        # in GPU memory when they fit): indexed and sliced like the tensor they replace.
+        self.train_bank = DeviceBatches(train_bank, setup.device)
+        self.val_bank = DeviceBatches(val_bank, setup.device)
         self.prep = prep
         self.spec = get_preset(config.augmentation)
         self.setup = setup
@@ -118,13 +121,13 @@ class ImageTask:
     def val_logits(self, batch_size: int) -> torch.Tensor:
         return self.logits_of(self.val_bank, batch_size)
 
-    def logits_of(self, bank: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Logits of uint8 pictures in evaluation mode (no augmentation)."""
+    def logits_of(self, bank: DeviceBatches, batch_size: int) -> torch.Tensor:
+        """Logits of a bank's pictures in evaluation mode (no augmentation), a batch at a time."""
         self.module.eval()
         out = []
         with torch.inference_mode(), self.setup.autocast():
-            for start in range(0, bank.shape[0], batch_size):
-                x = eval_batch(bank[start : start + batch_size], self.prep)
+            for images in bank.batches(batch_size):
+                x = eval_batch(images, self.prep)
                 out.append(self.module(x.contiguous(memory_format=self.setup.memory_format())).float())
         return torch.cat(out) if out else torch.empty(0)
 
