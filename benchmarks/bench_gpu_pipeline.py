@@ -6,7 +6,7 @@ uint8 picture cache with GPU augmentation, against the same steps fed a ready-ma
 Generated pictures (no data set or network needed) go through the real engine: checked,
 decoded once, stacked as uint8 on the GPU by ``Trainer.prepare`` (method ``scratch``, so
 ResNet-50 needs no downloaded weights; the step costs the same as fine-tuning all layers).
-Then ``Trainer._train_step`` is timed twice: as the engine runs it (index the uint8 cache,
+Then ``transfer.training.steps.train_step`` is timed twice: as the engine runs it (index the uint8 cache,
 random resized crop + flip + normalise on the GPU, channels-last, autocast forward, backward,
 AdamW step) and with ``forward_train`` replaced by the same model on a fixed, already
 normalised channels-last tensor of the same shape. The difference is the input pipeline's
@@ -46,15 +46,17 @@ def sync() -> None:
 
 
 def time_steps(trainer, steps: int, warmup: int, batch_size: int) -> float:
-    n = len(trainer.train_samples)
+    from transfer.training.steps import train_step
+
+    n = len(trainer.data.train_samples)
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randperm(n, generator=generator)[:batch_size] for _ in range(steps + warmup)]
     for indices in batches[:warmup]:
-        trainer._train_step(indices, 1)
+        train_step(trainer.parts, indices, 1)
     sync()
     started = time.perf_counter()
     for indices in batches[warmup:]:
-        trainer._train_step(indices, 1)
+        train_step(trainer.parts, indices, 1)
     sync()
     return (time.perf_counter() - started) / steps
 
@@ -105,7 +107,7 @@ def main() -> int:
         trainer.prepare()
         prepare_seconds = time.perf_counter() - started
         trainer.task.train_mode(1)
-        batch = min(args.batch_size, len(trainer.train_samples))
+        batch = min(args.batch_size, len(trainer.data.train_samples))
 
         engine = time_steps(trainer, args.steps, args.warmup, batch)
         augmentation = time_augmentation(trainer, args.steps, batch)
@@ -132,7 +134,7 @@ def main() -> int:
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else args.device
     result = {"benchmark": "gpu_pipeline", "device": device, "torch": torch.__version__,
               "backbone": args.backbone, "batch_size": batch, "image_size": args.image_size,
-              "precision": trainer.setup.precision, "train_pictures": len(trainer.train_samples),
+              "precision": trainer.setup.precision, "train_pictures": len(trainer.data.train_samples),
               "bank_device": str(task.train_bank.device), "bank_dtype": str(task.train_bank.dtype),
               "prepare_seconds": round(prepare_seconds, 2),
               "engine_ms_per_step": round(engine * 1000, 2), "synthetic_ms_per_step": round(synthetic * 1000, 2),

@@ -17,7 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import transfer.train as train_module
+import transfer.training.build as build_module
+import transfer.training.loop as loop_module
 from transfer.config import ConfigError, TrainConfig
 from transfer.jobs import JobManager, lock_is_held
 from transfer.methods import create_model, prepare_model
@@ -36,7 +37,7 @@ def make_run(tmp_path: Path, data: Path, method: str = "features", **overrides) 
 
 @pytest.fixture
 def recorded_initial_state(monkeypatch):
-    """Wraps ``create_model`` in the training module to keep a copy of the weights it starts from."""
+    """Wraps ``create_model`` where the trainer builds its model, to keep a copy of the weights it starts from."""
     initial = {}
 
     def recording_create_model(*args, **kwargs):
@@ -44,7 +45,7 @@ def recorded_initial_state(monkeypatch):
         initial.update({k: v.detach().clone() for k, v in model.state_dict().items()})
         return model
 
-    monkeypatch.setattr(train_module, "create_model", recording_create_model)
+    monkeypatch.setattr(build_module, "create_model", recording_create_model)
     return initial
 
 
@@ -126,7 +127,7 @@ def test_finetuning_starts_from_a_linear_probe_head(tmp_path, tiny_dataset, monk
 
     def spy(self, epoch):
         if epoch == 1:
-            heads_at_epoch_one.append({k: v.clone() for k, v in self.head().state_dict().items()})
+            heads_at_epoch_one.append({k: v.clone() for k, v in self.model.head().state_dict().items()})
         return original(self, epoch)
 
     monkeypatch.setattr(Trainer, "train_one_epoch", spy)
@@ -218,16 +219,16 @@ def test_the_same_seed_gives_the_same_result_on_cpu(tmp_path, tiny_dataset):
 
 
 def test_out_of_memory_halves_the_batch_and_retries(tmp_path, tiny_dataset, monkeypatch):
-    original = Trainer._train_step
+    original = loop_module.train_step
     attempts = []
 
-    def tight_memory(self, indices, epoch):
+    def tight_memory(parts, indices, epoch):
         attempts.append(len(indices))
         if len(indices) > 4:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(self, indices, epoch)
+        return original(parts, indices, epoch)
 
-    monkeypatch.setattr(Trainer, "_train_step", tight_memory)
+    monkeypatch.setattr(loop_module, "train_step", tight_memory)
     run = make_run(tmp_path, tiny_dataset, "finetune", epochs=2, batch_size=16)
     train_run(run)
     warnings = run.events("warning")
@@ -239,10 +240,10 @@ def test_out_of_memory_halves_the_batch_and_retries(tmp_path, tiny_dataset, monk
 
 
 def test_other_errors_are_not_mistaken_for_out_of_memory(tmp_path, tiny_dataset, monkeypatch):
-    def broken(self, indices, epoch):
+    def broken(parts, indices, epoch):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(Trainer, "_train_step", broken)
+    monkeypatch.setattr(loop_module, "train_step", broken)
     run = make_run(tmp_path, tiny_dataset, "finetune", epochs=1)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         train_run(run)

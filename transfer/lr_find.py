@@ -79,7 +79,9 @@ def find_learning_rate(config, *, num_steps: int = 100, start_lr: float = 1e-7, 
     import torch
 
     from transfer.runs import RunDir
-    from transfer.train import Trainer, seed_everything
+    from transfer.training.loop import Trainer
+    from transfer.training.schedule import seed_everything
+    from transfer.training.steps import train_step
 
     with tempfile.TemporaryDirectory(prefix="transfer-lr-find-") as scratch:
         run = RunDir.create(scratch, config.to_dict())
@@ -87,7 +89,7 @@ def find_learning_rate(config, *, num_steps: int = 100, start_lr: float = 1e-7, 
         trainer.prepare()
         trainer.task.train_mode(1)
         generator = seed_everything(config.seed)
-        n = len(trainer.train_samples)
+        n = len(trainer.data.train_samples)
         batch = min(trainer.batch_size, n)
         order: list[int] = []
         multipliers = [group["base_lr"] / config.lr for group in trainer.optimizer.param_groups]
@@ -99,7 +101,7 @@ def find_learning_rate(config, *, num_steps: int = 100, start_lr: float = 1e-7, 
             indices, order = torch.tensor(order[:batch]), order[batch:]
             for group, multiplier in zip(trainer.optimizer.param_groups, multipliers):
                 group["lr"] = lr * multiplier
-            return float(trainer._train_step(indices, 1)[0])  # an infinite loss ends the test
+            return float(train_step(trainer.parts, indices, 1)[0])  # an infinite loss ends the test
 
         return lr_range_test(step, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps)
 

@@ -1,0 +1,87 @@
+"""What a run tells its readers while it trains: events, ETA and status (see transfer.train)."""
+
+from __future__ import annotations
+
+import time
+
+from transfer.runs import FINISHED, RunDir
+
+STEP_EVENT_SECONDS = 0.5  # at most about two step events a second: enough for a live chart
+
+
+class Reporter:
+    def __init__(self, run: RunDir, epochs: int):
+        self.run = run
+        self.epochs = epochs
+        self.started = time.perf_counter()
+        self.last_event = 0.0
+        self.epoch_seconds: list[float] = []  # kept in the checkpoint: the ETA survives a resume
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def step_due(self) -> bool:
+        return time.perf_counter() - self.last_event >= STEP_EVENT_SECONDS
+
+    def eta_after(self, epoch: int) -> float:
+        recent = self.epoch_seconds[-3:] or [0.0]
+        return (self.epochs - epoch) * sum(recent) / len(recent)
+
+    def info(self, message: str, **fields) -> None:
+        self.run.append_event({"type": "info", "message": message, **fields})
+
+    def warn(self, message: str, **fields) -> None:
+        self.run.append_event({"type": "warning", "message": message, **fields})
+
+    def status(self, **fields) -> None:
+        self.run.update_status(**fields)
+
+    def progress(self, phase: str, done: int, total: int, seconds: float) -> None:
+        """Work before the first epoch (features, decoding, the probe), at most every half second."""
+        now = time.perf_counter()
+        if 0 < done < total and now - self.last_event < STEP_EVENT_SECONDS:
+            return
+        self.last_event = now
+        rate = done / seconds if seconds > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else None
+        self.run.append_event({"type": "progress", "phase": phase, "done": done, "total": total,
+                               "images_per_s": round(rate, 1), "elapsed": round(self.elapsed(), 3),
+                               "eta": None if eta is None else round(eta, 1)})
+
+    def step(self, epoch, step, steps, loss, accuracy, lr, images_per_s, cursor, n) -> None:
+        self.last_event = time.perf_counter()
+        per_image = 1.0 / max(images_per_s, 1e-9)
+        recent = self.epoch_seconds[-3:]
+        epoch_time = sum(recent) / len(recent) if recent else n * per_image
+        eta = (n - cursor) * per_image + (self.epochs - epoch) * epoch_time
+        self.run.append_event({
+            "type": "step", "epoch": epoch, "epochs": self.epochs, "step": step, "steps": steps,
+            "loss": round(loss, 6), "accuracy": round(accuracy, 6), "lr": lr,
+            "images_per_s": round(images_per_s, 1), "elapsed": round(self.elapsed(), 3), "eta": round(eta, 1),
+        })
+        self.run.update_status(step=step, steps=steps, eta=round(eta, 1))
+
+    def epoch(self, epoch: int, *, train_loss: float, train_accuracy: float, val_loss: float, val_accuracy: float,
+              best, improved: bool, lr: float, images_per_s: float, seconds: float) -> None:
+        self.run.append_event({
+            "type": "epoch", "epoch": epoch, "epochs": self.epochs,
+            "train_loss": train_loss, "train_accuracy": train_accuracy,
+            "loss": train_loss, "accuracy": train_accuracy,
+            "val_loss": val_loss, "val_accuracy": val_accuracy,
+            "best_val_accuracy": best.accuracy, "best_epoch": best.epoch, "improved": improved,
+            "lr": lr, "images_per_s": round(images_per_s, 1), "seconds": round(seconds, 3),
+            "elapsed": round(self.elapsed(), 3), "eta": round(self.eta_after(epoch), 1),
+        })
+
+    def epoch_saved(self, epoch: int, val_accuracy: float, best) -> None:
+        self.run.update_status(epoch=epoch, step=None, val_accuracy=val_accuracy,
+                               best_val_accuracy=best.accuracy, best_epoch=best.epoch,
+                               eta=round(self.eta_after(epoch), 1),
+                               message=f"Epoch {epoch} of {self.epochs} done.")
+
+    def finish(self, best) -> None:
+        status = self.run.status()
+        message = (f"Finished: best validation accuracy {best.accuracy:.3f} at epoch {best.epoch}."
+                   if best.epoch else "Finished.")
+        self.run.update_status(state=FINISHED, ended_at=time.time(), eta=0, step=None, message=message,
+                               epochs=status.get("epochs", self.epochs))

@@ -1,0 +1,155 @@
+"""What a run keeps on disk: checkpoint, weights, ``model.json`` and the validation outputs
+(the files and their formats are listed in transfer.train)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from transfer.config import TrainConfig
+from transfer.model_io import MODEL_INFO_FILE, model_info
+from transfer.runs import RunDir, atomic_write_bytes, atomic_write_json
+
+PREDICTIONS_FILE = "val_predictions.json"
+METRICS_FILE = "val_metrics.json"
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class Best:
+    """The best epoch so far and what early stopping counts."""
+
+    accuracy: float = -1.0
+    loss: float = math.inf
+    epoch: int = 0
+    min_val_loss: float = math.inf
+    epochs_without_improvement: int = 0
+    probabilities: torch.Tensor | None = None
+    state: dict | None = field(default=None, repr=False)  # feature transfer: the best head
+
+    def is_beaten_by(self, val_accuracy: float, val_loss: float) -> bool:
+        return val_accuracy > self.accuracy or (val_accuracy == self.accuracy and val_loss < self.loss)
+
+    def patience_spent(self, val_loss: float, patience: int | None) -> bool:
+        """Counts epochs without a lower validation loss; True once ``patience`` is used up."""
+        if val_loss < self.min_val_loss:
+            self.min_val_loss, self.epochs_without_improvement = val_loss, 0
+        else:
+            self.epochs_without_improvement += 1
+        return patience is not None and self.epochs_without_improvement >= patience
+
+    def to_checkpoint(self) -> dict:
+        return {"best": {"accuracy": self.accuracy, "loss": self.loss, "epoch": self.epoch,
+                         "min_val_loss": self.min_val_loss,
+                         "epochs_without_improvement": self.epochs_without_improvement},
+                "best_probabilities": self.probabilities, "best_state": self.state}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> "Best":
+        saved = checkpoint["best"]
+        return cls(saved["accuracy"], saved["loss"], saved["epoch"], saved["min_val_loss"],
+                   saved["epochs_without_improvement"], checkpoint.get("best_probabilities"),
+                   checkpoint.get("best_state"))
+
+
+class Store:
+    def __init__(self, run: RunDir, config: TrainConfig, data):
+        self.run = run
+        self.config = config
+        self.data = data  # a transfer.training.build.TrainingData
+        self.model_info_written = False
+
+    def write_labels(self) -> None:
+        self.run.write_labels(self.data.classes)
+
+    def finished_epoch_on_disk(self) -> int:
+        return int(self.run.status().get("epoch") or 0) if self.run.checkpoint_path.exists() else 0
+
+    # ------------------------------------------------------------------ the model
+
+    def write_model_info(self, model: torch.nn.Module) -> None:
+        """``model.json``: how to rebuild ``model`` for prediction."""
+        from transfer.weights import record
+
+        if self.model_info_written:
+            return
+        self.model_info_written = True
+        config, spec = self.config, self.config.initial_weights
+        atomic_write_json(self.run.path / MODEL_INFO_FILE, model_info(
+            model, backbone=config.backbone, method=config.method, classes=self.data.classes,
+            preprocessing=self.data.prep, dropout=config.dropout, hidden=config.hidden,
+            weights=self.run.weights_path.name, initial_weights=record(spec) if spec else None))
+
+    def write_weights(self, model_state: dict) -> None:
+        """The full model's state dict (backbone and head) as safetensors."""
+        from safetensors.torch import save
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+        atomic_write_bytes(self.run.weights_path, save(tensors, metadata={"format": "pt"}))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, checkpoint: dict) -> None:
+        path = self.run.checkpoint_path
+        temp = path.with_name(f".{path.name}.tmp")
+        torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, temp)
+        temp.replace(path)
+
+    def load_checkpoint(self, warn) -> dict | None:
+        """The last finished epoch's checkpoint, or None; a damaged one is reported through
+        ``warn`` and ignored, so it never makes the run unrecoverable."""
+        path = self.run.checkpoint_path
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            warn(f"The checkpoint could not be read ({error}); training starts again from epoch 1.")
+            return None
+
+    # ------------------------------------------------------------------ validation outputs
+
+    def write_outputs(self, best: Best) -> None:
+        """Validation predictions and metrics of the best epoch, and the ``result`` event."""
+        data, classes = self.data, self.data.classes
+        predicted = best.probabilities.argmax(1)
+        root = Path(data.dataset.root)
+        predictions = [
+            {"path": _relative(sample.path, root), "sha256": sample.sha256, "label": sample.label,
+             "predicted": classes[int(p)], "probabilities": [round(float(x), 6) for x in probs]}
+            for sample, p, probs in zip(data.val_samples, predicted, best.probabilities)
+        ]
+        atomic_write_json(self.run.path / PREDICTIONS_FILE,
+                          {"classes": classes, "epoch": best.epoch, "predictions": predictions})
+        metrics = class_metrics(data.val_targets, predicted, classes)
+        metrics.update(epoch=best.epoch, val_accuracy=best.accuracy, val_loss=best.loss)
+        atomic_write_json(self.run.path / METRICS_FILE, metrics)
+        self.run.append_event({"type": "result", "best_epoch": best.epoch, "best_val_accuracy": best.accuracy,
+                               "per_class_accuracy": {k: v["accuracy"] for k, v in metrics["per_class"].items()},
+                               "files": [self.run.weights_path.name, PREDICTIONS_FILE, METRICS_FILE,
+                                         MODEL_INFO_FILE]})
+
+
+def class_metrics(targets: torch.Tensor, predicted: torch.Tensor, classes: list[str]) -> dict:
+    """Per-class accuracy (recall) and the confusion matrix."""
+    size = len(classes)
+    confusion = torch.zeros(size, size, dtype=torch.long)
+    for true, guess in zip(targets.tolist(), predicted.tolist()):
+        confusion[true, guess] += 1
+    per_class = {}
+    for index, name in enumerate(classes):
+        count = int(confusion[index].sum())
+        correct = int(confusion[index, index])
+        per_class[name] = {"accuracy": round(correct / count, 6) if count else None, "correct": correct,
+                           "count": count}
+    return {"per_class": per_class, "confusion": confusion.tolist()}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
