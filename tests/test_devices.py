@@ -14,7 +14,7 @@ import transfer.devices as devices
 from transfer.augment import augment_batch, eval_batch, get_preset
 from transfer.backbones import Preprocessing, load_backbone
 from transfer.config import TrainConfig
-from transfer.heads import replace_head
+from transfer.heads import head_module, replace_head
 from transfer.training.tasks import ImageTask
 
 PREP = Preprocessing(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 0.875)  # squares of 37
@@ -79,6 +79,7 @@ def test_the_batch_given_is_never_changed():
 
 
 def lite0(classes: int = 3) -> torch.nn.Module:
+    torch.manual_seed(0)  # the new head's initial weights
     model = load_backbone("efficientnet_lite0")
     replace_head(model, classes)
     return model
@@ -100,20 +101,24 @@ def test_fine_tuning_on_the_cpu_runs_channels_last():
     assert len(seen) == 2 and all(x.is_contiguous(memory_format=torch.channels_last) for x in seen)
 
 
-def one_step(task: ImageTask) -> tuple[float, torch.Tensor]:
-    """Loss of one training step and the flattened gradient of the trained parameters."""
+def one_step(task: ImageTask) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Loss of one training step, the head's gradient and the gradient of everything trained."""
     task.train_mode(1)
     logits = task.forward_train(torch.arange(8), 1, torch.Generator().manual_seed(0))
     loss = F.cross_entropy(logits.float(), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
     loss.backward()
-    grads = [p.grad.flatten() for p in task.module.parameters() if p.grad is not None]
-    return float(loss.detach()), torch.cat(grads)
+    head = torch.cat([p.grad.flatten() for p in head_module(task.module).parameters()])
+    everything = torch.cat([p.grad.flatten() for p in task.module.parameters() if p.grad is not None])
+    return float(loss.detach()), head, everything
 
 
 def test_a_bfloat16_training_step_on_the_cpu_is_finite_and_close_to_float32():
     model = lite0()
-    loss32, grad32 = one_step(image_task(model, "fp32"))
-    loss16, grad16 = one_step(image_task(copy.deepcopy(model), "bf16"))
-    assert np.isfinite(loss16) and bool(torch.isfinite(grad16).all())
-    assert loss16 == pytest.approx(loss32, rel=0.05)
-    assert float(F.cosine_similarity(grad16, grad32, dim=0)) > 0.9
+    loss32, head32, all32 = one_step(image_task(model, "fp32"))
+    loss16, head16, all16 = one_step(image_task(copy.deepcopy(model), "bf16"))
+    assert np.isfinite(loss16) and bool(torch.isfinite(all16).all())
+    assert loss16 == pytest.approx(loss32, rel=0.01)
+    assert float(F.cosine_similarity(head16, head32, dim=0)) > 0.99
+    # Deep in the backbone, tiny 32-pixel pictures and a fresh head leave gradients small enough
+    # for bfloat16's rounding to show; their direction still agrees.
+    assert float(F.cosine_similarity(all16, all32, dim=0)) > 0.5
