@@ -122,3 +122,13 @@ def test_a_bfloat16_training_step_on_the_cpu_is_finite_and_close_to_float32():
     # Deep in the backbone, tiny 32-pixel pictures and a fresh head leave gradients small enough
     # for bfloat16's rounding to show; their direction still agrees.
     assert float(F.cosine_similarity(all16, all32, dim=0)) > 0.5
+
+
+def test_transfer_train_takes_a_precision():
+    from transfer import cli
+
+    args = cli.build_parser().parse_args(["train", "data", "--precision", "fp32"])
+    settings = {name: getattr(args, name) for name in cli._TRAIN_SETTINGS}
+    assert TrainConfig.for_method("finetune", dataset="data", **settings).precision == "fp32"
+    default = cli.build_parser().parse_args(["train", "data"])
+    assert TrainConfig.for_method("finetune", dataset="data", precision=default.precision).precision == "auto"
