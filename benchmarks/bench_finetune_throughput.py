@@ -8,7 +8,9 @@ Ours: ``transfer.train`` with the ``finetune`` method and its defaults (batch 32
 augmentation, AdamW, one-cycle), in this process. Peers: the PyTorch tutorial's fine-tuning
 (``tutorial_peer.py``, batch 4) and the same loop with our batch size, so the batch size is not
 what makes the difference. Epoch = training plus validation, as in the tutorial. Target (issue
-4): our epoch at most 0.8x the tutorial peer's. Prints a table, then one JSON line.
+12, was 0.8x in issue 4): our epoch at most 0.5x the tutorial peer's. Ours runs with the
+default precision (bfloat16 autocast on CPUs with AMX or AVX-512 BF16). The machine is often
+shared: the JSON line carries the load average. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -84,8 +86,8 @@ def main() -> int:
     tutorial_ratio = summary["tutorial (batch 4)"]["ours_over_peer_epoch"]
     print(json.dumps({"benchmark": "finetune_throughput", "backbone": args.backbone, "cpu_count": os.cpu_count(),
                       "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                      "ours": mine, "peers": summary, "target": "ours epoch <= 0.8x the tutorial peer's",
-                      "ratio": tutorial_ratio, "met": tutorial_ratio <= 0.8}))
+                      "ours": mine, "peers": summary, "target": "ours epoch <= 0.5x the tutorial peer's",
+                      "ratio": tutorial_ratio, "met": tutorial_ratio <= 0.5}))
     return 0
 
 

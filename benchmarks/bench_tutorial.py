@@ -2,6 +2,7 @@
 
     python benchmarks/bench_tutorial.py [--data DIR] [--peer-epochs 25] [--skip-peer]
                                          [--ours features-lite0,features-lite2,finetune-lite2,finetune-lite0]
+                                         [--finetune-epochs N] [--ours-args "--precision fp32 ..."]
 
 Ours: the whole ``transfer train DATA --json`` process (command line, worker process, data
 check, decoding, features, training), each configuration twice in a fresh ``TRANSFER_HOME``:
@@ -12,8 +13,15 @@ takes about 6 + 13 minutes on two cores, ``--peer-epochs`` shortens it (its per-
 what the epoch comparison uses). Prints a table, then one JSON line.
 
 Targets (issue 4): features/Lite0 best val acc >= 0.94 in <= 35 s (a tenth of the peer's
-350 s); features/Lite2 >= 0.95 in the same time; finetune/Lite2 >= 0.95; a finetune/Lite0
-epoch <= 0.8x the peer's fine-tuning epoch.
+350 s); features/Lite2 >= 0.95 in the same time; finetune/Lite2 >= 0.95. Issue 12: a
+finetune/Lite0 epoch <= 0.5x the peer's fine-tuning epoch, best val acc >= 0.94.
+
+The machine is often shared: the JSON line carries the load average before and after, and
+``--rounds N`` alternates ours and the peer N times so both see the same load (the epoch ratio
+is then the median of the rounds' ratios). For the fine-tuning epoch alone:
+
+    python benchmarks/bench_tutorial.py --ours finetune-lite0 --peer-variants finetune \
+        --peer-epochs 1 --finetune-epochs 2 --rounds 2
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,39 +77,64 @@ def main() -> int:
     parser.add_argument("--peer-variants", default="features,finetune")
     parser.add_argument("--ours", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
     parser.add_argument("--finetune-epochs", type=int, help="epochs for our fine-tuning runs (default: the method's)")
+    parser.add_argument("--ours-args", default="", help="more `transfer train` options for our runs, e.g. "
+                                                        "'--precision fp32' to measure without bfloat16")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate ours and the peer this many times")
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"{args.data} not found", file=sys.stderr)
         return 2
 
     load_before = os.getloadavg()
+    rounds = []
+    for _ in range(max(1, args.rounds)):
+        ours, peers = measure_ours(args), measure_peers(args)
+        rows, checks = table_rows(ours, peers, args.peer_epochs)
+        print_table(rows)
+        rounds.append({"ours": ours, "peers": peers, "targets": checks, "load_average": os.getloadavg()})
+    targets = dict(rounds[-1]["targets"])
+    ratios = [r["targets"][RATIO]["value"] for r in rounds if RATIO in r["targets"]]
+    if ratios:
+        median = statistics.median(ratios)
+        targets[RATIO] = {"value": round(median, 3), "rounds": ratios, "target": "<= 0.5", "met": median <= 0.5}
+        print(f"finetune lite0 epoch / peer epoch: {', '.join(map(str, ratios))} (median {median:.3f})")
+    print(json.dumps({"benchmark": "tutorial", "data": str(args.data), "cpu_count": os.cpu_count(),
+                      "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                      "peer_epochs": args.peer_epochs, "ours_args": args.ours_args, "ours": rounds[-1]["ours"],
+                      "peers": rounds[-1]["peers"], "targets": targets, "rounds": rounds}))
+    return 0
+
+
+def measure_ours(args) -> dict:
     ours = {}
     for name in [n for n in args.ours.split(",") if n]:
         method, backbone = CONFIGS[name]
         extra = ["--epochs", str(args.finetune_epochs)] if method == "finetune" and args.finetune_epochs else []
+        extra += shlex.split(args.ours_args)
         with tempfile.TemporaryDirectory(prefix="bench-tutorial-") as home:
             passes = ("cold", "warm") if method == "features" else ("cold",)
             for label in passes:
                 result = run_transfer_train(args.data, method, backbone, Path(home), extra)
                 ours[f"{name} {label}"] = result
-                print(f"ours {name} {label}: best {result['best_val_accuracy']:.3f} in {result['wall_seconds']:.1f} s",
-                      file=sys.stderr, flush=True)
+                print(f"ours {name} {label}: best {result['best_val_accuracy']:.3f} in {result['wall_seconds']:.1f} s, "
+                      f"epochs {result['epoch_seconds']} s", file=sys.stderr, flush=True)
+    return ours
+
+
+def measure_peers(args) -> dict:
+    if args.skip_peer:
+        return {}
+    from tutorial_peer import train_peer
 
     peers = {}
-    if not args.skip_peer:
-        from tutorial_peer import train_peer
+    for variant in [v for v in args.peer_variants.split(",") if v]:
+        result = train_peer(args.data, "efficientnet_lite0", fixed_features=variant == "features",
+                            epochs=args.peer_epochs, log=lambda text: print(text, file=sys.stderr, flush=True))
+        peers[variant] = result.to_dict()
+    return peers
 
-        for variant in [v for v in args.peer_variants.split(",") if v]:
-            result = train_peer(args.data, "efficientnet_lite0", fixed_features=variant == "features",
-                                epochs=args.peer_epochs, log=lambda text: print(text, file=sys.stderr, flush=True))
-            peers[variant] = result.to_dict()
 
-    rows, checks = table_rows(ours, peers, args.peer_epochs)
-    print_table(rows)
-    print(json.dumps({"benchmark": "tutorial", "data": str(args.data), "cpu_count": os.cpu_count(),
-                      "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                      "peer_epochs": args.peer_epochs, "ours": ours, "peers": peers, "targets": checks}))
-    return 0
+RATIO = "finetune lite0 epoch / peer epoch"
 
 
 def table_rows(ours: dict, peers: dict, peer_epochs: int) -> tuple[list[dict], dict]:
@@ -128,10 +163,13 @@ def table_rows(ours: dict, peers: dict, peer_epochs: int) -> tuple[list[dict], d
     if "finetune-lite2 cold" in ours:
         value = ours["finetune-lite2 cold"]["best_val_accuracy"]
         check("finetune lite2 accuracy", value, ">= 0.95", value >= 0.95)
+    if "finetune-lite0 cold" in ours:
+        value = ours["finetune-lite0 cold"]["best_val_accuracy"]
+        check("finetune lite0 accuracy", value, ">= 0.94", value >= 0.94)
     if "finetune-lite0 cold" in ours and "finetune" in peers:
         epochs = ours["finetune-lite0 cold"]["epoch_seconds"]
         ratio = (sum(epochs) / len(epochs)) / peers["finetune"]["mean_epoch_seconds"]
-        check("finetune lite0 epoch / peer epoch", round(ratio, 3), "<= 0.8", ratio <= 0.8)
+        check(RATIO, round(ratio, 3), "<= 0.5", ratio <= 0.5)
     if "features-lite0 cold" in ours and "features" in peers and peers["features"]["epochs"] == 25:
         ratio = ours["features-lite0 cold"]["wall_seconds"] / peers["features"]["seconds"]
         check("features lite0 cold / peer fixed extractor time", round(ratio, 3), "<= 0.1", ratio <= 0.1)

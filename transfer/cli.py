@@ -452,6 +452,8 @@ def add_train(sub) -> None:
     p.add_argument("--image-size", type=int, help="training resolution in pixels (default: the backbone's)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="default auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto (default): bfloat16 autocast where the GPU or CPU computes it natively")
     add_runs_dir_argument(p)
     p.add_argument("--augmentation", choices=["none", "light", "strong"], help="augmentation preset")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
@@ -492,7 +494,7 @@ _DISTRIBUTED_SETTINGS = ("nproc_per_node", "nnodes", "node_rank", "master_addr",
 _TRAIN_SETTINGS = ("backbone", "epochs", "batch_size", "lr", "image_size", "seed", "device", "augmentation",
                    "optimizer", "schedule", "label_smoothing", "weight_decay", "early_stopping_patience",
                    "train_blocks", "head_only_epochs", "feature_views", "dropout", "hidden", "val_fraction",
-                   "probe_init") + _DISTRIBUTED_SETTINGS
+                   "probe_init", "precision") + _DISTRIBUTED_SETTINGS
 
 
 def cmd_train(args) -> int:
