@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from transfer.backbones import Preprocessing
+from transfer.bundle_predict import normalising_factors
 from transfer.errors import TransferError
 
 
@@ -100,10 +101,13 @@ def _to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def _normalise_(x: torch.Tensor, prep: Preprocessing, scale: float = 1.0) -> torch.Tensor:
-    """``(x * scale - mean) / std`` in place, as one multiply and one add over the batch."""
-    mean = torch.tensor(prep.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return x.mul_(scale / std).sub_(mean / std)
+    """``(x * scale - mean) / std`` in place, as one multiply and one subtraction over the batch.
+
+    The two factors are worked out in double precision and rounded once (``normalising_factors``),
+    the same numbers the exported ``predict.py`` uses, so both prepare identical inputs."""
+    factor, offset = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+                      for v in normalising_factors(prep.mean, prep.std, scale))
+    return x.mul_(factor).sub_(offset)
 
 
 def eval_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:

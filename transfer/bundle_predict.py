@@ -180,10 +180,16 @@ def model_input(image: Image.Image, preprocessing: dict) -> np.ndarray:
     resized = resize_short_side(image, side, preprocessing.get("interpolation", "bilinear"))
     square = centre_square(np.asarray(resized.convert("RGB"), dtype=np.uint8))
     offset = (side - size) // 2
-    crop = square[offset:offset + size, offset:offset + size].astype(np.float32) / np.float32(255.0)
-    mean = np.asarray(preprocessing["mean"], dtype=np.float32)
-    std = np.asarray(preprocessing["std"], dtype=np.float32)
-    return np.ascontiguousarray(((crop - mean) / std).transpose(2, 0, 1))
+    crop = square[offset:offset + size, offset:offset + size].astype(np.float32)
+    factor, shift = (np.asarray(v, dtype=np.float32)
+                     for v in normalising_factors(preprocessing["mean"], preprocessing["std"], 1 / 255))
+    return np.ascontiguousarray((crop * factor - shift).transpose(2, 0, 1))
+
+
+def normalising_factors(mean, std, scale: float) -> tuple[list[float], list[float]]:
+    """``(x * scale - mean) / std`` as ``x * factor - shift``: the per-channel factor and shift,
+    in double precision (the studio rounds them to float32 exactly as this script does)."""
+    return [scale / s for s in std], [m / s for m, s in zip(mean, std)]
 
 
 def picture_files(arguments: list[str]) -> list[Path]:
