@@ -62,7 +62,7 @@ def test_switching_method_switches_defaults_and_offline_backbones_cannot_be_pick
     assert app.number_input(key="epochs_finetune").value == METHODS["finetune"].defaults["epochs"]
     app.number_input(key="epochs_finetune").set_value(3).run()
     draft = json.loads((workspace / "draft_config.json").read_text())
-    assert draft["method"] == "finetune" and draft["epochs"] == 3 and draft["train_blocks"] is None
+    assert draft["method"] == "finetune" and draft["epochs"] == 3 and draft["train_blocks"] == 6
 
 
 def test_augmentation_preview_and_learning_rate_finder(session_with_data):

