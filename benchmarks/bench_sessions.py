@@ -22,8 +22,9 @@ in the busy sessions within 3 s at the 95th percentile.
     python benchmarks/bench_sessions.py [--sessions 8] [--pictures 10] [--timeout 900] [--browser-nice 15]
 
 The N browsers run on the server's own cores here; in real use they run on the visitors'
-computers. ``--browser-nice 15`` starts them at a low CPU priority, so that the figures show
-the server's own responsiveness rather than how the server's cores share out with 8 browsers.
+computers. ``--browser-nice 15`` starts the busy sessions' browser at a low CPU priority and the
+fresh visitor in a browser of its own at normal priority, so that the figures show the
+server's own responsiveness rather than how the server's cores share out with 8 browsers.
 
 Prints a table, then one JSON line.
 """
@@ -35,7 +36,6 @@ import asyncio
 import io
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -214,6 +214,10 @@ async def measure(args, url: str, home: Path, scratch: Path, server_pid: int) ->
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=browser_command(args.browser_nice, scratch),
                                                    args=CHROMIUM_FLAGS)
+        # The fresh visitor's browser is a separate one at normal priority: it stands for a
+        # newcomer's own computer, which the busy sessions' browsers do not slow down.
+        visitor_browser = await playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS) \
+            if args.browser_nice > 0 else browser
         sessions = [Session(i, browser, url, home, zips[i]) for i in range(args.sessions)]
         for session in sessions:
             session.think_seconds = args.think
@@ -227,7 +231,7 @@ async def measure(args, url: str, home: Path, scratch: Path, server_pid: int) ->
         visits, gets, failures = [], [], []
         for _ in range(args.visits):
             gets.append(await asyncio.to_thread(http_get_seconds, url))
-            visits.append(await fresh_visit(browser, url, failures))
+            visits.append(await fresh_visit(visitor_browser, url, failures))
             await asyncio.sleep(2.0)
         await browsing
         while any(s.status().get("state") in ("queued", "running") for s in sessions) and time.monotonic() < deadline:
@@ -236,6 +240,8 @@ async def measure(args, url: str, home: Path, scratch: Path, server_pid: int) ->
         server_cpu_share = (server_now[0] - server_cpu[0]) / elapsed
         server_wait_share = (server_now[1] - server_cpu[1]) / elapsed
         await browser.close()
+        if visitor_browser is not browser:
+            await visitor_browser.close()
     statuses = [s.status() for s in sessions]
     ended = [st.get("ended_at") for st in statuses if st.get("ended_at")]
     waits = [st["started_at"] - st["created_at"] for st in statuses if st.get("started_at") and st.get("created_at")]
