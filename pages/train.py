@@ -85,7 +85,10 @@ with settings_area:
         st.info("Choose a data set first; the default settings are a good start.")
         st.page_link("pages/data.py", label="Go to Data", icon="🗂️")
     else:
-        st.markdown(f"**{METHODS[config.method].title}** of **{config.backbone}** for {config.epochs} epochs, "
+        trained = ""
+        if config.method == "finetune":
+            trained = f" (the last {config.train_blocks} blocks)" if config.train_blocks is not None else " (every block)"
+        st.markdown(f"**{METHODS[config.method].title}** of **{config.backbone}**{trained} for {config.epochs} epochs, "
                     f"batch {config.batch_size}, learning rate {config.lr:g}."
                     + (f" Starting from your weights **{config.initial_weights['name']}**." if config.initial_weights else ""))
         if defaults:

@@ -129,3 +129,12 @@ def test_compare_trains_the_three_methods_on_the_same_split(configured_session):
     for run in runs:
         JobManager(workspace / "runs").cancel(run.id)
     assert draft["method"] == "features"
+
+
+@pytest.mark.parametrize("blocks, said", [(None, "(every block)"), (6, "(the last 6 blocks)")])
+def test_the_settings_line_says_how_much_of_the_backbone_fine_tuning_trains(tiny_dataset, blocks, said):
+    token, _ = session_with_dataset(tiny_dataset, {"backbone": "efficientnet_lite0", "method": "finetune",
+                                                   "epochs": 2, "train_blocks": blocks})
+    app = open_app("pages/train.py", token=token)
+    assert not app.exception, app.exception
+    assert said in app.markdown[0].value and "Fine-tuning" in app.markdown[0].value
