@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from transfer.errors import TransferError
+from transfer.machine import cpu_cores
 
 
 class DeviceError(TransferError):
@@ -136,10 +137,7 @@ def cpu_flags() -> set[str]:
 def use_all_cores() -> int:
     """Let torch use every core this process may run on, or as many as a worker was given
     (``$TRANSFER_WORKER_THREADS``, set by the job dispatcher so workers leave the web server room)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = cpu_cores()
     granted = os.environ.get("TRANSFER_WORKER_THREADS", "")
     if granted.isdigit() and int(granted) >= 1:
         cores = min(cores, int(granted))

@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from transfer.errors import TransferError
 from transfer.launch import RANK_OUTCOME_FILE as OUTCOME_FILE  # one name for the file both sides read
+from transfer.machine import cpu_cores
 from transfer.runs import Cancelled, RunDir, atomic_write_json
 from transfer.training.tasks import ImageTask
 
@@ -283,10 +284,7 @@ def share_the_cores() -> None:
     local_world = _environment_number("LOCAL_WORLD_SIZE", 1)
     if local_world <= 1:
         return
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    cores = cpu_cores()
     cores = min(cores, _environment_number("TRANSFER_WORKER_THREADS", cores))
     os.environ["TRANSFER_WORKER_THREADS"] = str(max(1, cores // local_world))
 
