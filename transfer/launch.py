@@ -77,10 +77,12 @@ def torchrun_command(run_path: Path | str, config) -> list[str]:
 
 
 def rank_environment(config: dict, worker_threads: int) -> dict[str, str]:
-    """The environment of torchrun and its ranks: the worker's threads shared out between this
-    machine's ranks, so a distributed run uses the cores its slots were given, no more."""
+    """The environment of torchrun and its ranks: the worker's threads, which each rank shares
+    out with this machine's other ranks (:func:`transfer.distributed.share_the_cores`), so a
+    distributed run uses the cores its slots were given, no more. OpenMP's own count is set to
+    a rank's share from the start, for the libraries that read it before torch does."""
     threads = str(max(1, worker_threads // int(config.get("nproc_per_node") or 1)))
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFER_WORKER_THREADS": threads,
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFER_WORKER_THREADS": str(max(1, worker_threads)),
             "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
