@@ -212,13 +212,13 @@ def test_feature_maps_of_tiny_sets(n):
     assert coordinates.shape == (n, 2) and np.isfinite(coordinates).all()
 
 
-def test_the_map_uses_only_free_cores(monkeypatch):
+def test_the_audit_uses_only_free_cores(monkeypatch):
     from transfer.machine import cpu_cores
 
     monkeypatch.setattr(audit.os, "getloadavg", lambda: (0.3, 0.0, 0.0))
-    assert audit.map_threads() == cpu_cores()
+    assert audit.free_cores() == cpu_cores()
     monkeypatch.setattr(audit.os, "getloadavg", lambda: (cpu_cores() + 5.0, 0.0, 0.0))
-    assert audit.map_threads() == 1
+    assert audit.free_cores() == 1
 
 
 def test_cli_audit_json_has_the_three_lists(messy, result, capsys, transfer_home):

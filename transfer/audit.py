@@ -129,6 +129,25 @@ class PictureFeatures:
     computed: int
 
 
+def free_cores() -> int:
+    """Threads for the audit's work: the cores nobody else is using, at least one.
+
+    Threads that wait for each other (t-SNE at every one of its thousand steps, the backbone at
+    every layer) lose a time slice at each wait when other processes hold the cores (a training
+    run, another session's audit). On two busy cores (load average 10-19) the map of 398
+    pictures took 86 s with two threads and 14-22 s with one; the features of 120 pictures
+    27-36 s with two and 15-16 s with one. An idle machine keeps every core.
+    """
+    from transfer.machine import cpu_cores
+
+    cores = cpu_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this system
+        busy = 0.0
+    return max(1, min(cores, cores - int(busy)))
+
+
 def picture_features(samples: list, backbone: str, image_size: int | None = None, *,
                      progress: Progress | None = None, phase: str = "features") -> PictureFeatures:
     """Centre-crop backbone features of ``samples``, read from (and added to) the training runs' cache."""
@@ -151,10 +170,15 @@ def picture_features(samples: list, backbone: str, image_size: int | None = None
         return model
 
     report = (lambda done, total, _seconds: progress(phase, done, total)) if progress else None
-    with torch.inference_mode():
-        features, stats = extract_features(samples, [CENTRE_VIEW], backbone=backbone, prep=prep, augmentation="none",
-                                           spec=None, setup=setup, load_model=load_model, batch_size=32,
-                                           cache=FeatureCache(), progress=report)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, free_cores()))
+    try:
+        with torch.inference_mode():
+            features, stats = extract_features(samples, [CENTRE_VIEW], backbone=backbone, prep=prep,
+                                               augmentation="none", spec=None, setup=setup, load_model=load_model,
+                                               batch_size=32, cache=FeatureCache(), progress=report)
+    finally:
+        torch.set_num_threads(threads)
     return PictureFeatures(features[:, 0].numpy(), stats.seconds, stats.cached, stats.computed)
 
 
@@ -375,26 +399,8 @@ def feature_map(features: np.ndarray, seed: int = 0) -> np.ndarray:
     if n < 10:
         return reduced[:, :2] if reduced.shape[1] >= 2 else np.column_stack([reduced[:, 0], np.zeros(n)])
     perplexity = float(min(30.0, (n - 1) / 3))
-    with threadpool_limits(limits=map_threads()):
+    with threadpool_limits(limits=free_cores()):
         return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
-
-
-def map_threads() -> int:
-    """Threads for t-SNE: the cores nobody else is using, at least one.
-
-    t-SNE's threads wait for each other at every one of its thousand steps; when other
-    processes hold the cores (a training run, another session's audit), each wait costs a time
-    slice. On two busy cores (load average 12-19) the map of 398 pictures took 86 s with two
-    threads and 14-22 s with one.
-    """
-    from transfer.machine import cpu_cores
-
-    cores = cpu_cores()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average on this system
-        busy = 0.0
-    return max(1, min(cores, cores - int(busy)))
 
 
 def map_sample(n: int, seed: int = 0) -> np.ndarray:
