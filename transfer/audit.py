@@ -385,9 +385,10 @@ def find_outliers(unit: np.ndarray, labels: np.ndarray, hashes: list[str]) -> li
 def feature_map(features: np.ndarray, seed: int = 0) -> np.ndarray:
     """``(n, 2)`` coordinates: t-SNE (after PCA to at most 50 dimensions) for 10 or more
     pictures, PCA alone below that, where t-SNE's neighbourhoods mean nothing."""
+    # threadpoolctl limits the libraries already loaded: sklearn's OpenMP comes with TSNE.
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits  # after sklearn, so its OpenMP library is loaded
+    from threadpoolctl import threadpool_limits
 
     n = len(features)
     if n == 0:
