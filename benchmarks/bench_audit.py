@@ -66,7 +66,7 @@ def cleanlab_ranking(filter_by: str, rank_by: str):
 
 
 def the_audits_ranking(probabilities: np.ndarray, labels: np.ndarray) -> list[int]:
-    from transfer.audit import find_suspects
+    from transfer.analysis.audit import find_suspects
 
     return [index for index, _suggested, _score in find_suspects(probabilities, labels)]
 
@@ -94,8 +94,8 @@ def summary(total: dict) -> dict:
 
 
 def compare_rankings(name: str, root: Path, rankers: dict, share: float, seeds: list[int], backbone: str) -> list[dict]:
-    from transfer.audit import fold_count, out_of_fold_probabilities, picture_features
-    from transfer.data import load_dataset
+    from transfer.analysis.audit import fold_count, out_of_fold_probabilities, picture_features
+    from transfer.data.dataset import load_dataset
 
     dataset = load_dataset(root)
     labels = np.array([dataset.label_index(s.label) for s in dataset.samples])
@@ -121,7 +121,7 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 def flipped_copy(data: Path, target: Path, share: float, seed: int) -> set[str]:
     """A copy of ``data`` with ``share`` of its pictures filed under another class; returns their paths."""
-    from transfer.data import load_dataset
+    from transfer.data.dataset import load_dataset
 
     dataset = load_dataset(data)
     samples = sorted(dataset.samples, key=lambda s: str(s.path))
@@ -160,8 +160,8 @@ def timed_steps(audit_module, phases: dict) -> None:
 
 def time_whole_audit(data: Path, temp: Path, share: float, seed: int, backbone: str) -> list[dict]:
     """A whole audit (with its feature map, as the Data page asks) of a flipped copy, cold then warm."""
-    from transfer import audit
-    from transfer.data import load_dataset
+    from transfer.analysis import audit
+    from transfer.data.dataset import load_dataset
 
     copy = temp / "flipped"
     flipped = flipped_copy(data, copy, share, seed)
@@ -205,7 +205,7 @@ def main() -> int:
         rankers.update({f"cleanlab {f} / {r}": cleanlab_ranking(f, r) for f in FILTERS for r in RANKINGS})
     with tempfile.TemporaryDirectory(prefix="bench-audit-") as temp:
         os.environ["TRANSFER_HOME"] = str(Path(temp) / "home")
-        from transfer.data import demo_dataset_path
+        from transfer.data.dataset import demo_dataset_path
 
         data_sets = [("demo data", demo_dataset_path())]
         if args.data.is_dir():

@@ -20,8 +20,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pictures import make_picture
-from transfer import audit, cli
-from transfer.data import load_dataset
+from transfer.analysis import audit
+from transfer.cli import commands as cli
+from transfer.data.dataset import load_dataset
 
 CLASSES = ["red", "green", "blue"]
 PER_CLASS = {"train": 16, "val": 6}
@@ -164,7 +165,7 @@ def test_suspects_are_ranked_by_margin_and_suggest_the_likeliest_class():
 def test_the_web_server_does_not_load_cleanlab():
     """The pages import the audit's constants; cleanlab (with pandas and scikit-learn) is loaded
     only by the audit job that needs it."""
-    code = "import sys, transfer.audit, ui.audit_view; print('cleanlab' in sys.modules)"
+    code = "import sys, transfer.analysis.audit, ui.audit_view; print('cleanlab' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                           check=False, env={**os.environ, "PYTHONPATH": str(root)})
@@ -213,7 +214,7 @@ def test_feature_maps_of_tiny_sets(n):
 
 
 def test_the_audit_uses_only_free_cores(monkeypatch):
-    from transfer.machine import cpu_cores
+    from transfer.core.machine import cpu_cores
 
     monkeypatch.setattr(audit.os, "getloadavg", lambda: (0.3, 0.0, 0.0))
     assert audit.free_cores() == cpu_cores()
