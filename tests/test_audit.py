@@ -1,5 +1,6 @@
-"""The data audit: flipped labels are found (recall and precision), copies across the split are
-called leakage, a blank picture is an outlier, the CLI's JSON, and the feature map.
+"""The data audit: flipped labels are found (recall and precision) and listed no more often than
+cleanlab flags them, copies across the split are called leakage, a blank picture is an outlier,
+the CLI's JSON, and the feature map.
 
 Two generated data sets (train/ and val/ of 3 classes) are audited once each for the module with
 the bundled EfficientNet-Lite0 (a few seconds each on 2 cores)."""
@@ -7,8 +8,11 @@ the bundled EfficientNet-Lite0 (a few seconds each on 2 cores)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +74,29 @@ def messy(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def result(messy, tmp_path_factory):
-    return audited(messy["root"], tmp_path_factory.mktemp("audit_home"), with_map=True)
+def audit_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("audit_home")
+
+
+@pytest.fixture(scope="module")
+def result(messy, audit_home):
+    return audited(messy["root"], audit_home, with_map=True)
+
+
+@pytest.fixture(scope="module")
+def out_of_fold(messy, audit_home, result) -> dict:
+    """The out-of-fold probabilities the audit above judged ``messy`` by (same features from the
+    cache, same folds and seed), with the labels and the audit's name of each picture."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRANSFER_HOME", str(audit_home))
+        patch.setenv("TRANSFER_OFFLINE", "1")
+        dataset = load_dataset(messy["root"])
+        labels = np.array([dataset.label_index(s.label) for s in dataset.samples])
+        features = audit.picture_features(list(dataset.samples), result.backbone).features
+    probabilities = audit.out_of_fold_probabilities(features, labels, len(dataset.classes),
+                                                    folds=audit.fold_count(labels), seed=0)
+    names = [s.path.relative_to(dataset.root).as_posix() for s in dataset.samples]
+    return {"probabilities": probabilities, "labels": labels, "names": names}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +129,47 @@ def test_flipped_labels_are_found_first(messy, result):
     by_path = {s.path: s for s in result.suspects}
     for path in found:  # the suggestion is the class the picture was taken from
         assert by_path[path].suggested != Path(path).parent.name
+
+
+def test_suspects_are_no_more_than_cleanlab_flags(result, out_of_fold, messy):
+    from cleanlab.filter import find_label_issues
+
+    probabilities, labels, names = out_of_fold["probabilities"], out_of_fold["labels"], out_of_fold["names"]
+    flagged = find_label_issues(labels, probabilities, filter_by=audit.SUSPECT_FILTER, n_jobs=1)
+    flagged_names = {names[i] for i in np.flatnonzero(flagged)}
+    listed = [s.path for s in result.suspects]
+    assert len(listed) <= int(flagged.sum()) and set(listed) <= flagged_names
+    assert len(set(listed) & messy["flipped"]) >= 0.8 * len(messy["flipped"])
+
+
+def test_suspects_are_ranked_by_margin_and_suggest_the_likeliest_class():
+    """Made-up probabilities of 4 classes x 20 pictures: three pictures filed under a class the
+    heads find unlikely are listed, clearest first, each with the class the heads prefer."""
+    labels = np.repeat(np.arange(4), 20)
+    confidence = np.random.default_rng(3).uniform(0.55, 0.85, 80)  # the heads' belief in the given label
+    wrong = {5: (2, 0.95), 30: (3, 0.85), 61: (0, 0.75)}  # picture: (class it shows, heads' belief in that)
+    shown = labels.copy()
+    for picture, (shown_class, belief) in wrong.items():
+        shown[picture], confidence[picture] = shown_class, belief
+    probabilities = np.repeat(((1 - confidence) / 3)[:, None], 4, axis=1)
+    probabilities[np.arange(80), shown] = confidence
+    suspects = audit.find_suspects(probabilities, labels)
+    assert [picture for picture, _, _ in suspects] == [5, 30, 61]
+    assert [suggested for _, suggested, _ in suspects] == [wrong[p][0] for p in (5, 30, 61)]
+    for picture, suggested, score in suspects:
+        assert score == pytest.approx(probabilities[picture, suggested] - probabilities[picture, labels[picture]])
+    assert audit.find_suspects(np.eye(4)[labels], labels) == []  # every label agreed with: nothing to list
+    assert audit.find_suspects(np.zeros((0, 4)), np.zeros(0, dtype=int)) == []
+
+
+def test_the_web_server_does_not_load_cleanlab():
+    """The pages import the audit's constants; cleanlab (with pandas and scikit-learn) is loaded
+    only by the audit job that needs it."""
+    code = "import sys, transfer.analysis.audit, ui.audit_view; print('cleanlab' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def test_a_resized_copy_across_the_split_is_leakage(scenes):
@@ -145,6 +211,15 @@ def test_the_feature_map_has_one_point_per_picture(result):
 def test_feature_maps_of_tiny_sets(n):
     coordinates = audit.feature_map(np.random.default_rng(1).normal(size=(n, 16)).astype(np.float32))
     assert coordinates.shape == (n, 2) and np.isfinite(coordinates).all()
+
+
+def test_the_audit_uses_only_free_cores(monkeypatch):
+    from transfer.core.machine import cpu_cores
+
+    monkeypatch.setattr(audit.os, "getloadavg", lambda: (0.3, 0.0, 0.0))
+    assert audit.free_cores() == cpu_cores()
+    monkeypatch.setattr(audit.os, "getloadavg", lambda: (cpu_cores() + 5.0, 0.0, 0.0))
+    assert audit.free_cores() == 1
 
 
 def test_cli_audit_json_has_the_three_lists(messy, result, capsys, transfer_home):

@@ -5,9 +5,10 @@ are cut into k folds per class, and a linear head trained on the other folds' ca
 judges each fold, so no picture is judged by a head that saw its label. Then
 
 ``suspects``
-    pictures whose given label the heads find unlikely while another class is likely (the
-    other class's probability reaches that class's own average confidence, as in confident
-    learning); ``score`` is p(suggested) - p(given), so the clearest cases come first.
+    pictures whose given label the heads find unlikely while another class is likely, as
+    cleanlab's confident learning (``cleanlab.filter.find_label_issues``) judges them from the
+    out-of-fold probabilities; ``score`` is p(suggested) - p(given), so the clearest cases
+    come first.
 ``near_duplicates``
     pairs whose centred features point the same way (cosine similarity), so re-encoded,
     resized or lightly cropped copies are found, not only identical files; a pair split
@@ -19,7 +20,7 @@ judges each fold, so no picture is judged by a head that saw its label. Then
 :func:`feature_map` lays the features out in two dimensions (scikit-learn's t-SNE after PCA)
 for the Data and Evaluate pages. ``python -m transfer.analysis.audit`` runs an audit or a run's map as a
 job that writes ``progress.json`` and ``result.json`` into a folder, so the web server only
-reads files. torch is imported inside the functions that need it.
+reads files. torch and cleanlab are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -47,6 +49,8 @@ MAX_NEAR_DUPLICATES = 200
 OUTLIER_Z = 2.0  # robust z-score of "unlike its nearest neighbours": the unusual few, for a look
 MAX_OUTLIER_SHARE = 0.02
 NEIGHBOURS = 5
+SUSPECT_FILTER = "prune_by_class"  # cleanlab's filter, chosen by measurement (see find_suspects)
+SUSPECT_RANKING = "normalized_margin"
 MAX_MAP_POINTS = 5000
 MAX_AUDIT_PICTURES = 20_000
 PROGRESS_FILE = "progress.json"
@@ -125,6 +129,25 @@ class PictureFeatures:
     computed: int
 
 
+def free_cores() -> int:
+    """Threads for the audit's work: the cores nobody else is using, at least one.
+
+    Threads that wait for each other (t-SNE at every one of its thousand steps, the backbone at
+    every layer) lose a time slice at each wait when other processes hold the cores (a training
+    run, another session's audit). On two busy cores (load average 10-19) the map of 398
+    pictures took 86 s with two threads and 14-22 s with one; the features of 120 pictures
+    27-36 s with two and 15-16 s with one. An idle machine keeps every core.
+    """
+    from transfer.core.machine import cpu_cores
+
+    cores = cpu_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this system
+        busy = 0.0
+    return max(1, min(cores, cores - int(busy)))
+
+
 def picture_features(samples: list, backbone: str, image_size: int | None = None, *,
                      progress: Progress | None = None, phase: str = "features") -> PictureFeatures:
     """Centre-crop backbone features of ``samples``, read from (and added to) the training runs' cache."""
@@ -147,10 +170,15 @@ def picture_features(samples: list, backbone: str, image_size: int | None = None
         return model
 
     report = (lambda done, total, _seconds: progress(phase, done, total)) if progress else None
-    with torch.inference_mode():
-        features, stats = extract_features(samples, [CENTRE_VIEW], backbone=backbone, prep=prep, augmentation="none",
-                                           spec=None, setup=setup, load_model=load_model, batch_size=32,
-                                           cache=FeatureCache(), progress=report)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, free_cores()))
+    try:
+        with torch.inference_mode():
+            features, stats = extract_features(samples, [CENTRE_VIEW], backbone=backbone, prep=prep,
+                                               augmentation="none", spec=None, setup=setup, load_model=load_model,
+                                               batch_size=32, cache=FeatureCache(), progress=report)
+    finally:
+        torch.set_num_threads(threads)
     return PictureFeatures(features[:, 0].numpy(), stats.seconds, stats.cached, stats.computed)
 
 
@@ -208,24 +236,34 @@ def fold_count(labels: np.ndarray) -> int:
 
 
 def find_suspects(probabilities: np.ndarray, labels: np.ndarray) -> list[tuple[int, int, float]]:
-    """``(picture, suggested class, score)`` for likely label mistakes, most certain first.
+    """``(picture, suggested class, score)`` for likely label mistakes, clearest first.
 
-    A picture is suspect when another class is more likely than its given one *and* at least as
-    likely as that class's own pictures are on average (confident learning's per-class
-    threshold), so a class the heads are generally unsure about does not flood the list.
+    cleanlab's confident learning decides which pictures are suspect: from the out-of-fold
+    probabilities it estimates how many of each class's pictures carry a wrong label, then
+    lists that many of the class's pictures, those the heads find least likely to be of their
+    given class (``prune_by_class``), leaving out any the heads still give their own label.
+    Measured with 10 % of labels flipped (``benchmarks/bench_audit.py --all-filters``), this
+    finds the most flips of the filters that do not bury them in false alarms.
+    The suggestion is the class the heads find most likely; ``score`` is p(suggested) - p(given)
+    (cleanlab's normalized margin, the ranking used), so the clearest cases come first.
     """
-    n, num_classes = probabilities.shape
-    given = probabilities[np.arange(n), labels]
-    thresholds = np.array([probabilities[labels == c, c].mean() if np.any(labels == c) else 1.0
-                           for c in range(num_classes)])
+    from cleanlab.filter import find_label_issues
+
+    n = len(labels)
+    if n == 0:
+        return []
+    with warnings.catch_warnings():
+        # A class of one or two pictures cannot lose any: saying so on every audit helps nobody.
+        warnings.filterwarnings("ignore", message="May not flag all label issues")
+        # n_jobs=1: the probabilities are small, and forking a process that holds torch is slow.
+        ranked = find_label_issues(labels, probabilities, filter_by=SUSPECT_FILTER,
+                                   return_indices_ranked_by=SUSPECT_RANKING, n_jobs=1)
     others = probabilities.copy()
     others[np.arange(n), labels] = -1.0
     suggested = others.argmax(axis=1)
-    p_suggested = others[np.arange(n), suggested]
-    flagged = np.flatnonzero((p_suggested > given) & (p_suggested >= thresholds[suggested]))
-    scores = p_suggested[flagged] - given[flagged]
-    order = np.argsort(-scores, kind="stable")
-    return [(int(flagged[i]), int(suggested[flagged[i]]), float(scores[i])) for i in order]
+    margin = others[np.arange(n), suggested] - probabilities[np.arange(n), labels]
+    suspects = [(int(i), int(suggested[i]), float(margin[i])) for i in ranked if margin[i] > 0]
+    return sorted(suspects, key=lambda suspect: -suspect[2])
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:
@@ -347,8 +385,10 @@ def find_outliers(unit: np.ndarray, labels: np.ndarray, hashes: list[str]) -> li
 def feature_map(features: np.ndarray, seed: int = 0) -> np.ndarray:
     """``(n, 2)`` coordinates: t-SNE (after PCA to at most 50 dimensions) for 10 or more
     pictures, PCA alone below that, where t-SNE's neighbourhoods mean nothing."""
+    # threadpoolctl limits the libraries already loaded: sklearn's OpenMP comes with TSNE.
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     n = len(features)
     if n == 0:
@@ -360,7 +400,8 @@ def feature_map(features: np.ndarray, seed: int = 0) -> np.ndarray:
     if n < 10:
         return reduced[:, :2] if reduced.shape[1] >= 2 else np.column_stack([reduced[:, 0], np.zeros(n)])
     perplexity = float(min(30.0, (n - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
+    with threadpool_limits(limits=free_cores()):
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
 
 
 def map_sample(n: int, seed: int = 0) -> np.ndarray:
