@@ -1,0 +1,73 @@
+"""Live camera on the Predict page and on demo links: the model runs in the visitor's browser.
+
+The "Live camera" button opens a camera view (a Streamlit component whose files are
+``transfer/web_assets``, served by the studio itself) that classifies frames one after another
+with onnxruntime-web on the run's checked ONNX export, and shows class bars and how many
+pictures a second it manages. No frame leaves the device: the server sends the model once (the
+bytes travel as a component argument, so no URL exists that another session could fetch; later
+reruns send only a reference to the same message) and then does nothing while the camera runs.
+"Explain this frame" sends that one frame back, and the page shows it with the usual Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import streamlit as st
+import streamlit.components.v1 as components
+
+from transfer.errors import TransferError
+from transfer.web_page import ASSETS, browser_info, require_runtime
+
+_live_camera = components.declare_component("live_camera", path=str(ASSETS))
+FRAME_HEIGHT = 420
+COUNTER_BYTES = 4  # the component puts a click counter before the PNG, so every click is news
+
+
+def model_files(folder: Path) -> tuple[Path, dict]:
+    """The ONNX file and model.json the browser runs: a demo snapshot's own ``model.onnx``, or a
+    run's checked export (made by a child process on first use, never in the server)."""
+    from transfer.export import export_in_subprocess
+
+    onnx = folder / "model.onnx"
+    if not onnx.is_file():
+        onnx = export_in_subprocess(folder, "onnx").path
+    try:
+        info = json.loads((folder / "model.json").read_text())
+    except (OSError, ValueError):
+        raise TransferError("This model's description (model.json) cannot be read; train the model again.") from None
+    return onnx, info
+
+
+def opaque_id(onnx: Path) -> str:
+    """Names this version of the model for the browser without telling it any path."""
+    stat = onnx.stat()
+    return hashlib.sha256(f"{onnx.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+
+
+def live_section(folder: Path, top_k: int, key: str, explain: bool = True) -> bytes | None:
+    """The "Live camera" button and, once pressed, the camera view. Returns the PNG of a frame
+    the visitor asked to explain (the latest one), else None."""
+    opened = f"{key}_open"
+    if not st.session_state.get(opened):
+        st.caption("Classify what the camera sees, several times a second, on this device: no picture is sent.")
+        if st.button("Live camera", key=f"{key}_start", icon="🎥", type="primary"):
+            st.session_state[opened] = True
+            st.rerun()
+        return None
+    if st.button("Close the live camera", key=f"{key}_stop", icon="⏹️"):
+        st.session_state[opened] = False
+        st.rerun()
+    try:
+        require_runtime()
+        onnx, info = model_files(folder)
+    except TransferError as error:
+        st.error(str(error), icon="🚫")
+        return None
+    value = _live_camera(model=onnx.read_bytes(), info=browser_info(info), model_id=opaque_id(onnx), top_k=top_k,
+                         explain=explain, autostart=True, key=f"{key}_view", default=None, height=FRAME_HEIGHT)
+    if isinstance(value, (bytes, bytearray)) and len(value) > COUNTER_BYTES:
+        return bytes(value[COUNTER_BYTES:])
+    return None
