@@ -29,25 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests" / "brows
 
 from bench_predict import HYMENOPTERA, make_run  # noqa: E402
 from webtools import (CHROMIUM_FLAGS, answer_for, chromium, fake_camera_flags, serve_folder,  # noqa: E402
-                      wait_until_ready)
-
-
-def y4m_from_picture(picture: Path, target: Path, width: int = 640, height: int = 480, frames: int = 30) -> Path:
-    """A short y4m video (4:2:0) of ``picture``, slowly panning so that frames differ."""
-    import numpy as np
-    from PIL import Image
-
-    image = Image.open(picture).convert("RGB").resize((width + frames * 2, height))
-    with open(target, "wb") as out:
-        out.write(f"YUV4MPEG2 W{width} H{height} F10:1 Ip A1:1 C420jpeg\n".encode())
-        for index in range(frames):
-            frame = image.crop((index * 2, 0, index * 2 + width, height)).convert("YCbCr")
-            y, cb, cr = (np.asarray(channel) for channel in frame.split())
-            out.write(b"FRAME\n")
-            out.write(y.tobytes())
-            for chroma in (cb, cr):
-                out.write(np.asarray(Image.fromarray(chroma).resize((width // 2, height // 2))).tobytes())
-    return target
+                      wait_until_ready, y4m_from_picture)
 
 
 def agreement(browser, run: Path, photos: list[Path], scratch: Path) -> dict:

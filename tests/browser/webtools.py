@@ -9,7 +9,6 @@ import http.server
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -24,6 +23,24 @@ def fake_camera_flags(video: Path) -> list[str]:
     """Chromium's fake camera, playing ``video`` (a y4m file) in a loop, allowed without asking."""
     return ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-video-capture={video}"]
+
+
+def y4m_from_picture(picture: Path, target: Path, width: int = 640, height: int = 480, frames: int = 30) -> Path:
+    """A short y4m video (4:2:0) of ``picture``, slowly panning so that frames differ."""
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(picture).convert("RGB").resize((width + frames * 2, height))
+    with open(target, "wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F10:1 Ip A1:1 C420jpeg\n".encode())
+        for index in range(frames):
+            frame = image.crop((index * 2, 0, index * 2 + width, height)).convert("YCbCr")
+            y, cb, cr = (np.asarray(channel) for channel in frame.split())
+            out.write(b"FRAME\n")
+            out.write(y.tobytes())
+            for chroma in (cb, cr):
+                out.write(np.asarray(Image.fromarray(chroma).resize((width // 2, height // 2))).tobytes())
+    return target
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -62,18 +79,3 @@ def answer_for(page, picture: Path, timeout_ms: int = 60_000) -> dict:
     result = page.locator("#result")
     return {"label": result.get_attribute("data-label"), "probability": float(result.get_attribute("data-probability")),
             "unknown": result.get_attribute("data-unknown") == "true"}
-
-
-def wait_for_answers(locator_owner, count: int, timeout_s: float) -> list[tuple[float, str, float]]:
-    """Poll a ``#result`` locator until it has published ``count`` more answers: (time, label, p)."""
-    seen, last = [], None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and len(seen) < count:
-        result = locator_owner.locator("#result")
-        number = result.get_attribute("data-count")
-        if number and number != last:
-            last = number
-            seen.append((time.monotonic(), result.get_attribute("data-label"),
-                         float(result.get_attribute("data-probability"))))
-        time.sleep(0.05)
-    return seen
