@@ -208,6 +208,26 @@ function resample(picture, outW, outH, filter, box, keep) {
   return out;
 }
 
+/** Pillow's NEAREST resize of ``box``: its affine transform in 16.16 fixed point (the pixel
+ * under each output pixel's centre), computing only the kept window. */
+function nearest(picture, outW, outH, box, keep) {
+  const fix = (v) => Math.floor(v * 65536.0 + 0.5);
+  const scaleX = (box[2] - box[0]) / outW, scaleY = (box[3] - box[1]) / outH;
+  const stepX = fix(scaleX), startX = fix(box[0] + scaleX * 0.5);
+  const stepY = fix(scaleY), startY = fix(box[1] + scaleY * 0.5);
+  const out = new Picture(keep.x1 - keep.x0, keep.y1 - keep.y0);
+  for (let y = keep.y0; y < keep.y1; y++) {
+    const yin = Math.floor((startY + y * stepY) / 65536);
+    for (let x = keep.x0; x < keep.x1; x++) {
+      const xin = Math.floor((startX + x * stepX) / 65536);
+      if (xin < 0 || xin >= picture.width || yin < 0 || yin >= picture.height) continue;
+      const from = (yin * picture.width + xin) * 3, to = ((y - keep.y0) * out.width + (x - keep.x0)) * 3;
+      out.data[to] = picture.data[from]; out.data[to + 1] = picture.data[from + 1]; out.data[to + 2] = picture.data[from + 2];
+    }
+  }
+  return out;
+}
+
 /** Python's round(): halves go to the even neighbour. */
 function roundHalfEven(value) {
   const floor = Math.floor(value), diff = value - floor;
@@ -231,8 +251,9 @@ function safeBox(picture, outW, outH, filter, box) {
  */
 export function modelView(picture, preprocessing) {
   const side = preprocessing.resize_size, size = preprocessing.input_size;
-  const filter = FILTERS[String(preprocessing.interpolation || "bilinear").toLowerCase()];
-  if (!filter) throw new Error(`unknown interpolation ${preprocessing.interpolation}`);
+  const name = String(preprocessing.interpolation || "bilinear").toLowerCase();
+  const filter = FILTERS[name];
+  if (!filter && name !== "nearest") throw new Error(`unknown interpolation ${preprocessing.interpolation}`);
   let { width, height } = picture;
   let short = Math.min(width, height);
   const long = Math.max(width, height);
@@ -256,7 +277,8 @@ export function modelView(picture, preprocessing) {
   const keep = { x0: left, x1: left + size, y0: top, y1: top + size };
   if (short === side) return picture.crop(left, top, size, size);
   let box = [0, 0, width, height];
-  if (scale < 1 && filter !== FILTERS.nearest) {
+  if (!filter) return nearest(picture, outW, outH, box, keep);
+  if (scale < 1) {
     const factorX = Math.trunc(width / outW / REDUCING_GAP) || 1, factorY = Math.trunc(height / outH / REDUCING_GAP) || 1;
     if (factorX > 1 || factorY > 1) {
       const reduceBox = safeBox(picture, outW, outH, filter, box);

@@ -1,0 +1,121 @@
+"""Models in the browser, without a browser: the page's picture preparation (prepare.js, run by
+Node.js) gives exactly the model input transfer.bundle_predict gives, for every interpolation,
+shapes that need Pillow's whole-factor reduction and strips; `transfer export --format web`
+writes a complete page (folder or zip) that names nothing private; the runtime's install and
+its absence say what to do."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_page_evaluate import trained  # noqa: F401 (the shared tiny finished run)
+from test_share import exported  # noqa: F401 (its checked exports, made once)
+from transfer import bundle_predict, web_page
+from transfer.cli import main
+from transfer.export import cached_export, export_run
+
+NODE = shutil.which("node")
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+SHAPES = [  # (width, height, interpolation, resize_size, input_size)
+    (90, 70, "bilinear", 64, 56),
+    (500, 375, "bicubic", 256, 224),
+    (375, 500, "bilinear", 256, 224),
+    (256, 300, "bicubic", 256, 224),  # short side already right: no resize
+    (2000, 300, "bilinear", 256, 224),  # a strip: cut to 4:1 first
+    (1900, 1400, "lanczos", 160, 128),  # reduced by whole factors first (reducing_gap)
+    (33, 47, "hamming", 64, 60),  # enlarged
+    (999, 1001, "box", 100, 90),
+    (640, 480, "nearest", 256, 224),
+]
+
+PREPARE_IN_NODE = """
+import fs from "fs";
+import { Picture, modelView, modelInput } from "%s";
+const cases = JSON.parse(fs.readFileSync(process.argv[2]));
+const out = cases.map((c) => Array.from(modelInput(modelView(new Picture(c.w, c.h, Uint8Array.from(c.rgb)), c.p), c.p)));
+fs.writeFileSync(process.argv[3], JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="Node.js is not installed")
+def test_the_pages_preparation_matches_the_studios_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    cases, expected = [], []
+    for width, height, interpolation, side, size in SHAPES:
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        preprocessing = {"resize_size": side, "input_size": size, "interpolation": interpolation, "mean": MEAN,
+                         "std": STD}
+        cases.append({"w": width, "h": height, "rgb": pixels.ravel().tolist(), "p": preprocessing})
+        expected.append(bundle_predict.model_input(Image.fromarray(pixels), preprocessing))
+    script = tmp_path / "prepare.mjs"
+    script.write_text(PREPARE_IN_NODE % (web_page.ASSETS / "prepare.js").as_uri())
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    subprocess.run([NODE, str(script), str(tmp_path / "cases.json"), str(tmp_path / "out.json")], check=True,
+                   timeout=300)
+    for shape, want, got in zip(SHAPES, expected, json.loads((tmp_path / "out.json").read_text())):
+        got = np.asarray(got, dtype=np.float32).reshape(want.shape)
+        assert np.array_equal(got, want), f"{shape}: up to {np.abs(got - want).max()} apart"
+
+
+needs_runtime = pytest.mark.skipif(not web_page.runtime_ready(),
+                                   reason="onnxruntime-web is not installed (./studio installs it with npm)")
+
+
+@needs_runtime
+def test_export_web_writes_a_complete_page_folder_or_zip(exported, tmp_path, capsys):
+    run = exported.run
+    assert main(["export", str(run.path), "--format", "web", "--output", str(tmp_path / "page"), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    folder = Path(answer["path"])
+    names = {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
+    assert {"index.html", "model.onnx", "model.json", *web_page.PAGE_FILES} <= names
+    assert {f"ort/{name}" for name in web_page.RUNTIME_FILES} <= names
+    assert answer["bytes"] == sum((folder / name).stat().st_size for name in names)
+    assert (folder / "model.onnx").read_bytes() == cached_export(run.path, "onnx").path.read_bytes()
+    info = json.loads((folder / "model.json").read_text())
+    assert info["classes"] == run.labels() and info["onnx"]["output"] == "probabilities"
+    page_text = "".join((folder / name).read_text() for name in ("index.html", "model.json"))
+    assert str(run.path) not in page_text and "colours" not in page_text  # nothing of the owner's data
+    assert "http://" not in page_text and "https://" not in page_text  # nothing fetched from elsewhere
+
+    zipped = export_run(run.path, "web", tmp_path / "page.zip")
+    with zipfile.ZipFile(zipped.path) as archive:
+        assert f"{run.id}-web/index.html" in archive.namelist()
+
+
+def test_without_the_runtime_the_web_export_says_what_to_do_and_is_not_remembered(exported, monkeypatch, tmp_path):
+    run = tmp_path / exported.run.id  # a copy whose checked ONNX export is kept, but no web page yet
+    shutil.copytree(exported.run.path, run)
+    for record in run.glob("exports/*/exports.json"):
+        record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "web"}))
+    monkeypatch.setattr(web_page, "RUNTIME_FOLDER", tmp_path / "missing")
+    with pytest.raises(web_page.WebRuntimeMissing, match="npm"):
+        export_run(run, "web")
+    assert cached_export(run, "web") is None  # installing it later is enough
+
+
+def test_installing_the_runtime_copies_its_files_and_names_what_is_missing(monkeypatch, tmp_path):
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    monkeypatch.setattr(web_page, "RUNTIME_FOLDER", tmp_path / "ort")
+    assert web_page.main(["--install-runtime", str(dist)]) == 1
+    for name in web_page.RUNTIME_FILES:
+        (dist / name).write_text(name)
+    assert web_page.main(["--install-runtime", str(dist)]) == 0
+    assert web_page.runtime_ready()
+    assert sorted(path.name for path in (tmp_path / "ort").iterdir()) == sorted(web_page.RUNTIME_FILES)
+
+
+def test_the_page_keeps_a_models_none_of_these_calibration():
+    info = {"classes": ["a", "b"], "preprocessing": {"input_size": 8}, "dataset": "/private/path",
+            "novelty": {"thresholds": {"normal": 0.4}}}
+    page = web_page.browser_info(info)
+    assert page["novelty"] == {"thresholds": {"normal": 0.4}} and "dataset" not in page
