@@ -62,7 +62,8 @@ def live_section(folder: Path, top_k: int, key: str, explain: bool = True) -> by
         st.rerun()
     try:
         require_runtime()
-        onnx, info = model_files(folder)
+        with st.spinner("Preparing the model for your browser (the first time only) ..."):
+            onnx, info = model_files(folder)
     except TransferError as error:
         st.error(str(error), icon="🚫")
         return None
