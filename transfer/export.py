@@ -214,7 +214,8 @@ def _copy_to(result: ExportResult, output: Path | str) -> ExportResult:
 
 def _make_web_page(run_dir: Path, folder: Path) -> ExportResult:
     """The web page around the checked ONNX export (its check is the page's check: the page's
-    own preprocessing is held to the studio's by tests/browser/test_web_export.py)."""
+    own preparation of pictures is held to the studio's by tests/test_web_page.py, bit for bit,
+    and by tests/browser/test_live_camera.py in chromium)."""
     from transfer.model_io import read_model_info
     from transfer.web_page import web_page_zip
 
