@@ -23,6 +23,9 @@ from transfer.web_page import ASSETS, browser_info, require_runtime
 
 _live_camera = components.declare_component("live_camera", path=str(ASSETS))
 FRAME_HEIGHT = 420
+#: Larger models would not fit in one of Streamlit's messages (server.maxMessageSize, 200 MB by
+#: default) and would take minutes to reach a phone.
+MAX_MODEL_MB = 150
 COUNTER_BYTES = 4  # the component puts a click counter before the PNG, so every click is news
 
 
@@ -66,6 +69,11 @@ def live_section(folder: Path, top_k: int, key: str, explain: bool = True) -> by
             onnx, info = model_files(folder)
     except TransferError as error:
         st.error(str(error), icon="🚫")
+        return None
+    size_mb = onnx.stat().st_size / 2**20
+    if size_mb > MAX_MODEL_MB:
+        st.warning(f"This model is too large to run in the browser ({size_mb:.0f} MB; the limit is {MAX_MODEL_MB} MB): "
+                   "use the Pictures or Webcam tab, or train a smaller backbone such as EfficientNet-Lite0.", icon="🐘")
         return None
     value = _live_camera(model=onnx.read_bytes(), info=browser_info(info), model_id=opaque_id(onnx), top_k=top_k,
                          explain=explain, autostart=True, key=f"{key}_view", default=None, height=FRAME_HEIGHT)
