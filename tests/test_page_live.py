@@ -107,3 +107,10 @@ def test_download_as_a_web_page_is_prepared_once_then_offered(owner):
     downloads = [button.proto.label for button in app.get("download_button")]
     assert any(label.startswith("Download as a web page (") for label in downloads), downloads
     assert cached_export(run.path, "web").path.name == f"{run.id}-web.zip"
+
+
+def test_a_model_too_large_for_the_browser_is_not_sent(owner, runtime, monkeypatch):
+    monkeypatch.setattr(live_view, "MAX_MODEL_MB", 0)
+    app = open_live(open_app("pages/predict.py", token=owner[0]))
+    assert not live_views(app)
+    assert any("too large to run in the browser" in warning.value for warning in app.warning)
