@@ -119,3 +119,65 @@ def test_the_page_keeps_a_models_none_of_these_calibration():
             "novelty": {"thresholds": {"normal": 0.4}}}
     page = web_page.browser_info(info)
     assert page["novelty"] == {"thresholds": {"normal": 0.4}} and "dataset" not in page
+
+
+CLASSIFY_IN_NODE = """
+import fs from "fs";
+import { openClassifier } from "%s";
+import { Picture } from "%s";
+const [model, info, colours] = process.argv.slice(2);
+const classifier = await openClassifier(new Uint8Array(fs.readFileSync(model)), JSON.parse(fs.readFileSync(info)));
+const answers = [];
+for (const rgb of JSON.parse(colours)) {
+  answers.push(await classifier.classify(new Picture(8, 8, new Uint8Array(8 * 8 * 3).map((_, i) => rgb[i %% 3]))));
+}
+console.log(JSON.stringify(answers));
+"""
+
+
+def two_output_model(path: Path, novelty_first: bool) -> Path:
+    """A tiny model with the outputs the "None of these" branch adds: probabilities from the red
+    and green means, novelty from the blue mean."""
+    import io
+
+    import torch
+
+    class TwoOutputs(torch.nn.Module):
+        def forward(self, x):
+            means = x.mean(dim=(2, 3))
+            probabilities, novelty = torch.softmax(means[:, :2] * 4, dim=1), means[:, 2]
+            return (novelty, probabilities) if novelty_first else (probabilities, novelty)
+
+    names = ["novelty", "probabilities"] if novelty_first else ["probabilities", "novelty"]
+    buffer = io.BytesIO()
+    torch.onnx.export(TwoOutputs(), (torch.zeros(1, 3, 8, 8),), buffer, dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=names)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+@pytest.mark.skipif(NODE is None or not web_page.runtime_ready(), reason="needs Node.js and onnxruntime-web")
+@pytest.mark.parametrize("novelty_first", [False, True])
+def test_the_page_reads_outputs_by_name_and_says_none_of_these_over_the_threshold(tmp_path, novelty_first):
+    model = two_output_model(tmp_path / "model.onnx", novelty_first)
+    script = tmp_path / "classify.mjs"
+    script.write_text(CLASSIFY_IN_NODE % ((web_page.ASSETS / "classify.js").as_uri(),
+                                          (web_page.ASSETS / "prepare.js").as_uri()))
+    colours = json.dumps([[255, 0, 0], [0, 255, 255]])  # red, known; cyan: blue makes it novel
+    preprocessing = {"resize_size": 8, "input_size": 8, "interpolation": "bilinear", "mean": [0, 0, 0],
+                     "std": [1, 1, 1]}
+
+    def answers(info: dict) -> list[dict]:
+        (tmp_path / "model.json").write_text(json.dumps(info))
+        done = subprocess.run([NODE, str(script), str(model), str(tmp_path / "model.json"), colours],
+                              capture_output=True, text=True, check=True, timeout=120)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    calibrated = answers(web_page.browser_info({"classes": ["red", "green"], "preprocessing": preprocessing,
+                                                "novelty": {"thresholds": {"normal": 0.5}}}))
+    assert [a["label"] for a in calibrated] == ["red", "green"]
+    assert calibrated[0]["probability"] == pytest.approx(0.982, abs=1e-3)
+    assert [a["unknown"] for a in calibrated] == [False, True]
+    assert [a["novelty"] for a in calibrated] == [0, 1]
+    plain = answers(web_page.browser_info({"classes": ["red", "green"], "preprocessing": preprocessing}))
+    assert [a["unknown"] for a in plain] == [False, False] and plain[0]["novelty"] is None
