@@ -76,7 +76,7 @@ export class LiveCamera {
     this.paused = false;
     this.times = [];
     this.running = false;
-    this.lastFrame = null;
+    this.lastPicture = null;
   }
 
   static async cameras() {
@@ -116,8 +116,16 @@ export class LiveCamera {
 
   /** The frame the last answer was computed on, as a PNG Blob (for "Explain this frame"). */
   async frameBlob() {
-    if (!this.lastFrame) return null;
-    return this.lastFrame.convertToBlob({ type: "image/png" });
+    const picture = this.lastPicture;
+    if (!picture) return null;
+    const canvas = new OffscreenCanvas(picture.width, picture.height);
+    const rgba = new ImageData(picture.width, picture.height);
+    for (let i = 0, j = 0; j < picture.data.length; i += 4, j += 3) {
+      rgba.data[i] = picture.data[j]; rgba.data[i + 1] = picture.data[j + 1]; rgba.data[i + 2] = picture.data[j + 2];
+      rgba.data[i + 3] = 255;
+    }
+    canvas.getContext("2d").putImageData(rgba, 0, 0);
+    return canvas.convertToBlob({ type: "image/png" });
   }
 
   async loop() {
@@ -126,11 +134,10 @@ export class LiveCamera {
     while (this.running && !this.paused && this.stream) {
       const width = this.video.videoWidth, height = this.video.videoHeight;
       if (!width || !height) { await sleep(50); continue; }
-      const frame = new OffscreenCanvas(width, height);
-      frame.getContext("2d").drawImage(this.video, 0, 0, width, height);
-      const answer = await this.classifier.classify(pictureFromSource(frame, width, height));
+      const picture = pictureFromSource(this.video, width, height);
+      const answer = await this.classifier.classify(picture);
       if (!this.running || this.paused) break;
-      this.lastFrame = frame;
+      this.lastPicture = picture;
       const now = performance.now();
       this.times.push(now);
       this.times = this.times.filter((t) => now - t <= 2000);
