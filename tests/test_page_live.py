@@ -9,7 +9,6 @@ import io
 import json
 
 import pytest
-from PIL import Image
 
 from apptools import open_app
 from pictures import make_picture

@@ -181,3 +181,9 @@ def test_the_page_reads_outputs_by_name_and_says_none_of_these_over_the_threshol
     assert [a["novelty"] for a in calibrated] == [0, 1]
     plain = answers(web_page.browser_info({"classes": ["red", "green"], "preprocessing": preprocessing}))
     assert [a["unknown"] for a in plain] == [False, False] and plain[0]["novelty"] is None
+
+
+def test_the_page_applies_the_chosen_strictness_only_to_a_calibrated_model():
+    calibrated = {"classes": ["a"], "preprocessing": {}, "novelty": {"thresholds": {"strict": 0.2, "normal": 0.4}}}
+    assert web_page.browser_info(calibrated, strictness="strict")["unknown_setting"] == "strict"
+    assert "unknown_setting" not in web_page.browser_info({"classes": ["a"], "preprocessing": {}}, strictness="strict")

@@ -74,14 +74,17 @@ def install_runtime(dist: Path | str) -> list[Path]:
     return copied
 
 
-def browser_info(info: dict, title: str = "") -> dict:
+def browser_info(info: dict, title: str = "", strictness: str | None = None) -> dict:
     """What the browser needs of ``model.json``: classes, preprocessing, the ONNX contract and,
-    when the model has one, its "None of these" calibration. Nothing about the owner's data."""
+    when the model has one, its "None of these" calibration (``strictness`` names which of its
+    thresholds applies; the page uses "normal" without it). Nothing about the owner's data."""
     page = {"title": title or "Image classifier", "classes": list(info["classes"]),
             "preprocessing": info["preprocessing"],
             "onnx": {"file": "model.onnx", "input": "input", "output": "probabilities"}}
     if isinstance(info.get("novelty"), dict):
         page["novelty"] = info["novelty"]
+        if strictness:
+            page["unknown_setting"] = strictness
     return page
 
 

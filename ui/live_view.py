@@ -50,9 +50,11 @@ def opaque_id(onnx: Path) -> str:
     return hashlib.sha256(f"{onnx.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:24]
 
 
-def live_section(folder: Path, top_k: int, key: str, explain: bool = True) -> bytes | None:
+def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
+                 strictness: str | None = None) -> bytes | None:
     """The "Live camera" button and, once pressed, the camera view. Returns the PNG of a frame
-    the visitor asked to explain (the latest one), else None."""
+    the visitor asked to explain (the latest one), else None. ``strictness`` picks which of the
+    model's "None of these" thresholds the view applies (default: the model's normal one)."""
     opened = f"{key}_open"
     if not st.session_state.get(opened):
         st.caption("Classify what the camera sees, several times a second, on this device: no picture is sent.")
@@ -75,8 +77,9 @@ def live_section(folder: Path, top_k: int, key: str, explain: bool = True) -> by
         st.warning(f"This model is too large to run in the browser ({size_mb:.0f} MB; the limit is {MAX_MODEL_MB} MB): "
                    "use the Pictures or Webcam tab, or train a smaller backbone such as EfficientNet-Lite0.", icon="🐘")
         return None
-    value = _live_camera(model=onnx.read_bytes(), info=browser_info(info), model_id=opaque_id(onnx), top_k=top_k,
-                         explain=explain, autostart=True, key=f"{key}_view", default=None, height=FRAME_HEIGHT)
+    value = _live_camera(model=onnx.read_bytes(), info=browser_info(info, strictness=strictness),
+                         model_id=opaque_id(onnx), top_k=top_k, explain=explain, autostart=True, key=f"{key}_view",
+                         default=None, height=FRAME_HEIGHT)
     if isinstance(value, (bytes, bytearray)) and len(value) > COUNTER_BYTES:
         return bytes(value[COUNTER_BYTES:])
     return None
