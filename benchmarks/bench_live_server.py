@@ -96,8 +96,8 @@ def main() -> int:
         home.mkdir()
         os.environ.update({"TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1",
                            "TRANSFER_DEMO_PICTURES_PER_MINUTE": "100000"})
-        from transfer.runs import RunDir
-        from transfer.share import DemoStore, demo_link
+        from transfer.core.runs import RunDir
+        from transfer.serving.share import DemoStore, demo_link
 
         run = RunDir(make_run(home / "runs" / "bench-run", classes=("ants", "bees")))
         run.update_status(state="finished")

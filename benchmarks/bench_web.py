@@ -33,8 +33,8 @@ from webtools import (CHROMIUM_FLAGS, answer_for, chromium, fake_camera_flags, s
 
 
 def agreement(browser, run: Path, photos: list[Path], scratch: Path) -> dict:
-    from transfer.export import export_run
-    from transfer.predict import Predictor
+    from transfer.serving.export import export_run
+    from transfer.serving.predict import Predictor
 
     page_folder = scratch / f"page-{run.name}"
     shutil.rmtree(page_folder, ignore_errors=True)
@@ -72,7 +72,7 @@ def with_interpolation(run: Path, interpolation: str, scratch: Path) -> Path:
 
 
 def live_rate(playwright, run: Path, video: Path, seconds: float, scratch: Path) -> dict:
-    from transfer.export import export_run
+    from transfer.serving.export import export_run
 
     page_folder = scratch / f"page-{run.name}"
     if not page_folder.exists():

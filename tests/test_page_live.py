@@ -15,9 +15,9 @@ from pictures import make_picture
 from test_page_evaluate import all_text, trained  # noqa: F401 (the shared tiny finished run)
 from test_page_share import open_demo, owner  # noqa: F401 (a session holding a copy of the run)
 from test_share import exported  # noqa: F401
-from transfer import web_page
-from transfer.export import cached_export
-from transfer.share import DemoStore
+from transfer.serving import web_page
+from transfer.serving.export import cached_export
+from transfer.serving.share import DemoStore
 from ui import live_view
 
 

@@ -1,5 +1,5 @@
 """Models in the browser, without a browser: the page's picture preparation (prepare.js, run by
-Node.js) gives exactly the model input transfer.bundle_predict gives, for every interpolation,
+Node.js) gives exactly the model input transfer.data.preparation gives, for every interpolation,
 shapes that need Pillow's whole-factor reduction and strips; `transfer export --format web`
 writes a complete page (folder or zip) that names nothing private; the runtime's install and
 its absence say what to do."""
@@ -18,9 +18,10 @@ from PIL import Image
 
 from test_page_evaluate import trained  # noqa: F401 (the shared tiny finished run)
 from test_share import exported  # noqa: F401 (its checked exports, made once)
-from transfer import bundle_predict, web_page
-from transfer.cli import main
-from transfer.export import cached_export, export_run
+from transfer.data import preparation as bundle_predict
+from transfer.serving import web_page
+from transfer.cli.commands import main
+from transfer.serving.export import cached_export, export_run
 
 NODE = shutil.which("node")
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

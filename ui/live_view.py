@@ -18,8 +18,8 @@ from pathlib import Path
 import streamlit as st
 import streamlit.components.v1 as components
 
-from transfer.errors import TransferError
-from transfer.web_page import ASSETS, browser_info, require_runtime
+from transfer.core.errors import TransferError
+from transfer.serving.web_page import ASSETS, browser_info, require_runtime
 
 _live_camera = components.declare_component("live_camera", path=str(ASSETS))
 FRAME_HEIGHT = 420
@@ -32,7 +32,7 @@ COUNTER_BYTES = 4  # the component puts a click counter before the PNG, so every
 def model_files(folder: Path) -> tuple[Path, dict]:
     """The ONNX file and model.json the browser runs: a demo snapshot's own ``model.onnx``, or a
     run's checked export (made by a child process on first use, never in the server)."""
-    from transfer.export import export_in_subprocess
+    from transfer.serving.export import export_in_subprocess
 
     onnx = folder / "model.onnx"
     if not onnx.is_file():

@@ -15,9 +15,9 @@ from PIL import Image
 from browsertools import wait_for_app
 from conftest import CHROMIUM_FLAGS, _chromium, _missing
 from test_predict_journey import finished_run  # noqa: F401 (a tiny finished run in the server's home)
-from transfer.export import export_run
-from transfer.predict import Predictor
-from transfer.web_page import runtime_ready
+from transfer.serving.export import export_run
+from transfer.serving.predict import Predictor
+from transfer.serving.web_page import runtime_ready
 from webtools import answer_for, fake_camera_flags, serve_folder, wait_until_ready, y4m_from_picture
 
 pytestmark = pytest.mark.browser
