@@ -1,7 +1,7 @@
 """Live camera on the Predict page and on demo links: the model runs in the visitor's browser.
 
 The "Live camera" button opens a camera view (a Streamlit component whose files are
-``transfer/web_assets``, served by the studio itself) that classifies frames one after another
+``transfer/serving/web_assets``, served by the studio itself) that classifies frames one after another
 with onnxruntime-web on the run's checked ONNX export, and shows class bars and how many
 pictures a second it manages. No frame leaves the device: the server sends the model once (the
 bytes travel as a component argument, so no URL exists that another session could fetch; later

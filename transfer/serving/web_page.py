@@ -1,7 +1,7 @@
 """Models that run in the visitor's browser: the files behind the live camera view and the
 "web page" export.
 
-``transfer/web_assets/`` holds the browser code (plain JavaScript modules, no build step):
+``transfer/serving/web_assets/`` holds the browser code (plain JavaScript modules, no build step):
 ``prepare.js`` prepares a picture exactly as :mod:`transfer.data.preparation` does (Pillow's
 filters in its fixed-point arithmetic), ``classify.js`` runs the run's checked ONNX export with
 onnxruntime-web, ``live.js`` classifies camera frames one after another, ``index.html`` +
