@@ -1,7 +1,8 @@
 """Predict: try a finished run's model on new pictures.
 
-Drop one or many pictures (every format the data layer reads), take one with the webcam, or
-give a zip of pictures for a table and a CSV. The model is loaded with the first picture, once per
+Drop one or many pictures (every format the data layer reads), take one with the webcam, watch
+the live camera classified in the browser (ui.live_view), or give a zip of pictures for a table
+and a CSV. The model is loaded with the first picture, once per
 server process (see ui.predict_view); each picture's answer is cached, so clicking around re-predicts nothing.
 """
 
@@ -11,7 +12,7 @@ import streamlit as st
 
 from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS
-from ui import export_view, predict_view, share_view
+from ui import export_view, live_view, predict_view, share_view
 
 MAX_PICTURE_MB = 50  # a large camera photo is 10 to 25 MB
 MAX_ZIP_MB = 500
@@ -83,7 +84,8 @@ if run is not None:
     show_cam = right.toggle("Show where the model looked (Grad-CAM)", key="show_cam",
                             help="A heat map over the picture: the parts that raised the predicted class's score.")
 
-    pictures_tab, webcam_tab, zip_tab = st.tabs(["🖼️ Pictures", "📷 Webcam", "🗜️ Zip of pictures"])
+    pictures_tab, webcam_tab, live_tab, zip_tab = st.tabs(["🖼️ Pictures", "📷 Webcam", "🎥 Live camera",
+                                                            "🗜️ Zip of pictures"])
     with pictures_tab:
         files = st.file_uploader("Drop pictures here", type=PICTURE_TYPES, accept_multiple_files=True,
                                  key="pictures", max_upload_size=MAX_PICTURE_MB,
@@ -95,6 +97,10 @@ if run is not None:
         photo = st.camera_input("Take a picture", key="webcam")
         if photo is not None:
             show_pictures(run, [("webcam picture", photo.getvalue())], top_k, show_cam, "webcam")
+    with live_tab:
+        frame = live_view.live_section(run.path, top_k, "predict_live")
+        if frame is not None:  # "Explain this frame": that one frame, with the heat map
+            show_pictures(run, [("explained camera frame", frame)], top_k, True, "live")
     with zip_tab:
         archive = st.file_uploader("Drop a zip of pictures", type=["zip"], key="zip", max_upload_size=MAX_ZIP_MB,
                                    help="Folders inside the zip are fine; files that are not pictures "

@@ -5,7 +5,8 @@ session token, no navigation and nothing of the owner's workspace. The page show
 title, description, classes and validation accuracy, and predicts dropped or webcam pictures
 with the Predict page's own functions (ui.predict_view), the model loaded once per process from
 the demo's frozen snapshot (through its ONNX copy: the fast predictor). Every new picture is
-counted against the demo's caps first.
+counted against the demo's caps first. The live camera (ui.live_view) runs the demo's own ONNX
+model in the visitor's browser; only a frame sent to "Explain this frame" is counted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS
 from transfer.core.runs import RunDir
 from transfer.serving.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable
-from ui import predict_view
+from ui import live_view, predict_view
 
 DEMO_PARAM = "demo"
 PICTURE_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
@@ -54,7 +55,7 @@ def render() -> None:
         show_invalid()
         return
     top_k, show_cam = options(len(demo.classes))
-    pictures_tab, webcam_tab = st.tabs(["🖼️ Pictures", "📷 Webcam"])
+    pictures_tab, webcam_tab, live_tab = st.tabs(["🖼️ Pictures", "📷 Webcam", "🎥 Live camera"])
     limit_mb = max(1, store.max_picture_bytes // 2**20)
     with pictures_tab:
         files = st.file_uploader("Drop pictures here", type=PICTURE_TYPES, accept_multiple_files=True,
@@ -66,6 +67,10 @@ def render() -> None:
         photo = st.camera_input("Take a picture", key="demo_webcam")
         if photo is not None:
             show_picture(store, token, snapshot, "webcam picture", photo.getvalue(), top_k, show_cam, "webcam")
+    with live_tab:  # classified in the visitor's browser: costs this server nothing per frame
+        frame = live_view.live_section(snapshot.path, top_k, "demo_live")
+        if frame is not None:  # "Explain this frame" counts as one picture tried
+            show_picture(store, token, snapshot, "explained camera frame", frame, top_k, True, "live")
     offer_download(demo)
 
 

@@ -1,5 +1,5 @@
-"""Download a finished run's model from the Evaluate and Predict pages: the bundle, ONNX and
-TorchScript, each with its size. An export is made once per weights file by a child process
+"""Download a finished run's model from the Evaluate and Predict pages: the bundle, ONNX,
+TorchScript and the web page, each with its size. An export is made once per weights file by a child process
 (transfer.serving.export.export_in_subprocess, behind a spinner) and kept in the run folder, so the
 next visit offers the download at once; an export that is refused says why."""
 
@@ -19,6 +19,8 @@ CHOICES = (
      "application/octet-stream"),
     ("torchscript", "TorchScript", "for PyTorch and LibTorch (C++) without this studio's code",
      "application/octet-stream"),
+    ("web", "web page (zip)", "a folder with index.html that runs the model in any browser (pictures and live "
+                              "camera, nothing sent anywhere); put it on any static web host", "application/zip"),
 )
 
 
@@ -55,7 +57,8 @@ def _offer(run, format: str, label: str, mime: str, key: str) -> None:
                 return
         st.rerun()  # the export is kept in the run folder: the next run offers only its download
     path = result.path
-    st.download_button(f"Download {label} ({human_size(result.bytes)})", lambda: path.read_bytes(),
+    text = "Download as a web page" if format == "web" else f"Download {label}"
+    st.download_button(f"{text} ({human_size(result.bytes)})", lambda: path.read_bytes(),
                        file_name=path.name if format != "bundle" else f"{run.id}.zip", mime=mime, icon="⬇️",
                        on_click="ignore", key=f"{button_key}_download",
                        help=f"largest difference from the studio: {result.max_abs_diff:.1e} "

@@ -412,9 +412,11 @@ def _print_predictions(result, top_k: int) -> None:
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="export a finished run as a bundle zip, ONNX or TorchScript, checked against it")
     p.add_argument("run", metavar="RUN_DIR", help="run folder (or run id inside --runs-dir)")
-    p.add_argument("--format", required=True, choices=["bundle", "onnx", "torchscript"],
-                   help="bundle: zip with model.onnx, weights, model card and a torch-free predict.py")
-    p.add_argument("--output", metavar="PATH", help="file or folder to write (default: kept in RUN_DIR/exports/)")
+    p.add_argument("--format", required=True, choices=["bundle", "onnx", "torchscript", "web"],
+                   help="bundle: zip with model.onnx, weights, model card and a torch-free predict.py; "
+                        "web: a static web page that runs the model in the browser")
+    p.add_argument("--output", metavar="PATH", help="file or folder to write (default: kept in RUN_DIR/exports/); "
+                                                    "for web, a folder unless PATH ends in .zip")
     add_runs_dir_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
 

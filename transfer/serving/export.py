@@ -14,6 +14,9 @@ probabilities differ by more than :data:`MAX_ABS_DIFF` is refused with a sentenc
 * ``bundle``: one zip named after the run: ``model.onnx``, ``model.safetensors``, ``model.json``,
   ``requirements.txt``, a model card ``README.md`` and ``predict.py`` (transfer.data.preparation,
   which needs only onnxruntime, numpy and pillow).
+* ``web``: a static web page (transfer.serving.web_page): the checked ONNX model run by onnxruntime-web
+  in the visitor's browser, with dropped pictures and the live camera; a zip, or a folder when
+  ``output`` does not end in ``.zip``.
 
 Finished exports are kept in the run folder (``exports/<weights stamp>/``, the stamp being the
 weights file's size and modification time), so asking again costs nothing and retrained weights
@@ -36,7 +39,7 @@ from transfer.core.runs import atomic_write_bytes, atomic_write_json
 # transfer.models.model_io (and so torch) is imported inside the functions that need it: the web pages
 # import this module to list finished exports and must stay free of torch.
 
-FORMATS = ("bundle", "onnx", "torchscript")
+FORMATS = ("bundle", "onnx", "torchscript", "web")
 MAX_ABS_DIFF = 1e-4
 CHECK_PICTURES = 64
 ONNX_OPSET = 17
@@ -80,6 +83,8 @@ def export_run(run_dir: Path | str, format: str, output: Path | str | None = Non
         raise ExportError(f"Unknown export format '{format}': choose one of {', '.join(FORMATS)}.")
     run_dir = Path(run_dir)
     result = cached_export(run_dir, format) or _export_and_record(run_dir, format)
+    if output is not None and format == "web" and not str(output).lower().endswith(".zip"):
+        return _unpack_page_to(result, output)
     return _copy_to(result, output) if output is not None else result
 
 
@@ -148,6 +153,8 @@ def _make_export(run_dir: Path, format: str, folder: Path) -> ExportResult:
         atomic_write_bytes(folder / name, bundle_bytes(run_dir, onnx.path.read_bytes()))
         return ExportResult(folder / name, format, (folder / name).stat().st_size, onnx.max_abs_diff, onnx.checked_on,
                             onnx.check_inputs)
+    if format == "web":
+        return _make_web_page(run_dir, folder)
     loaded = load_run_model(run_dir)
     inputs, source = check_inputs(run_dir, loaded.preprocessing)
     wrapped = probability_model(loaded.model)
@@ -203,6 +210,35 @@ def _copy_to(result: ExportResult, output: Path | str) -> ExportResult:
                           "choose another --output.") from None
     return ExportResult(target, result.format, result.bytes, result.max_abs_diff, result.checked_on,
                         result.check_inputs)
+
+
+def _make_web_page(run_dir: Path, folder: Path) -> ExportResult:
+    """The web page around the checked ONNX export (its check is the page's check: the page's
+    own preparation of pictures is held to the studio's by tests/test_web_page.py, bit for bit,
+    and by tests/browser/test_live_camera.py in chromium)."""
+    from transfer.models.model_io import read_model_info
+    from transfer.serving.web_page import web_page_zip
+
+    onnx = export_run(run_dir, "onnx")
+    info = read_model_info(run_dir)
+    name = f"{run_dir.name}-web.zip"
+    title = "Classifier: " + ", ".join(info["classes"][:6]) + (" ..." if len(info["classes"]) > 6 else "")
+    atomic_write_bytes(folder / name, web_page_zip(f"{run_dir.name}-web", onnx.path.read_bytes(), info, title))
+    return ExportResult(folder / name, "web", (folder / name).stat().st_size, onnx.max_abs_diff, onnx.checked_on,
+                        onnx.check_inputs)
+
+
+def _unpack_page_to(result: ExportResult, output: Path | str) -> ExportResult:
+    from transfer.serving.web_page import unpack_page
+
+    target = Path(output).expanduser()
+    try:
+        unpack_page(result.path, target)
+    except OSError as error:
+        raise ExportError(f"The web page could not be written to {target} ({error.strerror or error}); "
+                          "choose another --output.") from None
+    size = sum(path.stat().st_size for path in target.rglob("*") if path.is_file())
+    return ExportResult(target, result.format, size, result.max_abs_diff, result.checked_on, result.check_inputs)
 
 
 # --------------------------------------------------------------------------- the model formats

@@ -113,6 +113,11 @@ python predict.py photos/ --top-k 3 --json
 `predict.py` needs only onnxruntime, numpy and pillow, and prepares each picture exactly as the
 studio did. `model.onnx` takes a float batch `N x 3 x H x W` prepared as `model.json` says and
 returns class probabilities; `model.safetensors` holds the PyTorch weights.
+
+The same model also runs inside a web browser: the studio's "Download as a web page" (or
+`transfer export RUN_DIR --format web`) gives a folder with an `index.html` that classifies
+dropped pictures and the live camera on the visitor's device with onnxruntime-web, with the same
+preparation and answers; put it on any static file host (`python -m http.server` will do).
 """
 
 

@@ -1,0 +1,156 @@
+"""The live camera in a real browser: chromium's fake camera plays a video made from a test
+picture; on the Predict page the live answer appears and keeps updating, computed in the
+browser (the websocket carries no frames: a few kilobytes in 10 s of live mode), and "Explain
+this frame" brings that one frame back with its heat map. The web page export, served by a
+plain HTTP server, answers test pictures as `transfer predict` does."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from PIL import Image
+
+from browsertools import wait_for_app
+from conftest import CHROMIUM_FLAGS, _chromium, _missing
+from test_predict_journey import finished_run  # noqa: F401 (a tiny finished run in the server's home)
+from transfer.serving.export import export_run
+from transfer.serving.predict import Predictor
+from transfer.serving.web_page import runtime_ready
+from webtools import answer_for, fake_camera_flags, serve_folder, wait_until_ready, y4m_from_picture
+
+pytestmark = pytest.mark.browser
+
+LIVE_SECONDS = 10
+MAX_SENT_BYTES = 20_000  # one 640 x 480 frame would be 900 kB raw, a PNG of it hundreds of kB
+
+
+@pytest.fixture(scope="module")
+def camera_browser(tmp_path_factory):
+    """Chromium whose camera (allowed without asking) plays a red test picture in a loop."""
+    executable = _chromium()
+    if executable is None:
+        _missing("Debian's chromium is not installed (apt-get install chromium)")
+    if not runtime_ready():
+        _missing("onnxruntime-web is not installed (./studio installs it with npm)")
+    from playwright.sync_api import sync_playwright
+
+    from pictures import make_picture
+
+    folder = tmp_path_factory.mktemp("camera")
+    make_picture(0, 950, (160, 120)).save(folder / "red.png")
+    video = y4m_from_picture(folder / "red.png", folder / "red.y4m")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS + fake_camera_flags(video))
+        yield browser
+        browser.close()
+
+
+def live_frame(page):
+    return page.frame_locator('iframe[title*="live_camera"]')
+
+
+def answers_so_far(frame) -> int:
+    return int(frame.locator("#result").get_attribute("data-count") or 0)
+
+
+def wait_for_more_answers(frame, than: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while answers_so_far(frame) <= than:
+        assert time.monotonic() < deadline, "the live camera did not answer again"
+        time.sleep(0.1)
+
+
+def test_live_camera_answers_in_the_browser_and_sends_no_frames(studio, camera_browser, finished_run):
+    token, run = finished_run
+    context = camera_browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    sent = []
+    page.on("websocket", lambda socket: socket.on("framesent", lambda payload: sent.append(len(payload))))
+    try:
+        page.goto(f"{studio}/predict?s={token}")
+        wait_for_app(page)
+        page.wait_for_url(re.compile(rf"run={run.id}"))
+        page.get_by_role("tab", name=re.compile("Live camera")).click()
+        # The first visit exports the ONNX model in a child process before the view opens.
+        page.get_by_role("button", name="Live camera").click()
+        frame = live_frame(page)
+        result = frame.locator("#result")
+        result.wait_for(timeout=240_000)
+        frame.locator("#result[data-count]").wait_for(timeout=120_000)
+        assert result.get_attribute("data-label") == "red"
+        assert 0 < float(result.get_attribute("data-probability")) <= 1
+        assert "pictures a second" in frame.locator("#rate").text_content()
+
+        sent_before, count_before = sum(sent), answers_so_far(frame)
+        time.sleep(LIVE_SECONDS)
+        sent_during, answered = sum(sent) - sent_before, answers_so_far(frame) - count_before
+        assert answered >= 3, f"only {answered} live answers in {LIVE_SECONDS} s"
+        assert sent_during < MAX_SENT_BYTES, f"{sent_during} bytes went to the server during live mode"
+
+        frame.get_by_role("button", name="Pause").click()
+        paused_at = answers_so_far(frame)
+        time.sleep(1.5)
+        assert answers_so_far(frame) <= paused_at + 1  # at most the frame that was in flight
+        frame.get_by_role("button", name="Resume").click()
+        wait_for_more_answers(frame, answers_so_far(frame))
+
+        frame.get_by_role("button", name="Explain this frame").click()
+        page.get_by_text("explained camera frame").wait_for(timeout=240_000)
+        page.get_by_text("Where the model looked", exact=False).first.wait_for(timeout=240_000)
+    finally:
+        context.close()
+
+
+def test_web_page_export_answers_like_transfer_predict(camera_browser, trained_run_for_page, tmp_path, make_picture):
+    run = trained_run_for_page
+    folder = tmp_path / "page"
+    export_run(run.path, "web", folder)
+    assert {"index.html", "model.onnx", "model.json", "ort"} <= {path.name for path in folder.iterdir()}
+    pictures = write_pictures(tmp_path / "pictures", make_picture)
+    predictor = Predictor.from_run(run.path)
+    page = camera_browser.new_page()
+    try:
+        with serve_folder(folder) as url:
+            page.goto(url)
+            wait_until_ready(page)
+            for picture in pictures:
+                web = answer_for(page, picture)
+                studio = predictor.predict(picture, 1)[0]
+                assert web["label"] == studio.label, picture.name
+                assert abs(web["probability"] - studio.probability) <= 0.01, picture.name
+            page.click("#start")  # the page's own live camera
+            page.wait_for_function("() => document.querySelector('#result').dataset.source === 'camera'")
+            assert page.locator("#result").get_attribute("data-label") == "red"
+    finally:
+        page.close()
+
+
+@pytest.fixture
+def trained_run_for_page(tmp_path_factory):
+    from test_page_evaluate import shared_trained_session
+
+    return shared_trained_session(tmp_path_factory).run
+
+
+def write_pictures(folder, make_picture):
+    """Pictures in the shapes the studio handles specially: an EXIF-rotated JPEG, a large JPEG
+    (decoded at a reduced scale), a transparent PNG, a grey PNG, a wide strip."""
+    folder.mkdir()
+    made = []
+    rotated = make_picture(0, 960, (120, 90))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(folder / "rotated.jpg", quality=92, exif=exif)
+    made.append(folder / "rotated.jpg")
+    make_picture(1, 961, (900, 700)).save(folder / "large.jpg", quality=90)
+    made.append(folder / "large.jpg")
+    make_picture(2, 962, (80, 100)).convert("RGBA").save(folder / "transparent.png")
+    made.append(folder / "transparent.png")
+    make_picture(1, 963, (90, 90)).convert("L").save(folder / "grey.png")
+    made.append(folder / "grey.png")
+    make_picture(0, 964, (500, 70)).save(folder / "strip.png")
+    made.append(folder / "strip.png")
+    return made

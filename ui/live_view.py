@@ -1,0 +1,85 @@
+"""Live camera on the Predict page and on demo links: the model runs in the visitor's browser.
+
+The "Live camera" button opens a camera view (a Streamlit component whose files are
+``transfer/serving/web_assets``, served by the studio itself) that classifies frames one after another
+with onnxruntime-web on the run's checked ONNX export, and shows class bars and how many
+pictures a second it manages. No frame leaves the device: the server sends the model once (the
+bytes travel as a component argument, so no URL exists that another session could fetch; later
+reruns send only a reference to the same message) and then does nothing while the camera runs.
+"Explain this frame" sends that one frame back, and the page shows it with the usual Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import streamlit as st
+import streamlit.components.v1 as components
+
+from transfer.core.errors import TransferError
+from transfer.serving.web_page import ASSETS, browser_info, require_runtime
+
+_live_camera = components.declare_component("live_camera", path=str(ASSETS))
+FRAME_HEIGHT = 420
+#: Larger models would not fit in one of Streamlit's messages (server.maxMessageSize, 200 MB by
+#: default) and would take minutes to reach a phone.
+MAX_MODEL_MB = 150
+COUNTER_BYTES = 4  # the component puts a click counter before the PNG, so every click is news
+
+
+def model_files(folder: Path) -> tuple[Path, dict]:
+    """The ONNX file and model.json the browser runs: a demo snapshot's own ``model.onnx``, or a
+    run's checked export (made by a child process on first use, never in the server)."""
+    from transfer.serving.export import export_in_subprocess
+
+    onnx = folder / "model.onnx"
+    if not onnx.is_file():
+        onnx = export_in_subprocess(folder, "onnx").path
+    try:
+        info = json.loads((folder / "model.json").read_text())
+    except (OSError, ValueError):
+        raise TransferError("This model's description (model.json) cannot be read; train the model again.") from None
+    return onnx, info
+
+
+def opaque_id(onnx: Path) -> str:
+    """Names this version of the model for the browser without telling it any path."""
+    stat = onnx.stat()
+    return hashlib.sha256(f"{onnx.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+
+
+def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
+                 strictness: str | None = None) -> bytes | None:
+    """The "Live camera" button and, once pressed, the camera view. Returns the PNG of a frame
+    the visitor asked to explain (the latest one), else None. ``strictness`` picks which of the
+    model's "None of these" thresholds the view applies (default: the model's normal one)."""
+    opened = f"{key}_open"
+    if not st.session_state.get(opened):
+        st.caption("Classify what the camera sees, several times a second, on this device: no picture is sent.")
+        if st.button("Live camera", key=f"{key}_start", icon="🎥", type="primary"):
+            st.session_state[opened] = True
+            st.rerun()
+        return None
+    if st.button("Close the live camera", key=f"{key}_stop", icon="⏹️"):
+        st.session_state[opened] = False
+        st.rerun()
+    try:
+        require_runtime()
+        with st.spinner("Preparing the model for your browser (the first time only) ..."):
+            onnx, info = model_files(folder)
+    except TransferError as error:
+        st.error(str(error), icon="🚫")
+        return None
+    size_mb = onnx.stat().st_size / 2**20
+    if size_mb > MAX_MODEL_MB:
+        st.warning(f"This model is too large to run in the browser ({size_mb:.0f} MB; the limit is {MAX_MODEL_MB} MB): "
+                   "use the Pictures or Webcam tab, or train a smaller backbone such as EfficientNet-Lite0.", icon="🐘")
+        return None
+    value = _live_camera(model=onnx.read_bytes(), info=browser_info(info, strictness=strictness),
+                         model_id=opaque_id(onnx), top_k=top_k, explain=explain, autostart=True, key=f"{key}_view",
+                         default=None, height=FRAME_HEIGHT)
+    if isinstance(value, (bytes, bytearray)) and len(value) > COUNTER_BYTES:
+        return bytes(value[COUNTER_BYTES:])
+    return None
