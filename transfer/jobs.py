@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from transfer import machine, paths
+from transfer import machine, paths, warm
 from transfer.errors import TransferError
 from transfer.runs import (
     ACTIVE_STATES,
@@ -203,7 +203,8 @@ def pid_is_worker(pid: int) -> bool:
         except OSError:
             return False
         state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
-        return state not in ("Z", "X") and b"transfer.worker" in cmdline
+        # A worker forked by the warm fork server keeps that server's command line.
+        return state not in ("Z", "X") and (b"transfer.worker" in cmdline or warm.SERVER_MODULE.encode() in cmdline)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -349,6 +350,7 @@ def dispatch() -> list[RunDir]:
     once more after its pass (a web page must not wait behind a worker that holds the lock at
     a low CPU priority). Returns the runs this call started."""
     _reap_children()
+    warm.keep_alive(queue_dir())  # a studio's fork server that died comes back here
     wanted = queue_dir() / "dispatch.wanted"
     wanted.touch()
     started: list[RunDir] = []
@@ -417,10 +419,15 @@ def _start_entry(path: Path, entry: dict):
             os.close(lock)
 
 
-def _spawn_worker(run: RunDir, slots: list[int], lock: int, max_parallel: int) -> subprocess.Popen:
+def _spawn_worker(run: RunDir, slots: list[int], lock: int, max_parallel: int):
+    """The worker process of ``run``: forked by the studio's warm fork server when one is ready
+    (see transfer.warm), else a fresh interpreter."""
     threads = str(worker_threads(max_parallel) * len(slots))  # each slot brings its share of the cores
     env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_THREADS_ENV: threads,
            "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    forked = warm.fork_worker(queue_dir(), run.path, lock, slots, env)
+    if forked is not None:
+        return forked
     command = [sys.executable, "-m", "transfer.worker", str(run.path), "--lock-fd", str(lock)]
     for slot in slots:
         command += ["--slot-fd", str(slot)]
