@@ -3,6 +3,7 @@ run forks from its warm worker) against cold (nothing running) against today's c
 worker interpreter, the code in --baseline, e.g. the main checkout), side by side in one run.
 
     python benchmarks/bench_warm.py [--data DIR] [--rounds 2] [--baseline /work/main] [--skip-baseline]
+                                     [--train-args "--device cuda"]
 
 Every run starts with an empty cache (no decoded pictures, no features): each pays for decoding
 and the backbone pass. The modes alternate within each round so they see the same machine load;
@@ -34,12 +35,12 @@ DEFAULT_DATA = Path("/work/shared/datasets/hymenoptera_data")
 TARGETS = {"warm": 5.0, "cold": 8.0}
 
 
-def train_once(code: Path, home: Path, data: Path) -> dict:
+def train_once(code: Path, home: Path, data: Path, extra: list[str]) -> dict:
     """One whole ``transfer train`` command with an empty cache; its JSON line and timings."""
     shutil.rmtree(home / "cache", ignore_errors=True)
     env = {**os.environ, "TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1", "PYTHONPATH": str(code)}
     command = [sys.executable, "-m", "transfer.cli", "train", str(data), "--method", "features",
-               "--runs-dir", str(home / "runs"), "--json"]
+               "--runs-dir", str(home / "runs"), "--json", *extra]
     started = time.time()
     done = subprocess.run(command, env=env, cwd=code, capture_output=True, text=True)
     wall = time.time() - started
@@ -55,20 +56,34 @@ def train_once(code: Path, home: Path, data: Path) -> dict:
             "rest": round(started + wall - last_epoch, 2), "best_val_accuracy": result["best_val_accuracy"]}
 
 
-def start_studio(home: Path) -> subprocess.Popen:
-    """The real studio server on a free port; returns once its fork server listens."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def start_studio(home: Path):
+    """The real studio server on a free port (or, where streamlit is missing, as on a GPU machine,
+    this process standing in for it by holding the studio lock); returns once the fork server
+    listens. Returns the server process, or None for the stand-in."""
+    server = None
     env = {**os.environ, "TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    log = open(home / "server.log", "ab")
-    server = subprocess.Popen([sys.executable, "-m", "ui.launch", "--server.port", str(port),
-                               "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import streamlit  # noqa: F401
+    except ImportError:
+        os.environ.update({"TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1"})
+        sys.path.insert(0, str(ROOT))
+        from transfer import warm
+        from transfer.jobs import queue_dir
+
+        warm.announce_studio(queue_dir())
+    else:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        log = open(home / "server.log", "ab")
+        server = subprocess.Popen([sys.executable, "-m", "ui.launch", "--server.port", str(port),
+                                   "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while not (home / "queue" / "warm.sock").exists():
-        if time.monotonic() > deadline or server.poll() is not None:
-            server.kill()
+        if time.monotonic() > deadline or (server is not None and server.poll() is not None):
+            if server is not None:
+                server.kill()
             raise RuntimeError(f"the studio's fork server did not start; see {home / 'queue' / 'warm.log'}")
         time.sleep(0.5)
     return server
@@ -80,6 +95,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--baseline", type=Path, default=Path("/work/main"), help="checkout of today's code")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--train-args", default="", help='more `transfer train` options, e.g. "--device cuda"')
     args = parser.parse_args()
     if not args.data.is_dir():
         print(f"{args.data} is missing; give --data", file=sys.stderr)
@@ -96,11 +112,12 @@ def main() -> int:
         for _ in range(args.rounds):
             for mode in modes:
                 code = args.baseline if mode == "today" else ROOT
-                results[mode].append(train_once(code, homes[mode], args.data))
+                results[mode].append(train_once(code, homes[mode], args.data, args.train_args.split()))
                 print(f"{mode}: {results[mode][-1]}", file=sys.stderr, flush=True)
     finally:
-        studio.terminate()
-        studio.wait(timeout=30)
+        if studio is not None:
+            studio.terminate()
+            studio.wait(timeout=30)
         shutil.rmtree(scratch, ignore_errors=True)
     summary = {mode: {key: round(statistics.median(r[key] for r in runs), 2) for key in runs[0]}
                for mode, runs in results.items()}
