@@ -18,6 +18,8 @@ session and every terminal shares it. It lives under ``transfer.paths.home() / "
   then starts ``python -m transfer.worker RUN_DIR`` in a new session (a fresh interpreter,
   never a fork of a process that may have initialised CUDA) handing both locks over as open
   descriptors: from the first instant the run is visibly taken and the slot visibly busy.
+  While a studio runs, the same worker is forked instead by its warm fork server, which has
+  torch and the backbones loaded and never touches CUDA (see :mod:`transfer.warm`).
 
 Whoever changes the queue calls :func:`dispatch`: a submit, a cancel, a resume, a worker that
 just ended (so the queue moves on with no server at all), and every ``JobManager`` as it is
