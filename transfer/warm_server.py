@@ -5,7 +5,8 @@ the protocol). It
 
 1. takes ``warm.lock`` (or exits: one fork server per queue), lowers its CPU priority;
 2. warms up: imports torch, timm and the trainer, builds the bundled EfficientNet-Lite
-   backbones with their weights and runs one small forward pass of each, so the code, the
+   backbones with their weights, runs one small forward pass of each and one optimizer step
+   (which imports torch._dynamo), so the code, the
    weights files and the CPU kernels are ready - all with torch limited to one thread and no
    GPU touched, so that no thread pool or CUDA context exists when it forks;
 3. listens on ``warm.sock``; for each request it forks a child that becomes an ordinary worker:
@@ -84,6 +85,10 @@ def preload() -> None:
         for name in bundled_names():
             model = load_backbone(name).eval()
             model(torch.zeros(1, 3, 64, 64))  # first-call work of the CPU kernels
+    # An optimizer's first step imports torch._dynamo (hundreds of modules, seconds on a busy
+    # machine); do it here, without gradients, so no autograd thread exists when forking.
+    head = torch.nn.Linear(4, 2)
+    torch.optim.AdamW(head.parameters()).step()
     if torch.cuda.is_initialized():  # never expected: a fork would inherit a broken CUDA context
         raise RuntimeError("CUDA was initialised while warming up; the fork server cannot fork safely")
 
