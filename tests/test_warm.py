@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -47,33 +48,26 @@ def hold_studio_lock() -> int:
     return fd
 
 
-def wait_for_server(timeout: float = WAIT) -> int:
-    """The pid of the fork server once it listens."""
-    address = queue_dir() / warm.SOCKET_NAME
-    wait_until(lambda: address.exists(), "the fork server to listen", timeout)
-    return server_pid()
+def wait_for_server(timeout: float = WAIT, other_than: int | None = None) -> int:
+    """The pid of the fork server once it listens (a new one, when ``other_than`` is given)."""
+    def listening():
+        pid = server_pid()
+        return pid if pid and pid != other_than and _listening(pid) else None
+
+    return wait_until(listening, "the fork server to listen", timeout)
 
 
 def server_pid() -> int | None:
-    """The fork server of this test's queue. Its forked workers share its command line; the
-    server is the one whose parent is not a fork server."""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if warm.SERVER_MODULE.encode() in cmdline and str(queue_dir()).encode() in cmdline \
-                    and not _zombie(int(proc.name)) and not _is_fork_server(parent_of(int(proc.name))):
-                return int(proc.name)
-    return None
+    """The newest fork server of this test's queue that is alive, as its log names it."""
+    log = queue_dir() / warm.SERVER_LOG
+    pids = re.findall(r"fork server (\d+) warming up", log.read_text()) if log.exists() else []
+    pid = int(pids[-1]) if pids else None
+    return pid if pid and Path(f"/proc/{pid}").exists() and not _zombie(pid) else None
 
 
-def _is_fork_server(pid: int) -> bool:
-    try:
-        return warm.SERVER_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+def _listening(pid: int) -> bool:
+    text = (queue_dir() / warm.SERVER_LOG).read_text()
+    return "listening" in text.split(f"fork server {pid} warming up", 1)[-1]
 
 
 def parent_of(pid: int) -> int:
@@ -152,13 +146,18 @@ def test_a_killed_fork_leaves_the_run_interrupted_and_it_resumes(tmp_path, studi
 
 
 def test_a_dead_fork_server_comes_back_and_runs_start_cold_meanwhile(tmp_path, studio):
+    manager = JobManager(tmp_path / "runs", max_parallel=2)
+    training = manager.submit(demo(epochs=30, epoch_seconds=0.5))  # a fork that outlives its server
+    wait_until(lambda: training.status().get("state") == "running", "the forked run to start")
     os.kill(studio, signal.SIGKILL)
     wait_until(lambda: not warm.server_alive(queue_dir()), "the fork server to be gone")
-    manager = JobManager(tmp_path / "runs", max_parallel=1)
     run = manager.submit(demo(epochs=1))
     assert manager.wait(run, timeout=WAIT)["state"] == "finished"
-    replacement = wait_for_server()
-    assert replacement != studio
+    replacement = wait_for_server(other_than=studio)
+    assert replacement not in (studio, training.status()["pid"])
+    assert training.state == "running"  # the fork of the old server trains on
+    manager.cancel(training)
+    assert manager.wait(training, timeout=WAIT)["state"] == "cancelled"
 
 
 def test_the_fork_server_leaves_with_the_last_studio(tmp_path, monkeypatch):

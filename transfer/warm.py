@@ -61,11 +61,6 @@ class ForkedWorker:
 
     pid: int
 
-    def poll(self):
-        """Like ``Popen.poll``: None while the process lives (it is the fork server's child, so
-        the exit status belongs to the fork server)."""
-        return None if Path(f"/proc/{self.pid}").exists() else 0
-
 
 def enabled() -> bool:
     return os.environ.get(WARM_ENV, "1").strip().lower() not in ("0", "no", "off", "false")

@@ -40,11 +40,16 @@ POLL_SECONDS = 0.5
 MAX_REQUEST_BYTES = 256 * 1024
 MAX_FDS = 64
 
+# This process's hold on warm.lock; a forked worker lets go of its copy, so that a fork server
+# that died is seen as dead (and replaced) even while its workers still train.
+_server_lock: int | None = None
+
 
 def main(argv: list[str] | None = None) -> int:
     queue = Path((argv if argv is not None else sys.argv[1:])[0])
-    server_lock = try_lock(queue / warm.SERVER_LOCK)
-    if server_lock is None:
+    global _server_lock
+    _server_lock = try_lock(queue / warm.SERVER_LOCK)
+    if _server_lock is None:
         return 0  # another fork server looks after this queue
     lower_priority()
     log(f"fork server {os.getpid()} warming up")
@@ -167,6 +172,8 @@ def fork_worker(request: dict, fds: list[int], listener: socket.socket, connecti
     try:
         listener.close()
         connection.close()
+        if _server_lock is not None:
+            os.close(_server_lock)
         code = become_worker(request, fds)
     except BaseException:  # noqa: BLE001 - a child must never return into the server's loop
         traceback.print_exc()
