@@ -39,7 +39,7 @@ def train_once(code: Path, home: Path, data: Path, extra: list[str]) -> dict:
     """One whole ``transfer train`` command with an empty cache; its JSON line and timings."""
     shutil.rmtree(home / "cache", ignore_errors=True)
     env = {**os.environ, "TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1", "PYTHONPATH": str(code)}
-    command = [sys.executable, "-m", "transfer.cli", "train", str(data), "--method", "features",
+    command = [sys.executable, "-m", "transfer.cli.commands", "train", str(data), "--method", "features",
                "--runs-dir", str(home / "runs"), "--json", *extra]
     started = time.time()
     done = subprocess.run(command, env=env, cwd=code, capture_output=True, text=True)
@@ -67,8 +67,8 @@ def start_studio(home: Path):
     except ImportError:
         os.environ.update({"TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1"})
         sys.path.insert(0, str(ROOT))
-        from transfer import warm
-        from transfer.jobs import queue_dir
+        from transfer.runtime import warm
+        from transfer.runtime.jobs import queue_dir
 
         warm.announce_studio(queue_dir())
     else:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from transfer.errors import TransferError
-from transfer.images import IMAGE_EXTENSIONS
+from transfer.core.errors import TransferError
+from transfer.data.images import IMAGE_EXTENSIONS
 from ui import export_view, predict_view, share_view
 
 MAX_PICTURE_MB = 50  # a large camera photo is 10 to 25 MB
@@ -24,7 +24,7 @@ st.caption("Drop pictures on the page and see which class the model picks, how s
 
 def cam_sentence(run) -> tuple[bool, str]:
     """Whether the run's model has a layer for Grad-CAM (asked of the explainer child: no torch here)."""
-    from transfer.explainer import shared_explainer
+    from transfer.serving.explainer import shared_explainer
 
     try:
         return shared_explainer().layer(run.path)

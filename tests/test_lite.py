@@ -1,4 +1,4 @@
-"""The bundled EfficientNet-Lite backbones built without timm (transfer.lite) are timm's networks:
+"""The bundled EfficientNet-Lite backbones built without timm (transfer.models.lite) are timm's networks:
 the same state-dict names and shapes in the same order, the same outputs for the same weights,
 the pretrained weights load, and building one does not import timm or torchvision."""
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from transfer.lite import LITE_STAGES, build_lite
+from transfer.models.lite import LITE_STAGES, build_lite
 
 timm = pytest.importorskip("timm")
 
@@ -32,7 +32,7 @@ def test_the_network_is_timms_module_for_module(name):
 
 
 def test_the_pretrained_backbone_loads_without_importing_timm():
-    code = ("import sys; from transfer.backbones import load_backbone; import torch; "
+    code = ("import sys; from transfer.models.backbones import load_backbone; import torch; "
             "m = load_backbone('efficientnet_lite0'); m(torch.zeros(1, 3, 64, 64)); "
             "print(sorted(n for n in ('timm', 'torchvision') if n in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

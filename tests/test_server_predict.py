@@ -1,5 +1,5 @@
-"""The web server's prediction without torch (transfer.server_predict) and its Grad-CAM child
-(transfer.explainer), over a real tiny finished run: the same answers as the PyTorch-side
+"""The web server's prediction without torch (transfer.serving.server_predict) and its Grad-CAM child
+(transfer.serving.explainer), over a real tiny finished run: the same answers as the PyTorch-side
 Predictor, heat maps from the child process, several threads at once, a child that died is
 replaced; and Predictor.explain stays right when threads ask for their first heat map together."""
 
@@ -14,10 +14,10 @@ import numpy as np
 
 from pictures import make_picture as _make_picture
 from test_page_evaluate import TrainedSession, in_trained_home, trained  # noqa: F401 (fixtures)
-from transfer.explainer import Explainer
-from transfer.export import export_run
-from transfer.predict import Predictor
-from transfer.server_predict import ServerPredictor, predict_zip_in_child
+from transfer.serving.explainer import Explainer
+from transfer.serving.export import export_run
+from transfer.serving.predict import Predictor
+from transfer.serving.server_predict import ServerPredictor, predict_zip_in_child
 
 
 def encoded(class_index: int, seed: int, fmt: str = "PNG") -> bytes:

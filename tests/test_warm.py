@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from transfer import machine, warm
-from transfer.jobs import JobManager, pid_is_worker, queue_dir
-from transfer.runs import list_runs
+from transfer.core import machine
+from transfer.runtime import warm
+from transfer.runtime.jobs import JobManager, pid_is_worker, queue_dir
+from transfer.core.runs import list_runs
 
 WAIT = 60.0  # the two cores are shared with other test suites
 
@@ -190,7 +191,7 @@ def test_without_a_studio_runs_start_cold_and_no_fork_server_starts(tmp_path, mo
 
 
 def test_a_request_from_other_code_is_refused():
-    from transfer.warm_server import refuse
+    from transfer.runtime.warm_server import refuse
 
     fine = {"run_dir": "/x", "code": warm.CODE_ROOT, "executable": __import__("sys").executable, "slots": 1}
     assert refuse(fine, [3, 4]) == ""
@@ -206,8 +207,8 @@ def test_a_features_run_trains_in_a_fork_of_the_warmed_up_server(tmp_path, monke
     lock = hold_studio_lock()
     try:
         server = wait_for_server(timeout=300)
-        from transfer.config import TrainConfig
-        from transfer.data import load_dataset
+        from transfer.training.config import TrainConfig
+        from transfer.data.dataset import load_dataset
 
         dataset = load_dataset(tiny_dataset, val_fraction=0.3)
         config = TrainConfig.for_method("features", dataset=dataset.to_dict(), epochs=2, image_size=64)

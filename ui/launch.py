@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from transfer.access import DEFAULT_HOST, HOST_ENV, AccessError, check_listen_address, configured_password
+from transfer.runtime.access import DEFAULT_HOST, HOST_ENV, AccessError, check_listen_address, configured_password
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 ADDRESS_OPTION = "--server.address"
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 def start_warm_worker() -> None:
     """While this server runs, new runs (from its pages and from `transfer train` on the same
     TRANSFER_HOME) fork from a warm worker instead of starting a fresh interpreter."""
-    from transfer import warm
-    from transfer.jobs import queue_dir
+    from transfer.runtime import warm
+    from transfer.runtime.jobs import queue_dir
 
     warm.announce_studio(queue_dir())
 

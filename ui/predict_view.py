@@ -12,8 +12,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from transfer.errors import TransferError
-from transfer.runs import FINISHED, RunDir, find_run, list_runs
+from transfer.core.errors import TransferError
+from transfer.core.runs import FINISHED, RunDir, find_run, list_runs
 from ui import session
 
 RUN_PARAM = "run"  # the same query parameter as the Train page, so links carry the chosen run over
@@ -74,15 +74,15 @@ def _link_to_chosen(key: str) -> None:
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model ...")
 def _load_predictor(run_path: str, weights_version: float):
-    """One :class:`~transfer.server_predict.ServerPredictor` per run and weights file, shared by
+    """One :class:`~transfer.serving.server_predict.ServerPredictor` per run and weights file, shared by
     every session of this server process (st.cache_resource builds each one once, under its own
     lock); ``weights_version`` (the weights' mtime) reloads retrained weights.
 
     The server never imports torch: the ONNX file is exported and checked by a child process,
     predictions run in onnxruntime here, and a model that cannot be exported is predicted by a
     child process picture by picture."""
-    from transfer.export import export_in_subprocess
-    from transfer.server_predict import ServerPredictor
+    from transfer.serving.export import export_in_subprocess
+    from transfer.serving.server_predict import ServerPredictor
 
     if not (Path(run_path) / "model.onnx").is_file():  # a shared demo's snapshot brings its own
         try:
@@ -127,7 +127,7 @@ def predict_picture(run_path: str, version: float, content_digest: str, name: st
                     with_cam: bool) -> PictureResult:
     """Top-k (and Grad-CAM when asked) of one uploaded picture; cached per run, content and options,
     so a rerun of the page (any click) predicts nothing again."""
-    from transfer.images import thumbnail
+    from transfer.data.images import thumbnail
 
     predictor = _load_predictor(run_path, version)
     try:
@@ -135,7 +135,7 @@ def predict_picture(run_path: str, version: float, content_digest: str, name: st
         prediction = predictor.predict(_data, top_k)[0]
         result = PictureResult(name, picture, prediction.to_dict())
         if with_cam:  # Grad-CAM needs PyTorch: this server's explainer child makes it
-            from transfer.explainer import shared_explainer
+            from transfer.serving.explainer import shared_explainer
 
             heat_map = shared_explainer().explain(run_path, _data)
             result.overlay, result.cam_note = heat_map.overlay, heat_map.note
@@ -146,10 +146,10 @@ def predict_picture(run_path: str, version: float, content_digest: str, name: st
 
 @st.cache_data(max_entries=16, show_spinner="Predicting every picture in the zip ...")
 def predict_zip(run_path: str, version: float, content_digest: str, _data: bytes, top_k: int):
-    """The predictions (:class:`~transfer.server_predict.ZipPredictions`) for the pictures in an
+    """The predictions (:class:`~transfer.serving.server_predict.ZipPredictions`) for the pictures in an
     uploaded zip, made by a ``transfer predict`` child process, or the sentence that says why the
     zip cannot be used."""
-    from transfer.server_predict import predict_zip_in_child
+    from transfer.serving.server_predict import predict_zip_in_child
 
     try:
         return predict_zip_in_child(run_path, _data, top_k), ""

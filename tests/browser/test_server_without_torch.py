@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from browsertools import ROOT, _wait_until_serving, free_port, stop_studio, wait_for_app
-from transfer.access import issue_session_token
-from transfer.config import TrainConfig
-from transfer.jobs import JobManager
+from transfer.runtime.access import issue_session_token
+from transfer.training.config import TrainConfig
+from transfer.runtime.jobs import JobManager
 
 pytestmark = pytest.mark.browser
 
@@ -43,7 +43,7 @@ def prepared_home(tmp_path_factory):
     the server starts (a cold worker), as if the server had been restarted since."""
     from pictures import write_class_folders
 
-    from transfer.share import DemoStore
+    from transfer.serving.share import DemoStore
 
     home = tmp_path_factory.mktemp("torchless_home")
     dataset = write_class_folders(tmp_path_factory.mktemp("torchless_data") / "colours",
