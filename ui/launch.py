@@ -52,9 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     from ui.pages_mode import declare_own_navigation
 
     declare_own_navigation()
+    start_warm_worker()
 
     sys.argv = ["streamlit", *streamlit_args]
     return cli.main(prog_name="streamlit")
+
+
+def start_warm_worker() -> None:
+    """While this server runs, new runs (from its pages and from `transfer train` on the same
+    TRANSFER_HOME) fork from a warm worker instead of starting a fresh interpreter."""
+    from transfer.runtime import warm
+    from transfer.runtime.jobs import queue_dir
+
+    warm.announce_studio(queue_dir())
 
 
 if __name__ == "__main__":

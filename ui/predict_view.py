@@ -74,21 +74,22 @@ def _link_to_chosen(key: str) -> None:
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model ...")
 def _load_predictor(run_path: str, weights_version: float):
-    """One :class:`~transfer.serving.predict.Predictor` per run and weights file, shared by every session
-    of this server process (st.cache_resource builds each one once, under its own lock);
-    ``weights_version`` (the weights' mtime) reloads retrained weights.
+    """One :class:`~transfer.serving.server_predict.ServerPredictor` per run and weights file, shared by
+    every session of this server process (st.cache_resource builds each one once, under its own
+    lock); ``weights_version`` (the weights' mtime) reloads retrained weights.
 
-    The fast path's ONNX file is exported and checked by a child process, never in the server;
-    a model that cannot be exported is predicted with PyTorch instead."""
+    The server never imports torch: the ONNX file is exported and checked by a child process,
+    predictions run in onnxruntime here, and a model that cannot be exported is predicted by a
+    child process picture by picture."""
     from transfer.serving.export import export_in_subprocess
-    from transfer.serving.predict import Predictor
+    from transfer.serving.server_predict import ServerPredictor
 
     if not (Path(run_path) / "model.onnx").is_file():  # a shared demo's snapshot brings its own
         try:
             export_in_subprocess(run_path, "onnx")
         except TransferError:
-            pass  # Predictor.from_run finds the recorded refusal and falls back to PyTorch
-    return Predictor.from_run(run_path)
+            pass  # the recorded refusal sends predictions to a child process instead
+    return ServerPredictor(run_path)
 
 
 def predictor_for(run: RunDir):
@@ -133,11 +134,11 @@ def predict_picture(run_path: str, version: float, content_digest: str, name: st
         picture = np.asarray(thumbnail(_data, DISPLAY_PIXELS))
         prediction = predictor.predict(_data, top_k)[0]
         result = PictureResult(name, picture, prediction.to_dict())
-        if with_cam:
-            explanation = predictor.explain(_data)
-            overlay = explanation.overlay()
-            result.overlay = None if overlay is None else np.asarray(overlay)
-            result.cam_note = explanation.layer
+        if with_cam:  # Grad-CAM needs PyTorch: this server's explainer child makes it
+            from transfer.serving.explainer import shared_explainer
+
+            heat_map = shared_explainer().explain(run_path, _data)
+            result.overlay, result.cam_note = heat_map.overlay, heat_map.note
     except (TransferError, OSError, ValueError) as error:
         return PictureResult(name, error=_sentence(name, error))
     return result
@@ -145,12 +146,13 @@ def predict_picture(run_path: str, version: float, content_digest: str, name: st
 
 @st.cache_data(max_entries=16, show_spinner="Predicting every picture in the zip ...")
 def predict_zip(run_path: str, version: float, content_digest: str, _data: bytes, top_k: int):
-    """A :class:`~transfer.serving.predict.BatchResult` for the pictures in an uploaded zip, or the
-    sentence that says why the zip cannot be used."""
-    from transfer.serving.predict import predict_paths
+    """The predictions (:class:`~transfer.serving.server_predict.ZipPredictions`) for the pictures in an
+    uploaded zip, made by a ``transfer predict`` child process, or the sentence that says why the
+    zip cannot be used."""
+    from transfer.serving.server_predict import predict_zip_in_child
 
     try:
-        return predict_paths(_load_predictor(run_path, version), _data, top_k), ""
+        return predict_zip_in_child(run_path, _data, top_k), ""
     except (TransferError, OSError, ValueError) as error:
         return None, _sentence("The zip", error)
 

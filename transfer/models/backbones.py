@@ -43,9 +43,11 @@ from transfer.models.catalogue import (  # noqa: F401  (the catalogue's public n
 
 
 def _build_bundled_lite(name: str, pretrained: bool) -> nn.Module:
-    import timm
+    # Built without timm (transfer.models.lite: the same modules and weights names), which saves a cold
+    # worker the seconds of importing timm and torchvision.
+    from transfer.models.lite import build_lite
 
-    model = timm.create_model(name, pretrained=False)
+    model = build_lite(name)
     if not pretrained:
         return model
     package = catalogue.BUNDLED_LITE[name][0]

@@ -18,6 +18,8 @@ session and every terminal shares it. It lives under ``transfer.core.paths.home(
   then starts ``python -m transfer.runtime.worker RUN_DIR`` in a new session (a fresh interpreter,
   never a fork of a process that may have initialised CUDA) handing both locks over as open
   descriptors: from the first instant the run is visibly taken and the slot visibly busy.
+  While a studio runs, the same worker is forked instead by its warm fork server, which has
+  torch and the backbones loaded and never touches CUDA (see :mod:`transfer.runtime.warm`).
 
 Whoever changes the queue calls :func:`dispatch`: a submit, a cancel, a resume, a worker that
 just ended (so the queue moves on with no server at all), and every ``JobManager`` as it is
@@ -41,6 +43,7 @@ from pathlib import Path
 
 from transfer.core import machine
 from transfer.core import paths
+from transfer.runtime import warm
 from transfer.core.errors import TransferError
 from transfer.core.runs import (
     ACTIVE_STATES,
@@ -204,7 +207,8 @@ def pid_is_worker(pid: int) -> bool:
         except OSError:
             return False
         state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
-        return state not in ("Z", "X") and b"transfer.runtime.worker" in cmdline
+        # A worker forked by the warm fork server keeps that server's command line.
+        return state not in ("Z", "X") and (b"transfer.runtime.worker" in cmdline or warm.SERVER_MODULE.encode() in cmdline)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -350,6 +354,7 @@ def dispatch() -> list[RunDir]:
     once more after its pass (a web page must not wait behind a worker that holds the lock at
     a low CPU priority). Returns the runs this call started."""
     _reap_children()
+    warm.keep_alive(queue_dir())  # a studio's fork server that died comes back here
     wanted = queue_dir() / "dispatch.wanted"
     wanted.touch()
     started: list[RunDir] = []
@@ -418,10 +423,15 @@ def _start_entry(path: Path, entry: dict):
             os.close(lock)
 
 
-def _spawn_worker(run: RunDir, slots: list[int], lock: int, max_parallel: int) -> subprocess.Popen:
+def _spawn_worker(run: RunDir, slots: list[int], lock: int, max_parallel: int):
+    """The worker process of ``run``: forked by the studio's warm fork server when one is ready
+    (see transfer.runtime.warm), else a fresh interpreter."""
     threads = str(worker_threads(max_parallel) * len(slots))  # each slot brings its share of the cores
     env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_THREADS_ENV: threads,
            "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    forked = warm.fork_worker(queue_dir(), run.path, lock, slots, env)
+    if forked is not None:
+        return forked
     command = [sys.executable, "-m", "transfer.runtime.worker", str(run.path), "--lock-fd", str(lock)]
     for slot in slots:
         command += ["--slot-fd", str(slot)]

@@ -283,10 +283,10 @@ class Predictor:
                 raise PredictError(f"'{target_class}' is not one of this model's classes: {', '.join(self.labels)}.")
             target_class = self.labels.index(target_class)
         model = self.model
-        info = cam_layer_info(model)
         cam, target = None, None
-        if info.found:
-            with self._cam_lock:
+        with self._cam_lock:  # finding the layer runs a probe with hooks too: never beside another's
+            info = cam_layer_info(model)
+            if info.found:
                 device = next(model.parameters()).device
                 cam, target = gradcam(model, tensor.unsqueeze(0).to(device), target_class, return_target=True)
         if target is None:

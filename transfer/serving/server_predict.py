@@ -1,0 +1,217 @@
+"""Prediction inside the web server's process, without torch: the run's checked ONNX model in
+onnxruntime, pictures prepared with numpy by the same pixel rules as training and the bundle.
+
+The web server must never import torch (it would cost the server a gigabyte and seconds per
+new process). A :class:`ServerPredictor` answers the Predict page and demo links from a folder
+holding ``model.json`` and ``model.onnx`` (a run's checked export, made by a child process on
+first use, or a demo snapshot's own copy). Everything that still needs PyTorch runs in child
+processes: a zip of pictures (:func:`predict_zip_in_child`, through ``transfer predict``), a
+model that cannot be exported to ONNX (each picture through ``transfer predict``), and Grad-CAM
+(:mod:`transfer.serving.explainer`).
+
+Its answers are the studio's: the same decoding (``transfer.data.images.open_image``), the same
+resize, crop and normalising factors (``transfer.data.preparation.model_input``), the same ONNX
+model that ``transfer.serving.predict.Predictor`` runs on its fast path.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from transfer.data.preparation import model_input, to_rgb
+from transfer.models.catalogue import Preprocessing
+from transfer.core.errors import TransferError
+from transfer.data.images import open_image
+
+MODEL_INFO_FILE, ONNX_FILE = "model.json", "model.onnx"
+CHILD_TIMEOUT_SECONDS = 900
+BATCH = 32
+
+
+class ServerPredictError(TransferError):
+    """A model or a picture the server cannot predict."""
+
+
+@dataclass(frozen=True)
+class ServerPrediction:
+    """The top-k classes of one picture, most likely first (``to_dict`` as ``transfer predict --json``)."""
+
+    labels: list[str]
+    probabilities: list[float]
+    indices: list[int]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[0]
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "probability": self.probability,
+                "top_k": [{"label": name, "probability": p} for name, p in zip(self.labels, self.probabilities)]}
+
+
+class ServerPredictor:
+    """One model folder's classes, preprocessing and ONNX session; thread-safe (onnxruntime's
+    ``run`` may be called from several threads at once). Without ``model.onnx`` (a backbone that
+    cannot be exported) each picture is predicted by a ``transfer predict`` child process."""
+
+    def __init__(self, folder: Path | str, threads: int | None = None):
+        self.folder = Path(folder)
+        info = read_info(self.folder)
+        self.labels = [str(name) for name in info["classes"]]
+        self.preprocessing_info = dict(info["preprocessing"])
+        p = self.preprocessing_info
+        self.preprocessing = Preprocessing(int(p["input_size"]), tuple(p["mean"]), tuple(p["std"]),
+                                           p.get("interpolation", "bilinear"), float(p["crop_pct"]))
+        self.name = str(info.get("backbone", ""))
+        self.session = None
+        onnx_file = self.folder / ONNX_FILE
+        if not onnx_file.is_file():
+            onnx_file = checked_export(self.folder)
+        if onnx_file is not None:
+            from transfer.serving.export import onnx_session
+
+            self.session = onnx_session(onnx_file, threads)
+            self.input_name = self.session.get_inputs()[0].name
+        self.fast = self.session is not None
+
+    def prepare(self, source) -> np.ndarray:
+        """The normalised ``(3, S, S)`` float32 input of one picture (bytes, a path or a PIL image)."""
+        if isinstance(source, Image.Image):
+            image = to_rgb(source)
+        else:
+            image = open_image(source, min_short_side=int(self.preprocessing.resize_size))
+        return model_input(image, {**self.preprocessing_info, "resize_size": self.preprocessing.resize_size})
+
+    def probabilities(self, inputs: list[np.ndarray]) -> np.ndarray:
+        batch = np.ascontiguousarray(np.stack(inputs), dtype=np.float32)
+        return self.session.run(None, {self.input_name: batch})[0]
+
+    def predict(self, sources, top_k: int = 5) -> list[ServerPrediction]:
+        """Top-k classes for each picture; raises ``ImageError`` for a source that is not a picture."""
+        if isinstance(sources, (bytes, str, Path, Image.Image)):
+            sources = [sources]
+        if top_k < 1:
+            raise ServerPredictError("Show at least one class.")
+        if not self.fast:
+            return [self._predict_in_child(source, top_k) for source in sources]
+        inputs = [self.prepare(source) for source in sources]
+        results = []
+        for start in range(0, len(inputs), BATCH):
+            results += self.top_k(self.probabilities(inputs[start:start + BATCH]), top_k)
+        return results
+
+    def top_k(self, probabilities: np.ndarray, k: int) -> list[ServerPrediction]:
+        k = min(k, len(self.labels))
+        results = []
+        for row in probabilities:
+            order = np.argsort(-row, kind="stable")[:k]
+            results.append(ServerPrediction([self.labels[i] for i in order], [float(row[i]) for i in order],
+                                            [int(i) for i in order]))
+        return results
+
+    def _predict_in_child(self, source, top_k: int) -> ServerPrediction:
+        if not isinstance(source, bytes):
+            source = Path(source).read_bytes()
+        with tempfile.TemporaryDirectory(prefix="transfer-picture-") as scratch:
+            picture = Path(scratch) / "picture"
+            picture.write_bytes(source)
+            answer = transfer_predict_child(self.folder, [str(picture)], top_k)
+        rows = answer.get("predictions") or []
+        if not rows:
+            skipped = (answer.get("skipped") or [{}])[0]
+            raise ServerPredictError(f"{skipped.get('reason', 'it could not be read')}: "
+                                     f"{skipped.get('detail', '')}".rstrip(": "))
+        top = rows[0]["top_k"]
+        labels = [item["label"] for item in top]
+        return ServerPrediction(labels, [float(item["probability"]) for item in top],
+                                [self.labels.index(label) for label in labels])
+
+
+def read_info(folder: Path) -> dict:
+    try:
+        info = json.loads((folder / MODEL_INFO_FILE).read_text())
+        info["classes"], info["preprocessing"]  # noqa: B018 - both must be there
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ServerPredictError(f"{folder} holds no finished model; wait until its training has finished, "
+                                 "or train it again.") from None
+    return info
+
+
+def checked_export(folder: Path) -> Path | None:
+    """The run's checked ONNX export when a child process already made it (None when the model
+    cannot be exported, or no export exists yet)."""
+    from transfer.serving.export import ExportError, cached_export
+
+    try:
+        result = cached_export(folder, "onnx")
+    except ExportError:
+        return None
+    return None if result is None else result.path
+
+
+# --------------------------------------------------------------------------- work done by children
+
+
+def transfer_predict_child(folder: Path, pictures: list[str], top_k: int, csv_path: Path | None = None) -> dict:
+    """``transfer predict FOLDER PICTURES --json`` in a child process (lower priority, bounded
+    threads); its JSON answer, or a sentence when it failed."""
+    from transfer.core.child import run_module
+
+    arguments = ["predict", str(folder), *pictures, "--top-k", str(top_k), "--json"]
+    if csv_path is not None:
+        arguments += ["--csv", str(csv_path)]
+    try:
+        done = run_module("transfer.cli.commands", arguments, timeout=CHILD_TIMEOUT_SECONDS, niced=True,
+                          env={"OMP_NUM_THREADS": "2"})
+    except subprocess.TimeoutExpired:
+        raise ServerPredictError("Predicting took too long and was stopped; try fewer pictures at a time.") from None
+    if "error" in done.answer:
+        raise ServerPredictError(str(done.answer["error"]))
+    if "predictions" not in done.answer:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        raise ServerPredictError(f"Predicting stopped unexpectedly ({detail}); try again.")
+    return done.answer
+
+
+@dataclass
+class ZipPredictions:
+    """A zip's predictions as the Predict page shows them: rows, skipped files, table and CSV."""
+
+    rows: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    csv_text: str = ""
+
+    def table_rows(self) -> list[dict]:
+        """Every file in order, predicted or skipped, as the CSV lists them (probabilities as numbers)."""
+        table = list(csv.DictReader(io.StringIO(self.csv_text)))
+        for row in table:
+            row["probability"] = float(row["probability"]) if row.get("probability") else ""
+        return table
+
+    def csv_bytes(self) -> bytes:
+        return self.csv_text.encode("utf-8")
+
+
+def predict_zip_in_child(folder: Path | str, data: bytes, top_k: int) -> ZipPredictions:
+    """Every picture in a zip (given as bytes), predicted by a ``transfer predict`` child: the
+    zip's limits and the skip reasons are the command line's own."""
+    with tempfile.TemporaryDirectory(prefix="transfer-zip-") as scratch:
+        archive, table = Path(scratch) / "upload.zip", Path(scratch) / "predictions.csv"
+        archive.write_bytes(data)
+        answer = transfer_predict_child(Path(folder), [str(archive)], top_k, csv_path=table)
+        text = table.read_text(encoding="utf-8") if table.is_file() else ""
+    return ZipPredictions(answer.get("predictions") or [], answer.get("skipped") or [], text)
+
