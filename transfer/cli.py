@@ -804,6 +804,23 @@ class _PhaseBar:
             self.stream.flush()
 
 
+# --------------------------------------------------------------------------- studio
+
+
+def add_studio(sub) -> None:
+    p = sub.add_parser("studio", help="serve the web app (this computer only unless TRANSFER_PASSWORD is set)")
+    p.add_argument("--address", default=None,
+                   help="address to listen on (default $TRANSFER_HOST or 127.0.0.1; others need TRANSFER_PASSWORD)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default 8501)")
+
+
+def cmd_studio(args) -> int:
+    from transfer.studio import serve
+
+    serve(args.address, args.port)  # returns only when the server could not be started
+    return 1
+
+
 # --------------------------------------------------------------------------- dispatch
 
 COMMANDS = {
@@ -820,6 +837,7 @@ COMMANDS = {
     "export": (add_export, cmd_export),
     "share": (add_share, cmd_share),
     "audit": (add_audit, cmd_audit),
+    "studio": (add_studio, cmd_studio),
 }
 
 
