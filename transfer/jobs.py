@@ -36,6 +36,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -338,8 +339,10 @@ def try_take_slots(count: int, max_parallel: int, pool: str = DEVICE_POOL) -> li
 
 # --------------------------------------------------------------------------- the dispatcher
 
-# Workers this process started; polled now and then so that they do not linger as zombies.
+# Workers this process started; polled now and then so that they do not linger as zombies. The
+# web server's page threads dispatch at the same time, hence the lock.
 _children: list[subprocess.Popen] = []
+_children_lock = threading.Lock()
 
 
 def dispatch() -> list[RunDir]:
@@ -434,14 +437,14 @@ def _spawn_worker(run: RunDir, slots: list[int], lock: int, max_parallel: int) -
             start_new_session=True,  # a Ctrl-C or restart of the server does not reach it
             env=env,
         )
-    _children.append(process)
+    with _children_lock:
+        _children.append(process)
     return process
 
 
 def _reap_children() -> None:
-    for process in list(_children):
-        if process.poll() is not None:
-            _children.remove(process)
+    with _children_lock:
+        _children[:] = [process for process in _children if process.poll() is None]
 
 
 def lower_priority() -> None:
