@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -228,9 +229,14 @@ def test_out_of_memory_halves_the_batch_and_retries(tmp_path, tiny_dataset, monk
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(parts, indices, epoch)
 
+    recovering_inside_except = []
     monkeypatch.setattr(loop_module, "train_step", tight_memory)
+    monkeypatch.setattr(loop_module, "release_cached_memory",
+                        lambda setup: recovering_inside_except.append(sys.exc_info()[0] is not None))
     run = make_run(tmp_path, tiny_dataset, "finetune", epochs=2, batch_size=16)
     train_run(run)
+    # The memory is released once the traceback holding the failed step's tensors is gone.
+    assert recovering_inside_except == [False, False]
     warnings = run.events("warning")
     assert [w["batch_size"] for w in warnings] == [8, 4]
     assert "halved" in warnings[0]["message"]

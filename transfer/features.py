@@ -320,10 +320,13 @@ class _Extraction:
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled
                 if not is_out_of_memory(error) or piece == 1:
                     raise
-                release_cached_memory(self.setup)
-                piece = max(1, piece // 2)
-                if self.on_batch_shrink:
-                    self.on_batch_shrink(piece)
+            # Out of memory: the cache is emptied only now, after the except block, when the
+            # traceback holding the failed pieces' tensors is gone (and the pieces that did fit).
+            out = None
+            release_cached_memory(self.setup)
+            piece = max(1, piece // 2)
+            if self.on_batch_shrink:
+                self.on_batch_shrink(piece)
 
 
 def _forward(catcher, images, hashes, view, prep, spec, setup) -> torch.Tensor:
