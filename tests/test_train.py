@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 import transfer.training.build as build_module
 import transfer.training.loop as loop_module
+from transfer.training.store import CHECKPOINT_FORMAT, Store
 from transfer.config import ConfigError, TrainConfig
 from transfer.jobs import JobManager, lock_is_held
 from transfer.methods import create_model, prepare_model
@@ -443,3 +444,35 @@ def test_schedules_warm_up_and_anneal():
     assert lr_factor("cosine", 0.05, 0.1) < lr_factor("cosine", 0.1, 0.1) == pytest.approx(1.0)
     assert lr_factor("cosine", 1.0, 0.1) == pytest.approx(0.0)
     assert lr_factor("constant", 0.5, 0.1) == 1.0
+
+
+# --------------------------------------------------------------------------- damaged checkpoints
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut short", "random bytes", "text", "other format"])
+def test_a_damaged_checkpoint_is_reported_and_training_starts_again(tmp_path, damage):
+    run = RunDir.create(tmp_path / "runs", {"job": "train"})
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 1, "module": {"w": torch.zeros(1000)}}, run.checkpoint_path)
+    whole = run.checkpoint_path.read_bytes()
+    damaged = {"empty": b"", "cut short": whole[: len(whole) // 2], "random bytes": os.urandom(512),
+               "text": b"not a checkpoint", "other format": whole}[damage]
+    run.checkpoint_path.write_bytes(damaged)
+    warnings = []
+    assert Store(run, None, None).load_checkpoint(warnings.append) is None
+    assert len(warnings) == 1 and "damaged" in warnings[0] and "starts again from epoch 1" in warnings[0]
+
+
+@pytest.mark.parametrize("error", [MemoryError(), PermissionError(13, "Permission denied"),
+                                   TypeError("a bug"), RuntimeError("DefaultCPUAllocator: out of memory")])
+def test_a_checkpoint_that_fails_for_another_reason_is_not_thrown_away(tmp_path, monkeypatch, error):
+    run = RunDir.create(tmp_path / "runs", {"job": "train"})
+    run.checkpoint_path.write_bytes(b"whatever")
+
+    def failing_load(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", failing_load)
+    warnings = []
+    with pytest.raises(type(error)):
+        Store(run, None, None).load_checkpoint(warnings.append)
+    assert warnings == []

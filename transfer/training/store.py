@@ -4,18 +4,26 @@
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from transfer.config import TrainConfig
+from transfer.devices import is_out_of_memory
 from transfer.model_io import MODEL_INFO_FILE, model_info
 from transfer.runs import RunDir, atomic_write_bytes, atomic_write_json
 
 PREDICTIONS_FILE = "val_predictions.json"
 METRICS_FILE = "val_metrics.json"
 CHECKPOINT_FORMAT = 1
+# What the parts of a checkpoint that training resumes from are called (transfer.training.loop).
+CHECKPOINT_KEYS = frozenset({"epoch", "module", "optimizer", "scaler", "generator", "torch_rng", "samples_done",
+                             "batch_size", "best"})
+# What torch.load raises for a damaged file: cut short (EOFError, an OSError from the zip reader),
+# a broken zip or storage (RuntimeError), bytes that are no checkpoint (UnpicklingError, KeyError).
+DAMAGED_CHECKPOINT_ERRORS = (EOFError, OSError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError)
 
 
 @dataclass
@@ -109,16 +117,27 @@ class Store:
         temp.replace(path)
 
     def load_checkpoint(self, warn) -> dict | None:
-        """The last finished epoch's checkpoint, or None; a damaged one is reported through
-        ``warn`` and ignored, so it never makes the run unrecoverable."""
+        """The last finished epoch's checkpoint, or None. A damaged file (cut short by a full
+        disk, overwritten, not a checkpoint of this version) is reported through ``warn`` and
+        ignored, so it never makes the run unrecoverable; anything else (no permission, no
+        memory, a bug) is not a damaged file and is raised as it is."""
         path = self.run.checkpoint_path
         if not path.exists():
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            warn(f"The checkpoint could not be read ({error}); training starts again from epoch 1.")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except DAMAGED_CHECKPOINT_ERRORS as error:
+            if isinstance(error, PermissionError) or is_out_of_memory(error):
+                raise
+            warn(f"The checkpoint {path.name} is damaged and cannot be read ({type(error).__name__}: {error}); "
+                 "training starts again from epoch 1.")
             return None
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT \
+                or not CHECKPOINT_KEYS <= checkpoint.keys():
+            warn(f"The checkpoint {path.name} is damaged or from another version of the studio; "
+                 "training starts again from epoch 1.")
+            return None
+        return checkpoint
 
     # ------------------------------------------------------------------ validation outputs
 
