@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from transfer.errors import TransferError
 
@@ -337,6 +338,9 @@ def add_gc(sub) -> None:
                    help="delete sessions unused for longer than this (default $TRANSFER_GC_MAX_IDLE_DAYS or 30)")
     p.add_argument("--max-cache-gb", type=float, default=None,
                    help="shrink TRANSFER_HOME/cache to this size (default $TRANSFER_GC_MAX_CACHE_GB or 20)")
+    p.add_argument("--runs-dir", action="append", default=[], metavar="DIR",
+                   help="also sweep this runs folder's store of starting weights (repeatable; "
+                        "the browser sessions' are always swept)")
     p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -344,7 +348,8 @@ def add_gc(sub) -> None:
 def cmd_gc(args) -> int:
     from transfer.gc import collect
 
-    result = collect(args.max_idle_days, args.max_cache_gb, dry_run=args.dry_run)
+    result = collect(args.max_idle_days, args.max_cache_gb, dry_run=args.dry_run,
+                     runs_dirs=[Path(folder) for folder in args.runs_dir])
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -355,6 +360,8 @@ def cmd_gc(args) -> int:
     print(f"caches: {result.cache_bytes_before / 1e9:.2f} GB -> {result.cache_bytes_after / 1e9:.2f} GB "
           f"(limit {result.max_cache_bytes / 1e9:g} GB), {len(result.cache_entries_removed)} entries "
           f"{'to delete' if result.dry_run else 'deleted'}, least recently used first")
+    print(f"stored starting weights no run uses: {len(result.weights_removed)} "
+          f"{'to delete' if result.dry_run else 'deleted'}")
     print(f"{verb} {result.bytes_freed / 1e6:.1f} MB in all; shared demos and active runs are never touched.")
     return 0
 

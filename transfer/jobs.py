@@ -512,8 +512,10 @@ class JobManager:
     def _check_room(self, wanted: int) -> None:
         if self.quota is not None:
             # A run writes its weights, a checkpoint and its outputs as it trains; it starts only
-            # when its session's quota still has room for a typical run.
+            # when its session's quota still has room for a typical run, and its worker checks
+            # what it writes against the quota left in the runs folder.
             self.quota.check(wanted * RUN_ROOM_BYTES)
+            self.quota.leave_in(self.runs_dir)
         active = len(self.active_runs())
         if active + wanted <= self.max_queued:
             return

@@ -13,7 +13,8 @@ import torch
 from transfer.config import TrainConfig
 from transfer.devices import is_out_of_memory
 from transfer.model_io import MODEL_INFO_FILE, model_info
-from transfer.runs import RunDir, atomic_write_bytes, atomic_write_json
+from transfer.quota import check_written_file
+from transfer.runs import RunDir, atomic_path, atomic_write_json
 
 PREDICTIONS_FILE = "val_predictions.json"
 METRICS_FILE = "val_metrics.json"
@@ -104,7 +105,9 @@ class Store:
         if not self.writes:
             return
         tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
-        atomic_write_bytes(self.run.weights_path, save(tensors, metadata={"format": "pt"}))
+        with atomic_path(self.run.weights_path) as temp:
+            temp.write_bytes(save(tensors, metadata={"format": "pt"}))
+            check_written_file(self.run.path.parent, temp, self.run.weights_path, "model's weights")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -112,9 +115,9 @@ class Store:
         if not self.writes:
             return
         path = self.run.checkpoint_path
-        temp = path.with_name(f".{path.name}.tmp")
-        torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, temp)
-        temp.replace(path)
+        with atomic_path(path) as temp:
+            torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, temp)
+            check_written_file(self.run.path.parent, temp, path, f"checkpoint of epoch {checkpoint.get('epoch')}")
 
     def load_checkpoint(self, warn) -> dict | None:
         """The last finished epoch's checkpoint, or None. A damaged file (cut short by a full
