@@ -104,47 +104,34 @@ def follow_run(manager, run, quiet: bool = False) -> dict:
 
 
 class _ProgressPrinter:
-    """Turns run events into a progress line (on a terminal) and one line per epoch."""
+    """Turns run events into a progress bar (on a terminal) and one line per epoch."""
 
     def __init__(self, stream):
-        self.stream = stream
-        self.live = stream.isatty()
-        self.bar_shown = False
+        from transfer.progress import ProgressBars
+
+        self.bars = ProgressBars(stream)
+        self.live = self.bars.live
 
     def __call__(self, event: dict) -> None:
         kind = event.get("type")
         if kind == "step" and self.live:
             self._bar(event)
         elif kind == "epoch":
-            self._line(_epoch_line(event))
+            self.bars.line(_epoch_line(event))
         elif kind in ("info", "warning") and event.get("message"):
             prefix = "warning: " if kind == "warning" else ""
-            self._line(prefix + str(event["message"]))
+            self.bars.line(prefix + str(event["message"]))
 
     def _bar(self, event: dict) -> None:
-        step, steps = event.get("step"), event.get("steps")
-        text = f"epoch {event.get('epoch', '?')}"
-        if isinstance(step, int) and isinstance(steps, int) and steps > 0:
-            filled = int(20 * min(step, steps) / steps)
-            text += f" [{'#' * filled}{'.' * (20 - filled)}] {step}/{steps}"
+        details = {}
         if isinstance(event.get("loss"), (int, float)):
-            text += f" loss {event['loss']:.4f}"
+            details["loss"] = f"{event['loss']:.4f}"
         if isinstance(event.get("eta"), (int, float)):
-            text += f" eta {event['eta']:.0f} s"
-        self.stream.write("\r" + text.ljust(79)[:79])
-        self.stream.flush()
-        self.bar_shown = True
-
-    def _line(self, text: str) -> None:
-        if self.bar_shown:
-            self.stream.write("\r" + " " * 79 + "\r")
-            self.bar_shown = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
+            details["eta"] = f"{event['eta']:.0f} s"
+        self.bars.show(f"epoch {event.get('epoch', '?')}", event.get("step") or 0, event.get("steps") or 0, **details)
 
     def close(self) -> None:
-        if self.bar_shown:
-            self._line("")
+        self.bars.close()
 
 
 def _epoch_line(event: dict) -> str:
@@ -665,15 +652,9 @@ class _TrainProgress(_ProgressPrinter):
 
     def __call__(self, event: dict) -> None:
         if event.get("type") == "progress" and self.live:
-            done, total = event.get("done") or 0, event.get("total") or 0
-            filled = int(20 * done / total) if total else 0
-            text = f"{self._PHASES.get(event.get('phase'), event.get('phase'))} [{'#' * filled}{'.' * (20 - filled)}]"
-            text += f" {done}/{total}"
-            if isinstance(event.get("eta"), (int, float)):
-                text += f" eta {event['eta']:.0f} s"
-            self.stream.write("\r" + text.ljust(79)[:79])
-            self.stream.flush()
-            self.bar_shown = True
+            details = {"eta": f"{event['eta']:.0f} s"} if isinstance(event.get("eta"), (int, float)) else {}
+            self.bars.show(self._PHASES.get(event.get("phase"), str(event.get("phase"))), event.get("done") or 0,
+                           event.get("total") or 0, **details)
             return
         super().__call__(event)
 
@@ -787,28 +768,20 @@ def cmd_audit(args) -> int:
 
 
 class _PhaseBar:
-    """A one-line progress bar on stderr for work reported as ``(phase, done, total)``."""
+    """A progress bar on stderr for work reported as ``(phase, done, total)``."""
 
     _TITLES = {"features": "computing features", "heads": "cross-validating", "map": "drawing the map"}
 
     def __init__(self, stream):
-        self.stream = stream
-        self.live = stream.isatty()
-        self.shown = False
+        from transfer.progress import ProgressBars
+
+        self.bars = ProgressBars(stream)
 
     def __call__(self, phase: str, done: int, total: int) -> None:
-        if not self.live:
-            return
-        filled = int(20 * done / total) if total else 20
-        text = f"{self._TITLES.get(phase, phase)} [{'#' * filled}{'.' * (20 - filled)}] {done}/{total}"
-        self.stream.write("\r" + text.ljust(79)[:79])
-        self.stream.flush()
-        self.shown = True
+        self.bars.show(self._TITLES.get(phase, phase), done, total)
 
     def close(self) -> None:
-        if self.shown:
-            self.stream.write("\r" + " " * 79 + "\r")
-            self.stream.flush()
+        self.bars.close()
 
 
 # --------------------------------------------------------------------------- studio

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +42,7 @@ from transfer.data import Sample
 from transfer.devices import DeviceSetup, is_out_of_memory, release_cached_memory
 from transfer.fusion import folded_copy
 from transfer.heads import head_module
+from transfer.runs import atomic_path
 
 CENTRE_VIEW = 0
 DECODE_LOOKAHEAD_BATCHES = 8
@@ -136,17 +136,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path, durable=False) as temp:  # a lost entry is computed again
+        temp.write_bytes(data)
 
 
 # --------------------------------------------------------------------------- extraction

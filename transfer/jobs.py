@@ -35,12 +35,12 @@ import contextlib
 import fcntl
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 from transfer import machine, paths
+from transfer.child import start_module
 from transfer.errors import TransferError
 from transfer.runs import (
     ACTIVE_STATES,
@@ -77,8 +77,9 @@ WORKER_NICE = 10
 DEVICE_POOL, PROBE_POOL = "device", "probe"
 PROBE_SLOTS = 1
 # job type -> (pool, priority). Short jobs that a person waits for on a page go first; the
-# learning-rate finder still needs the device, speed measurements are a few forward passes.
-_JOB_PLACES = {"lr_find": (DEVICE_POOL, 0), "estimate": (PROBE_POOL, 0)}
+# learning-rate finder and the audits (features of every picture) still need the device, speed
+# measurements are a few forward passes.
+_JOB_PLACES = {"lr_find": (DEVICE_POOL, 0), "audit": (DEVICE_POOL, 0), "estimate": (PROBE_POOL, 0)}
 _TRAINING_PLACE = (DEVICE_POOL, 1)
 
 
@@ -422,21 +423,13 @@ def _start_entry(path: Path, entry: dict):
 
 def _spawn_worker(run: RunDir, slots: list[int], lock: int, max_parallel: int) -> subprocess.Popen:
     threads = str(worker_threads(max_parallel) * len(slots))  # each slot brings its share of the cores
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_THREADS_ENV: threads,
-           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    command = [sys.executable, "-m", "transfer.worker", str(run.path), "--lock-fd", str(lock)]
+    env = {"PYTHONUNBUFFERED": "1", WORKER_THREADS_ENV: threads, "OMP_NUM_THREADS": threads,
+           "MKL_NUM_THREADS": threads}
+    arguments = [str(run.path), "--lock-fd", str(lock)]
     for slot in slots:
-        command += ["--slot-fd", str(slot)]
+        arguments += ["--slot-fd", str(slot)]
     with open(run.log_path, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            pass_fds=(*slots, lock),
-            start_new_session=True,  # a Ctrl-C or restart of the server does not reach it
-            env=env,
-        )
+        process = start_module("transfer.worker", arguments, env=env, log=log, pass_fds=(*slots, lock))
     with _children_lock:
         _children.append(process)
     return process

@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from transfer.child import start_module
 from transfer.extra_jobs import extra_rank_module
 from transfer.runs import CANCELLED, FAILED, FINISHED, RunDir, read_json
 
@@ -101,8 +102,8 @@ def run_ranks(run: RunDir, held_fds: tuple[int, ...] = (), worker_threads: int =
     command = torchrun_command(run.path, run.config)
     run.append_event({"type": "info", "message": f"Starting {world_size(run.config)} training processes "
                       "through torchrun.", "world_size": world_size(run.config), "command": command})
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, pass_fds=held_fds, start_new_session=True,
-                               env=rank_environment(run.config, worker_threads), preexec_fn=_die_with_parent)
+    process = start_module(command[2], command[3:], pass_fds=held_fds, env=rank_environment(run.config, worker_threads),
+                           preexec_fn=_die_with_parent)
     forced = supervise(run, process)
     return rank_outcome(run, process.returncode, forced)
 

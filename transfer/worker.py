@@ -18,7 +18,8 @@ If the process is killed, nothing is recorded; the next ``JobManager`` sees the 
 and marks the run ``interrupted``.
 
 Job types besides training: ``lr_find`` (the learning-rate range test of the Configure page)
-and ``estimate`` (a backbone's speed on this machine, for time estimates). The tests add a demo
+``estimate`` (a backbone's speed on this machine, for time estimates) and ``audit`` (label audits
+and feature maps). The tests add a demo
 job of their own through ``transfer.extra_jobs``.
 """
 
@@ -55,13 +56,12 @@ from transfer.runs import (
     STATES,
     Cancelled,
     RunDir,
-    atomic_write_json,
-    read_json,
 )
 
 TRAIN_JOB = "train"
 LR_FIND_JOB = "lr_find"
 ESTIMATE_JOB = "estimate"
+AUDIT_JOB = "audit"  # label audits and feature maps of the Data and Evaluate pages
 # Probing processes hold a run's worker lock for an instant; a worker retries for this long.
 WORKER_LOCK_WAIT_SECONDS = 10.0
 
@@ -190,6 +190,10 @@ def job_function(config: dict):
         from transfer.estimate import measurement_job
 
         return measurement_job
+    if job == AUDIT_JOB:
+        from transfer.audit import audit_job
+
+        return audit_job
     added = extra_job(job)
     if added is not None:
         return added
