@@ -1,5 +1,5 @@
 """The tests' demo job, added to the worker through ``$TRANSFER_EXTRA_JOBS`` (see
-``transfer.extra_jobs``; conftest sets it): pretend training that writes the same kinds of
+``transfer.runtime.extra_jobs``; conftest sets it): pretend training that writes the same kinds of
 events, status and checkpoint as training does, so the job-manager tests exercise queueing,
 cancelling, killing and resuming in seconds, without torch. ``demo_ranks`` is its per-rank
 module for distributed launches."""
@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import time
 
-from transfer.jobs import WORKER_THREADS_ENV
-from transfer.runs import Cancelled, RunDir, atomic_write_json, read_json
+from transfer.runtime.jobs import WORKER_THREADS_ENV
+from transfer.core.runs import Cancelled, RunDir, atomic_write_json, read_json
 
 
 def demo_job(run: RunDir) -> None:

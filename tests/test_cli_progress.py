@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from transfer import cli
+from transfer.cli import commands as cli
 
 
 class Terminal(io.StringIO):

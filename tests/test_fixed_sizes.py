@@ -10,11 +10,11 @@ import pytest
 import torch
 import torchvision
 
-from transfer import catalogue
-from transfer.catalogue import get_backbone
-from transfer.config import ConfigError, TrainConfig
-from transfer.heads import head_module
-from transfer.methods import create_model, prepare_model
+from transfer.models import catalogue
+from transfer.models.catalogue import get_backbone
+from transfer.training.config import ConfigError, TrainConfig
+from transfer.models.heads import head_module
+from transfer.models.methods import create_model, prepare_model
 
 
 @pytest.mark.parametrize("name, fixed", [("vit_b_16", True), ("vit_h_14", True), ("maxvit_t", True),
@@ -44,7 +44,7 @@ def test_a_methods_default_size_gives_way_to_a_fixed_size_and_a_chosen_one_is_re
 
 
 def test_the_command_line_refuses_a_size_a_backbone_cannot_take_with_a_sentence(tiny_dataset, capsys, tmp_path):
-    from transfer.cli import main
+    from transfer.cli.commands import main
 
     code = main(["train", str(tiny_dataset), "--backbone", "maxvit_t", "--method", "scratch", "--image-size", "160",
                  "--runs-dir", str(tmp_path / "runs"), "--json"])

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from transfer import cli, jobs, launch
-from transfer.jobs import (
+from transfer.cli import commands as cli
+from transfer.runtime import jobs
+from transfer.runtime import launch
+from transfer.runtime.jobs import (
     BadMaxParallel,
     JobManager,
     SessionQueueFull,
@@ -24,8 +26,8 @@ from transfer.jobs import (
     queue_dir,
     try_lock,
 )
-from transfer.runs import RunDir, RunStateError, list_runs
-from transfer.worker import UnknownJob, job_function
+from transfer.core.runs import RunDir, RunStateError, list_runs
+from transfer.runtime.worker import UnknownJob, job_function
 
 WAIT = 30.0  # generous: other test suites may share the two cores
 
@@ -62,7 +64,7 @@ def worker_processes(root) -> list[int]:
                 cmdline = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"transfer.worker" in cmdline and str(root).encode() in cmdline and pid_is_worker(int(proc.name)):
+            if b"transfer.runtime.worker" in cmdline and str(root).encode() in cmdline and pid_is_worker(int(proc.name)):
                 found.append(int(proc.name))
     return found
 

@@ -9,7 +9,7 @@ import secrets
 import pytest
 from apptools import open_app
 
-from transfer.access import is_issued_token, issue_session_token
+from transfer.runtime.access import is_issued_token, issue_session_token
 from ui import failures, gate, pages_mode, sidebar
 
 ELEMENT_KINDS = ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success",
@@ -152,7 +152,7 @@ def test_an_unexpected_error_is_a_sentence_in_the_page_and_details_in_the_log(mo
         raise RuntimeError("/srv/secret/path exploded")
 
     monkeypatch.setattr(sidebar, "render", broken)
-    with caplog.at_level(logging.ERROR, logger="transfer.studio"):
+    with caplog.at_level(logging.ERROR, logger="transfer.cli.studio"):
         app = open_app()
     assert not app.exception  # nothing reaches Streamlit's own error box (which shows tracebacks)
     assert [e.value for e in app.error] == [failures.SENTENCE]
@@ -179,7 +179,7 @@ def test_streamlits_own_stop_signal_is_not_taken_for_an_error(monkeypatch, caplo
     import streamlit as st
 
     monkeypatch.setattr(sidebar, "render", st.stop)
-    with caplog.at_level(logging.ERROR, logger="transfer.studio"):
+    with caplog.at_level(logging.ERROR, logger="transfer.cli.studio"):
         app = open_app()
     assert not app.exception and not app.error and not app.title  # stopped before the page, silently
     assert "failed" not in caplog.text

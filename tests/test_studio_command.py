@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from transfer import cli, studio
-from transfer.errors import TransferError
+from transfer.cli import commands as cli
+from transfer.cli import studio
+from transfer.core.errors import TransferError
 
 ROOT = Path(__file__).resolve().parents[1]
 

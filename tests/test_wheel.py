@@ -81,7 +81,7 @@ def test_an_installed_wheel_trains_and_serves_from_another_folder(venv, tmp_path
     env = outside_environment(venv, tmp_path / "home")
     python = str(venv / "bin" / "python")
     imported = subprocess.check_output(
-        [python, "-c", "import transfer, transfer.training, transfer.data as d; print(transfer.__file__);"
+        [python, "-c", "import transfer, transfer.training, transfer.data.dataset as d; print(transfer.__file__);"
                        "print(d.demo_dataset_path())"], cwd=elsewhere, env=env, text=True).split()
     assert imported[0].startswith(str(venv))  # the wheel's copy, not the checkout's
     demo = imported[1]

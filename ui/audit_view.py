@@ -1,10 +1,10 @@
 """Check the labels (Data page) and the feature maps (Data and Evaluate pages).
 
 The audit and the maps run as jobs of the session, through the machine's queue, in a worker
-(``transfer.audit.audit_job``: the workers' CPU priority and thread cap), which writes
+(``transfer.analysis.audit.audit_job``: the workers' CPU priority and thread cap), which writes
 ``progress.json`` and then ``result.json`` (or ``error.json``) into a folder; this module queues
 it, shows its progress and draws what it found. Fixes go to the session's working copy of the
-data set (:class:`transfer.working_copy.WorkingCopy`), never to the user's own files.
+data set (:class:`transfer.data.working_copy.WorkingCopy`), never to the user's own files.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from transfer.audit import ERROR_FILE, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
-from transfer.errors import TransferError
-from transfer.runs import atomic_write_json, read_json
-from transfer.working_copy import MOVE, REMOVE, WorkingCopy
+from transfer.analysis.audit import ERROR_FILE, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
+from transfer.core.errors import TransferError
+from transfer.core.runs import atomic_write_json, read_json
+from transfer.data.working_copy import MOVE, REMOVE, WorkingCopy
 from ui import data_view, session
 
 JOB_FILE = "job.json"
@@ -37,7 +37,7 @@ _PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#
 
 
 def start_job(folder: Path, arguments: list[str], **details) -> None:
-    """Queue ``python -m transfer.audit ARGUMENTS`` (writing into ``folder``, cleared first) as a
+    """Queue ``python -m transfer.analysis.audit ARGUMENTS`` (writing into ``folder``, cleared first) as a
     job of this session: a worker runs it when the machine's queue lets it, like training."""
     from ui import jobs_view
 
@@ -55,8 +55,8 @@ def start_job(folder: Path, arguments: list[str], **details) -> None:
 def job_state(folder: Path) -> str:
     """``idle`` (never started), ``running`` (or waiting in the queue), ``done``, ``failed`` or
     ``stopped`` (its worker died, or it ended without a word)."""
-    from transfer.jobs import worker_alive
-    from transfer.runs import ACTIVE_STATES, RunDir
+    from transfer.runtime.jobs import worker_alive
+    from transfer.core.runs import ACTIVE_STATES, RunDir
 
     if (folder / RESULT_FILE).is_file():
         return "done"

@@ -16,7 +16,7 @@ import threading
 import streamlit as st
 import streamlit.components.v1 as components
 
-from transfer import access
+from transfer.runtime import access
 
 _UNLOCKED = "studio_unlocked"
 _FIELD = "studio_password"
