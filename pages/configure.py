@@ -160,10 +160,15 @@ with st.expander("Advanced settings", expanded=False):
                                    key=f"augmentation_{method}",
                                    help="Random crops, flips (and colour changes for 'strong') so the model "
                                         "does not learn the pictures by heart.")
-    image_size = left.number_input("Image size (pixels)", 32, 1024,
-                                   int(setting("image_size") or entry.preprocessing.input_size),
-                                   key=f"image_size_{method}_{backbone}",
-                                   help=f"{backbone} was pretrained at {entry.preprocessing.input_size} px.")
+    if entry.fixed_input_size:  # the network's design takes its own size only
+        image_size = left.number_input("Image size (pixels)", value=entry.preprocessing.input_size, disabled=True,
+                                       key=f"image_size_fixed_{backbone}",
+                                       help=f"{backbone} takes only {entry.preprocessing.input_size} px pictures.")
+    else:
+        image_size = left.number_input("Image size (pixels)", 32, 1024,
+                                       int(setting("image_size") or entry.preprocessing.input_size),
+                                       key=f"image_size_{method}_{backbone}",
+                                       help=f"{backbone} was pretrained at {entry.preprocessing.input_size} px.")
     seed = middle.number_input("Seed", 0, 2**31 - 1, int(setting("seed", 0)), key=f"seed_{method}",
                                help="The same seed gives the same result on the CPU.")
     stop_early = right.checkbox("Stop early when validation loss stops improving",

@@ -10,6 +10,7 @@ them) and per picture (so no two files share a content hash); the ``make_picture
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,20 @@ import pytest
 from pictures import make_picture as _make_picture
 from pictures import write_class_folders as _write_class_folders
 
+TESTS = Path(__file__).resolve().parent
 # The ants/bees photos live beside the checkout (../shared), never inside it.
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera_data"
 
 
 @pytest.fixture(autouse=True)
 def transfer_home(tmp_path_factory, monkeypatch) -> Path:
-    """A private, empty ``TRANSFER_HOME`` and no network for every test."""
+    """A private, empty ``TRANSFER_HOME``, no network and the tests' demo job for every test."""
     home = tmp_path_factory.mktemp("transfer_home")
     monkeypatch.setenv("TRANSFER_HOME", str(home))
     monkeypatch.setenv("TRANSFER_OFFLINE", "1")
+    # Workers and ranks started by a test find the demo job (tests/demo_jobs.py) through these.
+    monkeypatch.setenv("TRANSFER_EXTRA_JOBS", "demo_jobs")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
     return home
 
 

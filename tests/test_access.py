@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from transfer.runtime import access
-from transfer.runtime.access import AccessError, PasswordCheck, check_listen_address, is_issued_token, issue_session_token
+from transfer.runtime.access import (AccessError, PasswordCheck, check_listen_address, guessing_client, is_issued_token,
+                             issue_session_token)
 from transfer.runtime.jobs import queue_dir
 from ui import launch
 
@@ -196,3 +197,21 @@ def test_studio_app_refuses_an_open_network_address_without_a_password(tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Refusing to serve the studio on 0.0.0.0 without a password" in result.stderr
     assert "TRANSFER_PASSWORD" in result.stderr
+
+
+def test_the_guessing_delay_is_keyed_by_the_trusted_proxys_header_when_one_is_configured():
+    forwarded = {"X-Forwarded-For": "203.0.113.9, 198.51.100.7"}  # the visitor wrote the first one
+    assert guessing_client("10.0.0.1", forwarded, {}) == "10.0.0.1"  # no proxy configured: the connection
+    proxied = {"TRANSFER_TRUSTED_PROXY_HEADER": "X-Forwarded-For"}
+    assert guessing_client("10.0.0.1", forwarded, proxied) == "198.51.100.7"  # the address the proxy added
+    assert guessing_client("10.0.0.1", {"X-Forwarded-For": "198.51.100.8"}, proxied) == "198.51.100.8"
+    assert guessing_client("10.0.0.1", {}, proxied) == "10.0.0.1"  # a request that bypassed the proxy
+    assert guessing_client(None, None, {}) == "this computer"
+
+    # Two visitors behind one proxy no longer share a wait.
+    check = PasswordCheck("right", sleep=lambda seconds: None)
+    first = guessing_client("10.0.0.1", {"X-Forwarded-For": "198.51.100.7"}, proxied)
+    second = guessing_client("10.0.0.1", {"X-Forwarded-For": "198.51.100.8"}, proxied)
+    for _ in range(3):
+        check.attempt(first, "wrong")
+    assert check.failures(first) == 3 and check.failures(second) == 0

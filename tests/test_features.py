@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -206,3 +207,26 @@ def test_damaged_cache_files_are_computed_again(tiny_dataset):
     (folder / samples[0].sha256[:2] / f"{samples[0].sha256}.npy").write_bytes(b"not an array")
     _, stats = extract_features(samples, [0], **common)
     assert stats.computed == 1 and stats.cached == 1
+
+
+def test_out_of_memory_while_extracting_halves_the_pieces_after_the_failed_ones_are_freed(tiny_dataset,
+                                                                                            monkeypatch):
+    samples = load_dataset(tiny_dataset).val[:4]
+    model = load_backbone("efficientnet_lite0")
+    replace_head(model, 3)
+    original, pieces, recovering_inside_except = features_module._forward, [], []
+
+    def tight_memory(catcher, images, *rest):
+        pieces.append(images.shape[0])
+        if images.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return original(catcher, images, *rest)
+
+    monkeypatch.setattr(features_module, "_forward", tight_memory)
+    monkeypatch.setattr(features_module, "release_cached_memory",
+                        lambda setup: recovering_inside_except.append(sys.exc_info()[0] is not None))
+    features, stats = extract_features(samples, [0], backbone="efficientnet_lite0", prep=PREP, augmentation="none",
+                                       spec=None, setup=resolve_device("cpu", "fp32"), load_model=lambda: model,
+                                       batch_size=4)
+    assert stats.computed == 4 and features.shape[0] == 4
+    assert pieces[:2] == [4, 2] and recovering_inside_except == [False, False]

@@ -223,3 +223,34 @@ def test_a_run_being_deleted_is_never_listed(tmp_path):
     run = make_run(tmp_path / "runs")
     run.path.rename(run.path.with_name(".deleting-" + run.id))
     assert list_runs(tmp_path / "runs") == []
+
+
+def test_gc_sweeps_stored_starting_weights_no_run_names_any_more(transfer_home, tmp_path):
+    from transfer.models.weights import store_file
+
+    runs_dir = transfer_home / "sessions" / "s1" / "runs"
+    kept_weights, orphan, fresh = (store_file(_bytes_file(tmp_path, name, content), runs_dir)
+                                   for name, content in (("a.pt", b"a" * 500), ("b.pt", b"b" * 700),
+                                                         ("c.pt", b"c" * 300)))
+    still_used = make_run(runs_dir)
+    config = json.loads((still_used.path / "config.json").read_text())
+    config["initial_weights"] = kept_weights.to_dict()
+    (still_used.path / "config.json").write_text(json.dumps(config))
+    day_and_more = time.time() - gc.WEIGHTS_GRACE_SECONDS - 60
+    for stored in (kept_weights, orphan):
+        os.utime(stored.path, (day_and_more, day_and_more))
+    cli_runs = tmp_path / "cli-runs"
+    cli_orphan = store_file(_bytes_file(tmp_path, "d.pt", b"d" * 900), cli_runs)
+    os.utime(cli_orphan.path, (day_and_more, day_and_more))
+
+    result = gc.collect(max_idle_days=30, max_cache_gb=100, runs_dirs=[cli_runs])
+    assert [item["bytes"] for item in result.weights_removed] == [700, 900]
+    assert Path(kept_weights.path).exists() and Path(fresh.path).exists()  # named by a run; stored today
+    assert not Path(orphan.path).exists() and not Path(cli_orphan.path).exists()
+    assert result.bytes_freed >= 1600
+
+
+def _bytes_file(folder: Path, name: str, content: bytes) -> Path:
+    path = folder / name
+    path.write_bytes(content)
+    return path

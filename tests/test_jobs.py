@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from transfer.cli import commands as cli
+from transfer.runtime import jobs
+from transfer.runtime import launch
 from transfer.runtime.jobs import (
     BadMaxParallel,
     JobManager,
@@ -24,6 +27,7 @@ from transfer.runtime.jobs import (
     try_lock,
 )
 from transfer.core.runs import RunDir, RunStateError, list_runs
+from transfer.runtime.worker import UnknownJob, job_function
 
 WAIT = 30.0  # generous: other test suites may share the two cores
 
@@ -176,7 +180,7 @@ def test_waiting_runs_have_no_process_until_a_slot_frees(home):
     first = manager.submit(demo(epochs=50))
     waiting = [manager.submit(demo(epochs=1, epoch_seconds=0.1)) for _ in range(3)]
     wait_until(lambda: first.state == "running", "the first run to start")
-    time.sleep(1.0)  # time enough for a wrongly started worker to show up
+    assert dispatch() == []  # a dispatcher pass with the slot taken starts nothing
     assert worker_processes(home) == [first.status()["pid"]]
     assert [r.status().get("queue_position") for r in waiting] == [1, 2, 3]
     assert all(r.state == "queued" and "pid" not in r.status() for r in waiting)
@@ -197,7 +201,6 @@ def test_queued_runs_start_after_a_restart_even_when_their_worker_died(home):
     second, third = manager.submit(demo(epochs=1, epoch_seconds=0.1)), manager.submit(demo(epochs=1, epoch_seconds=0.1))
     wait_until(lambda: first.state == "running", "the first run to start")
     kill_worker(first.status()["pid"])  # nothing dispatches now: the dead worker cannot
-    time.sleep(0.5)
     assert (second.state, third.state) == ("queued", "queued") and worker_processes(home) == []
 
     restarted = JobManager(home / "runs")  # the web server or a terminal, after a restart
@@ -355,9 +358,13 @@ def test_an_active_run_cannot_be_resumed_twice(home):
 def test_a_page_never_waits_for_another_process_that_is_dispatching(home):
     manager = JobManager(home / "runs")
     busy = try_lock(queue_dir() / "dispatch.lock")  # as a worker would, starved of CPU mid-pass
-    started = time.monotonic()
-    run = manager.submit(demo(epochs=1, epoch_seconds=0.05))
-    assert time.monotonic() - started < 5 and run.state == "queued"
+    submitted = []
+    page = threading.Thread(target=lambda: submitted.append(manager.submit(demo(epochs=1, epoch_seconds=0.05))))
+    page.start()
+    page.join(timeout=WAIT)  # returns at once unless submit waits for the lock, which is never let go here
+    assert not page.is_alive(), "submit waited for the dispatch lock"
+    run = submitted[0]
+    assert run.state == "queued"
     assert (queue_dir() / "dispatch.wanted").exists()  # the note the holder reads after its pass
     os.close(busy)
     assert [r.id for r in dispatch()] == [run.id]
@@ -371,3 +378,37 @@ def test_workers_yield_the_cpu_and_use_a_bounded_number_of_threads(home, monkeyp
     assert manager.wait(run, timeout=WAIT)["state"] == "finished"
     started = next(e for e in run.events("info") if "start_epoch" in e)
     assert started["nice"] >= 10 and started["threads"] == "1"
+
+
+class _EndedChild:
+    """A finished worker whose poll takes a moment, as a real one's can under load."""
+
+    def poll(self):
+        time.sleep(0.001)
+        return 0
+
+
+def test_page_threads_reaping_the_same_children_at_once_never_fail(monkeypatch):
+    monkeypatch.setattr(jobs, "_children", [_EndedChild() for _ in range(200)])
+    start, failures = threading.Barrier(4), []
+
+    def reap():
+        start.wait()
+        try:
+            jobs._reap_children()
+        except Exception as error:  # without the lock: ValueError, list.remove(x): x not in list
+            failures.append(error)
+
+    threads = [threading.Thread(target=reap) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and jobs._children == []
+
+
+def test_the_engine_itself_knows_no_demo_job(monkeypatch):
+    monkeypatch.delenv("TRANSFER_EXTRA_JOBS")
+    with pytest.raises(UnknownJob, match="cannot run jobs of type 'demo'"):
+        job_function({"job": "demo"})
+    assert not launch.is_distributed({"job": "demo", "nproc_per_node": 2})

@@ -10,7 +10,7 @@ import pytest
 from apptools import open_app
 
 from transfer.runtime.access import is_issued_token, issue_session_token
-from ui import failures, pages_mode, sidebar
+from ui import failures, gate, pages_mode, sidebar
 
 ELEMENT_KINDS = ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success",
                  "button", "table", "dataframe", "metric", "selectbox", "radio", "checkbox", "tabs", "expander")
@@ -92,7 +92,7 @@ def test_a_wrong_password_keeps_the_studio_locked(password):
     assert_locked(app)
 
 
-def test_the_right_password_opens_the_studio_and_the_session_stays_open(password):
+def test_the_right_password_opens_the_studio_and_the_session_stays_open(password, monkeypatch):
     app = open_app()
     app.text_input[0].input(password).run()
     assert not app.exception
@@ -103,11 +103,20 @@ def test_the_right_password_opens_the_studio_and_the_session_stays_open(password
     assert not app.exception and app.title[0].value != "Transfer Studio" and not app.get("text_input") == []
     assert not [t for t in app.text_input if t.label == "Password"]
 
-    # A refreshed tab (a new Streamlit session with the same link) stays unlocked ...
+    # The browser that typed the password is handed an unlock key as a cookie (a page element) ...
+    key = app.session_state["studio_unlock_key"]
+    handed = [element for element in app.main if "document.cookie" in str(getattr(element, "proto", ""))]
+    assert handed and f"{gate.COOKIE}={key}" in str(handed[0].proto)
+    # ... and a refreshed tab of that browser (a new Streamlit session sending the cookie) stays unlocked ...
+    monkeypatch.setattr(gate, "browser_cookie", lambda: key)
     refreshed = open_app(token=token)
     assert refreshed.title[0].value == "Transfer Studio" and refreshed.query_params["s"] == token
-    # ... but a link with some other issued token, never unlocked, is locked.
-    assert_locked_with_token(open_app(token=issue_session_token()))
+    # ... as does any page of the studio in that browser, but a made-up key opens nothing ...
+    monkeypatch.setattr(gate, "browser_cookie", lambda: "a-made-up-key")
+    assert_locked_with_token(open_app(token=token))
+    # ... and the session link alone, opened in another browser, asks for the password.
+    monkeypatch.setattr(gate, "browser_cookie", lambda: None)
+    assert_locked_with_token(open_app(token=token))
 
 
 def assert_locked_with_token(app) -> None:
@@ -143,7 +152,7 @@ def test_an_unexpected_error_is_a_sentence_in_the_page_and_details_in_the_log(mo
         raise RuntimeError("/srv/secret/path exploded")
 
     monkeypatch.setattr(sidebar, "render", broken)
-    with caplog.at_level(logging.ERROR, logger="transfer.studio"):
+    with caplog.at_level(logging.ERROR, logger="transfer.cli.studio"):
         app = open_app()
     assert not app.exception  # nothing reaches Streamlit's own error box (which shows tracebacks)
     assert [e.value for e in app.error] == [failures.SENTENCE]
@@ -170,7 +179,7 @@ def test_streamlits_own_stop_signal_is_not_taken_for_an_error(monkeypatch, caplo
     import streamlit as st
 
     monkeypatch.setattr(sidebar, "render", st.stop)
-    with caplog.at_level(logging.ERROR, logger="transfer.studio"):
+    with caplog.at_level(logging.ERROR, logger="transfer.cli.studio"):
         app = open_app()
     assert not app.exception and not app.error and not app.title  # stopped before the page, silently
     assert "failed" not in caplog.text

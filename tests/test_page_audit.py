@@ -1,4 +1,4 @@
-""""Check the labels" on the Data page (AppTest): the audit runs in its own process, then the
+""""Check the labels" on the Data page (AppTest): the audit runs as a queued job in a worker, then the
 gallery's fixes (move to the suggested class, move to another, remove, keep) change the
 session's working copy only, are listed, can be undone, and the report follows them. The
 feature map on the Evaluate page is drawn for a tiny finished run."""
@@ -13,7 +13,7 @@ import pytest
 from apptools import open_app, session_with_dataset
 
 from transfer.analysis import audit
-from transfer.core.runs import atomic_write_json
+from transfer.core.runs import RunDir, atomic_write_json
 
 PAGE = "pages/data.py"
 
@@ -118,18 +118,22 @@ def test_near_duplicate_pairs_can_lose_one_picture(tiny_dataset):
     assert "Near-duplicates (0)" in [t.label for t in app.tabs]
 
 
-def test_check_the_labels_runs_the_audit_in_its_own_process(tiny_dataset):
+def test_check_the_labels_runs_the_audit_through_the_queue_in_a_worker(tiny_dataset):
     token, workspace = session_with_dataset(tiny_dataset)
     app = open_app(PAGE, token=token)
     button(app, "Check the labels").click().run()
     assert not app.exception
     job = json.loads((workspace / "audit" / "job" / "job.json").read_text())
-    assert job["pid"] > 0 and job["source"] == str(tiny_dataset)
+    assert job["source"] == str(tiny_dataset)
+    run = RunDir(job["run"])  # a job of the session, queued like a training run
+    assert run.config["job"] == "audit" and run.path.parent == workspace / "jobs"
     deadline = time.time() + 240
     while not (workspace / "audit" / "job" / audit.RESULT_FILE).exists() and time.time() < deadline:
-        assert not (workspace / "audit" / "job" / audit.ERROR_FILE).exists(), \
-            (workspace / "audit" / "job" / "log.txt").read_text()
+        assert not (workspace / "audit" / "job" / audit.ERROR_FILE).exists(), run.log_path.read_text()
+        assert run.state in ("queued", "running", "finished"), run.log_path.read_text()
         time.sleep(0.5)
+    started = next(e for e in run.events("info") if "nice" in e)
+    assert started["nice"] >= 10 and int(started["threads"]) >= 1  # the workers' priority and thread cap
     app.run()
     assert not app.exception
     labels = [t.label for t in app.tabs]

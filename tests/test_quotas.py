@@ -297,3 +297,27 @@ def test_a_run_does_not_start_when_the_sessions_quota_has_no_room_for_it(tmp_pat
     roomy = JobManager(workspace / "runs", quota=DiskQuota(workspace, RUN_ROOM_BYTES + 2000))
     run = roomy.submit({"job": "demo", "epochs": 1, "epoch_seconds": 0.1})
     roomy.wait(run.id, timeout=60)
+
+
+def test_checkpoints_and_weights_a_run_writes_count_against_its_sessions_quota(tmp_path):
+    import torch
+
+    from transfer.runtime.jobs import RUN_ROOM_BYTES, JobManager
+    from transfer.core.runs import RunDir
+    from transfer.training.store import Store
+
+    workspace = tmp_path / "session"
+    runs = workspace / "runs"
+    JobManager(runs, quota=DiskQuota(workspace, RUN_ROOM_BYTES + 200_000))._check_room(1)
+    assert DiskQuota.left_in(runs) == DiskQuota(workspace, RUN_ROOM_BYTES + 200_000)  # what the worker reads
+    DiskQuota(workspace, 200_000).leave_in(runs)
+    run = RunDir.create(runs, {"job": "train"})
+    store = Store(run, None, None)
+    store.save_checkpoint({"epoch": 1, "module": {"w": torch.zeros(1000)}})  # about 5 KB: fits
+    with pytest.raises(QuotaExceeded, match=r"checkpoint of epoch 2 .*past its 200.0 KB disk quota.*resume it"):
+        store.save_checkpoint({"epoch": 2, "module": {"w": torch.zeros(100_000)}})  # 400 KB
+    assert torch.load(run.checkpoint_path, weights_only=True)["epoch"] == 1  # the last one that fitted stays
+    with pytest.raises(QuotaExceeded, match="model's weights"):
+        store.write_weights({"w": torch.zeros(100_000)})
+    assert not run.weights_path.exists()
+    assert not [p for p in run.path.iterdir() if p.name.endswith(".tmp")]

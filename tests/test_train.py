@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 import transfer.training.build as build_module
 import transfer.training.loop as loop_module
+from transfer.training.store import CHECKPOINT_FORMAT, Store
 from transfer.training.config import ConfigError, TrainConfig
 from transfer.runtime.jobs import JobManager, lock_is_held
 from transfer.models.methods import create_model, prepare_model
@@ -228,9 +230,14 @@ def test_out_of_memory_halves_the_batch_and_retries(tmp_path, tiny_dataset, monk
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(parts, indices, epoch)
 
+    recovering_inside_except = []
     monkeypatch.setattr(loop_module, "train_step", tight_memory)
+    monkeypatch.setattr(loop_module, "release_cached_memory",
+                        lambda setup: recovering_inside_except.append(sys.exc_info()[0] is not None))
     run = make_run(tmp_path, tiny_dataset, "finetune", epochs=2, batch_size=16)
     train_run(run)
+    # The memory is released once the traceback holding the failed step's tensors is gone.
+    assert recovering_inside_except == [False, False]
     warnings = run.events("warning")
     assert [w["batch_size"] for w in warnings] == [8, 4]
     assert "halved" in warnings[0]["message"]
@@ -437,3 +444,35 @@ def test_schedules_warm_up_and_anneal():
     assert lr_factor("cosine", 0.05, 0.1) < lr_factor("cosine", 0.1, 0.1) == pytest.approx(1.0)
     assert lr_factor("cosine", 1.0, 0.1) == pytest.approx(0.0)
     assert lr_factor("constant", 0.5, 0.1) == 1.0
+
+
+# --------------------------------------------------------------------------- damaged checkpoints
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut short", "random bytes", "text", "other format"])
+def test_a_damaged_checkpoint_is_reported_and_training_starts_again(tmp_path, damage):
+    run = RunDir.create(tmp_path / "runs", {"job": "train"})
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 1, "module": {"w": torch.zeros(1000)}}, run.checkpoint_path)
+    whole = run.checkpoint_path.read_bytes()
+    damaged = {"empty": b"", "cut short": whole[: len(whole) // 2], "random bytes": os.urandom(512),
+               "text": b"not a checkpoint", "other format": whole}[damage]
+    run.checkpoint_path.write_bytes(damaged)
+    warnings = []
+    assert Store(run, None, None).load_checkpoint(warnings.append) is None
+    assert len(warnings) == 1 and "damaged" in warnings[0] and "starts again from epoch 1" in warnings[0]
+
+
+@pytest.mark.parametrize("error", [MemoryError(), PermissionError(13, "Permission denied"),
+                                   TypeError("a bug"), RuntimeError("DefaultCPUAllocator: out of memory")])
+def test_a_checkpoint_that_fails_for_another_reason_is_not_thrown_away(tmp_path, monkeypatch, error):
+    run = RunDir.create(tmp_path / "runs", {"job": "train"})
+    run.checkpoint_path.write_bytes(b"whatever")
+
+    def failing_load(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", failing_load)
+    warnings = []
+    with pytest.raises(type(error)):
+        Store(run, None, None).load_checkpoint(warnings.append)
+    assert warnings == []

@@ -1,30 +1,27 @@
 """Check the labels (Data page) and the feature maps (Data and Evaluate pages).
 
-The audit and the maps run in their own process (``python -m transfer.analysis.audit``), which writes
-``progress.json`` and then ``result.json`` (or ``error.json``) into a folder; this module starts
+The audit and the maps run as jobs of the session, through the machine's queue, in a worker
+(``transfer.analysis.audit.audit_job``: the workers' CPU priority and thread cap), which writes
+``progress.json`` and then ``result.json`` (or ``error.json``) into a folder; this module queues
 it, shows its progress and draws what it found. Fixes go to the session's working copy of the
 data set (:class:`transfer.data.working_copy.WorkingCopy`), never to the user's own files.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from transfer.analysis.audit import ERROR_FILE, JOB_LOCK, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
+from transfer.analysis.audit import ERROR_FILE, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
 from transfer.core.errors import TransferError
 from transfer.core.runs import atomic_write_json, read_json
 from transfer.data.working_copy import MOVE, REMOVE, WorkingCopy
 from ui import data_view, session
 
 JOB_FILE = "job.json"
-STARTING_SECONDS = 30.0  # a fresh job may take this long to import torch and take its lock
 GALLERY_LIMIT = 12
 GALLERY_COLUMNS = 4
 THUMBNAIL = 120
@@ -40,34 +37,36 @@ _PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#
 
 
 def start_job(folder: Path, arguments: list[str], **details) -> None:
-    """Start ``python -m transfer.analysis.audit ARGUMENTS`` writing into ``folder`` (cleared first)."""
+    """Queue ``python -m transfer.analysis.audit ARGUMENTS`` (writing into ``folder``, cleared first) as a
+    job of this session: a worker runs it when the machine's queue lets it, like training."""
+    from ui import jobs_view
+
     folder.mkdir(parents=True, exist_ok=True)
     for name in (RESULT_FILE, ERROR_FILE, PROGRESS_FILE, JOB_FILE):
         (folder / name).unlink(missing_ok=True)
-    package_parent = Path(__file__).resolve().parents[1]  # so the child imports this checkout's engine
-    with open(folder / "log.txt", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "transfer.analysis.audit", *arguments], cwd=package_parent,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    threading.Thread(target=process.wait, daemon=True).start()  # reaps it: no zombie left behind
-    atomic_write_json(folder / JOB_FILE, {"pid": process.pid, "started": time.time(), **details})
+    try:
+        run = jobs_view.session_jobs_manager().submit({"job": "audit", "arguments": arguments})
+    except TransferError as error:  # the session's helper jobs are full: say so where the result goes
+        atomic_write_json(folder / ERROR_FILE, {"error": str(error)})
+        return
+    atomic_write_json(folder / JOB_FILE, {"run": str(run.path), "started": time.time(), **details})
 
 
 def job_state(folder: Path) -> str:
-    """``idle`` (never started), ``running``, ``done``, ``failed`` or ``stopped`` (the process died).
-
-    The job holds a lock on its folder while it works (see ``transfer.analysis.audit.run_job``); a job
-    started moments ago may still be importing, before it takes the lock.
-    """
-    from transfer.runtime.jobs import lock_is_held
+    """``idle`` (never started), ``running`` (or waiting in the queue), ``done``, ``failed`` or
+    ``stopped`` (its worker died, or it ended without a word)."""
+    from transfer.runtime.jobs import worker_alive
+    from transfer.core.runs import ACTIVE_STATES, RunDir
 
     if (folder / RESULT_FILE).is_file():
         return "done"
     if (folder / ERROR_FILE).is_file():
         return "failed"
     job = read_json(folder / JOB_FILE, None)
-    if not isinstance(job, dict):
+    if not isinstance(job, dict) or not job.get("run"):
         return "idle"
-    if lock_is_held(folder / JOB_LOCK) or time.time() - float(job.get("started") or 0) < STARTING_SECONDS:
+    run = RunDir(job["run"])
+    if run.exists() and run.state in ACTIVE_STATES and worker_alive(run):
         return "running"
     return "stopped"
 
@@ -80,7 +79,7 @@ def job_progress(folder: str) -> None:
         st.rerun()
     progress = read_json(folder_path / PROGRESS_FILE, None) or {}
     done, total = int(progress.get("done") or 0), int(progress.get("total") or 0)
-    phase = _PHASES.get(progress.get("phase"), "Starting")
+    phase = _PHASES.get(progress.get("phase"), "Waiting for the machine, then starting")
     text = f"{phase}: {done}/{total}" if total else f"{phase} ..."
     st.progress(min(1.0, done / total) if total else 0.0, text=text)
 

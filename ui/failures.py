@@ -11,7 +11,7 @@ import logging
 
 import streamlit as st
 
-log = logging.getLogger("transfer.studio")
+log = logging.getLogger("transfer.cli.studio")
 if not log.handlers:
     _handler = logging.StreamHandler()
     _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -2,27 +2,33 @@
 
 A locked page shows one password field and nothing else. Whether a session is unlocked is
 kept on the server: in the Streamlit session, and (so that a refresh does not ask again) in a
-server-side set of the session tokens that were unlocked; tokens are server-issued and signed,
-so such a link cannot be made up. A restart of the server locks every session again.
+server-side set of unlock keys. The key belongs to the browser that typed the password: it is
+handed to it as a cookie (``transfer_unlocked``), never put in the page's link, so a ``?s=``
+session link passed on or overheard opens nothing without the password. A restart of the
+server locks every browser again.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 
 import streamlit as st
+import streamlit.components.v1 as components
 
 from transfer.runtime import access
-from ui import session
 
 _UNLOCKED = "studio_unlocked"
 _FIELD = "studio_password"
 _WRONG = "studio_password_wrong"
+_KEY = "studio_unlock_key"  # this session's unlock key, handed to its browser as a cookie
+COOKIE = "transfer_unlocked"
+COOKIE_DAYS = 30
 _MAX_REMEMBERED = 100_000
 
 
 class _UnlockedTokens:
-    """The session tokens unlocked since this server started (bounded, oldest forgotten first)."""
+    """The browsers' unlock keys issued since this server started (bounded, oldest forgotten first)."""
 
     def __init__(self):
         self._tokens: dict[str, None] = {}
@@ -50,10 +56,13 @@ def _password_check(password: str) -> access.PasswordCheck:
 
 
 def unlocked() -> bool:
-    """True when this session may use the studio: no password is set, or it was typed here."""
-    if access.configured_password() is None or st.session_state.get(_UNLOCKED):
+    """True when this session may use the studio: no password is set, or this browser typed it."""
+    if access.configured_password() is None:
         return True
-    if _link_was_unlocked():
+    if st.session_state.get(_UNLOCKED):
+        _hand_key_to_browser()
+        return True
+    if _browser_was_unlocked():
         st.session_state[_UNLOCKED] = True
         return True
     return False
@@ -63,12 +72,6 @@ def require_unlocked() -> None:
     """Stop at the password field unless this session is unlocked."""
     if not unlocked():
         ask_for_password()
-
-
-def remember(token: str) -> None:
-    """Let a refreshed tab with this session's link in when the session is unlocked."""
-    if access.configured_password() is not None and unlocked():
-        _unlocked_tokens().add(token)
 
 
 def ask_for_password() -> None:
@@ -94,9 +97,28 @@ def refuse_open_network() -> None:
         st.stop()
 
 
-def _link_was_unlocked() -> bool:
-    token = st.query_params.get(session.SESSION_PARAM)
-    return bool(token) and token in _unlocked_tokens() and access.is_issued_token(token)
+def browser_cookie() -> str | None:
+    """The unlock key this browser sent when it connected (Streamlit reads cookies once per
+    connection, so a key handed over now is seen from the next refresh or tab on)."""
+    return st.context.cookies.get(COOKIE)
+
+
+def _browser_was_unlocked() -> bool:
+    key = browser_cookie()
+    return bool(key) and key in _unlocked_tokens()
+
+
+def _hand_key_to_browser() -> None:
+    """Give the browser that typed the password its unlock key, in a cookie of this site only."""
+    key = st.session_state.get(_KEY)
+    if not key or browser_cookie() == key:
+        return
+    # The component's frame has the page's origin, so it can set the page's cookie; the key is
+    # URL-safe base64, nothing to escape.
+    components.html(
+        "<script>window.parent.document.cookie = "
+        f"'{COOKIE}={key}; path=/; max-age={COOKIE_DAYS * 86400}; SameSite=Strict'"
+        " + (window.parent.location.protocol === 'https:' ? '; Secure' : '');</script>", height=0)
 
 
 def _try_password() -> None:
@@ -108,8 +130,13 @@ def _try_password() -> None:
     right = _password_check(password).attempt(_client(), guess)
     st.session_state[_UNLOCKED] = right
     st.session_state[_WRONG] = not right
+    if right:
+        key = secrets.token_urlsafe(32)
+        _unlocked_tokens().add(key)
+        st.session_state[_KEY] = key
 
 
 def _client() -> str:
-    """Who is guessing: the connection's address, so that new tabs do not reset the wait."""
-    return st.context.ip_address or "this computer"
+    """Who is guessing: the visitor's address (as a configured trusted proxy reports it), so that
+    new tabs do not reset the wait."""
+    return access.guessing_client(st.context.ip_address, st.context.headers)

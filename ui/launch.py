@@ -1,9 +1,12 @@
 """Start the studio's web server: ``./studio app [streamlit options]`` runs this module.
 
-Two things happen before Streamlit starts:
+Three things happen before Streamlit starts:
 
 - Where to listen: this computer only (127.0.0.1), unless ``TRANSFER_HOST`` (or
   ``--server.address``) names another address, which is refused without ``TRANSFER_PASSWORD``.
+- The server starts in the app's own folder, whatever folder the command was given in (a checkout,
+  or the installed ``transfer_studio`` package of ``transfer studio``): Streamlit reads its
+  settings from ``.streamlit/config.toml`` there.
 - Streamlit is told that app.py builds the navigation, so that a link into a page as the first
   visit after a start shows the studio, not Streamlit's raw list of ``pages/`` files
   (see ``ui.pages_mode``).
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from ui.pages_mode import declare_own_navigation
 
     declare_own_navigation()
+    os.chdir(APP.parent)  # Streamlit reads .streamlit/config.toml from the folder it starts in
     start_warm_worker()
 
     sys.argv = ["streamlit", *streamlit_args]

@@ -15,7 +15,7 @@ import streamlit as st
 
 from transfer.runtime import access
 from transfer.core.runs import atomic_write_json
-from ui import pages_mode
+from ui import gate, pages_mode
 
 SESSION_PARAM = "s"
 
@@ -24,14 +24,11 @@ def session_token() -> str:
     """This browser session's token, issued on first use and kept in the URL."""
     token = st.session_state.get("session_token")
     if token is None:
-        from ui import gate  # imported here: the gate reads this module's link parameter
-
         pages_mode.run_through_app_py()  # a link into a page on a server not started by ./studio app
         gate.require_unlocked()  # no workspace for anyone who has not typed the password
         from_url = st.query_params.get(SESSION_PARAM)
         token = from_url if access.is_issued_token(from_url) else access.issue_session_token()
         st.session_state["session_token"] = token
-        gate.remember(token)
     if st.query_params.get(SESSION_PARAM) != token:
         st.query_params[SESSION_PARAM] = token
     return token

@@ -123,8 +123,22 @@ def test_behind_a_password_a_link_into_a_page_shows_only_the_password_then_that_
     assert navigation_labels(page) == STUDIO_NAVIGATION
     assert "/train?" in page.url and re.search(r"[?&]s=[\w-]+", page.url)
 
-    # The unlocked session stays unlocked on a refresh.
+    # The unlocked browser stays unlocked on a refresh (its cookie, read when it connects again).
     page.reload()
     wait_for_app(page)
     page.get_by_role("heading", name="Train").wait_for(timeout=60_000)
     assert page.locator('input[type="password"]').count() == 0
+
+    # The unlock belongs to this browser (a cookie), not to the link: the same ?s= link opened in
+    # another browser asks for the password and shows nothing of the session.
+    assert any(cookie["name"] == "transfer_unlocked" for cookie in page.context.cookies())
+    other_browser = page.context.browser.new_context()
+    try:
+        stranger = other_browser.new_page()
+        stranger.goto(page.url)
+        wait_for_app(stranger)
+        stranger.locator('input[type="password"]').wait_for(timeout=60_000)
+        assert stranger.locator('[data-testid="stSidebarNav"]').count() == 0
+        assert stranger.locator("h1, h2, h3").count() == 0
+    finally:
+        other_browser.close()

@@ -558,6 +558,16 @@ def run_job(folder: Path, work: Callable[[Progress], dict]) -> int:
         os.close(lock)
 
 
+def audit_job(run) -> None:
+    """The worker's side of an audit or a map started from a page: ``run.config["arguments"]``
+    are :func:`main`'s. Through the queue it runs like training does, at the workers' lower CPU
+    priority and with their thread cap; its result or error lands in its own folder, which the
+    page reads."""
+    run.append_event({"type": "info", "message": "Audit job starting.", "nice": os.getpriority(os.PRIO_PROCESS, 0),
+                      "threads": os.environ.get("TRANSFER_WORKER_THREADS")})
+    main([str(argument) for argument in run.config.get("arguments") or []])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.analysis.audit", description="Run an audit or a map as a job.")
     sub = parser.add_subparsers(dest="job", required=True)

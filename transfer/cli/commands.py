@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from transfer.core.errors import TransferError
 
@@ -103,47 +104,34 @@ def follow_run(manager, run, quiet: bool = False) -> dict:
 
 
 class _ProgressPrinter:
-    """Turns run events into a progress line (on a terminal) and one line per epoch."""
+    """Turns run events into a progress bar (on a terminal) and one line per epoch."""
 
     def __init__(self, stream):
-        self.stream = stream
-        self.live = stream.isatty()
-        self.bar_shown = False
+        from transfer.cli.progress import ProgressBars
+
+        self.bars = ProgressBars(stream)
+        self.live = self.bars.live
 
     def __call__(self, event: dict) -> None:
         kind = event.get("type")
         if kind == "step" and self.live:
             self._bar(event)
         elif kind == "epoch":
-            self._line(_epoch_line(event))
+            self.bars.line(_epoch_line(event))
         elif kind in ("info", "warning") and event.get("message"):
             prefix = "warning: " if kind == "warning" else ""
-            self._line(prefix + str(event["message"]))
+            self.bars.line(prefix + str(event["message"]))
 
     def _bar(self, event: dict) -> None:
-        step, steps = event.get("step"), event.get("steps")
-        text = f"epoch {event.get('epoch', '?')}"
-        if isinstance(step, int) and isinstance(steps, int) and steps > 0:
-            filled = int(20 * min(step, steps) / steps)
-            text += f" [{'#' * filled}{'.' * (20 - filled)}] {step}/{steps}"
+        details = {}
         if isinstance(event.get("loss"), (int, float)):
-            text += f" loss {event['loss']:.4f}"
+            details["loss"] = f"{event['loss']:.4f}"
         if isinstance(event.get("eta"), (int, float)):
-            text += f" eta {event['eta']:.0f} s"
-        self.stream.write("\r" + text.ljust(79)[:79])
-        self.stream.flush()
-        self.bar_shown = True
-
-    def _line(self, text: str) -> None:
-        if self.bar_shown:
-            self.stream.write("\r" + " " * 79 + "\r")
-            self.bar_shown = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
+            details["eta"] = f"{event['eta']:.0f} s"
+        self.bars.show(f"epoch {event.get('epoch', '?')}", event.get("step") or 0, event.get("steps") or 0, **details)
 
     def close(self) -> None:
-        if self.bar_shown:
-            self._line("")
+        self.bars.close()
 
 
 def _epoch_line(event: dict) -> str:
@@ -337,6 +325,9 @@ def add_gc(sub) -> None:
                    help="delete sessions unused for longer than this (default $TRANSFER_GC_MAX_IDLE_DAYS or 30)")
     p.add_argument("--max-cache-gb", type=float, default=None,
                    help="shrink TRANSFER_HOME/cache to this size (default $TRANSFER_GC_MAX_CACHE_GB or 20)")
+    p.add_argument("--runs-dir", action="append", default=[], metavar="DIR",
+                   help="also sweep this runs folder's store of starting weights (repeatable; "
+                        "the browser sessions' are always swept)")
     p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -344,7 +335,8 @@ def add_gc(sub) -> None:
 def cmd_gc(args) -> int:
     from transfer.runtime.gc import collect
 
-    result = collect(args.max_idle_days, args.max_cache_gb, dry_run=args.dry_run)
+    result = collect(args.max_idle_days, args.max_cache_gb, dry_run=args.dry_run,
+                     runs_dirs=[Path(folder) for folder in args.runs_dir])
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -355,6 +347,8 @@ def cmd_gc(args) -> int:
     print(f"caches: {result.cache_bytes_before / 1e9:.2f} GB -> {result.cache_bytes_after / 1e9:.2f} GB "
           f"(limit {result.max_cache_bytes / 1e9:g} GB), {len(result.cache_entries_removed)} entries "
           f"{'to delete' if result.dry_run else 'deleted'}, least recently used first")
+    print(f"stored starting weights no run uses: {len(result.weights_removed)} "
+          f"{'to delete' if result.dry_run else 'deleted'}")
     print(f"{verb} {result.bytes_freed / 1e6:.1f} MB in all; shared demos and active runs are never touched.")
     return 0
 
@@ -660,15 +654,9 @@ class _TrainProgress(_ProgressPrinter):
 
     def __call__(self, event: dict) -> None:
         if event.get("type") == "progress" and self.live:
-            done, total = event.get("done") or 0, event.get("total") or 0
-            filled = int(20 * done / total) if total else 0
-            text = f"{self._PHASES.get(event.get('phase'), event.get('phase'))} [{'#' * filled}{'.' * (20 - filled)}]"
-            text += f" {done}/{total}"
-            if isinstance(event.get("eta"), (int, float)):
-                text += f" eta {event['eta']:.0f} s"
-            self.stream.write("\r" + text.ljust(79)[:79])
-            self.stream.flush()
-            self.bar_shown = True
+            details = {"eta": f"{event['eta']:.0f} s"} if isinstance(event.get("eta"), (int, float)) else {}
+            self.bars.show(self._PHASES.get(event.get("phase"), str(event.get("phase"))), event.get("done") or 0,
+                           event.get("total") or 0, **details)
             return
         super().__call__(event)
 
@@ -782,28 +770,37 @@ def cmd_audit(args) -> int:
 
 
 class _PhaseBar:
-    """A one-line progress bar on stderr for work reported as ``(phase, done, total)``."""
+    """A progress bar on stderr for work reported as ``(phase, done, total)``."""
 
     _TITLES = {"features": "computing features", "heads": "cross-validating", "map": "drawing the map"}
 
     def __init__(self, stream):
-        self.stream = stream
-        self.live = stream.isatty()
-        self.shown = False
+        from transfer.cli.progress import ProgressBars
+
+        self.bars = ProgressBars(stream)
 
     def __call__(self, phase: str, done: int, total: int) -> None:
-        if not self.live:
-            return
-        filled = int(20 * done / total) if total else 20
-        text = f"{self._TITLES.get(phase, phase)} [{'#' * filled}{'.' * (20 - filled)}] {done}/{total}"
-        self.stream.write("\r" + text.ljust(79)[:79])
-        self.stream.flush()
-        self.shown = True
+        self.bars.show(self._TITLES.get(phase, phase), done, total)
 
     def close(self) -> None:
-        if self.shown:
-            self.stream.write("\r" + " " * 79 + "\r")
-            self.stream.flush()
+        self.bars.close()
+
+
+# --------------------------------------------------------------------------- studio
+
+
+def add_studio(sub) -> None:
+    p = sub.add_parser("studio", help="serve the web app (this computer only unless TRANSFER_PASSWORD is set)")
+    p.add_argument("--address", default=None,
+                   help="address to listen on (default $TRANSFER_HOST or 127.0.0.1; others need TRANSFER_PASSWORD)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default 8501)")
+
+
+def cmd_studio(args) -> int:
+    from transfer.cli.studio import serve
+
+    serve(args.address, args.port)  # returns only when the server could not be started
+    return 1
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -822,6 +819,7 @@ COMMANDS = {
     "export": (add_export, cmd_export),
     "share": (add_share, cmd_share),
     "audit": (add_audit, cmd_audit),
+    "studio": (add_studio, cmd_studio),
 }
 
 

@@ -1,8 +1,14 @@
-"""Run one of the studio's own commands in a child process and read the JSON object it prints last.
+"""Starting the studio's child processes: the package's one way to do it.
 
-The web server hands heavy or memory-hungry work (an export, a weights report, the clean-up) to a
-fresh interpreter, so its own process stays responsive and never holds that work's memory. Every
-such command follows the ``--json`` contract: its last line of output is one JSON object.
+Every child is ``python -m MODULE ...`` in a fresh interpreter (never a fork of a process that
+may hold CUDA or the web server's threads) that imports this same ``transfer`` package:
+
+- :func:`run_module` runs one of the studio's own commands and reads the JSON object it prints
+  last (the ``--json`` contract): the web server hands heavy or memory-hungry work (an export, a
+  weights report, a data check, the clean-up) to it, so its own process stays responsive and
+  never holds that work's memory;
+- :func:`start_module` starts a long-lived one in its own session and returns at once: the
+  dispatcher's training workers, the worker's torchrun.
 """
 
 from __future__ import annotations
@@ -35,15 +41,31 @@ def last_json_object(output: str) -> dict:
     return answer if isinstance(answer, dict) else {}
 
 
-def run_module(module: str, arguments: list[str], *, timeout: float, env: dict | None = None,
-               niced: bool = False) -> ChildAnswer:
-    """``python -m module arguments...`` with this checkout importable; raises
-    ``subprocess.TimeoutExpired`` after ``timeout`` seconds (the child is killed)."""
+def child_environment(env: dict | None = None) -> dict:
+    """This process's environment with ``env`` over it, and this ``transfer`` package first on
+    the import path."""
     environment = {**os.environ, **(env or {})}
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, environment.get("PYTHONPATH")]))
+    return environment
+
+
+def run_module(module: str, arguments: list[str], *, timeout: float, env: dict | None = None,
+               niced: bool = False) -> ChildAnswer:
+    """``python -m module arguments...`` with this package importable, waited for; raises
+    ``subprocess.TimeoutExpired`` after ``timeout`` seconds (the child is killed)."""
     command = [sys.executable, "-m", module, *arguments]
     if niced and shutil.which("nice"):  # not preexec_fn: that is unsafe in a threaded server
         command = ["nice", "-n", "5", *command]
-    done = subprocess.run(command, cwd=PACKAGE_PARENT, env=environment, capture_output=True, text=True,
+    done = subprocess.run(command, cwd=PACKAGE_PARENT, env=child_environment(env), capture_output=True, text=True,
                           timeout=timeout)
     return ChildAnswer(done.returncode, last_json_object(done.stdout), done.stderr)
+
+
+def start_module(module: str, arguments: list[str], *, env: dict | None = None, log=None,
+                 pass_fds: tuple[int, ...] = (), preexec_fn=None) -> subprocess.Popen:
+    """Start ``python -m module arguments...`` in a session of its own (a Ctrl-C or a restart of
+    its parent does not reach it) and return at once; its output goes to ``log`` (an open file)
+    and ``pass_fds`` stay open in it (held locks). The caller waits for it or lets it go."""
+    return subprocess.Popen([sys.executable, "-m", module, *arguments], stdin=subprocess.DEVNULL, stdout=log,
+                            stderr=subprocess.STDOUT if log is not None else None, pass_fds=pass_fds,
+                            start_new_session=True, env=child_environment(env), preexec_fn=preexec_fn)

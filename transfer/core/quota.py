@@ -5,6 +5,11 @@ are checked against it twice: before anything is unpacked (from the sizes the ar
 declares) and while writing (from the bytes actually written), so neither a lying header nor
 a race between two tabs lets a session write past it. A full disk is turned into one
 sentence (:class:`DiskFull`) wherever files are written from user input.
+
+Runs count too: a session's job manager leaves its quota in the runs folder (``.quota.json``),
+and a worker checks every checkpoint and weights file it writes against it
+(:func:`check_written_file`), so a run that grows past the quota stops with a sentence instead
+of filling the disk.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transfer.core.errors import TransferError
+from transfer.core.runs import atomic_write_json, read_json
 
 SESSION_QUOTA_ENV = "TRANSFER_SESSION_QUOTA_GB"
 DEFAULT_SESSION_QUOTA_GB = 5.0
 #: Kept free on the disk whatever the quotas say, so the studio itself can still write.
 DISK_RESERVE_BYTES = 64 * 1024**2
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+QUOTA_FILE = ".quota.json"  # in a runs folder: the quota its runs' workers write under
 
 
 class QuotaExceeded(TransferError):
@@ -92,6 +99,41 @@ class DiskQuota:
     def check(self, needed: int) -> None:
         if needed > self.remaining():
             raise QuotaExceeded(self.refusal(needed))
+
+    def leave_in(self, runs_dir: Path) -> None:
+        """Tell the workers of ``runs_dir``'s runs which quota they write under."""
+        path = Path(runs_dir) / QUOTA_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"root": str(self.root), "limit": self.limit}
+        if read_json(path) != entry:
+            atomic_write_json(path, entry)
+
+    @classmethod
+    def left_in(cls, runs_dir: Path) -> "DiskQuota | None":
+        """The quota ``runs_dir``'s runs write under, or None (a terminal's runs folder has none)."""
+        entry = read_json(Path(runs_dir) / QUOTA_FILE)
+        try:
+            return cls(Path(entry["root"]), int(entry["limit"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+
+
+def check_written_file(runs_dir: Path, written: Path, replaces: Path, what: str) -> None:
+    """Refuse a file a run just wrote (``written``, a temporary name that will replace
+    ``replaces``) when it takes the session past its quota; the caller removes it."""
+    quota = DiskQuota.left_in(runs_dir)
+    if quota is None:
+        return
+    try:
+        replaced = replaces.stat().st_size
+    except OSError:
+        replaced = 0
+    used = quota.used() - replaced
+    if used > quota.limit:
+        raise QuotaExceeded(
+            f"The {what} ({human_size(written.stat().st_size)}) would take this session to {human_size(used)}, "
+            f"past its {human_size(quota.limit)} disk quota, so the run stopped; delete uploads or runs you no "
+            "longer need (Data and Train pages), then resume it.")
 
 
 def check_free_space(folder: Path, needed: int, what: str = "the upload") -> None:

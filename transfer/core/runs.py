@@ -97,22 +97,34 @@ def is_safe_run_id(run_id: str) -> bool:
     return isinstance(run_id, str) and _SAFE_ID.fullmatch(run_id) is not None and ".." not in run_id
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` so that readers see either the old file or the whole new one, even after a
-    crash: temp file in the same folder, fsync, rename over the target."""
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp", durable: bool = True) -> Iterator[Path]:
+    """A temporary name beside ``path`` for the block to write; when the block ends without an
+    error, it is renamed over ``path`` (readers see either the old file or the whole new one),
+    else it is removed. ``durable`` also flushes the file and the rename to disk, so that even a
+    crash of the machine leaves one or the other; caches, which can compute a lost entry again,
+    skip that cost. The package's one way of replacing a file: every atomic write goes through here."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    temp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        yield temp
+        if durable:
+            _fsync_file(temp)
+        os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(temp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as temp, os.fdopen(os.open(temp, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
+        handle.write(data)
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -126,6 +138,14 @@ def read_json(path: Path, default=None):
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return default
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -144,13 +164,15 @@ def _fsync_dir(folder: Path) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` held for the block; released by the OS if the process dies."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """An exclusive ``flock`` held for the block, waiting for it if need be; released by the OS if
+    the process dies. The package's one blocking file lock (``transfer.runtime.jobs.try_lock`` is its
+    non-waiting counterpart for locks held as long as a process lives)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        os.close(fd)  # closing releases the lock
 
 
 def _now() -> float:

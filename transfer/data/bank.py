@@ -23,9 +23,7 @@ interpolation and pixel-rules version, and read per batch with :meth:`PictureBan
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
 import os
 import shutil
@@ -46,6 +44,7 @@ from transfer.data.cache import DecodedImageCache
 from transfer.data.dataset import Sample
 from transfer.core.errors import TransferError
 from transfer.core.quota import human_size
+from transfer.core.runs import file_lock
 
 BANK_KIND = "banks"
 #: Bump when the file layout or what a row holds changes.
@@ -255,14 +254,8 @@ def open_or_build(
     return PictureBank(path), stats
 
 
-@contextlib.contextmanager
 def _build_lock(path: Path):
-    fd = os.open(path.with_name(f"{_LOCK_PREFIX}{path.stem}"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+    return file_lock(path.with_name(f"{_LOCK_PREFIX}{path.stem}"))
 
 
 def _open_complete(path: Path, count: int, side: int) -> PictureBank | None:

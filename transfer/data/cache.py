@@ -9,7 +9,6 @@ instead of a JPEG decode and a resize.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -22,6 +21,7 @@ from transfer.core import paths
 from transfer.data.dataset import Sample
 from transfer.data.preparation import PIXEL_RULES_VERSION
 from transfer.data.images import DEFAULT_MAX_PIXELS, open_image, resize_short_side, to_array
+from transfer.core.runs import atomic_path
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024**2
 
@@ -182,13 +182,7 @@ class DecodedImageCache:
         path = self.path_for(*key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-            with os.fdopen(handle, "wb") as out:
+            with atomic_path(path, suffix=".npy", durable=False) as temp, open(temp, "wb") as out:
                 np.save(out, array, allow_pickle=False)
-            os.replace(temp, path)
         except OSError:
-            # A full or read-only disk costs speed next time, never this run's result.
-            try:
-                os.unlink(temp)
-            except (OSError, UnboundLocalError):
-                pass
+            pass  # a full or read-only disk costs speed next time, never this run's result

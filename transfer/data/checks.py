@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from transfer.core.child import run_module
 from transfer.data.dataset import Report, check_dataset
 from transfer.core.errors import TransferError
 from transfer.core.runs import atomic_write_json, read_json
@@ -130,11 +131,10 @@ class CheckFailed(TransferError):
 def _run_worker(source: str, val_fraction: float, seed: int, progress_file: Path) -> Report:
     """Check in a fresh interpreter (never a fork, never the web server's own imports) and read its report."""
     report_file = progress_file.with_suffix(".report.json")
-    command = [sys.executable, "-m", "transfer.data.checks", source, str(val_fraction), str(seed),
-               str(progress_file), str(report_file)]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    arguments = [str(Path(source).absolute()), str(val_fraction), str(seed), str(progress_file), str(report_file)]
     try:
-        done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=CHECK_TIMEOUT_SECONDS)
+        done = run_module("transfer.data.checks", arguments, timeout=CHECK_TIMEOUT_SECONDS,
+                          env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
         data = read_json(report_file)
     except subprocess.TimeoutExpired:
         raise CheckFailed("Checking the pictures took too long and was stopped; use a smaller data set.") from None

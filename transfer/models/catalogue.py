@@ -80,7 +80,19 @@ class Backbone:
     license: str = "unknown"
     weights: str = ""
     description: str = ""
+    # True for networks built for one picture size only (ViT's position embeddings, MaxViT's
+    # windows): they take ``preprocessing.input_size`` pictures and nothing else.
+    fixed_input_size: bool = False
     weights_file: Callable[[], Path | None] | None = field(default=None, compare=False, repr=False)
+
+    def accepts_image_size(self, size: int | None) -> bool:
+        """Whether this backbone can train on ``size`` px pictures (None: its own size)."""
+        return size is None or not self.fixed_input_size or size == self.preprocessing.input_size
+
+    def image_size_refusal(self, size: int) -> str:
+        own = self.preprocessing.input_size
+        return (f"{self.name} takes only {own} px pictures (its design is fixed to that size), not {size} px; "
+                f"choose {own} px or leave the image size out, or choose another backbone.")
 
     @property
     def status(self) -> str:
@@ -121,7 +133,7 @@ class Backbone:
         prep.pop("resize_size", None)
         prep["mean"], prep["std"] = tuple(prep["mean"]), tuple(prep["std"])
         known = {"name", "source", "architecture", "params", "imagenet_top1", "gflops", "license", "weights",
-                 "description"}
+                 "description", "fixed_input_size"}
         return cls(preprocessing=Preprocessing(**prep), **{k: v for k, v in data.items() if k in known},
                    weights_file=_weights_file_finder(data["source"], data))
 
@@ -246,6 +258,12 @@ def torchvision_names() -> tuple[str, ...]:
     return tuple(torchvision_table())
 
 
+# torchvision families whose networks take one picture size only (found by running every
+# catalogue model at other sizes: ViT checks the size, MaxViT's window partition breaks; Swin
+# pads its windows and takes any size).
+_TORCHVISION_FIXED_SIZE_FAMILIES = ("vit_", "maxvit_")
+
+
 def _torchvision_entry(name: str) -> Backbone | None:
     row = torchvision_table().get(name)
     if row is None:
@@ -262,6 +280,7 @@ def _torchvision_entry(name: str) -> Backbone | None:
         license="BSD-3-Clause (torchvision)",
         weights=row["weights"],
         description=row["description"],
+        fixed_input_size=name.startswith(_TORCHVISION_FIXED_SIZE_FAMILIES),
         weights_file=functools.partial(torchvision_cache_file, row["url"]),
     )
 
@@ -300,7 +319,7 @@ def _timm_answers_dir() -> Path:
     from transfer.core import paths
 
     version = re.sub(r"[^A-Za-z0-9._-]", "_", _installed_version("timm") or "none")
-    folder = paths.cache_dir("catalogue") / f"timm-{version}"
+    folder = paths.cache_dir("catalogue") / f"timm-{version}-v2"  # v2: entries say fixed_input_size
     folder.mkdir(exist_ok=True)
     return folder
 
@@ -374,6 +393,7 @@ def _timm_entry_here(name: str) -> Backbone | None:
         params=_timm_param_count(model_name),
         license=cfg.get("license") or "see the model card",
         weights=hub_id or cfg.get("url") or model_name,
+        fixed_input_size=bool(cfg.get("fixed_input_size", False)),
         weights_file=functools.partial(timm_cache_file, hub_id),
     )
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +41,7 @@ from transfer.data.dataset import Sample
 from transfer.core.devices import DeviceSetup, is_out_of_memory, release_cached_memory
 from transfer.models.fusion import folded_copy
 from transfer.models.heads import head_module
+from transfer.core.runs import atomic_path
 
 CENTRE_VIEW = 0
 DECODE_LOOKAHEAD_BATCHES = 8
@@ -136,17 +135,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path, durable=False) as temp:  # a lost entry is computed again
+        temp.write_bytes(data)
 
 
 # --------------------------------------------------------------------------- extraction
@@ -320,10 +310,13 @@ class _Extraction:
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled
                 if not is_out_of_memory(error) or piece == 1:
                     raise
-                release_cached_memory(self.setup)
-                piece = max(1, piece // 2)
-                if self.on_batch_shrink:
-                    self.on_batch_shrink(piece)
+            # Out of memory: the cache is emptied only now, after the except block, when the
+            # traceback holding the failed pieces' tensors is gone (and the pieces that did fit).
+            out = None
+            release_cached_memory(self.setup)
+            piece = max(1, piece // 2)
+            if self.on_batch_shrink:
+                self.on_batch_shrink(piece)
 
 
 def _forward(catcher, images, hashes, view, prep, spec, setup) -> torch.Tensor:

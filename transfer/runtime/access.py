@@ -25,6 +25,9 @@ from transfer.core import paths
 from transfer.core.errors import TransferError
 
 PASSWORD_ENV = "TRANSFER_PASSWORD"
+# Behind a reverse proxy every connection comes from the proxy: the header it writes the
+# visitor's address into (X-Forwarded-For, X-Real-IP, ...) keys the password's guessing delay.
+TRUSTED_PROXY_HEADER_ENV = "TRANSFER_TRUSTED_PROXY_HEADER"
 HOST_ENV = "TRANSFER_HOST"
 DEFAULT_HOST = "127.0.0.1"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -114,6 +117,20 @@ class PasswordCheck:
             if len(self._client_locks) > self.max_clients:
                 self._client_locks.clear()  # only in-flight attempts lose their turn order
             return self._client_locks.setdefault(client, threading.Lock())
+
+
+def guessing_client(connection_address: str | None, headers, env: dict | None = None) -> str:
+    """Who is guessing the password, for its delay: the visitor's address as the configured
+    trusted proxy reports it (the last address in the header: the one the proxy itself added,
+    since a visitor can write anything before it), else the connection's address. Only set the
+    header's name when every request passes through that proxy, or visitors can choose their key."""
+    name = (os.environ if env is None else env).get(TRUSTED_PROXY_HEADER_ENV, "").strip()
+    if name and headers is not None:
+        value = headers.get(name) or ""
+        reported = value.split(",")[-1].strip()
+        if reported:
+            return reported
+    return connection_address or "this computer"
 
 
 # --------------------------------------------------------------------------- session tokens

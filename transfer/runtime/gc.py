@@ -6,7 +6,9 @@ is alive is never deleted: it must be stopped first.
 
 :func:`collect` (``transfer gc``) removes browser sessions idle longer than a given age
 (idle: the newest modification time of anything in the session) and shrinks the caches under
-``TRANSFER_HOME/cache`` to a given size, least recently used first. It never touches the
+``TRANSFER_HOME/cache`` to a given size, least recently used first, and sweeps each runs
+folder's store of starting weights (``.weights``) of the files no run of that folder names any
+more (their runs were deleted) once they are a day old. It never touches the
 shared demos (``TRANSFER_HOME/demos``), the queue, or a session with a live run, and it
 spares cache entries a live run reads or that were used in the last hour.
 """
@@ -30,7 +32,9 @@ from transfer.core.child import run_module
 from transfer.core.errors import TransferError
 from transfer.runtime.jobs import lock_is_held, worker_alive
 from transfer.core.quota import folder_bytes
-from transfer.core.runs import ACTIVE_STATES, CONFIG_FILE, STATUS_FILE, RunDir, atomic_write_json, find_run, read_json
+from transfer.core.runs import (ACTIVE_STATES, CONFIG_FILE, STATUS_FILE, RunDir, atomic_write_json, find_run, list_runs,
+                           read_json)
+from transfer.models.weights import STORE_FOLDER
 
 SESSIONS_FOLDER = "sessions"
 CACHE_FOLDER = "cache"
@@ -43,6 +47,9 @@ CACHE_GRACE_SECONDS = 3600.0
 #: While a run trains on this machine, a longer grace: most file systems (relatime) update a
 #: file's access time at most once a day, so a cache read all day can look a day old.
 CACHE_GRACE_WHILE_TRAINING_SECONDS = 25 * 3600.0
+#: A stored starting-weights file no run names may have just been chosen on the Configure page
+#: for a run not started yet: it is kept this long after it was stored or last read.
+WEIGHTS_GRACE_SECONDS = 86400.0
 #: The web app collects at most this often (per TRANSFER_HOME, across server processes).
 WEB_GC_INTERVAL_SECONDS = 3600.0
 _STAMP_FILE = "gc.json"
@@ -148,6 +155,7 @@ class Collected:
     cache_entries_removed: list[dict] = field(default_factory=list)
     cache_bytes_before: int = 0
     cache_bytes_after: int = 0
+    weights_removed: list[dict] = field(default_factory=list)
     bytes_freed: int = 0
 
     def to_dict(self) -> dict:
@@ -174,8 +182,10 @@ def default_max_cache_gb() -> float:
 
 
 def collect(max_idle_days: float | None = None, max_cache_gb: float | None = None, *,
-            dry_run: bool = False, now: float | None = None, home: Path | None = None) -> Collected:
-    """Remove idle sessions and shrink the caches of ``home`` (default TRANSFER_HOME); see the
+            dry_run: bool = False, now: float | None = None, home: Path | None = None,
+            runs_dirs: list[Path] | None = None) -> Collected:
+    """Remove idle sessions, shrink the caches of ``home`` (default TRANSFER_HOME) and sweep the
+    weights stores of its sessions and of ``runs_dirs`` (a terminal's runs folders); see the
     module's description."""
     home = paths.home() if home is None else Path(home)
     max_idle_days = default_max_idle_days() if max_idle_days is None else max_idle_days
@@ -186,7 +196,40 @@ def collect(max_idle_days: float | None = None, max_cache_gb: float | None = Non
     result = Collected(dry_run, max_idle_days, int(max_cache_gb * 1e9))
     _collect_sessions(home / SESSIONS_FOLDER, result, now - max_idle_days * 86400, dry_run)
     _collect_caches(home, result, now, dry_run)
+    for runs_dir in [*sorted((home / SESSIONS_FOLDER).glob("*/runs")), *(runs_dirs or [])]:
+        _collect_weights_store(Path(runs_dir), result, now, dry_run)
     return result
+
+
+def _collect_weights_store(runs_dir: Path, result: Collected, now: float, dry_run: bool) -> None:
+    """Remove the stored starting weights (and leftover temporary copies) that no run of
+    ``runs_dir`` names, past their grace time."""
+    store = runs_dir / STORE_FOLDER
+    if not store.is_dir():
+        return
+    named = _weights_named_by_runs(runs_dir)
+    for stored in sorted(store.iterdir()):
+        if not stored.is_file() or stored.name.split(".")[0] in named:
+            continue
+        last_used = _stat_time(stored, use_atime=True)
+        if now - last_used < WEIGHTS_GRACE_SECONDS:
+            continue
+        size = _entry_bytes(stored)
+        if not dry_run:
+            stored.unlink(missing_ok=True)
+        result.bytes_freed += size
+        result.weights_removed.append({"file": f"{runs_dir.parent.name[:6]}…/{STORE_FOLDER}/{stored.name[:12]}…",
+                                       "bytes": size, "idle_days": round((now - last_used) / 86400, 1)})
+
+
+def _weights_named_by_runs(runs_dir: Path) -> set[str]:
+    """The SHA-256 of every stored file a run of ``runs_dir`` starts from (in any state)."""
+    named = set()
+    for run in list_runs(runs_dir):
+        spec = (read_json(run.path / CONFIG_FILE, default={}) or {}).get("initial_weights") or {}
+        if isinstance(spec, dict) and isinstance(spec.get("sha256"), str):
+            named.add(spec["sha256"])
+    return named
 
 
 def _collect_sessions(sessions: Path, result: Collected, idle_before: float, dry_run: bool) -> None:

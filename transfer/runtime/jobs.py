@@ -37,12 +37,13 @@ import contextlib
 import fcntl
 import os
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
 from transfer.core import machine
 from transfer.core import paths
+from transfer.core.child import child_environment, start_module
 from transfer.runtime import warm
 from transfer.core.errors import TransferError
 from transfer.core.runs import (
@@ -80,8 +81,9 @@ WORKER_NICE = 10
 DEVICE_POOL, PROBE_POOL = "device", "probe"
 PROBE_SLOTS = 1
 # job type -> (pool, priority). Short jobs that a person waits for on a page go first; the
-# learning-rate finder still needs the device, speed measurements are a few forward passes.
-_JOB_PLACES = {"lr_find": (DEVICE_POOL, 0), "estimate": (PROBE_POOL, 0)}
+# learning-rate finder and the audits (features of every picture) still need the device, speed
+# measurements are a few forward passes.
+_JOB_PLACES = {"lr_find": (DEVICE_POOL, 0), "audit": (DEVICE_POOL, 0), "estimate": (PROBE_POOL, 0)}
 _TRAINING_PLACE = (DEVICE_POOL, 1)
 
 
@@ -343,8 +345,10 @@ def try_take_slots(count: int, max_parallel: int, pool: str = DEVICE_POOL) -> li
 
 # --------------------------------------------------------------------------- the dispatcher
 
-# Workers this process started; polled now and then so that they do not linger as zombies.
+# Workers this process started; polled now and then so that they do not linger as zombies. The
+# web server's page threads dispatch at the same time, hence the lock.
 _children: list[subprocess.Popen] = []
+_children_lock = threading.Lock()
 
 
 def dispatch() -> list[RunDir]:
@@ -427,32 +431,24 @@ def _spawn_worker(run: RunDir, slots: list[int], lock: int, max_parallel: int):
     """The worker process of ``run``: forked by the studio's warm fork server when one is ready
     (see transfer.runtime.warm), else a fresh interpreter."""
     threads = str(worker_threads(max_parallel) * len(slots))  # each slot brings its share of the cores
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_THREADS_ENV: threads,
-           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    forked = warm.fork_worker(queue_dir(), run.path, lock, slots, env)
+    env = {"PYTHONUNBUFFERED": "1", WORKER_THREADS_ENV: threads, "OMP_NUM_THREADS": threads,
+           "MKL_NUM_THREADS": threads}
+    forked = warm.fork_worker(queue_dir(), run.path, lock, slots, child_environment(env))
     if forked is not None:
         return forked
-    command = [sys.executable, "-m", "transfer.runtime.worker", str(run.path), "--lock-fd", str(lock)]
+    arguments = [str(run.path), "--lock-fd", str(lock)]
     for slot in slots:
-        command += ["--slot-fd", str(slot)]
+        arguments += ["--slot-fd", str(slot)]
     with open(run.log_path, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            pass_fds=(*slots, lock),
-            start_new_session=True,  # a Ctrl-C or restart of the server does not reach it
-            env=env,
-        )
-    _children.append(process)
+        process = start_module("transfer.runtime.worker", arguments, env=env, log=log, pass_fds=(*slots, lock))
+    with _children_lock:
+        _children.append(process)
     return process
 
 
 def _reap_children() -> None:
-    for process in list(_children):
-        if process.poll() is not None:
-            _children.remove(process)
+    with _children_lock:
+        _children[:] = [process for process in _children if process.poll() is None]
 
 
 def lower_priority() -> None:
@@ -520,8 +516,10 @@ class JobManager:
     def _check_room(self, wanted: int) -> None:
         if self.quota is not None:
             # A run writes its weights, a checkpoint and its outputs as it trains; it starts only
-            # when its session's quota still has room for a typical run.
+            # when its session's quota still has room for a typical run, and its worker checks
+            # what it writes against the quota left in the runs folder.
             self.quota.check(wanted * RUN_ROOM_BYTES)
+            self.quota.leave_in(self.runs_dir)
         active = len(self.active_runs())
         if active + wanted <= self.max_queued:
             return

@@ -32,12 +32,14 @@ import sys
 import time
 from pathlib import Path
 
+from transfer.core.child import start_module
+from transfer.runtime.extra_jobs import extra_rank_module
 from transfer.core.runs import CANCELLED, FAILED, FINISHED, RANK_OUTCOME_FILE, RunDir, read_json
 
 OUTCOME_STATES = (FINISHED, CANCELLED, FAILED)
-# The module torchrun starts per rank, by job type; the demo ranks stand in for training in the
-# job tests (no torch in the ranks, seconds per run).
-RANK_MODULES = {"train": "transfer.training.distributed", "demo": "transfer.demo_ranks"}
+# The module torchrun starts per rank, by job type (the tests add a demo job's ranks through
+# transfer.runtime.extra_jobs: no torch in the ranks, seconds per run).
+RANK_MODULES = {"train": "transfer.training.distributed"}
 CANCEL_GRACE_SECONDS = 5.0
 # Ranks that answered (rank 0 wrote its outcome) are only leaving: tearing down the process group
 # and exiting can take a while on busy cores, so they are not hurried as long.
@@ -52,8 +54,14 @@ def world_size(config: dict) -> int:
     return int(config.get("nproc_per_node") or 1) * int(config.get("nnodes") or 1)
 
 
+def rank_module(config: dict) -> str | None:
+    """The module each rank of a run of ``config`` runs, or None for a job that has no ranks."""
+    job = config.get("job", "train")
+    return RANK_MODULES.get(job) or extra_rank_module(job)
+
+
 def is_distributed(config: dict) -> bool:
-    return config.get("job", "train") in RANK_MODULES and world_size(config) > 1
+    return rank_module(config) is not None and world_size(config) > 1
 
 
 def torchrun_command(run_path: Path | str, config) -> list[str]:
@@ -71,7 +79,7 @@ def torchrun_command(run_path: Path | str, config) -> list[str]:
         command += ["--nnodes", str(nnodes), "--node-rank", str(int(config.get("node_rank") or 0)),
                     "--master-addr", str(config.get("master_addr") or "127.0.0.1"), "--master-port", str(port)]
     # A rank that dies ends the attempt (no restarts): the run is resumed from its last epoch instead.
-    command += ["--max-restarts", "0", "-m", RANK_MODULES[config.get("job", "train")], str(run_path)]
+    command += ["--max-restarts", "0", "-m", rank_module(config), str(run_path)]
     return command
 
 
@@ -93,8 +101,8 @@ def run_ranks(run: RunDir, held_fds: tuple[int, ...] = (), worker_threads: int =
     command = torchrun_command(run.path, run.config)
     run.append_event({"type": "info", "message": f"Starting {world_size(run.config)} training processes "
                       "through torchrun.", "world_size": world_size(run.config), "command": command})
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, pass_fds=held_fds, start_new_session=True,
-                               env=rank_environment(run.config, worker_threads), preexec_fn=_die_with_parent)
+    process = start_module(command[2], command[3:], pass_fds=held_fds, env=rank_environment(run.config, worker_threads),
+                           preexec_fn=_die_with_parent)
     forced = supervise(run, process)
     return rank_outcome(run, process.returncode, forced)
 

@@ -18,10 +18,9 @@ If the process is killed, nothing is recorded; the next ``JobManager`` sees the 
 and marks the run ``interrupted``.
 
 Job types besides training: ``lr_find`` (the learning-rate range test of the Configure page)
-and ``estimate`` (a backbone's speed on this machine, for time estimates). A config with
-``"job": "demo"`` runs ``demo_job``: a few epochs of sleeping that write the same kinds of
-events, status and checkpoint as training does. The job-manager tests use it so that they
-exercise queueing, cancelling, killing and resuming in seconds, without torch.
+``estimate`` (a backbone's speed on this machine, for time estimates) and ``audit`` (label audits
+and feature maps). The tests add a demo
+job of their own through ``transfer.runtime.extra_jobs``.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ import time
 import traceback
 
 from transfer.core.errors import TransferError
+from transfer.runtime.extra_jobs import extra_job
 from transfer.runtime.jobs import (
     DEVICE_POOL,
     QUEUE_POLL_SECONDS,
@@ -56,14 +56,12 @@ from transfer.core.runs import (
     STATES,
     Cancelled,
     RunDir,
-    atomic_write_json,
-    read_json,
 )
 
-DEMO_JOB = "demo"
 TRAIN_JOB = "train"
 LR_FIND_JOB = "lr_find"
 ESTIMATE_JOB = "estimate"
+AUDIT_JOB = "audit"  # label audits and feature maps of the Data and Evaluate pages
 # Probing processes hold a run's worker lock for an instant; a worker retries for this long.
 WORKER_LOCK_WAIT_SECONDS = 10.0
 
@@ -178,14 +176,12 @@ def run_distributed(run: RunDir, held_fds: tuple[int, ...]) -> int:
 
 def job_function(config: dict):
     """The function that trains a run of this config. Imported lazily: real training pulls in
-    torch, and the demo job must not."""
+    torch, and the tests' demo job must not."""
     job = config.get("job", TRAIN_JOB)
     if job == TRAIN_JOB:
         from transfer.training.run import train_run
 
         return train_run
-    if job == DEMO_JOB:
-        return demo_job
     if job == LR_FIND_JOB:
         from transfer.training.lr_find import lr_find_job
 
@@ -194,6 +190,13 @@ def job_function(config: dict):
         from transfer.runtime.estimate import measurement_job
 
         return measurement_job
+    if job == AUDIT_JOB:
+        from transfer.analysis.audit import audit_job
+
+        return audit_job
+    added = extra_job(job)
+    if added is not None:
+        return added
     raise UnknownJob(f"This version of Transfer Studio cannot run jobs of type {job!r}; start a new run.")
 
 
@@ -214,45 +217,6 @@ def _finish(run: RunDir, state: str, message: str) -> None:
     run.transition(STATES, with_event=end_event, state=state, ended_at=time.time(), queue_position=None,
                    message=message)
     print(f"{time.strftime('%H:%M:%S')} {state}: {message}", flush=True)
-
-
-# --------------------------------------------------------------------------- the demo job
-
-
-def demo_job(run: RunDir) -> None:
-    """Pretend training for the job-manager tests: ``epochs`` epochs of ``steps_per_epoch``
-    sleeps (``epoch_seconds`` per epoch). Like real training it checks the cancel flag every
-    step, writes step and epoch events, saves a checkpoint (JSON here) of each finished epoch,
-    updates the status, and resumes after the checkpoint's epoch. ``fail_at_epoch`` raises
-    an error at the end of that epoch."""
-    config = run.config
-    epochs = int(config.get("epochs", 3))
-    steps = int(config.get("steps_per_epoch", 5))
-    step_seconds = float(config.get("epoch_seconds", 0.5)) / steps
-    checkpoint_path = run.path / "demo_checkpoint.json"
-    checkpoint = read_json(checkpoint_path, default={}) or {}
-    done = int(checkpoint.get("epoch", 0))
-    best = checkpoint.get("best_val_accuracy")
-    run.append_event({"type": "info", "message": f"Demo job starting at epoch {done + 1}.", "start_epoch": done + 1,
-                      "nice": os.getpriority(os.PRIO_PROCESS, 0), "threads": os.environ.get(WORKER_THREADS_ENV)})
-    run.update_status(epochs=epochs)
-    for epoch in range(done + 1, epochs + 1):
-        for step in range(1, steps + 1):
-            if run.cancel_requested():
-                raise Cancelled()
-            time.sleep(step_seconds)
-            run.append_event({"type": "step", "epoch": epoch, "step": step, "steps": steps,
-                              "loss": round(1.0 / (epoch * steps + step), 5)})
-        if config.get("fail_at_epoch") == epoch:
-            raise RuntimeError(f"demo failure at epoch {epoch}")
-        accuracy = round(1.0 - 1.0 / (epoch + 1), 4)
-        best = accuracy if best is None else max(best, accuracy)
-        # Event first, then checkpoint, then status: a kill in between repeats the epoch on
-        # resume (RunDir.epoch_history keeps the later copy) but never loses a finished one.
-        run.append_event({"type": "epoch", "epoch": epoch, "epochs": epochs, "val_accuracy": accuracy})
-        atomic_write_json(checkpoint_path, {"epoch": epoch, "best_val_accuracy": best})
-        run.update_status(epoch=epoch, val_accuracy=accuracy, best_val_accuracy=best,
-                          message=f"Epoch {epoch} of {epochs} done.")
 
 
 if __name__ == "__main__":

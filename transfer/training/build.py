@@ -49,7 +49,10 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         dataset = Dataset.from_dict(source)
     else:
         dataset = load_dataset(source, val_fraction=config.val_fraction, seed=config.split_seed)
-    prep = preprocessing_for(get_backbone(config.backbone).preprocessing, config.image_size)
+    entry = get_backbone(config.backbone)
+    if not entry.accepts_image_size(config.image_size):
+        raise TrainingError(entry.image_size_refusal(config.image_size))  # a sentence, not the network's crash
+    prep = preprocessing_for(entry.preprocessing, config.image_size)
     train, val = dataset.train, dataset.val
     return TrainingData(dataset, list(dataset.classes), prep, train, val,
                         torch.tensor([dataset.label_index(s.label) for s in train]),

@@ -104,6 +104,8 @@ class TrainConfig:
                      **{k: v for k, v in defaults.items() if k in known and k not in ("method", "dataset")})
         for key, value in chosen.items():
             setattr(config, key, value)
+        config.image_size = _image_size_the_backbone_takes(config.backbone, config.image_size,
+                                                           chosen=chosen.get("image_size"))
         config.validate()
         return config
 
@@ -182,6 +184,22 @@ class TrainConfig:
             _initial_weights(self)
         _distribution(self)
         return self
+
+
+def _image_size_the_backbone_takes(backbone: str, size: int | None, *, chosen: int | None) -> int | None:
+    """``size``, unless the backbone takes one picture size only: then a method's default size
+    gives way to the backbone's own (None), and a size someone chose is refused with a sentence."""
+    from transfer.models.catalogue import get_backbone
+
+    try:
+        entry = get_backbone(backbone)
+    except TransferError:
+        return size  # an unknown backbone is reported where it is built
+    if entry.accepts_image_size(size):
+        return size
+    if chosen is None:
+        return None
+    raise ConfigError(entry.image_size_refusal(chosen))
 
 
 def _initial_weights(config) -> None:

@@ -173,6 +173,10 @@ class Trainer:
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled here
                 if not is_out_of_memory(error):
                     raise
+                loss = None
+            if loss is None:
+                # Out of memory: recovered here, after the except block, once the traceback that
+                # holds the failed step's tensors is gone and their memory can really be freed.
                 self.shrink_batch()
                 continue
             cursor += len(indices)

@@ -4,18 +4,27 @@
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from transfer.training.config import TrainConfig
+from transfer.core.devices import is_out_of_memory
 from transfer.models.model_io import MODEL_INFO_FILE, model_info
-from transfer.core.runs import RunDir, atomic_write_bytes, atomic_write_json
+from transfer.core.quota import check_written_file
+from transfer.core.runs import RunDir, atomic_path, atomic_write_json
 
 PREDICTIONS_FILE = "val_predictions.json"
 METRICS_FILE = "val_metrics.json"
 CHECKPOINT_FORMAT = 1
+# What the parts of a checkpoint that training resumes from are called (transfer.training.loop).
+CHECKPOINT_KEYS = frozenset({"epoch", "module", "optimizer", "scaler", "generator", "torch_rng", "samples_done",
+                             "batch_size", "best"})
+# What torch.load raises for a damaged file: cut short (EOFError, an OSError from the zip reader),
+# a broken zip or storage (RuntimeError), bytes that are no checkpoint (UnpicklingError, KeyError).
+DAMAGED_CHECKPOINT_ERRORS = (EOFError, OSError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError)
 
 
 @dataclass
@@ -96,7 +105,9 @@ class Store:
         if not self.writes:
             return
         tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
-        atomic_write_bytes(self.run.weights_path, save(tensors, metadata={"format": "pt"}))
+        with atomic_path(self.run.weights_path) as temp:
+            temp.write_bytes(save(tensors, metadata={"format": "pt"}))
+            check_written_file(self.run.path.parent, temp, self.run.weights_path, "model's weights")
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -104,21 +115,32 @@ class Store:
         if not self.writes:
             return
         path = self.run.checkpoint_path
-        temp = path.with_name(f".{path.name}.tmp")
-        torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, temp)
-        temp.replace(path)
+        with atomic_path(path) as temp:
+            torch.save({"format": CHECKPOINT_FORMAT, **checkpoint}, temp)
+            check_written_file(self.run.path.parent, temp, path, f"checkpoint of epoch {checkpoint.get('epoch')}")
 
     def load_checkpoint(self, warn) -> dict | None:
-        """The last finished epoch's checkpoint, or None; a damaged one is reported through
-        ``warn`` and ignored, so it never makes the run unrecoverable."""
+        """The last finished epoch's checkpoint, or None. A damaged file (cut short by a full
+        disk, overwritten, not a checkpoint of this version) is reported through ``warn`` and
+        ignored, so it never makes the run unrecoverable; anything else (no permission, no
+        memory, a bug) is not a damaged file and is raised as it is."""
         path = self.run.checkpoint_path
         if not path.exists():
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            warn(f"The checkpoint could not be read ({error}); training starts again from epoch 1.")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except DAMAGED_CHECKPOINT_ERRORS as error:
+            if isinstance(error, PermissionError) or is_out_of_memory(error):
+                raise
+            warn(f"The checkpoint {path.name} is damaged and cannot be read ({type(error).__name__}: {error}); "
+                 "training starts again from epoch 1.")
             return None
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT \
+                or not CHECKPOINT_KEYS <= checkpoint.keys():
+            warn(f"The checkpoint {path.name} is damaged or from another version of the studio; "
+                 "training starts again from epoch 1.")
+            return None
+        return checkpoint
 
     # ------------------------------------------------------------------ validation outputs
 
