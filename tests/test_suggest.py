@@ -174,3 +174,16 @@ def test_transfer_suggest_with_a_run_guesses_and_skips_its_pictures(pool, tmp_pa
     assert any(f.startswith("yellow/") for f in files)  # the one kind the run never saw
     for item in result["suggestions"]:
         assert item["guess"] in {"red", "green", "blue"} and 0 < item["probability"] <= 1
+
+
+def test_the_suggestion_job_writes_its_result_for_the_page(pool, tmp_path, write_class_folders):
+    from transfer import audit
+    from transfer.suggest import main as job
+
+    labelled = write_class_folders(tmp_path / "labelled", {"red": 3})
+    folder = tmp_path / "job"
+    assert job([str(pool), str(folder), "--count", "3", "--dataset", str(labelled)]) == 0
+    result = json.loads((folder / audit.RESULT_FILE).read_text())
+    assert result["labelled"] == 3 and result["pictures"] == 32 - 3
+    assert [s["kind"] for s in result["suggestions"]] == ["typical"] * 3
+    assert not any(s["file"].startswith("red/red_00") and s["file"] < "red/red_003" for s in result["suggestions"])

@@ -213,6 +213,20 @@ class WorkingCopy:
         return edit
 
 
+VALIDATION_SHARE = 0.2
+
+
+def split_for_new_label(train_count: int, val_count: int) -> str:
+    """Where a newly labelled picture of a class goes, so about a fifth of the class validates.
+
+    The second picture of a class is the first to validate (training needs one, measuring
+    needs one); pictures already on either side never move.
+    """
+    total = train_count + val_count + 1
+    wanted = max(1, round(total * VALIDATION_SHARE)) if total >= 2 else 0
+    return VAL if val_count < wanted else TRAIN
+
+
 def _check_class_name(label: str) -> None:
     if not label or label.startswith(".") or Path(label).name != label or label.lower() in _SPLIT_FOLDERS:
         raise WorkingCopyError(f"'{label}' cannot be a class name; use letters or digits, for example 'cat'.")

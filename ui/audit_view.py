@@ -20,7 +20,7 @@ import streamlit as st
 from transfer.audit import ERROR_FILE, JOB_LOCK, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
 from transfer.errors import TransferError
 from transfer.runs import atomic_write_json, read_json
-from transfer.working_copy import MOVE, REMOVE, WorkingCopy
+from transfer.working_copy import ADD, MOVE, REMOVE, WorkingCopy
 from ui import data_view, session
 
 JOB_FILE = "job.json"
@@ -39,14 +39,15 @@ _PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#
 # --------------------------------------------------------------------------- jobs in their own process
 
 
-def start_job(folder: Path, arguments: list[str], **details) -> None:
-    """Start ``python -m transfer.audit ARGUMENTS`` writing into ``folder`` (cleared first)."""
+def start_job(folder: Path, arguments: list[str], *, module: str = "transfer.audit", **details) -> None:
+    """Start ``python -m transfer.audit ARGUMENTS`` (or another job ``module`` with the same
+    files) writing into ``folder`` (cleared first)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in (RESULT_FILE, ERROR_FILE, PROGRESS_FILE, JOB_FILE):
         (folder / name).unlink(missing_ok=True)
     package_parent = Path(__file__).resolve().parents[1]  # so the child imports this checkout's engine
     with open(folder / "log.txt", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "transfer.audit", *arguments], cwd=package_parent,
+        process = subprocess.Popen([sys.executable, "-m", module, *arguments], cwd=package_parent,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     threading.Thread(target=process.wait, daemon=True).start()  # reaps it: no zombie left behind
     atomic_write_json(folder / JOB_FILE, {"pid": process.pid, "started": time.time(), **details})
@@ -166,6 +167,8 @@ def check_labels_section(choice: dict, report) -> None:
     for kind, text in st.session_state.pop("audit_notices", []):
         (st.error if kind == "error" else st.success)(text)
     if report.dataset is None:
+        if copy.edits and str(choice["source"]) == str(copy.data):
+            show_changes(copy)  # labelled pictures of a data set still too small to check
         return
     folder = audit_folder() / "job"
     job = read_json(folder / JOB_FILE, None) or {}
@@ -330,6 +333,9 @@ def _describe(edit: dict) -> str:
         return f"{name} moved from {edit['label']} to {edit['new_label']}"
     if edit["action"] == REMOVE:
         return f"{name} removed from {edit['label']}"
+    if edit["action"] == ADD:
+        side = "validation" if edit.get("split") == "val" else "training"
+        return f"{name} added to {edit['new_label']} ({side}){', from ' + edit['origin'] if edit.get('origin') else ''}"
     return f"{name} kept in {edit['label']}"
 
 

@@ -1,0 +1,296 @@
+"""Pictures without labels (Data page): pools, the suggestions of what to label first, label assist.
+
+A pool is kept in the session (:mod:`transfer.pool`); the suggestions are computed by
+``python -m transfer.suggest`` in its own process (the server never loads torch for them) and
+shown a page at a time, each with the newest run's guess preselected: a right guess is one
+click, a wrong one two. Labelled pictures join the session's working copy of the data set
+(:func:`label_picture`, also used by the Predict and Evaluate pages for corrections), where
+they are listed and can be undone; the user's own files never change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from transfer import pool as pools
+from transfer.data import TRAIN, VAL
+from transfer.errors import TransferError
+from transfer.images import IMAGE_EXTENSIONS
+from transfer.quota import DiskQuota, human_size
+from transfer.runs import FINISHED, list_runs, read_json
+from transfer.working_copy import WorkingCopy, WorkingCopyError, split_for_new_label
+from ui import audit_view, data_view, reports, session
+
+SUGGESTIONS = 200  # computed per request; shown a page at a time
+PAGE_SIZE = 8
+COLUMNS = 4
+THUMBNAIL = 140
+NEW_DATA_SET_NAME = "Labelled pictures"
+_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS) + ["zip"]
+
+
+# --------------------------------------------------------------------------- labelling (shared with Predict, Evaluate)
+
+
+def working_copy_for_labels() -> WorkingCopy:
+    """The session's working copy of the chosen data set (made, and chosen, when needed).
+
+    With no data set chosen yet, labelled pictures start a new one.
+    """
+    copy, choice = audit_view.working_copy(), session.chosen_dataset()
+    if choice is None:
+        if not copy.exists() or copy.original is not None:
+            copy.start_empty()
+        session.choose_dataset(copy.data, NEW_DATA_SET_NAME)
+        return copy
+    if copy.exists() and copy.original is None and copy.edits and str(choice["source"]) != str(copy.data):
+        raise WorkingCopyError(f"Your labelled pictures form the data set '{NEW_DATA_SET_NAME}'; choose it again "
+                               "(button below) to add more to it.")
+    if copy.serves(choice["source"]):
+        if str(choice["source"]) != str(copy.data):  # the original chosen again: its copy keeps the labels
+            session.choose_dataset(copy.data, choice["name"], val_fraction=float(choice["val_fraction"]),
+                                   seed=int(choice["seed"]))
+        return copy
+    report = reports.chosen_report(choice)
+    if report.dataset is None:
+        raise WorkingCopyError("The chosen data set has problems to fix first: " + " ".join(report.errors))
+    copy.materialise(report.dataset, choice["source"])
+    session.choose_dataset(copy.data, choice["name"], val_fraction=float(choice["val_fraction"]),
+                           seed=int(choice["seed"]))
+    return copy
+
+
+def class_counts(label: str) -> tuple[int, int]:
+    """Training and validation pictures the chosen data set has of ``label`` now."""
+    choice = session.chosen_dataset()
+    if choice is None:
+        return 0, 0
+    row = reports.chosen_report(choice).counts.get(label) or {}
+    return int(row.get(TRAIN, 0)), int(row.get(VAL, 0))
+
+
+def label_picture(picture: Path | bytes, label: str, *, name: str, origin: str, to_training: bool = False) -> str:
+    """Add a picture to the working copy under ``label``; returns a sentence saying what happened.
+
+    ``to_training``: corrections of answers go to training, so the validation pictures stay the
+    ones earlier runs were measured on; pictures labelled from a pool keep about a fifth of each
+    class for validation (the first ones of a new class must be able to validate it).
+    """
+    label = (label or "").strip()
+    copy = working_copy_for_labels()
+    split = TRAIN if to_training else split_for_new_label(*class_counts(label))
+    copy.add(picture, label, name=name, split=split, origin=origin)
+    return f"{Path(name).name} added to {label} ({'validation' if split == VAL else 'training'})."
+
+
+def known_classes() -> list[str]:
+    """The classes of the chosen data set (they grow as pictures are labelled)."""
+    choice = session.chosen_dataset()
+    if choice is None:
+        return []
+    try:
+        report = reports.chosen_report(choice)
+    except TransferError:
+        return []
+    return list(report.classes)
+
+
+# --------------------------------------------------------------------------- pools
+
+
+def _notice(kind: str, text: str) -> None:
+    st.session_state.setdefault("label_notices", []).append((kind, text))
+
+
+def _show_notices() -> None:
+    for kind, text in st.session_state.pop("label_notices", []):
+        {"error": st.error, "success": st.success}.get(kind, st.info)(text)
+
+
+def _key(name: str) -> str:
+    return f"{name}#{st.session_state.get('label_generation:' + name, 0)}"
+
+
+def _empty(name: str) -> None:
+    st.session_state["label_generation:" + name] = st.session_state.get("label_generation:" + name, 0) + 1
+
+
+def add_pool(files) -> None:
+    quota = DiskQuota.for_session(session.workspace())
+    try:
+        with st.spinner("Saving the pictures…"):
+            if len(files) == 1 and files[0].name.lower().endswith(".zip"):
+                folder = pools.add_zip_pool(files[0].getvalue(), session.uploads_dir(), quota=quota,
+                                            name=files[0].name)
+            else:
+                name = f"{len(files)} dropped picture(s)" if not any("/" in f.name for f in files) else ""
+                folder = pools.add_files_pool([(f.name, f.getvalue()) for f in files], session.uploads_dir(),
+                                              quota=quota, name=name)
+    except TransferError as error:
+        _notice("error", f"The pictures cannot be kept: {error}")
+        return
+    st.session_state["chosen_pool"] = folder.name
+    _notice("success", f"Kept {len(pools.pool_pictures(folder))} picture(s) without labels.")
+
+
+def _delete_pool(pool_id: str) -> None:
+    try:
+        pools.delete_pool(session.uploads_dir(), pool_id)
+    except TransferError as error:
+        _notice("error", str(error))
+
+
+def pool_section() -> None:
+    """Data page: keep pictures without labels, then label them in the order suggested."""
+    st.subheader("Pictures without labels")
+    st.caption("Drop pictures, a folder or a zip of them without sorting them into classes. The studio says which "
+               "to label first (those typical of what nothing labelled covers yet, then where the model hesitates) "
+               "and guesses their class; labelled pictures join your data set.")
+    _show_notices()
+    drop, folder = st.columns(2)
+    files = drop.file_uploader("Drop pictures or a .zip", type=_TYPES, accept_multiple_files=True,
+                               key=_key("pool_files"))
+    chosen_folder = folder.file_uploader("Or choose a folder", accept_multiple_files="directory",
+                                         key=_key("pool_folder"))
+    for uploaded, name in ((files, "pool_files"), (chosen_folder, "pool_folder")):
+        if uploaded:
+            add_pool(uploaded)
+            _empty(name)
+            st.rerun()
+    found = pools.list_pools(session.uploads_dir())
+    if not found:
+        return
+    by_id = {p.id: p for p in found}
+    if st.session_state.get("chosen_pool") not in by_id:
+        st.session_state["chosen_pool"] = found[0].id
+    pick, remove = st.columns([4, 1], vertical_alignment="bottom")
+    chosen = by_id[pick.selectbox("Pool", list(by_id), key="chosen_pool",
+                                  format_func=lambda i: f"{by_id[i].name} ({human_size(by_id[i].bytes)})")]
+    remove.button("Delete pool", icon="🗑️", on_click=_delete_pool, args=(chosen.id,), key="delete_pool",
+                  help="Pictures already labelled stay in your data set.")
+    copy = audit_view.working_copy()
+    choice = session.chosen_dataset()
+    if copy.exists() and copy.original is None and copy.edits and (choice or {}).get("source") != str(copy.data):
+        st.button(f"Use my labelled pictures ({len(copy.edits)})", key="use_labelled",
+                  on_click=session.choose_dataset, args=(copy.data, NEW_DATA_SET_NAME))
+    label_assist(chosen)
+
+
+# --------------------------------------------------------------------------- suggestions and label assist
+
+
+def suggestion_folder(pool: pools.Pool) -> Path:
+    return session.workspace() / "suggest" / pool.id
+
+
+def newest_finished_run() -> Path | None:
+    """The session's newest finished run: its guesses are shown, and its pictures count as labelled."""
+    for run in list_runs(session.runs_dir()):
+        if run.state == FINISHED and (run.path / "model.json").is_file():
+            return run.path
+    return None
+
+
+def start_suggestions(pool: pools.Pool) -> None:
+    folder = suggestion_folder(pool)
+    arguments = [str(pool.path), str(folder), "--count", str(SUGGESTIONS)]
+    choice = session.chosen_dataset()
+    if choice is not None:
+        arguments += ["--dataset", str(choice["source"])]
+    run = newest_finished_run()
+    if run is not None:
+        arguments += ["--run", str(run)]
+    (folder / "skipped.json").unlink(missing_ok=True)
+    st.session_state[f"suggestion_page:{pool.id}"] = 0
+    audit_view.start_job(folder, arguments, module="transfer.suggest", run=str(run) if run else None)
+
+
+def label_assist(pool: pools.Pool) -> None:
+    folder = suggestion_folder(pool)
+    result = audit_view.job_outcome(folder, "Suggest what to label first", lambda: start_suggestions(pool))
+    if not result:
+        return
+    job = read_json(folder / audit_view.JOB_FILE, None) or {}
+    labelled = set(audit_view.working_copy().added()) if audit_view.working_copy().exists() else set()
+    skipped = set(read_json(folder / "skipped.json", None) or [])
+    waiting = [s for s in result["suggestions"] if s["sha256"] not in labelled | skipped]
+    left, right = st.columns([3, 1], vertical_alignment="center")
+    guessed_by = f", guesses by run `{Path(job['run']).name}`" if job.get("run") else ""
+    left.caption(f"{result['pictures']} pictures without labels, {result['labelled']} labelled{guessed_by}. "
+                 f"{len(waiting)} suggestion(s) waiting.")
+    right.button("Suggest again", icon="🔁", on_click=start_suggestions, args=(pool,), key="suggest_again",
+                 help="After labelling or training: the order takes the new labels and the newest run into account.")
+    if not waiting:
+        st.success("Nothing waiting: suggest again for more, or train with what you labelled.")
+        return
+    page_key = f"suggestion_page:{pool.id}"
+    pages = (len(waiting) + PAGE_SIZE - 1) // PAGE_SIZE
+    page = min(st.session_state.get(page_key, 0), pages - 1)
+    shown = waiting[page * PAGE_SIZE:(page + 1) * PAGE_SIZE]
+    classes = known_classes()
+    for start in range(0, len(shown), COLUMNS):
+        for column, suggestion in zip(st.columns(COLUMNS), shown[start:start + COLUMNS]):
+            with column.container(border=True):
+                suggestion_card(pool, suggestion, classes, waiting.index(suggestion) + 1)
+    if pages > 1:
+        back, where, forward = st.columns([1, 2, 1], vertical_alignment="center")
+        back.button("Previous", key="suggestions_back", disabled=page == 0,
+                    on_click=lambda: st.session_state.update({page_key: page - 1}))
+        where.caption(f"Page {page + 1} of {pages}")
+        forward.button("Next", key="suggestions_next", disabled=page >= pages - 1,
+                       on_click=lambda: st.session_state.update({page_key: page + 1}))
+
+
+def suggestion_card(pool: pools.Pool, suggestion: dict, classes: list[str], rank: int) -> None:
+    key = f"suggestion:{suggestion['sha256'][:16]}"
+    _thumbnail(pool.path / suggestion["file"])
+    st.caption(f"#{rank}: {suggestion['reason']}")
+    guess = suggestion.get("guess")
+    if guess:
+        probability = suggestion.get("probability")
+        st.button(f"It is {guess}" + (f" ({probability:.0%})" if probability is not None else ""),
+                  key=f"{key}:guess", type="primary", width="stretch", on_click=_label,
+                  args=(pool, suggestion, guess))
+    others = [c for c in classes if c != guess]
+    if others:
+        st.selectbox("It is actually …" if guess else "It is …", others, index=None, key=f"{key}:other",
+                     placeholder="choose a class", on_change=_label_from, args=(pool, suggestion, f"{key}:other"))
+    st.text_input("New class", key=f"{key}:new", placeholder="name a new class", on_change=_label_from,
+                  args=(pool, suggestion, f"{key}:new"))
+    st.button("Skip", key=f"{key}:skip", width="stretch", on_click=_skip, args=(pool, suggestion))
+
+
+def _thumbnail(path: Path) -> None:
+    array = data_view.thumbnail_array(str(path), str(path.stat().st_mtime_ns) if path.exists() else "gone", THUMBNAIL)
+    if array is None:
+        st.caption(f"({path.name} cannot be shown)")
+    else:
+        st.image(array, width=THUMBNAIL)
+
+
+def _label_from(pool: pools.Pool, suggestion: dict, widget: str) -> None:
+    label = st.session_state.get(widget)
+    if label:
+        _label(pool, suggestion, label)
+
+
+def _label(pool: pools.Pool, suggestion: dict, label: str) -> None:
+    picture = (pool.path / suggestion["file"]).resolve()
+    if not picture.is_relative_to(pool.path.resolve()) or not picture.is_file():
+        _notice("error", f"{suggestion['file']} is not in the pool any more; suggest again.")
+        return
+    try:
+        _notice("success", label_picture(picture, label, name=picture.name, origin=f"the pool {pool.name}"))
+    except (TransferError, OSError) as error:
+        _notice("error", str(error) if isinstance(error, TransferError) else
+                f"{picture.name} could not be added ({error.strerror}).")
+
+
+def _skip(pool: pools.Pool, suggestion: dict) -> None:
+    from transfer.runs import atomic_write_json
+
+    path = suggestion_folder(pool) / "skipped.json"
+    skipped = read_json(path, None) or []
+    atomic_write_json(path, [*skipped, suggestion["sha256"]])
