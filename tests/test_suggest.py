@@ -187,3 +187,26 @@ def test_the_suggestion_job_writes_its_result_for_the_page(pool, tmp_path, write
     assert result["labelled"] == 3 and result["pictures"] == 32 - 3
     assert [s["kind"] for s in result["suggestions"]] == ["typical"] * 3
     assert not any(s["file"].startswith("red/red_00") and s["file"] < "red/red_003" for s in result["suggestions"])
+
+
+def test_two_runs_compare_on_the_validation_pictures_they_share(tmp_path):
+    from transfer.compare import compare_runs
+    from transfer.runs import atomic_write_json as write
+
+    def run(name: str, answers: dict[str, tuple[str, str]]):
+        folder = tmp_path / name
+        folder.mkdir()
+        write(folder / "val_predictions.json", {"classes": ["ant", "bee"], "predictions": [
+            {"path": f"val/{truth}/{sha}.jpg", "sha256": sha, "label": truth, "predicted": said,
+             "probabilities": [0.8, 0.2] if said == "ant" else [0.2, 0.8]} for sha, (truth, said) in answers.items()]})
+        return folder
+
+    before = run("before", {"a": ("ant", "ant"), "b": ("ant", "bee"), "c": ("bee", "bee"), "d": ("bee", "ant"),
+                            "gone": ("ant", "ant")})
+    after = run("after", {"a": ("ant", "ant"), "b": ("ant", "ant"), "c": ("bee", "ant"), "d": ("bee", "bee"),
+                          "e": ("bee", "bee")})
+    result = compare_runs(before, after)
+    assert (result.pictures, result.only_before, result.only_after) == (4, 1, 1)
+    assert result.before_accuracy == 0.5 and result.after_accuracy == 0.75
+    assert [c.sha256 for c in result.wrong_to_right] == ["b", "d"]
+    assert [c.sha256 for c in result.right_to_wrong] == ["c"]

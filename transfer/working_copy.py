@@ -151,6 +151,17 @@ class WorkingCopy:
         return self._record({"action": ADD, "path": relative, "to": relative, "label": None, "new_label": label,
                              "sha256": sha256, "split": split, "origin": origin})
 
+    def freeze_split(self, dataset: Dataset) -> None:
+        """Fix every picture of ``dataset`` (this copy, checked) on its current side of the split.
+
+        Called before the first picture is added or corrected from outside: adding or moving a
+        picture changes the draw of a class's validation pictures, so from then on each keeps its side.
+        """
+        pinned = read_pinned_splits(self.data)
+        missing = {s.sha256: s.split for s in dataset.samples if s.sha256 not in pinned}
+        if missing:
+            atomic_write_json(self.data / PINNED_SPLITS, {**missing, **pinned})
+
     def added(self) -> dict[str, dict]:
         """The pictures added from outside, by SHA-256: what was labelled already."""
         return {edit["sha256"]: edit for edit in self.edits if edit["action"] == ADD}

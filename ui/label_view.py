@@ -62,6 +62,16 @@ def working_copy_for_labels() -> WorkingCopy:
     return copy
 
 
+def frozen_working_copy() -> WorkingCopy:
+    """The working copy, each of its pictures fixed on its side of the split (see ``freeze_split``)."""
+    copy = working_copy_for_labels()
+    choice = session.chosen_dataset()
+    report = reports.chosen_report(choice) if choice else None
+    if report is not None and report.dataset is not None:
+        copy.freeze_split(report.dataset)
+    return copy
+
+
 def class_counts(label: str) -> tuple[int, int]:
     """Training and validation pictures the chosen data set has of ``label`` now."""
     choice = session.chosen_dataset()
@@ -79,7 +89,7 @@ def label_picture(picture: Path | bytes, label: str, *, name: str, origin: str, 
     class for validation (the first ones of a new class must be able to validate it).
     """
     label = (label or "").strip()
-    copy = working_copy_for_labels()
+    copy = frozen_working_copy()
     split = TRAIN if to_training else split_for_new_label(*class_counts(label))
     copy.add(picture, label, name=name, split=split, origin=origin)
     return f"{Path(name).name} added to {label} ({'validation' if split == VAL else 'training'})."
@@ -95,6 +105,73 @@ def known_classes() -> list[str]:
     except TransferError:
         return []
     return list(report.classes)
+
+
+def correct_validation_label(run_config: dict, path: str, given: str, label: str, sha256: str) -> str:
+    """Evaluate page: a validation picture's label was wrong; file it under ``label`` in the working copy.
+
+    It stays a validation picture, so the next run is measured on the same pictures.
+    """
+    copy = frozen_working_copy()
+    root = (run_config.get("dataset") or {}).get("root") if isinstance(run_config.get("dataset"), dict) \
+        else run_config.get("dataset")
+    if root is not None and not copy.serves(root):
+        raise WorkingCopyError("This run was trained on another data set than the one chosen; choose that data set "
+                               "on the Data page to correct its labels.")
+    copy.move(path, label, label=given, sha256=sha256)
+    return f"{Path(path).name} is now filed under {label} (still a validation picture)."
+
+
+def _correction_notice(key: str) -> None:
+    notice = st.session_state.pop(f"{key}:notice", None)
+    if notice:
+        (st.error if notice[0] == "error" else st.success)(notice[1])
+
+
+def _correct(key: str, action, *args, **kwargs) -> None:
+    try:
+        st.session_state[f"{key}:notice"] = ("success", action(*args, **kwargs))
+    except (TransferError, OSError) as error:
+        st.session_state[f"{key}:notice"] = ("error", str(error) if isinstance(error, TransferError) else
+                                             f"The picture could not be added ({error.strerror}).")
+
+
+def _correct_from(key: str, widget: str, action, *args, **kwargs) -> None:
+    label = st.session_state.get(widget)
+    if label:
+        _correct(key, action, *args, label, **kwargs)
+
+
+def prediction_corrections(data: bytes, name: str, predicted: str, classes: list[str], key: str, origin: str) -> None:
+    """Predict page: "It is right" / "It is actually …" put the picture into the data set (training)."""
+    import hashlib
+
+    _correction_notice(key)
+    copy = audit_view.working_copy()
+    added = copy.added().get(hashlib.sha256(data).hexdigest()) if copy.exists() else None
+    if added:
+        st.caption(f"In your data set as **{added['new_label']}**; the next run trains on it "
+                   "(undo it on the Data page).")
+        return
+    label_it = lambda label: label_picture(data, label, name=name, origin=origin, to_training=True)  # noqa: E731
+    right, other = st.columns([1, 2], vertical_alignment="bottom")
+    right.button(f"It is right: {predicted}", key=f"{key}:right", icon="👍", on_click=_correct,
+                 args=(key, label_it, predicted), help="Adds the picture to your data set under this class.")
+    others = sorted({c for c in classes if c != predicted})
+    other.selectbox("It is actually …", others, index=None, key=f"{key}:actually", placeholder="choose the right class",
+                    on_change=_correct_from, args=(key, f"{key}:actually", label_it))
+
+
+def validation_corrections(run_config: dict, path: str, given: str, predicted: str, sha256: str,
+                           classes: list[str], key: str) -> None:
+    """Evaluate page, a wrong answer: "The model is right" or "It is actually …" fix the picture's label."""
+    _correction_notice(key)
+    fix = lambda label: correct_validation_label(run_config, path, given, label, sha256)  # noqa: E731
+    st.button(f"The model is right: {predicted}", key=f"{key}:right", on_click=_correct, args=(key, fix, predicted),
+              width="stretch", help="The picture's label was wrong: file it under the class the model said.")
+    st.selectbox("It is actually …", [c for c in classes if c not in (given, predicted)], index=None,
+                 key=f"{key}:actually", placeholder="another class", label_visibility="collapsed",
+                 on_change=_correct_from, args=(key, f"{key}:actually", fix))
 
 
 # --------------------------------------------------------------------------- pools
