@@ -28,7 +28,8 @@ def own_session(in_trained_home: TrainedSession):
     workspace = session_dir(token)
     runs = workspace / "runs"
     runs.mkdir(exist_ok=True)
-    shutil.copytree(in_trained_home.run.path, runs / in_trained_home.run.id)
+    shutil.copytree(in_trained_home.run.path, runs / in_trained_home.run.id,
+                    ignore=shutil.ignore_patterns(".*.tmp", "*.lock", ".tmp-*"))
     (workspace / "dataset.json").write_text(json.dumps({"source": str(in_trained_home.dataset), "name": "colours",
                                                         "val_fraction": 0.2, "seed": 0}))
     return token, workspace, RunDir(runs / in_trained_home.run.id), in_trained_home.dataset

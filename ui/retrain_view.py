@@ -44,20 +44,32 @@ def data_changes(before: Dataset, now: Dataset) -> str:
     return ", ".join(parts) or "the split changed"
 
 
+def run_dataset(run) -> Dataset | None:
+    """The pictures a run trained on: recorded in its settings (web app), or its folder as it is now."""
+    source = run.config.get("dataset")
+    if isinstance(source, dict):
+        return Dataset.from_dict(source)
+    if not isinstance(source, str) or not Path(source).exists():
+        return None
+    report = reports.chosen_report({"source": source, "val_fraction": run.config.get("val_fraction", 0.2),
+                                    "seed": run.config.get("split_seed", 0)})
+    return report.dataset
+
+
 def render(run) -> None:
     """Under the shown run: "Train again" when the data changed, and the comparison once retrained."""
     if run is None:
         return
     comparison_section(run)
-    if run.state != FINISHED or not isinstance(run.config.get("dataset"), dict):
+    if run.state != FINISHED:
         return
     choice = session.chosen_dataset()
     if choice is None:
         return
     report = reports.chosen_report(choice)
-    if report.dataset is None or not report.ok:
+    before = run_dataset(run)
+    if report.dataset is None or not report.ok or before is None:
         return
-    before = Dataset.from_dict(run.config["dataset"])
     if before.fingerprint() == report.dataset.fingerprint():
         return
     with st.container(border=True):
