@@ -14,6 +14,7 @@ import logging
 
 import streamlit as st
 
+from transfer import demo_collect
 from transfer.errors import TransferError
 from transfer.images import IMAGE_EXTENSIONS
 from transfer.runs import RunDir
@@ -54,6 +55,9 @@ def render() -> None:
         show_invalid()
         return
     top_k, show_cam = options(len(demo.classes))
+    if demo_collect.settings_of(demo):
+        st.warning("The owner of this demo keeps the pictures you try here, to label them and improve the model. "
+                   "Send only pictures you are happy to share.", icon="📥")
     pictures_tab, webcam_tab = st.tabs(["🖼️ Pictures", "📷 Webcam"])
     limit_mb = max(1, store.max_picture_bytes // 2**20)
     with pictures_tab:
@@ -99,6 +103,7 @@ def show_picture(store: DemoStore, token: str, snapshot: RunDir, name: str, data
     content = predict_view.digest(data)
     if not admitted(store, token, name, content, len(data)):
         return
+    demo_collect.keep_picture(store.open(token), data)
     result = predict_view.predict_picture(str(snapshot.path), predict_view.weights_version(snapshot), content, name,
                                           data, top_k, show_cam)
     predict_view.render_picture(result, show_cam, key=key)

@@ -236,7 +236,7 @@ def pool_section() -> None:
             add_pool(uploaded)
             _empty(name)
             st.rerun()
-    found = pools.list_pools(session.uploads_dir())
+    found = pools.list_pools(session.uploads_dir()) + demo_pools()
     if not found:
         return
     by_id = {p.id: p for p in found}
@@ -245,14 +245,35 @@ def pool_section() -> None:
     pick, remove = st.columns([4, 1], vertical_alignment="bottom")
     chosen = by_id[pick.selectbox("Pool", list(by_id), key="chosen_pool",
                                   format_func=lambda i: f"{by_id[i].name} ({human_size(by_id[i].bytes)})")]
-    remove.button("Delete pool", icon="🗑️", on_click=_delete_pool, args=(chosen.id,), key="delete_pool",
-                  help="Pictures already labelled stay in your data set.")
+    if chosen.id.startswith(DEMO_POOL_PREFIX):
+        remove.caption("Revoking the demo link deletes these pictures.")
+    else:
+        remove.button("Delete pool", icon="🗑️", on_click=_delete_pool, args=(chosen.id,), key="delete_pool",
+                      help="Pictures already labelled stay in your data set.")
     copy = audit_view.working_copy()
     choice = session.chosen_dataset()
     if copy.exists() and copy.original is None and copy.edits and (choice or {}).get("source") != str(copy.data):
         st.button(f"Use my labelled pictures ({len(copy.edits)})", key="use_labelled",
                   on_click=session.choose_dataset, args=(copy.data, NEW_DATA_SET_NAME))
     label_assist(chosen)
+
+
+DEMO_POOL_PREFIX = "demo-"
+
+
+def demo_pools() -> list[pools.Pool]:
+    """The pictures visitors tried on this session's collecting demo links, each a pool to review."""
+    from transfer import demo_collect
+    from transfer.quota import folder_bytes
+    from transfer.share import OWNER_FILE, DemoStore
+
+    found = []
+    for _, demo in DemoStore().owned(session.workspace() / OWNER_FILE):
+        if demo_collect.settings_of(demo) and demo_collect.collected_count(demo):
+            folder = demo_collect.collected_folder(demo)
+            found.append(pools.Pool(f"{DEMO_POOL_PREFIX}{demo.id}", f"Tried by visitors of the demo '{demo.title}'",
+                                    folder, folder_bytes(folder), demo.created_at))
+    return found
 
 
 # --------------------------------------------------------------------------- suggestions and label assist
