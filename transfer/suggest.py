@@ -39,6 +39,7 @@ TYPICALITY_NEIGHBOURS = 20
 MAX_TYPICALITY_REFERENCE = 1000  # neighbours are looked for among at most this many members of a group
 HESITATION_FROM_PER_CLASS = 5
 DEFAULT_COUNT = 20
+ROUND_SIZE = 20  # the labels one round of suggestions plans for
 MAX_COUNT = 1000
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -142,7 +143,9 @@ def typical_picks(pool: np.ndarray, labelled: np.ndarray, count: int, seed: int 
     if len(pool) == 0 or count <= 0:
         return []
     together = np.concatenate([pool, labelled]) if len(labelled) else pool
-    groups = cluster(together, min(MAX_CLUSTERS, len(labelled) + count), seed)
+    # A long list is planned one round of labels ahead: more groups than that would split the pool
+    # into fragments, and the later picks follow the groups with the fewest labels anyway.
+    groups = cluster(together, min(MAX_CLUSTERS, len(labelled) + min(count, ROUND_SIZE)), seed)
     pool_groups, labelled_groups = groups[:len(pool)], groups[len(pool):]
     labelled_in = np.bincount(labelled_groups, minlength=groups.max() + 1)
     candidates: dict[int, list[int]] = {}  # group -> pool indices, most typical first

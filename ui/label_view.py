@@ -344,7 +344,7 @@ def label_assist(pool: pools.Pool) -> None:
 def suggestion_card(pool: pools.Pool, suggestion: dict, classes: list[str], rank: int) -> None:
     key = f"suggestion:{suggestion['sha256'][:16]}"
     _thumbnail(pool.path / suggestion["file"])
-    st.caption(f"#{rank}: {suggestion['reason']}")
+    st.caption(f"#{rank} {Path(suggestion['file']).name}: {suggestion['reason']}")
     guess = suggestion.get("guess")
     if guess:
         probability = suggestion.get("probability")
