@@ -115,11 +115,19 @@ def correct_validation_label(run_config: dict, path: str, given: str, label: str
     copy = frozen_working_copy()
     root = (run_config.get("dataset") or {}).get("root") if isinstance(run_config.get("dataset"), dict) \
         else run_config.get("dataset")
-    if root is not None and not copy.serves(root):
+    if root is not None and not _within(root, copy.data) and not (copy.original and _within(root, copy.original)):
         raise WorkingCopyError("This run was trained on another data set than the one chosen; choose that data set "
                                "on the Data page to correct its labels.")
     copy.move(path, label, label=given, sha256=sha256)
     return f"{Path(path).name} is now filed under {label} (still a validation picture)."
+
+
+def _within(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or inside it (a data set's root may lie below the folder chosen)."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, ValueError):
+        return False
 
 
 def _correction_notice(key: str) -> None:
