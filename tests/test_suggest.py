@@ -210,3 +210,20 @@ def test_two_runs_compare_on_the_validation_pictures_they_share(tmp_path):
     assert result.before_accuracy == 0.5 and result.after_accuracy == 0.75
     assert [c.sha256 for c in result.wrong_to_right] == ["b", "d"]
     assert [c.sha256 for c in result.right_to_wrong] == ["c"]
+
+
+def test_asking_again_reads_remembered_features_without_loading_torch(pool, transfer_home):
+    import os
+    import subprocess
+    import sys
+
+    from transfer.suggest import suggest
+
+    first = suggest(pool, count=3)
+    probe = ("import sys; from transfer.suggest import suggest; "
+             f"r = suggest({str(pool)!r}, count=3); print('torch' in sys.modules, r.features_computed, "
+             "[s.file for s in r.suggestions])")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=root,
+                         env={**os.environ, "TRANSFER_HOME": str(transfer_home), "PYTHONPATH": str(root)}).stdout
+    assert out.strip() == f"False 0 {[s.file for s in first.suggestions]}"

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +33,7 @@ import numpy as np
 
 from transfer import paths
 from transfer.errors import TransferError
-from transfer.runs import atomic_write_json, read_json
+from transfer.runs import atomic_write_bytes, atomic_write_json, read_json
 
 MAX_CLUSTERS = 500
 REDUCED_DIMENSIONS = 64
@@ -41,6 +43,7 @@ HESITATION_FROM_PER_CLASS = 5
 DEFAULT_COUNT = 20
 ROUND_SIZE = 20  # the labels one round of suggestions plans for
 MAX_COUNT = 1000
+MAX_REMEMBERED = 50_000  # feature vectors kept in a memo (about 250 MB for 1,280 values each)
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -93,10 +96,14 @@ def reduce_features(features: np.ndarray, dimensions: int = REDUCED_DIMENSIONS, 
     unit = unit_rows(features.astype(np.float32))
     components = min(dimensions, unit.shape[0] - 1, unit.shape[1])
     if components >= 2:
-        # The covariance is only dim x dim, whatever the number of pictures: quick and memory-flat.
-        centred = unit - unit.mean(axis=0, keepdims=True)
-        _, vectors = np.linalg.eigh(centred.T @ centred)
-        unit = centred @ vectors[:, ::-1][:, :components]
+        centred = (unit - unit.mean(axis=0, keepdims=True)).astype(np.float32)
+        if len(centred) <= centred.shape[1]:  # few pictures: the SVD of the pictures themselves is quicker
+            _, _, rows = np.linalg.svd(centred, full_matrices=False)
+            directions = rows[:components].T
+        else:  # many: the covariance is only dim x dim, whatever the number of pictures (memory-flat)
+            _, vectors = np.linalg.eigh(centred.T @ centred)
+            directions = vectors[:, ::-1][:, :components]
+        unit = centred @ directions
     norms = np.linalg.norm(unit, axis=1, keepdims=True)
     return (unit / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -210,6 +217,61 @@ def reason_for(pick: Pick, probabilities: np.ndarray | None, classes: list[str])
 # --------------------------------------------------------------------------- features and the run
 
 
+def _memo_path(backbone: str, image_size: int | None) -> Path | None:
+    """Where this backbone's features of pools are remembered together, or None when the weights'
+    identity cannot be told without loading PyTorch (then only the feature cache is used).
+
+    Named by what changes the features: the backbone, its weights file (name, size, time), the
+    input size and the pixel rules; read without importing torch, so asking again is quick.
+    """
+    from transfer.bundle_predict import PIXEL_RULES_VERSION
+    from transfer.catalogue import get_backbone
+
+    try:
+        entry = get_backbone(backbone)
+        file = entry.weights_file() if entry.weights_file else None
+    except (TransferError, OSError):
+        return None
+    if file is None or not Path(file).is_file():
+        return None
+    stat = Path(file).stat()
+    key = json.dumps([backbone, image_size, Path(file).name, stat.st_size, int(stat.st_mtime), PIXEL_RULES_VERSION])
+    return paths.cache_dir("suggest") / f"features-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+
+
+@dataclass
+class KnownFeatures:
+    features: np.ndarray
+    cached: int
+    computed: int
+
+
+def known_features(samples: list, backbone: str, image_size: int | None,
+                   progress: Progress | None = None) -> KnownFeatures:
+    """Centre-crop features of ``samples``: from this module's memo when it holds them all, else
+    from the feature cache (computing what is missing) and then remembered."""
+    memo = _memo_path(backbone, image_size)
+    remembered: dict[str, np.ndarray] = {}
+    if memo is not None and memo.is_file():
+        try:
+            with np.load(memo, allow_pickle=False) as stored:
+                remembered = dict(zip(stored["sha256"].tolist(), stored["features"]))
+        except (OSError, ValueError, KeyError):
+            remembered = {}
+    if samples and all(s.sha256 in remembered for s in samples):
+        return KnownFeatures(np.stack([remembered[s.sha256] for s in samples]), len(samples), 0)
+    from transfer.audit import picture_features
+
+    extracted = picture_features(samples, backbone, image_size, progress=progress)
+    if memo is not None:
+        remembered.update({s.sha256: row for s, row in zip(samples, extracted.features)})
+        hashes = list(remembered)[-MAX_REMEMBERED:]
+        buffer = io.BytesIO()
+        np.savez(buffer, sha256=np.array(hashes), features=np.stack([remembered[h] for h in hashes]))
+        atomic_write_bytes(memo, buffer.getvalue())
+    return KnownFeatures(extracted.features, extracted.cached, extracted.computed)
+
+
 def unknown_flags(run_dir: Path | None, features: np.ndarray) -> list[bool | None]:
     """Whether each pool picture looks unlike every class of the run ("None of these").
 
@@ -252,12 +314,24 @@ def read_run(run_dir: Path | str) -> RunContext:
 
 
 def run_probabilities(run: RunContext, pictures: list, features: np.ndarray) -> np.ndarray:
-    """The run's class probabilities for each pool picture.
+    """The run's class probabilities for each pool picture, remembered per picture and weights file.
 
     A feature-transfer run's head reads exactly the cached features, so it answers from them;
-    any other run predicts the pictures (on its checked ONNX model), remembered per picture and
-    weights file, so asking again costs nothing.
+    any other run predicts the pictures (on its checked ONNX model).
     """
+    weights = run.run_dir / "model.safetensors"
+    stamp = f"{run.run_dir.resolve()}|{weights.stat().st_size}|{weights.stat().st_mtime_ns}"
+    memo = paths.cache_dir("suggest") / f"probabilities-{hashlib.sha256(stamp.encode()).hexdigest()[:20]}.json"
+    known = read_json(memo, None) or {}
+    missing = [i for i, p in enumerate(pictures) if p.sha256 not in known]
+    if missing:
+        rows = _compute_probabilities(run, [pictures[i] for i in missing], features[missing])
+        known.update({pictures[i].sha256: [round(float(v), 6) for v in row] for i, row in zip(missing, rows)})
+        atomic_write_json(memo, known)
+    return np.array([known[p.sha256] for p in pictures], dtype=np.float32)
+
+
+def _compute_probabilities(run: RunContext, pictures: list, features: np.ndarray) -> np.ndarray:
     import torch
 
     if run.config.get("method") == "features" and not run.config.get("initial_weights"):
@@ -266,26 +340,15 @@ def run_probabilities(run: RunContext, pictures: list, features: np.ndarray) -> 
 
         head = head_module(load_run_model(run.run_dir).model)
         with torch.inference_mode():
-            return torch.softmax(head(torch.from_numpy(features)).float(), dim=1).numpy()
-    return _predicted_probabilities(run, pictures)
-
-
-def _predicted_probabilities(run: RunContext, pictures: list) -> np.ndarray:
+            return torch.softmax(head(torch.from_numpy(np.ascontiguousarray(features))).float(), dim=1).numpy()
     from transfer.predict import Predictor
 
-    weights = run.run_dir / "model.safetensors"
-    stamp = f"{run.run_dir.resolve()}|{weights.stat().st_size}|{weights.stat().st_mtime_ns}"
-    memo = paths.cache_dir("suggest") / f"probabilities-{hashlib.sha256(stamp.encode()).hexdigest()[:20]}.json"
-    known = read_json(memo, None) or {}
-    missing = [p for p in pictures if p.sha256 not in known]
-    if missing:
-        predictor = Predictor.from_run(run.run_dir)
-        for start in range(0, len(missing), 64):
-            chunk = missing[start:start + 64]
-            rows = predictor.probabilities([predictor.preprocess(p.path) for p in chunk]).numpy()
-            known.update({p.sha256: [round(float(v), 6) for v in row] for p, row in zip(chunk, rows)})
-        atomic_write_json(memo, known)
-    return np.array([known[p.sha256] for p in pictures], dtype=np.float32)
+    predictor = Predictor.from_run(run.run_dir)
+    rows = []
+    for start in range(0, len(pictures), 64):
+        chunk = pictures[start:start + 64]
+        rows.append(predictor.probabilities([predictor.preprocess(p.path) for p in chunk]).numpy())
+    return np.concatenate(rows)
 
 
 # --------------------------------------------------------------------------- the whole suggestion
@@ -300,7 +363,6 @@ def suggest(pool: Path | str, *, run_dir: Path | str | None = None, count: int =
     already; the run's own pictures count as labelled too. Pool pictures whose content is among
     the labelled ones are not suggested again.
     """
-    from transfer.audit import picture_features
     from transfer.config import DEFAULT_BACKBONE
     from transfer.pool import open_pool, pool_pictures
 
@@ -318,15 +380,21 @@ def suggest(pool: Path | str, *, run_dir: Path | str | None = None, count: int =
     backbone = (run.backbone if run else None) or backbone or DEFAULT_BACKBONE
     image_size = run.image_size if run else None
     samples = [p.as_sample() for p in pictures] + covered
-    extracted = picture_features(samples, backbone, image_size, progress=progress)
-    reduced = reduce_features(extracted.features, seed=seed)
+    extracted = known_features(samples, backbone, image_size, progress)
+    from threadpoolctl import threadpool_limits
+
+    # One thread for the linear algebra: its pieces are small, and several BLAS threads waiting on
+    # each other on a busy machine were five times slower than one (measured on 2 shared cores).
+    with threadpool_limits(limits=1):
+        reduced = reduce_features(extracted.features, seed=seed)
     pool_features = extracted.features[:len(pictures)]
     probabilities = run_probabilities(run, pictures, pool_features) if run else None
     per_class = len(covered) / max(1, len(run.classes)) if run else 0.0
     if progress:
         progress("order", 0, 1)
-    picks = order_pool(reduced[:len(pictures)], reduced[len(pictures):], count, probabilities=probabilities,
-                       labelled_per_class=per_class, seed=seed)
+    with threadpool_limits(limits=1):
+        picks = order_pool(reduced[:len(pictures)], reduced[len(pictures):], count, probabilities=probabilities,
+                           labelled_per_class=per_class, seed=seed)
     unknown = unknown_flags(run.run_dir if run else None, pool_features)
     result = SuggestResult(pool=str(pool), run=str(run_dir) if run_dir else None, backbone=backbone,
                            pictures=len(pictures), labelled=len(covered), seconds=0.0,
