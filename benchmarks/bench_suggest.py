@@ -142,7 +142,7 @@ def datasets():
 
 def photo_pool(target: Path) -> Path:
     """1,000 distinct photos: the ants/bees pictures as they are, mirrored and cropped."""
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     from transfer.images import open_image
 

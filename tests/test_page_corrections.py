@@ -42,7 +42,7 @@ def test_predict_corrections_add_the_picture_to_training(own_session):
     app.file_uploader(key="pictures").set_value([("new-red.png", encoded("red", 0), "image/png"),
                                                  ("new-blue.png", encoded("blue", 1), "image/png")]).run()
     assert not app.exception, app.exception
-    right = [b for b in app.button if b.key == "correct_upload_0:right"][0]
+    right = next(b for b in app.button if b.key == "correct_upload_0:right")
     predicted = right.label.split(": ", 1)[1]
     right.click().run()
     assert not app.exception, app.exception

@@ -38,7 +38,7 @@ def pool_with_suggestions(workspace, png, guesses: list[str | None]):
 def test_label_assist_puts_pictures_into_the_working_copy(tiny_dataset, png):
     token, workspace = session_with_dataset(tiny_dataset)
     before = check_dataset(tiny_dataset).dataset
-    folder, pictures = pool_with_suggestions(workspace, png, ["red", "green", "blue", None])
+    _, pictures = pool_with_suggestions(workspace, png, ["red", "green", "blue", None])
     app = open_app(PAGE, token=token)
     assert not app.exception, app.exception
     assert any("4 suggestion(s) waiting" in c.value for c in app.caption)
@@ -72,7 +72,7 @@ def test_label_assist_puts_pictures_into_the_working_copy(tiny_dataset, png):
 def test_labelled_pictures_start_a_data_set_when_none_is_chosen(png):
     token = issue_session_token()
     workspace = session_dir(token)
-    folder, pictures = pool_with_suggestions(workspace, png, [None, None, None, None])
+    _, pictures = pool_with_suggestions(workspace, png, [None, None, None, None])
     app = open_app(PAGE, token=token)
     for index, label in enumerate(["cat", "cat", "dog", "dog"]):
         app.text_input(key=f"suggestion:{pictures[index].sha256[:16]}:new").input(label).run()

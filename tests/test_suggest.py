@@ -14,9 +14,22 @@ import pytest
 from transfer.cli import main
 from transfer.data import check_dataset
 from transfer.errors import TransferError
-from transfer.pool import add_files_pool, add_zip_pool, delete_pool, list_pools, pool_pictures
+from transfer.pool import (
+    add_files_pool,
+    add_zip_pool,
+    delete_pool,
+    list_pools,
+    pool_pictures,
+)
 from transfer.quota import DiskQuota
-from transfer.suggest import hesitation_order, order_pool, reason_for, reduce_features, typical_picks, typicality
+from transfer.suggest import (
+    hesitation_order,
+    order_pool,
+    reason_for,
+    reduce_features,
+    typical_picks,
+    typicality,
+)
 from transfer.working_copy import WorkingCopy
 
 

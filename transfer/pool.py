@@ -20,12 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transfer import paths
-from transfer.data import COMPLETE_MARKER, ZipLimits, Sample, extract_zip
+from transfer.data import COMPLETE_MARKER, Sample, ZipLimits, extract_zip
 from transfer.errors import TransferError
 from transfer.images import IMAGE_EXTENSIONS, ImageError, inspect_image
 from transfer.quota import DiskQuota, folder_bytes
 from transfer.runs import atomic_write_json, read_json
-from transfer.uploads import UPLOAD_INFO, content_signature, unpack_folder_upload, unpack_zip_upload
+from transfer.uploads import (
+    UPLOAD_INFO,
+    content_signature,
+    unpack_folder_upload,
+    unpack_zip_upload,
+)
 
 POOL_FOLDER = "pools"
 POOL_SPLIT = "pool"  # the split of a pool picture: neither training nor validation

@@ -161,7 +161,7 @@ def prediction_corrections(data: bytes, name: str, predicted: str, classes: list
         st.caption(f"In your data set as **{added['new_label']}**; the next run trains on it "
                    "(undo it on the Data page).")
         return
-    label_it = lambda label: label_picture(data, label, name=name, origin=origin, to_training=True)  # noqa: E731
+    label_it = lambda label: label_picture(data, label, name=name, origin=origin, to_training=True)
     right, other = st.columns([1, 2], vertical_alignment="bottom")
     right.button(f"It is right: {predicted}", key=f"{key}:right", icon="👍", on_click=_correct,
                  args=(key, label_it, predicted), help="Adds the picture to your data set under this class.")
@@ -174,7 +174,7 @@ def validation_corrections(run_config: dict, path: str, given: str, predicted: s
                            classes: list[str], key: str) -> None:
     """Evaluate page, a wrong answer: "The model is right" or "It is actually …" fix the picture's label."""
     _correction_notice(key)
-    fix = lambda label: correct_validation_label(run_config, path, given, label, sha256)  # noqa: E731
+    fix = lambda label: correct_validation_label(run_config, path, given, label, sha256)
     st.button(f"The model is right: {predicted}", key=f"{key}:right", on_click=_correct, args=(key, fix, predicted),
               width="stretch", help="The picture's label was wrong: file it under the class the model said.")
     st.selectbox("It is actually …", [c for c in classes if c not in (given, predicted)], index=None,

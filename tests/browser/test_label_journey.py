@@ -4,7 +4,6 @@ labelled, a first run, more labels, "Train again", and the side-by-side comparis
 import re
 
 import pytest
-
 from browsertools import wait_for_app
 from pictures import make_picture
 
