@@ -75,6 +75,7 @@ def test_evaluate_wrong_answer_fixes_the_label_and_stays_in_validation(own_sessi
     copy = workspace / "audit" / "working_copy" / "data"
     fixed = next(s for s in check_dataset(copy).dataset.samples if s.sha256 == item["sha256"])
     assert (fixed.label, fixed.split) == (other, "val")
+    assert any(f"Filed under **{other}**" in c.value for c in app.caption)
 
 
 def test_train_again_compares_both_runs_on_the_same_validation_pictures(own_session):

@@ -174,6 +174,11 @@ def validation_corrections(run_config: dict, path: str, given: str, predicted: s
                            classes: list[str], key: str) -> None:
     """Evaluate page, a wrong answer: "The model is right" or "It is actually …" fix the picture's label."""
     _correction_notice(key)
+    copy = audit_view.working_copy()
+    moved = [e for e in copy.edits if e["sha256"] == sha256 and e["action"] == "move"] if copy.exists() else []
+    if moved:
+        st.caption(f"Filed under **{moved[-1]['new_label']}** in your data set (undo it on the Data page).")
+        return
     fix = lambda label: correct_validation_label(run_config, path, given, label, sha256)
     st.button(f"The model is right: {predicted}", key=f"{key}:right", on_click=_correct, args=(key, fix, predicted),
               width="stretch", help="The picture's label was wrong: file it under the class the model said.")
