@@ -9,7 +9,7 @@ else a generated 640 x 480 JPEG. Both predictors are loaded once, as the web app
 
 * ``pytorch``: the run's PyTorch model, channels-last (the path every prediction took before
   the fast predictor; Grad-CAM still uses it);
-* ``fast``: the run's checked ONNX export in an onnxruntime session (transfer.export), what
+* ``fast``: the run's checked ONNX export in an onnxruntime session (transfer.serving.export), what
   plain predictions use now.
 
 For each: one picture from a decoded PIL image (preprocessing + forward + top-k), one picture
@@ -40,9 +40,9 @@ def make_run(folder: Path, classes=("ants", "bees", "wasps")) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from transfer.backbones import get_backbone
-    from transfer.methods import create_model
-    from transfer.model_io import model_info
+    from transfer.models.backbones import get_backbone
+    from transfer.models.methods import create_model
+    from transfer.models.model_io import model_info
 
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", len(classes), "features")
@@ -123,8 +123,8 @@ def main() -> int:
 
     import torch
 
-    from transfer.images import open_image
-    from transfer.predict import Predictor
+    from transfer.data.images import open_image
+    from transfer.serving.predict import Predictor
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as scratch:

@@ -8,7 +8,7 @@ picture per class drawn at random, then labels 1 or 2 more per class picked by
 
 - ``random``: drawn at random from the pool,
 - ``least certain``: the smallest margin of a head trained on the labels so far,
-- ``suggested``: ``transfer.suggest.order_pool`` (what `transfer suggest` returns),
+- ``suggested``: ``transfer.analysis.suggest.order_pool`` (what `transfer suggest` returns),
 
 trains the features method's linear head (``fit_head_on_features``, EfficientNet-Lite0 features)
 and measures accuracy on the test pictures; the table gives the mean over the seeds. "Cold
@@ -43,7 +43,7 @@ POOL_SIZE = 1000
 
 
 def features_of(dataset) -> tuple[np.ndarray, np.ndarray, list]:
-    from transfer.audit import picture_features
+    from transfer.analysis.audit import picture_features
 
     samples = list(dataset.samples)
     labels = np.array([dataset.label_index(s.label) for s in samples])
@@ -53,8 +53,8 @@ def features_of(dataset) -> tuple[np.ndarray, np.ndarray, list]:
 def head_accuracy(train_x, train_y, test_x, test_y, classes: int, seed: int) -> tuple[float, np.ndarray]:
     import torch
 
-    from transfer.heads import make_head
-    from transfer.train import fit_head_on_features
+    from transfer.models.heads import make_head
+    from transfer.training.run import fit_head_on_features
 
     torch.manual_seed(seed)
     head = make_head(train_x.shape[1], classes)
@@ -74,7 +74,7 @@ def margins(head, x: np.ndarray) -> np.ndarray:
 
 
 def pick(method: str, pool_x, reduced, labelled: list[int], count: int, head, rng) -> list[int]:
-    from transfer.suggest import order_pool
+    from transfer.analysis.suggest import order_pool
 
     free = np.setdiff1d(np.arange(len(pool_x)), labelled)
     if method == "random":
@@ -86,7 +86,7 @@ def pick(method: str, pool_x, reduced, labelled: list[int], count: int, head, rn
 
 
 def accuracy_study(name, pool_x, pool_y, test_x, test_y, seeds: int) -> list[dict]:
-    from transfer.suggest import reduce_features
+    from transfer.analysis.suggest import reduce_features
 
     classes = int(pool_y.max()) + 1
     reduced = reduce_features(pool_x)
@@ -111,7 +111,7 @@ def accuracy_study(name, pool_x, pool_y, test_x, test_y, seeds: int) -> list[dic
 
 
 def cold_coverage(name, pool_x, pool_y, seeds: int) -> dict:
-    from transfer.suggest import order_pool, reduce_features
+    from transfer.analysis.suggest import order_pool, reduce_features
 
     classes = int(pool_y.max()) + 1
     reduced = reduce_features(pool_x)
@@ -125,7 +125,7 @@ def cold_coverage(name, pool_x, pool_y, seeds: int) -> dict:
 
 
 def datasets():
-    from transfer.data import TRAIN, demo_dataset_path, load_dataset
+    from transfer.data.dataset import TRAIN, demo_dataset_path, load_dataset
 
     found = []
     if HYMENOPTERA.is_dir():
@@ -144,7 +144,7 @@ def photo_pool(target: Path) -> Path:
     """1,000 distinct photos: the ants/bees pictures as they are, mirrored and cropped."""
     from PIL import ImageOps
 
-    from transfer.images import open_image
+    from transfer.data.images import open_image
 
     sources = sorted(HYMENOPTERA.rglob("*.jpg"))
     target.mkdir(parents=True)
@@ -168,7 +168,7 @@ def photo_pool(target: Path) -> Path:
 def timed_command(pool: Path, home: Path) -> tuple[float, dict]:
     env = {**os.environ, "TRANSFER_HOME": str(home), "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "transfer.cli", "suggest", str(pool), "--count", "20", "--json"],
+    out = subprocess.run([sys.executable, "-m", "transfer.cli.commands", "suggest", str(pool), "--count", "20", "--json"],
                          env=env, capture_output=True, text=True, check=True).stdout
     return time.perf_counter() - started, json.loads(out.strip().splitlines()[-1])
 
@@ -176,7 +176,7 @@ def timed_command(pool: Path, home: Path) -> tuple[float, dict]:
 MEMORY_PROBE = """
 import resource, sys, numpy as np
 sys.path.insert(0, {root!r})
-from transfer.suggest import order_pool, reduce_features
+from transfer.analysis.suggest import order_pool, reduce_features
 n = int(sys.argv[1])
 rng = np.random.default_rng(0)
 centres = rng.normal(size=(40, 1280)).astype(np.float32)

@@ -9,9 +9,9 @@ from test_page_predict import encoded
 from test_page_share import create_demo, links, open_demo, owner  # noqa: F401 (fixtures)
 from test_share import exported  # noqa: F401
 
-from transfer import demo_collect
-from transfer.pool import pool_pictures
-from transfer.share import DemoStore
+from transfer.serving import demo_collect
+from transfer.data.pool import pool_pictures
+from transfer.serving.share import DemoStore
 
 NOTICE = "The owner of this demo keeps the pictures you try here"
 

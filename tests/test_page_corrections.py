@@ -13,12 +13,12 @@ from apptools import open_app
 from test_page_evaluate import TrainedSession, in_trained_home, trained  # noqa: F401 (fixtures)
 from test_page_predict import encoded
 
-from transfer.access import issue_session_token, session_dir
-from transfer.compare import compare_runs
-from transfer.data import check_dataset
-from transfer.evaluate import PREDICTIONS_FILE
-from transfer.jobs import JobManager
-from transfer.runs import RunDir, atomic_write_json
+from transfer.runtime.access import issue_session_token, session_dir
+from transfer.analysis.compare import compare_runs
+from transfer.data.dataset import check_dataset
+from transfer.analysis.evaluate import PREDICTIONS_FILE
+from transfer.runtime.jobs import JobManager
+from transfer.core.runs import RunDir, atomic_write_json
 
 
 @pytest.fixture

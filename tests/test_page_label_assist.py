@@ -9,11 +9,11 @@ import time
 
 from apptools import open_app, session_with_dataset
 
-from transfer import audit
-from transfer.access import issue_session_token, session_dir
-from transfer.data import check_dataset
-from transfer.pool import add_files_pool, pool_pictures
-from transfer.runs import atomic_write_json
+from transfer.analysis import audit
+from transfer.runtime.access import issue_session_token, session_dir
+from transfer.data.dataset import check_dataset
+from transfer.data.pool import add_files_pool, pool_pictures
+from transfer.core.runs import atomic_write_json
 
 PAGE = "pages/data.py"
 

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transfer.cli import main
-from transfer.data import check_dataset
-from transfer.errors import TransferError
-from transfer.pool import (
+from transfer.cli.commands import main
+from transfer.data.dataset import check_dataset
+from transfer.core.errors import TransferError
+from transfer.data.pool import (
     add_files_pool,
     add_zip_pool,
     delete_pool,
     list_pools,
     pool_pictures,
 )
-from transfer.quota import DiskQuota
-from transfer.suggest import (
+from transfer.core.quota import DiskQuota
+from transfer.analysis.suggest import (
     hesitation_order,
     order_pool,
     reason_for,
@@ -30,7 +30,7 @@ from transfer.suggest import (
     typical_picks,
     typicality,
 )
-from transfer.working_copy import WorkingCopy
+from transfer.data.working_copy import WorkingCopy
 
 
 def clustered(sizes: list[int], seed: int = 0, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -170,9 +170,9 @@ def test_transfer_suggest_without_a_run_covers_the_pool_kinds(pool, capsys):
 
 
 def test_transfer_suggest_with_a_run_guesses_and_skips_its_pictures(pool, tmp_path, write_class_folders, capsys):
-    from transfer.config import TrainConfig
-    from transfer.runs import FINISHED, RunDir
-    from transfer.train import train_run
+    from transfer.training.config import TrainConfig
+    from transfer.core.runs import FINISHED, RunDir
+    from transfer.training.run import train_run
 
     labelled = write_class_folders(tmp_path / "labelled", {"red": 4, "green": 4, "blue": 4})
     config = TrainConfig.for_method("features", dataset=str(labelled), epochs=5, batch_size=8, device="cpu")
@@ -190,8 +190,8 @@ def test_transfer_suggest_with_a_run_guesses_and_skips_its_pictures(pool, tmp_pa
 
 
 def test_the_suggestion_job_writes_its_result_for_the_page(pool, tmp_path, write_class_folders):
-    from transfer import audit
-    from transfer.suggest import main as job
+    from transfer.analysis import audit
+    from transfer.analysis.suggest import main as job
 
     labelled = write_class_folders(tmp_path / "labelled", {"red": 3})
     folder = tmp_path / "job"
@@ -203,8 +203,8 @@ def test_the_suggestion_job_writes_its_result_for_the_page(pool, tmp_path, write
 
 
 def test_two_runs_compare_on_the_validation_pictures_they_share(tmp_path):
-    from transfer.compare import compare_runs
-    from transfer.runs import atomic_write_json as write
+    from transfer.analysis.compare import compare_runs
+    from transfer.core.runs import atomic_write_json as write
 
     def run(name: str, answers: dict[str, tuple[str, str]]):
         folder = tmp_path / name
@@ -230,10 +230,10 @@ def test_asking_again_reads_remembered_features_without_loading_torch(pool, tran
     import subprocess
     import sys
 
-    from transfer.suggest import suggest
+    from transfer.analysis.suggest import suggest
 
     first = suggest(pool, count=3)
-    probe = ("import sys; from transfer.suggest import suggest; "
+    probe = ("import sys; from transfer.analysis.suggest import suggest; "
              f"r = suggest({str(pool)!r}, count=3); print('torch' in sys.modules, r.features_computed, "
              "[s.file for s in r.suggestions])")
     root = Path(__file__).resolve().parents[1]

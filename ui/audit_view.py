@@ -1,9 +1,9 @@
 """Check the labels (Data page) and the feature maps (Data and Evaluate pages).
 
-The audit and the maps run in their own process (``python -m transfer.audit``), which writes
+The audit and the maps run in their own process (``python -m transfer.analysis.audit``), which writes
 ``progress.json`` and then ``result.json`` (or ``error.json``) into a folder; this module starts
 it, shows its progress and draws what it found. Fixes go to the session's working copy of the
-data set (:class:`transfer.working_copy.WorkingCopy`), never to the user's own files.
+data set (:class:`transfer.data.working_copy.WorkingCopy`), never to the user's own files.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from transfer.audit import ERROR_FILE, JOB_LOCK, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
-from transfer.errors import TransferError
-from transfer.runs import atomic_write_json, read_json
-from transfer.working_copy import ADD, MOVE, REMOVE, WorkingCopy
+from transfer.analysis.audit import ERROR_FILE, JOB_LOCK, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
+from transfer.core.errors import TransferError
+from transfer.core.runs import atomic_write_json, read_json
+from transfer.data.working_copy import ADD, MOVE, REMOVE, WorkingCopy
 from ui import data_view, session
 
 JOB_FILE = "job.json"
@@ -39,8 +39,8 @@ _PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#
 # --------------------------------------------------------------------------- jobs in their own process
 
 
-def start_job(folder: Path, arguments: list[str], *, module: str = "transfer.audit", **details) -> None:
-    """Start ``python -m transfer.audit ARGUMENTS`` (or another job ``module`` with the same
+def start_job(folder: Path, arguments: list[str], *, module: str = "transfer.analysis.audit", **details) -> None:
+    """Start ``python -m transfer.analysis.audit ARGUMENTS`` (or another job ``module`` with the same
     files) writing into ``folder`` (cleared first)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in (RESULT_FILE, ERROR_FILE, PROGRESS_FILE, JOB_FILE):
@@ -56,10 +56,10 @@ def start_job(folder: Path, arguments: list[str], *, module: str = "transfer.aud
 def job_state(folder: Path) -> str:
     """``idle`` (never started), ``running``, ``done``, ``failed`` or ``stopped`` (the process died).
 
-    The job holds a lock on its folder while it works (see ``transfer.audit.run_job``); a job
+    The job holds a lock on its folder while it works (see ``transfer.analysis.audit.run_job``); a job
     started moments ago may still be importing, before it takes the lock.
     """
-    from transfer.jobs import lock_is_held
+    from transfer.runtime.jobs import lock_is_held
 
     if (folder / RESULT_FILE).is_file():
         return "done"

@@ -14,11 +14,11 @@ import logging
 
 import streamlit as st
 
-from transfer import demo_collect
-from transfer.errors import TransferError
-from transfer.images import IMAGE_EXTENSIONS
-from transfer.runs import RunDir
-from transfer.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable
+from transfer.serving import demo_collect
+from transfer.core.errors import TransferError
+from transfer.data.images import IMAGE_EXTENSIONS
+from transfer.core.runs import RunDir
+from transfer.serving.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable
 from ui import predict_view
 
 DEMO_PARAM = "demo"

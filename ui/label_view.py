@@ -1,7 +1,7 @@
 """Pictures without labels (Data page): pools, the suggestions of what to label first, label assist.
 
-A pool is kept in the session (:mod:`transfer.pool`); the suggestions are computed by
-``python -m transfer.suggest`` in its own process (the server never loads torch for them) and
+A pool is kept in the session (:mod:`transfer.data.pool`); the suggestions are computed by
+``python -m transfer.analysis.suggest`` in its own process (the server never loads torch for them) and
 shown a page at a time, each with the newest run's guess preselected: a right guess is one
 click, a wrong one two. Labelled pictures join the session's working copy of the data set
 (:func:`label_picture`, also used by the Predict and Evaluate pages for corrections), where
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from transfer import pool as pools
-from transfer.data import TRAIN, VAL
-from transfer.errors import TransferError
-from transfer.images import IMAGE_EXTENSIONS
-from transfer.quota import DiskQuota, human_size
-from transfer.runs import FINISHED, list_runs, read_json
-from transfer.working_copy import WorkingCopy, WorkingCopyError, split_for_new_label
+from transfer.data import pool as pools
+from transfer.data.dataset import TRAIN, VAL
+from transfer.core.errors import TransferError
+from transfer.data.images import IMAGE_EXTENSIONS
+from transfer.core.quota import DiskQuota, human_size
+from transfer.core.runs import FINISHED, list_runs, read_json
+from transfer.data.working_copy import WorkingCopy, WorkingCopyError, split_for_new_label
 from ui import audit_view, data_view, reports, session
 
 SUGGESTIONS = 200  # computed per request; shown a page at a time
@@ -276,9 +276,9 @@ DEMO_POOL_PREFIX = "demo-"
 
 def demo_pools() -> list[pools.Pool]:
     """The pictures visitors tried on this session's collecting demo links, each a pool to review."""
-    from transfer import demo_collect
-    from transfer.quota import folder_bytes
-    from transfer.share import OWNER_FILE, DemoStore
+    from transfer.serving import demo_collect
+    from transfer.core.quota import folder_bytes
+    from transfer.serving.share import OWNER_FILE, DemoStore
 
     found = []
     for _, demo in DemoStore().owned(session.workspace() / OWNER_FILE):
@@ -315,7 +315,7 @@ def start_suggestions(pool: pools.Pool) -> None:
         arguments += ["--run", str(run)]
     (folder / "skipped.json").unlink(missing_ok=True)
     st.session_state[f"suggestion_page:{pool.id}"] = 0
-    audit_view.start_job(folder, arguments, module="transfer.suggest", run=str(run) if run else None)
+    audit_view.start_job(folder, arguments, module="transfer.analysis.suggest", run=str(run) if run else None)
 
 
 def label_assist(pool: pools.Pool) -> None:
@@ -400,7 +400,7 @@ def _label(pool: pools.Pool, suggestion: dict, label: str) -> None:
 
 
 def _skip(pool: pools.Pool, suggestion: dict) -> None:
-    from transfer.runs import atomic_write_json
+    from transfer.core.runs import atomic_write_json
 
     path = suggestion_folder(pool) / "skipped.json"
     skipped = read_json(path, None) or []

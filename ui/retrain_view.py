@@ -2,7 +2,7 @@
 and show the two runs side by side on the same validation pictures.
 
 Which run was trained again from which is kept in the session (``retrained.json``); the
-comparison itself is :func:`transfer.compare.compare_runs`.
+comparison itself is :func:`transfer.analysis.compare.compare_runs`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from transfer.compare import compare_runs
-from transfer.config import TrainConfig
-from transfer.data import Dataset
-from transfer.errors import TransferError
-from transfer.runs import FINISHED, atomic_write_json, find_run
+from transfer.analysis.compare import compare_runs
+from transfer.training.config import TrainConfig
+from transfer.data.dataset import Dataset
+from transfer.core.errors import TransferError
+from transfer.core.runs import FINISHED, atomic_write_json, find_run
 from ui import reports, session
 
 PAIRS_FILE = "retrained.json"  # {later run id: earlier run id}
@@ -88,7 +88,7 @@ def train_again(run, dataset: Dataset, from_weights: bool) -> None:
     settings["dataset"] = dataset.to_dict()
     try:
         if from_weights:
-            from transfer import weights
+            from transfer.models import weights
 
             settings["initial_weights"] = weights.store_file(
                 run.weights_path, session.runs_dir(), name=f"{run.id}/{run.weights_path.name}", origin="run",
