@@ -15,7 +15,7 @@ from transfer.data.dataset import demo_dataset_path
 from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS
 from transfer.core.quota import DiskQuota
-from ui import audit_view, cleanup_view, data_view, session
+from ui import audit_view, cleanup_view, data_view, label_view, session
 
 BUILDER_NAME = "Your classes"
 PICTURE_TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
@@ -310,3 +310,5 @@ with demo_source:
 cleanup_view.uploads_section()
 st.divider()
 report_section()
+st.divider()
+label_view.pool_section()

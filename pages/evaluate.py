@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from transfer.analysis.evaluate import PREDICTIONS_FILE, EvaluationNotReady, load_evaluation, prediction_thumbnail
-from ui import audit_view, charts, cleanup_view, export_view, predict_view, session, share_view
+from ui import audit_view, charts, cleanup_view, export_view, label_view, predict_view, session, share_view
 
 GALLERY_SIZE = 12
 GALLERY_COLUMNS = 6
@@ -98,6 +98,11 @@ def show_top_losses(run, evaluation) -> None:
             column.caption(f"{mark} true **{evaluation.label(item.true_index)}** · said "
                            f"**{evaluation.label(item.predicted_index)}** {item.predicted_probability:.0%} · "
                            f"p(true) {item.true_probability:.0%}", help=item.path)
+            if not item.correct:
+                with column:
+                    label_view.validation_corrections(run.config, item.path, evaluation.label(item.true_index),
+                                                      evaluation.label(item.predicted_index), item.sha256,
+                                                      evaluation.classes, f"correct_{item.sha256[:16]}")
 
 
 def show_curves(run) -> None:

@@ -12,7 +12,7 @@ import streamlit as st
 
 from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS
-from ui import export_view, live_view, predict_view, share_view
+from ui import export_view, label_view, live_view, predict_view, share_view
 
 MAX_PICTURE_MB = 50  # a large camera photo is 10 to 25 MB
 MAX_ZIP_MB = 500
@@ -43,16 +43,21 @@ def loaded_predictor(run):
 
 
 def show_pictures(run, uploads: list[tuple[str, bytes]], top_k: int, show_cam: bool, key: str) -> None:
-    loaded_predictor(run)
+    predictor = loaded_predictor(run)
     if show_cam:
         show_cam, cam_note = cam_sentence(run)
         if not show_cam:
             st.caption(f"No heat map for this model: {cam_note}")
     version = predict_view.weights_version(run)
+    classes = predictor.labels + label_view.known_classes()
     for index, (name, data) in enumerate(uploads):
         result = predict_view.predict_picture(str(run.path), version, predict_view.digest(data), name, data, top_k,
                                               show_cam)
         predict_view.render_picture(result, show_cam, key=f"{key}_{index}")
+        if result.prediction:
+            label_view.prediction_corrections(data, name if key != "webcam" else "webcam.jpg",
+                                              result.prediction["label"], classes, f"correct_{key}_{index}",
+                                              origin=f"the Predict page ({key})")
 
 
 def show_zip(run, name: str, data: bytes, top_k: int) -> None:
@@ -74,9 +79,34 @@ def show_zip(run, name: str, data: bytes, top_k: int) -> None:
     st.dataframe(rows, hide_index=True, width="stretch", key="zip_table",
                  column_config={"probability": st.column_config.ProgressColumn(min_value=0, max_value=1,
                                                                                format="percent")})
+    zip_corrections(run, data, result)
     stem = name.rsplit(".", 1)[0] or "pictures"
     st.download_button("Download the predictions (CSV)", result.csv_bytes(), file_name=f"predictions-{stem}.csv",
                        mime="text/csv", icon="⬇️", on_click="ignore", key="zip_csv")
+
+
+def zip_corrections(run, data: bytes, result) -> None:
+    """Correct one row of the table at a time: the picture is read back from the zip."""
+    import zipfile
+    from io import BytesIO
+
+    rows = {row["file"]: row["label"] for row in result.rows}
+    if not rows:
+        return
+    with st.expander("Correct an answer: the picture joins your data set"):
+        picked = st.selectbox("Picture", list(rows), key="zip_correct_file")
+        inner = picked.split("/", 1)[1] if "/" in picked else picked
+        try:
+            with zipfile.ZipFile(BytesIO(data)) as archive:
+                picture = archive.read(inner)
+        except (KeyError, zipfile.BadZipFile, OSError):
+            st.caption(f"{picked} cannot be read back from the zip.")
+            return
+        st.image(picture, width=160)
+        classes = loaded_predictor(run).labels + label_view.known_classes()
+        label_view.prediction_corrections(picture, inner.rsplit("/", 1)[-1], rows[picked], classes,
+                                          f"correct_zip_{predict_view.digest(picture)[:12]}",
+                                          origin="the Predict page (zip)")
 
 
 run = predict_view.choose_finished_run("predict_run")

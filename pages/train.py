@@ -20,7 +20,7 @@ from transfer.runtime.estimate import recommend_method
 from transfer.runtime.jobs import dispatch
 from transfer.core.live import RunEvents
 from transfer.core.runs import ACTIVE_STATES, FINISHED, QUEUED, find_run, list_runs
-from ui import charts, cleanup_view, reports, session
+from ui import charts, cleanup_view, reports, retrain_view, session
 from ui.gpus_view import gpus_to_use
 from ui.sidebar import has_gpu
 
@@ -233,6 +233,7 @@ if run is not None:
     shown_active = run.state in ACTIVE_STATES
     with live_area:
         st.fragment(live_view, **ticking(LIVE_SECONDS, shown_active))(run.id, shown_active)
+        retrain_view.render(run)
         cleanup_view.delete_run_control(run)
 
 

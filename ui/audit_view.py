@@ -15,10 +15,10 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from transfer.analysis.audit import ERROR_FILE, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
+from transfer.analysis.audit import ERROR_FILE, JOB_LOCK, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
 from transfer.core.errors import TransferError
 from transfer.core.runs import atomic_write_json, read_json
-from transfer.data.working_copy import MOVE, REMOVE, WorkingCopy
+from transfer.data.working_copy import ADD, MOVE, REMOVE, WorkingCopy
 from ui import data_view, session
 
 JOB_FILE = "job.json"
@@ -36,16 +36,17 @@ _PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#
 # --------------------------------------------------------------------------- jobs in their own process
 
 
-def start_job(folder: Path, arguments: list[str], **details) -> None:
-    """Queue ``python -m transfer.analysis.audit ARGUMENTS`` (writing into ``folder``, cleared first) as a
-    job of this session: a worker runs it when the machine's queue lets it, like training."""
+def start_job(folder: Path, arguments: list[str], *, job: str = "audit", **details) -> None:
+    """Queue an ``audit`` job (``python -m transfer.analysis.audit ARGUMENTS``) or a ``suggest`` job
+    (``transfer.analysis.suggest``), writing into ``folder`` (cleared first), as a job of this
+    session: a worker runs it when the machine's queue lets it, like training."""
     from ui import jobs_view
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in (RESULT_FILE, ERROR_FILE, PROGRESS_FILE, JOB_FILE):
         (folder / name).unlink(missing_ok=True)
     try:
-        run = jobs_view.session_jobs_manager().submit({"job": "audit", "arguments": arguments})
+        run = jobs_view.session_jobs_manager().submit({"job": job, "arguments": arguments})
     except TransferError as error:  # the session's helper jobs are full: say so where the result goes
         atomic_write_json(folder / ERROR_FILE, {"error": str(error)})
         return
@@ -165,6 +166,8 @@ def check_labels_section(choice: dict, report) -> None:
     for kind, text in st.session_state.pop("audit_notices", []):
         (st.error if kind == "error" else st.success)(text)
     if report.dataset is None:
+        if copy.edits and str(choice["source"]) == str(copy.data):
+            show_changes(copy)  # labelled pictures of a data set still too small to check
         return
     folder = audit_folder() / "job"
     job = read_json(folder / JOB_FILE, None) or {}
@@ -329,6 +332,9 @@ def _describe(edit: dict) -> str:
         return f"{name} moved from {edit['label']} to {edit['new_label']}"
     if edit["action"] == REMOVE:
         return f"{name} removed from {edit['label']}"
+    if edit["action"] == ADD:
+        side = "validation" if edit.get("split") == "val" else "training"
+        return f"{name} added to {edit['new_label']} ({side}){', from ' + edit['origin'] if edit.get('origin') else ''}"
     return f"{name} kept in {edit['label']}"
 
 

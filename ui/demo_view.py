@@ -15,6 +15,7 @@ import logging
 
 import streamlit as st
 
+from transfer.serving import demo_collect
 from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS
 from transfer.core.runs import RunDir
@@ -55,6 +56,9 @@ def render() -> None:
         show_invalid()
         return
     top_k, show_cam = options(len(demo.classes))
+    if demo_collect.settings_of(demo):
+        st.warning("The owner of this demo keeps the pictures you try here, to label them and improve the model. "
+                   "Send only pictures you are happy to share.", icon="📥")
     pictures_tab, webcam_tab, live_tab = st.tabs(["🖼️ Pictures", "📷 Webcam", "🎥 Live camera"])
     limit_mb = max(1, store.max_picture_bytes // 2**20)
     with pictures_tab:
@@ -104,6 +108,7 @@ def show_picture(store: DemoStore, token: str, snapshot: RunDir, name: str, data
     content = predict_view.digest(data)
     if not admitted(store, token, name, content, len(data)):
         return
+    demo_collect.keep_picture(store.open(token), data)
     result = predict_view.predict_picture(str(snapshot.path), predict_view.weights_version(snapshot), content, name,
                                           data, top_k, show_cam)
     predict_view.render_picture(result, show_cam, key=key)

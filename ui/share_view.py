@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
+from transfer.serving import demo_collect
 from transfer.core.errors import TransferError
 from transfer.core.runs import RunDir
 from transfer.serving.share import (EXPIRY_CHOICES, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, OWNER_FILE, DemoStore,
@@ -49,13 +50,19 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         allow_download = st.checkbox("Visitors may download the model (bundle zip)", key="share_download",
                                      help="The bundle holds the model (ONNX and safetensors), its model card and "
                                           "a predict.py that runs without this studio.")
+        collect = st.checkbox("Keep the pictures visitors try, for me to label", key="share_collect",
+                              help="Off by default. The demo page tells visitors before they drop anything; at most "
+                                   "a few hundred pictures are kept, and revoking the link deletes them. They appear "
+                                   "on the Data page as a pool of pictures without labels.")
         if not st.form_submit_button("Create the demo link", icon="🔗", type="primary"):
             return
     try:
         with st.spinner("Freezing a checked copy of the model for the demo ..."):
             prepare_exports(run, allow_download)
-            token, _ = store.create(run.path, title=title, description=description, expires=expiry,
-                                    allow_download=allow_download, owner_record=record)
+            token, demo = store.create(run.path, title=title, description=description, expires=expiry,
+                                       allow_download=allow_download, owner_record=record)
+            if collect:
+                demo_collect.enable(demo.folder)
     except TransferError as error:
         st.error(str(error), icon="🚫")
         return
@@ -88,7 +95,8 @@ def demo_list(store: DemoStore, owned: list) -> None:
         columns[2].caption(f"created {_when(demo.created_at)}")
         columns[3].caption("never expires" if demo.expires_at is None else
                            f"{'expired' if state == 'expired' else 'expires'} {_when(demo.expires_at)}")
-        columns[4].caption(f"{demo.pictures_tried} picture{'' if demo.pictures_tried == 1 else 's'} tried")
+        columns[4].caption(f"{demo.pictures_tried} picture{'' if demo.pictures_tried == 1 else 's'} tried"
+                           + (f", {demo_collect.collected_count(demo)} kept" if demo_collect.settings_of(demo) else ""))
         if state == "live":
             columns[5].button("Revoke", key=f"revoke_{demo.id}", on_click=revoke, args=(store, token),
                               help="End this link now: visitors then see that it is no longer valid.")

@@ -54,6 +54,9 @@ IMBALANCE_WARNING_RATIO = 3.0
 INGEST_LOG = ".transfer-skipped.json"
 #: Present in an unpacked folder once every file is written: a folder without it is never used.
 COMPLETE_MARKER = ".complete"
+#: Hidden file in a data root: ``{sha256: "train"|"val"}`` for pictures whose side is fixed (pictures
+#: added after a split was drawn), so adding pictures never moves a validation picture.
+PINNED_SPLITS = ".splits.json"
 
 # Reasons a file is left out, besides the picture reasons of transfer.data.images.
 HIDDEN = "hidden file"
@@ -291,7 +294,7 @@ def check_dataset(
     # File names in the report are relative to what the user gave (the zip's top, the folder).
     layout = _discover(root, folder, report)
     infos = _inspect_all(layout.candidates, folder, report, max_pixels, workers, progress)
-    samples = _assign_splits(layout, infos, val_fraction, seed, report)
+    samples = _assign_splits(layout, infos, val_fraction, seed, report, read_pinned_splits(root))
     _summarise(report, samples, root, folder)
     return report
 
@@ -727,7 +730,8 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 def _visible_files(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if not p.is_dir() and p.name not in (INGEST_LOG, COMPLETE_MARKER))
+        return sorted(p for p in folder.iterdir()
+                      if not p.is_dir() and p.name not in (INGEST_LOG, COMPLETE_MARKER, PINNED_SPLITS))
     except OSError:
         return []
 
@@ -894,17 +898,32 @@ class _ProgressCounter:
 # --------------------------------------------------------------------------- splitting
 
 
-def _assign_splits(layout: _Layout, reads: list[_Read], val_fraction: float, seed: int, report: Report) -> list[_Read]:
+def _assign_splits(layout: _Layout, reads: list[_Read], val_fraction: float, seed: int, report: Report,
+                   pinned: dict[str, str] | None = None) -> list[_Read]:
     if layout.given_split:
         return reads
+    pinned = pinned or {}
     by_class: dict[str, list[_Read]] = defaultdict(list)
     for item in reads:
         by_class[item.candidate.label].append(item)
     for label, items in by_class.items():
-        val_hashes = stratified_val_hashes(sorted({i.sha256 for i in items}), val_fraction, f"{seed}:{label}")
+        # Pinned pictures keep their side and stay out of the draw, so the draw over the others is
+        # exactly the one made before they were added.
+        drawn = sorted({i.sha256 for i in items if i.sha256 not in pinned})
+        val_hashes = stratified_val_hashes(drawn, val_fraction, f"{seed}:{label}")
         for item in items:
-            item.candidate.split = VAL if item.sha256 in val_hashes else TRAIN
+            side = pinned.get(item.sha256)
+            item.candidate.split = side if side in (TRAIN, VAL) else VAL if item.sha256 in val_hashes else TRAIN
     return reads
+
+
+def read_pinned_splits(root: Path) -> dict[str, str]:
+    """The pictures of the data set at ``root`` whose split is fixed (see :data:`PINNED_SPLITS`)."""
+    try:
+        pinned = json.loads((Path(root) / PINNED_SPLITS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): v for k, v in pinned.items() if v in (TRAIN, VAL)} if isinstance(pinned, dict) else {}
 
 
 def stratified_val_hashes(hashes: list[str], val_fraction: float, seed: str) -> set[str]:

@@ -49,18 +49,19 @@ _RESERVED_CLASS_NAMES = frozenset({"train", *VAL_FOLDER_NAMES, "__macosx"})
 
 
 def unpack_zip_upload(data: bytes, uploads: Path, limits: ZipLimits = ZipLimits(), *,
-                      quota: DiskQuota | None = None, name: str = "") -> Path:
-    """Unpack an uploaded zip under ``uploads/zips/`` (once per content) and return the folder.
+                      quota: DiskQuota | None = None, name: str = "", kind: str = ZIP_FOLDER) -> Path:
+    """Unpack an uploaded zip under ``uploads/zips/`` (or ``uploads/<kind>/``, once per content)
+    and return the folder.
 
     Raises a :class:`~transfer.core.errors.TransferError` with a sentence for an unreadable archive,
     one over ``limits`` or ``quota``, or a full disk; then nothing of it is kept.
     """
     key = hashlib.sha256(data).hexdigest()[:20]
-    return _unpack_once(data, Path(uploads) / ZIP_FOLDER / key, limits, quota, name or "a zip file")
+    return _unpack_once(data, Path(uploads) / kind / key, limits, quota, name or "a zip file")
 
 
 def unpack_folder_upload(files: list[tuple[str, bytes]], uploads: Path, limits: ZipLimits = ZipLimits(), *,
-                         quota: DiskQuota | None = None) -> Path:
+                         quota: DiskQuota | None = None, kind: str = DIRECTORY_FOLDER, name: str = "") -> Path:
     """Rebuild an uploaded folder from ``(relative path, bytes)`` pairs and return where it is.
 
     Browsers name each file of a folder upload by its path inside the chosen folder
@@ -72,14 +73,15 @@ def unpack_folder_upload(files: list[tuple[str, bytes]], uploads: Path, limits: 
     if not files:
         raise DataError("The folder is empty; choose a folder that holds one sub-folder per class.")
     digest = hashlib.sha256()
-    for name, data in sorted(files, key=lambda item: item[0]):
-        digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\0".encode("utf-8", "replace"))
+    for file_name, data in sorted(files, key=lambda item: item[0]):
+        digest.update(f"{file_name}\0{hashlib.sha256(data).hexdigest()}\0".encode("utf-8", "replace"))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in files:
-            archive.writestr(name.replace("\\", "/"), data)
-    final = Path(uploads) / DIRECTORY_FOLDER / digest.hexdigest()[:20]
-    return _unpack_once(buffer.getvalue(), final, limits, quota, uploaded_folder_name([name for name, _ in files]))
+        for file_name, data in files:
+            archive.writestr(file_name.replace("\\", "/"), data)
+    final = Path(uploads) / kind / digest.hexdigest()[:20]
+    return _unpack_once(buffer.getvalue(), final, limits, quota,
+                        name or uploaded_folder_name([file_name for file_name, _ in files]))
 
 
 def uploaded_folder_name(file_names: list[str]) -> str:

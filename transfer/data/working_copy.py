@@ -9,25 +9,29 @@ then only rename entries *inside the copy*::
     <folder>/removed/<n>/<name>  pictures taken out (kept, so a removal can be undone)
     <folder>/state.json          {"original": source, "edits": [...]}
 
-Each edit is ``{"id", "action": "move"|"remove"|"keep", "path", "to", "label", "new_label",
+Each edit is ``{"id", "action": "move"|"remove"|"keep"|"add", "path", "to", "label", "new_label",
 "sha256", "time"}`` with paths relative to the data set's root, so the paths of an audit made
-on the original name the same pictures in the copy. Pointing the session's chosen data set at
+on the original name the same pictures in the copy. An ``add`` brings a picture from outside
+(a pool of unlabelled pictures, a corrected prediction) with an ``origin``; its side of the
+split is fixed when it is added (``transfer.data.dataset.PINNED_SPLITS``), so validation pictures never
+change and runs before and after compare on the same ones. Pointing the session's chosen data set at
 ``<folder>/data`` makes the data report and the next training run use the corrected set.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
 from pathlib import Path
 
-from transfer.data.dataset import TRAIN, VAL_FOLDER_NAMES, Dataset
+from transfer.data.dataset import PINNED_SPLITS, TRAIN, VAL, VAL_FOLDER_NAMES, Dataset, read_pinned_splits
 from transfer.core.errors import TransferError
-from transfer.core.runs import atomic_write_json, read_json
+from transfer.core.runs import atomic_write_bytes, atomic_write_json, read_json
 
 STATE_FILE = "state.json"
-MOVE, REMOVE, KEEP = "move", "remove", "keep"
+MOVE, REMOVE, KEEP, ADD = "move", "remove", "keep", "add"
 _SPLIT_FOLDERS = {TRAIN, *VAL_FOLDER_NAMES}
 
 
@@ -83,6 +87,14 @@ class WorkingCopy:
         os.replace(staging, self.folder)  # a half-made copy is never taken for a whole one
         return self.data
 
+    def start_empty(self) -> Path:
+        """A new, empty data set to fill with labelled pictures (replacing any older copy)."""
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        self.data.mkdir(parents=True)
+        atomic_write_json(self.folder / STATE_FILE, {"original": None, "edits": []})
+        return self.data
+
     # ------------------------------------------------------------------ fixes
 
     def move(self, path: str, new_label: str, *, label: str, sha256: str = "") -> dict:
@@ -90,8 +102,7 @@ class WorkingCopy:
         source = self._existing(path)
         parts = list(Path(path).parts)
         prefix = parts[:1] if parts[0] in _SPLIT_FOLDERS and len(parts) >= 3 else []
-        if not new_label or new_label.startswith(".") or Path(new_label).name != new_label:
-            raise WorkingCopyError(f"'{new_label}' cannot be a class folder name.")
+        _check_class_name(new_label)
         folder = self.data.joinpath(*prefix, new_label)
         folder.mkdir(parents=True, exist_ok=True)
         target = _free_name(folder, source.name)
@@ -114,13 +125,68 @@ class WorkingCopy:
         return self._record({"action": KEEP, "path": path, "to": path, "label": label, "new_label": label,
                              "sha256": sha256})
 
+    def add(self, picture: Path | bytes, label: str, *, name: str, split: str = TRAIN, origin: str = "") -> dict:
+        """Add a picture from outside the data set (a file, or the bytes of one) under ``label``.
+
+        ``split`` is where it goes: new pictures go to training, so the validation pictures
+        earlier runs were measured on stay the same.
+        """
+        if not self.exists():
+            raise WorkingCopyError("There is no working copy of the data set yet.")
+        _check_class_name(label)
+        data = picture if isinstance(picture, bytes) else Path(picture).read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        pinned = read_pinned_splits(self.data)
+        if sha256 in pinned:
+            raise WorkingCopyError(f"{name} is in the data set already; undo its earlier label first to change it.")
+        folder = self.data.joinpath(*self._split_prefix(split), label)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = _free_name(folder, Path(name).name or "picture.jpg")
+        if isinstance(picture, bytes):
+            atomic_write_bytes(target, data)
+        else:  # a pool picture of this session: linked, so it takes no more room
+            _link_or_copy(Path(picture), target)
+        atomic_write_json(self.data / PINNED_SPLITS, {**pinned, sha256: split})
+        relative = target.relative_to(self.data).as_posix()
+        return self._record({"action": ADD, "path": relative, "to": relative, "label": None, "new_label": label,
+                             "sha256": sha256, "split": split, "origin": origin})
+
+    def freeze_split(self, dataset: Dataset) -> None:
+        """Fix every picture of ``dataset`` (this copy, checked) on its current side of the split.
+
+        Called before the first picture is added or corrected from outside: adding or moving a
+        picture changes the draw of a class's validation pictures, so from then on each keeps its side.
+        """
+        pinned = read_pinned_splits(self.data)
+        missing = {s.sha256: s.split for s in dataset.samples if s.sha256 not in pinned}
+        if missing:
+            atomic_write_json(self.data / PINNED_SPLITS, {**missing, **pinned})
+
+    def added(self) -> dict[str, dict]:
+        """The pictures added from outside, by SHA-256: what was labelled already."""
+        return {edit["sha256"]: edit for edit in self.edits if edit["action"] == ADD}
+
+    def _split_prefix(self, split: str) -> list[str]:
+        """``train``/``val`` folders when the copy is laid out so; none when its split is drawn."""
+        if not (self.data / TRAIN).is_dir():
+            return []
+        val_folder = next((name for name in VAL_FOLDER_NAMES if (self.data / name).is_dir()), None)
+        if val_folder is None:
+            return []
+        return [TRAIN] if split != VAL else [val_folder]
+
     def undo(self, edit_id: int) -> dict:
         """Reverse one edit: the picture goes back where it was."""
         state = self.state
         edit = next((e for e in state["edits"] if e["id"] == edit_id), None)
         if edit is None:
             raise WorkingCopyError("That change is not in the list any more.")
-        if edit["action"] != KEEP:
+        if edit["action"] == ADD:
+            (self.data / edit["to"]).unlink(missing_ok=True)
+            pinned = read_pinned_splits(self.data)
+            pinned.pop(edit["sha256"], None)
+            atomic_write_json(self.data / PINNED_SPLITS, pinned)
+        elif edit["action"] != KEEP:
             where = (self.data if edit["action"] == MOVE else self.folder) / edit["to"]
             back = self.data / edit["path"]
             if not where.is_file():
@@ -156,6 +222,25 @@ class WorkingCopy:
         state["edits"] = [*state.get("edits", []), edit]
         atomic_write_json(self.folder / STATE_FILE, state)
         return edit
+
+
+VALIDATION_SHARE = 0.2
+
+
+def split_for_new_label(train_count: int, val_count: int) -> str:
+    """Where a newly labelled picture of a class goes, so about a fifth of the class validates.
+
+    The second picture of a class is the first to validate (training needs one, measuring
+    needs one); pictures already on either side never move.
+    """
+    total = train_count + val_count + 1
+    wanted = max(1, round(total * VALIDATION_SHARE)) if total >= 2 else 0
+    return VAL if val_count < wanted else TRAIN
+
+
+def _check_class_name(label: str) -> None:
+    if not label or label.startswith(".") or Path(label).name != label or label.lower() in _SPLIT_FOLDERS:
+        raise WorkingCopyError(f"'{label}' cannot be a class name; use letters or digits, for example 'cat'.")
 
 
 def _relative(path: Path, root: Path) -> Path:

@@ -83,7 +83,7 @@ PROBE_SLOTS = 1
 # job type -> (pool, priority). Short jobs that a person waits for on a page go first; the
 # learning-rate finder and the audits (features of every picture) still need the device, speed
 # measurements are a few forward passes.
-_JOB_PLACES = {"lr_find": (DEVICE_POOL, 0), "audit": (DEVICE_POOL, 0), "estimate": (PROBE_POOL, 0)}
+_JOB_PLACES = {"lr_find": (DEVICE_POOL, 0), "audit": (DEVICE_POOL, 0), "suggest": (DEVICE_POOL, 0), "estimate": (PROBE_POOL, 0)}
 _TRAINING_PLACE = (DEVICE_POOL, 1)
 
 

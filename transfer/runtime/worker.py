@@ -62,6 +62,7 @@ TRAIN_JOB = "train"
 LR_FIND_JOB = "lr_find"
 ESTIMATE_JOB = "estimate"
 AUDIT_JOB = "audit"  # label audits and feature maps of the Data and Evaluate pages
+SUGGEST_JOB = "suggest"  # which pool pictures to label first (the Data page's label assist)
 # Probing processes hold a run's worker lock for an instant; a worker retries for this long.
 WORKER_LOCK_WAIT_SECONDS = 10.0
 
@@ -194,6 +195,10 @@ def job_function(config: dict):
         from transfer.analysis.audit import audit_job
 
         return audit_job
+    if job == SUGGEST_JOB:
+        from transfer.analysis.suggest import suggest_job
+
+        return suggest_job
     added = extra_job(job)
     if added is not None:
         return added

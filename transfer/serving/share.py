@@ -58,6 +58,7 @@ MAX_DESCRIPTION_CHARS = 2000
 # Limits for strangers, each overridable by an environment variable of the same name.
 DEFAULT_PICTURES_PER_MINUTE = 30
 DEFAULT_MAX_PICTURE_MB = 10
+COLLECTED_FOLDER = "collected"  # visitors' pictures kept for the owner (transfer.serving.demo_collect)
 RATE_WINDOW_SECONDS = 60.0
 
 
@@ -303,6 +304,7 @@ class DemoStore:
             atomic_write_json(demo.folder / DEMO_FILE, demo.record())
         for name in (*MODEL_FILES, ONNX_FILE, BUNDLE_FILE):
             (demo.folder / name).unlink(missing_ok=True)
+        shutil.rmtree(demo.folder / COLLECTED_FOLDER, ignore_errors=True)
         return demo
 
     # ----------------------------------------------------------------- visitors' pictures
