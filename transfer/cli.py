@@ -688,6 +688,9 @@ def add_share(sub) -> None:
     p.add_argument("--description", default="", help="a sentence or two under the title")
     p.add_argument("--expires", default="7d", help="90m, 1h, 1d, 7d, 30d ... or never (default 7d)")
     p.add_argument("--allow-download", action="store_true", help="let visitors download the model bundle")
+    p.add_argument("--strictness", choices=("relaxed", "normal", "strict"), default="normal",
+                   help="when the demo answers 'None of these' (keeps about 99/95/90%% of pictures like the "
+                        "training ones; default normal)")
     p.add_argument("--list", action="store_true", help="list the demos on this machine")
     p.add_argument("--revoke", metavar="TOKEN", help="end a demo now (its token, or its id from --list)")
     add_runs_dir_argument(p)
@@ -711,7 +714,8 @@ def cmd_share(args) -> int:
         return 0
     run, _ = resolve_run(args.run, args.runs_dir)
     token, demo = store.create(run.path, title=args.title, description=args.description, expires=args.expires,
-                               allow_download=args.allow_download, owner_record=share.command_line_record())
+                               allow_download=args.allow_download, owner_record=share.command_line_record(),
+                               strictness=args.strictness)
     link = share.demo_link(share.public_base_url(), token)
     if args.json:
         print_json({"token": token, "link": link, **demo.to_dict(store.clock())})

@@ -14,10 +14,11 @@ from urllib.parse import urlsplit
 import streamlit as st
 
 from transfer.errors import TransferError
+from transfer.novelty import STRICTNESS
 from transfer.runs import RunDir
 from transfer.share import (EXPIRY_CHOICES, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, OWNER_FILE, DemoStore,
                             default_title, demo_link, public_base_url)
-from ui import session
+from ui import predict_view, session
 
 _LAST_LINK = "share_last_link"
 
@@ -49,13 +50,17 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         allow_download = st.checkbox("Visitors may download the model (bundle zip)", key="share_download",
                                      help="The bundle holds the model (ONNX and safetensors), its model card and "
                                           "a predict.py that runs without this studio.")
+        strictness = "normal"
+        if predict_view.has_novelty(run):
+            strictness = st.radio(predict_view.STRICTNESS_QUESTION, list(STRICTNESS), index=1, horizontal=True,
+                                  key="share_strictness", help=predict_view.STRICTNESS_HELP)
         if not st.form_submit_button("Create the demo link", icon="🔗", type="primary"):
             return
     try:
         with st.spinner("Freezing a checked copy of the model for the demo ..."):
             prepare_exports(run, allow_download)
             token, _ = store.create(run.path, title=title, description=description, expires=expiry,
-                                    allow_download=allow_download, owner_record=record)
+                                    allow_download=allow_download, owner_record=record, strictness=strictness)
     except TransferError as error:
         st.error(str(error), icon="🚫")
         return

@@ -107,8 +107,8 @@ class Store:
         atomic_write_json(info_path, {**info, "novelty": entry})
         self.run.append_event({"type": "info", "message": (
             f"\"None of these\": {len(reference.vectors)} training pictures kept as the reference; a picture "
-            f"further than {reference.thresholds['normal']:.3f} from its {reference.k}th nearest is called unknown "
-            f"(normal strictness)."), "novelty": {k: v for k, v in entry.items() if k != "calibration"}})
+            f"further than {reference.thresholds['normal']:.3f} from its k-th nearest (k = {reference.k}) is called "
+            f"unknown (normal strictness)."), "novelty": {k: v for k, v in entry.items() if k != "calibration"}})
         return val_novelty
 
     def write_weights(self, model_state: dict) -> None:
