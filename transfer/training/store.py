@@ -96,7 +96,7 @@ class Store:
         from transfer.novelty import save_reference
         from transfer.training.reference import novelty_of_run
 
-        if not self.writes:
+        if not self.writes or not (self.run.path / MODEL_INFO_FILE).is_file():
             return None
         reference, val_novelty = novelty_of_run(task, self.data.train_targets, self.run.weights_path, batch_size)
         if reference is None:
