@@ -1,7 +1,7 @@
 """"None of these" on real photos: how many unrelated pictures are called unknown, and how many
 real class pictures are wrongly called unknown.
 
-    python benchmarks/bench_novelty.py [--backbone efficientnet_lite0] [--epochs 5]
+    python benchmarks/bench_novelty.py [--backbone efficientnet_lite0] [--epochs 5] [--ants-bees DIR]
 
 * far case: a model trained on the ants/bees photos of the PyTorch tutorial
   (``shared/datasets/hymenoptera_data``), shown the studio's demo photos (buildings, computers,
@@ -88,16 +88,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--ants-bees", type=Path, default=HYMENOPTERA,
+                        help=f"the ants/bees photos (train/ and val/; default {HYMENOPTERA})")
     args = parser.parse_args()
-    if not HYMENOPTERA.is_dir():
-        print(f"{HYMENOPTERA} is not on this machine: the far case needs the ants/bees photos.")
+    if not args.ants_bees.is_dir():
+        print(f"{args.ants_bees} is not on this machine: the far case needs the ants/bees photos (--ants-bees DIR).")
         return 1
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-novelty-") as scratch:
         scratch = Path(scratch)
         os.environ.setdefault("TRANSFER_HOME", str(scratch / "home"))
-        far = [outcome(train(HYMENOPTERA, scratch / "runs", args.backbone, args.epochs), photos(DEMO_PHOTOS))]
+        far = [outcome(train(args.ants_bees, scratch / "runs", args.backbone, args.epochs), photos(DEMO_PHOTOS))]
         near = []
         classes = sorted(p.name for p in DEMO_PHOTOS.iterdir() if p.is_dir())
         for held_out in classes:
