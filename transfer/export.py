@@ -12,7 +12,8 @@ probabilities differ by more than :data:`MAX_ABS_DIFF` is refused with a sentenc
   gives a plain graph for the EfficientNet-Lite, ResNet, MobileNet, VGG, ConvNeXt and ViT
   families without extra packages; run by onnxruntime.
 * ``torchscript``: ``model.pt``, the same contract, a traced and frozen TorchScript module
-  (``torch.jit.load`` reads it; no Python class of ours is needed).
+  (``torch.jit.load`` reads it; no Python class of ours is needed); with a novelty reference it
+  returns the tuple ``(probabilities, novelty)``.
 * ``bundle``: one zip named after the run: ``model.onnx``, ``model.safetensors``, ``model.json``,
   ``requirements.txt``, a model card ``README.md`` and ``predict.py`` (transfer.bundle_predict,
   which needs only onnxruntime, numpy and pillow).

@@ -74,6 +74,11 @@ class Reference:
         queries = normalise(pool(np.asarray(features, dtype=np.float32)))
         return kth_distance(queries, self.vectors, self.k)
 
+    def threshold(self, setting: str | float | None = "normal") -> float | None:
+        """The novelty above which a picture is unknown at ``setting`` (relaxed, normal, strict,
+        a number, or off: None). Raises ValueError for anything else."""
+        return unknown_threshold(self.info(), setting)
+
     def info(self) -> dict:
         """What ``model.json`` records under ``"novelty"``."""
         return {"file": REFERENCE_FILE, "k": self.k, "metric": METRIC, "reference_pictures": len(self.vectors),

@@ -284,7 +284,7 @@ class Predictor:
         """The novelty above which this model says "None of these" for ``setting`` (relaxed,
         normal, strict, a number, or off); None when it never does."""
         check_unknown_setting(setting)
-        return unknown_threshold(self.novelty.info() if self.novelty else None, setting)
+        return self.novelty.threshold(setting) if self.novelty else None
 
     def predict(self, images: ImageSource | Sequence[ImageSource], top_k: int = 5, *,
                 batch_size: int = 32, unknown_threshold: str | float | None = "normal") -> list[Prediction]:
