@@ -64,10 +64,11 @@ def show_zip(run, name: str, data: bytes, top_k: int, strictness: str = "normal"
         st.warning(f"{name} holds no picture that could be read ({skipped} files skipped).")
     else:
         unknown = sum(1 for row in result.rows if row.get("unknown"))
-        st.success(f"{predicted} pictures predicted" + (f", {unknown} of them None of these" if unknown else "")
-                   + (f", {skipped} files skipped (see the last column)." if skipped else "."))
+        st.success(f"{predicted} pictures predicted" + (f", {skipped} files skipped (see the last column)."
+                                                         if skipped else ".")
+                   + (f" {unknown} look unlike every class: None of these." if unknown else ""))
     # Skipped files have no probability: None (an empty cell) keeps the column numeric.
-    rows = [{**row, "label": predict_view.answer_column(row),
+    rows = [{"answer": predict_view.answer_column(row), **row,
              "probability": None if row["probability"] == "" else row["probability"],
              "novelty": None if row["novelty"] == "" else row["novelty"]}
             for row in result.table_rows()]

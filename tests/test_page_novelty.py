@@ -70,11 +70,11 @@ def test_predict_page_says_none_of_these_for_pictures_webcam_and_zip(owner):
     app.file_uploader(key="zip").set_value(("pictures.zip", archive.getvalue(), "application/zip")).run()
     assert not app.exception
     table = app.dataframe[0].value
-    answers = dict(zip(table["file"], table["label"]))
+    answers = dict(zip(table["file"], table["answer"]))
     assert answers["upload.zip/pictures/dots.png"].startswith("None of these")
     assert answers["upload.zip/pictures/red.png"] == label
     assert list(table["unknown"]) == [True, False] and table["novelty"].iloc[0] > table["novelty"].iloc[1]
-    assert "1 of them None of these" in all_text(app)
+    assert "1 look unlike every class: None of these." in all_text(app)
 
     app.radio(key="strictness").set_value("relaxed").run()
     assert not app.exception and "Prediction: **None of these**" in all_text(app)
