@@ -152,6 +152,8 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=50, help="timed calls per measurement (default 50)")
     parser.add_argument("--batch", type=int, default=32, help="pictures per batch for the throughput (default 32)")
     parser.add_argument("--cam-calls", type=int, default=20, help="timed Grad-CAM calls (default 20)")
+    parser.add_argument("--without-pytorch", action="store_true",
+                        help="leave out the PyTorch path (slow on a busy machine): fast with and without novelty only")
     parser.add_argument("--training-pictures", type=int, default=20_000,
                         help="training pictures behind the fresh run's novelty reference (default 20000; 0: none)")
     args = parser.parse_args()
@@ -171,7 +173,7 @@ def main() -> int:
         image_path = pick_image(args.image, Path(scratch))
         picture = open_image(image_path)
         loads, predictors = {}, {}
-        variants = [("pytorch", run, False), ("fast", run, True)]
+        variants = ([] if args.without_pytorch else [("pytorch", run, False)]) + [("fast", run, True)]
         if reference_seconds is not None:
             variants.append(("fast_plain", make_run(Path(scratch) / "plain"), True))  # same weights, no reference
         for name, folder, fast in variants:
