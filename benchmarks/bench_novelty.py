@@ -118,11 +118,11 @@ def main() -> int:
           f"{summary['loadavg_before']:.1f} / {summary['loadavg_after']:.1f}")
     print(f"{'':<18}{'run threshold (training pictures)':>41}{'threshold keeping that share of val.':>40}")
     print(f"{'case':<6}{'strictness':<12}{'strangers unknown':>19}{'real wrongly unknown':>22}"
-          f"{'novelty: strangers':>20}{'top-prob.: strangers':>20}")
+          f"{'novelty: strangers':>22}{'top-prob.: strangers':>22}")
     for case in ("far", "near"):
         for name, row in summary[case].items():
             print(f"{case:<6}{name:<12}{row['strangers_unknown']:>19.1%}{row['val_wrongly_unknown']:>22.1%}"
-                  f"{row['novelty_at_validation_share_unknown']:>20.1%}{row['top_probability_baseline_unknown']:>20.1%}")
+                  f"{row['novelty_at_validation_share_unknown']:>22.1%}{row['top_probability_baseline_unknown']:>22.1%}")
     print(f"far: ants/bees model, {summary['far']['normal']['strangers']} demo photos, "
           f"{summary['far']['normal']['val_pictures']} validation pictures; near: each demo class held out in turn, "
           f"{summary['near']['normal']['strangers']} held-out photos, {summary['near']['normal']['val_pictures']} "
