@@ -116,7 +116,7 @@ def main() -> int:
                "loadavg_before": round(load_before, 2), "loadavg_after": round(os.getloadavg()[0], 2)}
     print(f"backbone {args.backbone}, feature transfer, {args.epochs} epochs; load average "
           f"{summary['loadavg_before']:.1f} / {summary['loadavg_after']:.1f}")
-    print(f"{'':<18}{'run threshold (training pictures)':>41}{'threshold keeping that share of val.':>40}")
+    print(f"{'':<18}{'run threshold (training pictures)':>41}{'threshold keeping that share of val.':>44}")
     print(f"{'case':<6}{'strictness':<12}{'strangers unknown':>19}{'real wrongly unknown':>22}"
           f"{'novelty: strangers':>22}{'top-prob.: strangers':>22}")
     for case in ("far", "near"):
