@@ -250,7 +250,7 @@ def test_a_demo_keeps_the_reference_and_its_strictness(kinds_run):
     from transfer.share import DemoStore, ShareError
 
     store = DemoStore()
-    token, demo = store.create(kinds_run.path, strictness="strict")
+    token, _ = store.create(kinds_run.path, strictness="strict")
     opened = store.open(token)
     assert opened.strictness == "strict" and (opened.folder / REFERENCE_FILE).is_file()
     predictor = Predictor.from_run(opened.folder)

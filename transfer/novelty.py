@@ -37,9 +37,9 @@ import numpy as np
 
 from transfer.bundle_predict import STRICTNESS, unknown_threshold
 
-__all__ = ["MAX_REFERENCE", "REFERENCE_FILE", "STRICTNESS", "Reference", "build_reference", "choose_reference",
-           "load_reference", "neighbour_count", "novelty_info", "save_reference", "scored_model",
-           "unknown_threshold", "validation_novelty", "head_input_vectors", "NOT_AVAILABLE", "describe_answer"]
+__all__ = ["MAX_REFERENCE", "NOT_AVAILABLE", "REFERENCE_FILE", "STRICTNESS", "Reference", "build_reference",
+           "choose_reference", "describe_answer", "head_input_vectors", "load_reference", "neighbour_count",
+           "novelty_info", "save_reference", "scored_model", "unknown_threshold", "validation_novelty"]
 
 REFERENCE_FILE = "novelty.safetensors"
 #: At most this many training pictures are kept as the reference: scoring costs one matrix
