@@ -246,13 +246,14 @@ def scored_model(model, reference: Reference):
         def __init__(self, inner, vectors: np.ndarray, k: int):
             super().__init__()
             self.model = inner
-            self.register_buffer("reference", torch.from_numpy(np.ascontiguousarray(vectors)).float())
+            # stored transposed, (dim, n): the graph multiplies by a constant, with no transpose per call
+            self.register_buffer("reference_t", torch.from_numpy(np.ascontiguousarray(vectors.T)).float())
             self.k = k
 
         def forward(self, x):
             logits, features = head_input_vectors(self.model, x)
             unit = torch.nn.functional.normalize(features, dim=1, eps=1e-12)
-            nearest = torch.topk(unit @ self.reference.T, self.k, dim=1).values[:, self.k - 1]
+            nearest = torch.topk(unit @ self.reference_t, self.k, dim=1).values[:, self.k - 1]
             return torch.softmax(logits, dim=1), 1.0 - nearest
 
     return ScoredModel(model, reference.vectors, reference.k).eval()
