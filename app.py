@@ -4,7 +4,7 @@ sentence (the details go to the server's log, never to the browser)."""
 
 import streamlit as st
 
-from transfer.gc import collect_now_and_then
+from transfer.runtime.gc import collect_now_and_then
 from ui import demo_view, failures, gate, sidebar
 
 st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide")

@@ -3,7 +3,7 @@
     python benchmarks/bench_audit.py [--data DIR] [--flip 0.10] [--seed 0]
 
 Copies the data set into a temporary folder (hard links where possible), moves ``--flip`` of
-the pictures of each split into the other class, then runs ``transfer.audit.audit_dataset``
+the pictures of each split into the other class, then runs ``transfer.analysis.audit.audit_dataset``
 twice with a private, empty cache: cold (the backbone computes every feature) and warm. The
 flips are scored in the top N of the ranked suspects, N = the number of flips: precision
 (= recall at N) and recall over the whole suspect list. Prints a table, then one JSON line.
@@ -34,7 +34,7 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 def flipped_copy(data: Path, target: Path, share: float, seed: int) -> set[str]:
     """A copy of ``data`` with ``share`` of its pictures filed under another class; returns their paths."""
-    from transfer.data import load_dataset
+    from transfer.data.dataset import load_dataset
 
     dataset = load_dataset(data)
     rng = random.Random(seed)
@@ -76,8 +76,8 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-audit-") as temp:
         os.environ["TRANSFER_HOME"] = str(Path(temp) / "home")
-        from transfer.audit import audit_dataset
-        from transfer.data import load_dataset
+        from transfer.analysis.audit import audit_dataset
+        from transfer.data.dataset import load_dataset
 
         copy = Path(temp) / "flipped"
         flipped = flipped_copy(args.data, copy, args.flip, args.seed)

@@ -6,7 +6,7 @@
 1. Memory against the number of pictures. For each size, ``--sizes`` distinct generated JPEG
    pictures (see ``bench_memory.make_pictures``; the smaller sets are hard links to the first
    pictures of the largest) are fine-tuned by a real worker process (``python -m
-   transfer.worker RUN_DIR``) with an empty TRANSFER_HOME, Lite0 at its own 224 px, so the
+   transfer.runtime.worker RUN_DIR``) with an empty TRANSFER_HOME, Lite0 at its own 224 px, so the
    bank holds 256 px squares: 20,000 pictures are a 3.9 GB bank, more than the 2.5 GB target.
    A whole epoch of 16,000 training pictures takes about an hour on this 2-core CPU, so after
    ``--steps`` optimizer steps the benchmark asks the run to stop, as the Stop button does, and
@@ -70,7 +70,7 @@ def subset(source: Path, target: Path, count: int) -> Path:
 
 def run_until_steps(run, env: dict, steps: int) -> tuple[int, int]:
     """Start a worker on ``run``, ask it to stop after ``steps`` step events; (peak RSS, exit code)."""
-    process = subprocess.Popen([sys.executable, "-m", "transfer.worker", str(run.path)], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "transfer.runtime.worker", str(run.path)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)  # reaps with the child's resource use
@@ -83,9 +83,9 @@ def run_until_steps(run, env: dict, steps: int) -> tuple[int, int]:
 
 
 def memory_row(data: Path, scratch: Path, count: int, steps: int) -> dict:
-    from transfer.config import TrainConfig
-    from transfer.data import load_dataset
-    from transfer.runs import RunDir
+    from transfer.training.config import TrainConfig
+    from transfer.data.dataset import load_dataset
+    from transfer.core.runs import RunDir
 
     dataset = load_dataset(data).to_dict()
     config = TrainConfig.for_method("finetune", dataset=dataset, backbone=BACKBONE, epochs=1, probe_init=False)
@@ -120,12 +120,12 @@ def memory_row(data: Path, scratch: Path, count: int, steps: int) -> dict:
 def throughput(data: Path, rounds: int, steps: int) -> dict:
     import torch
 
-    from transfer.augment import augment_batch, get_preset, preprocessing_for, stack_squares
-    from transfer.backbones import get_backbone
-    from transfer.bank import open_or_build
-    from transfer.cache import DecodedImageCache
-    from transfer.data import load_dataset
-    from transfer.methods import create_model, prepare_model
+    from transfer.data.augment import augment_batch, get_preset, preprocessing_for, stack_squares
+    from transfer.models.backbones import get_backbone
+    from transfer.data.bank import open_or_build
+    from transfer.data.cache import DecodedImageCache
+    from transfer.data.dataset import load_dataset
+    from transfer.models.methods import create_model, prepare_model
 
     samples = load_dataset(data).samples
     prep = preprocessing_for(get_backbone(BACKBONE).preprocessing, None)

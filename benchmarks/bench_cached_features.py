@@ -3,7 +3,7 @@
     python benchmarks/bench_cached_features.py [--data DIR] [--epochs 10] [--peer-batch-size 4]
 
 Naive: the PyTorch tutorial's fixed feature extractor (``tutorial_peer.py``): every epoch
-decodes every picture and runs the frozen backbone on it again. Cached: ``transfer.train`` with
+decodes every picture and runs the frozen backbone on it again. Cached: ``transfer.training.run`` with
 the ``features`` method and the same backbone (EfficientNet-Lite0), in this process, timed
 from ``train_run`` start to end: once with empty caches (the features are computed once, in
 the first epoch's place) and once more with the caches the first run filled. Target (issue
@@ -26,10 +26,10 @@ DEFAULT_DATA = Path("/work/shared/datasets/hymenoptera_data")
 
 
 def cached_runs(data: Path, epochs: int, backbone: str) -> list[dict]:
-    from transfer.config import TrainConfig
-    from transfer.data import load_dataset
-    from transfer.runs import RunDir
-    from transfer.train import train_run
+    from transfer.training.config import TrainConfig
+    from transfer.data.dataset import load_dataset
+    from transfer.core.runs import RunDir
+    from transfer.training.run import train_run
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-cached-") as home:

@@ -25,8 +25,8 @@ DEFAULT_DATA = Path("/work/shared/datasets/hymenoptera_data")
 
 def run_passes(data: str, short_side: int, cache_root: str, workers: int | None, memory_pass: bool) -> dict:
     """One process's work: check the data, decode it through the cache (twice if asked)."""
-    from transfer.cache import DecodedImageCache
-    from transfer.data import load_dataset
+    from transfer.data.cache import DecodedImageCache
+    from transfer.data.dataset import load_dataset
 
     started = time.perf_counter()
     dataset = load_dataset(data)

@@ -116,8 +116,8 @@ def main() -> None:
         home.mkdir()
         os.environ.update({"TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1"})
         os.environ.setdefault("TRANSFER_DEMO_PICTURES_PER_MINUTE", "1000")
-        from transfer.runs import RunDir
-        from transfer.share import DemoStore, demo_link
+        from transfer.core.runs import RunDir
+        from transfer.serving.share import DemoStore, demo_link
 
         run = RunDir(make_run(home / "runs" / "bench-run"))
         run.update_status(state="finished")

@@ -22,10 +22,10 @@ from pathlib import Path
 
 
 def train_demo(method: str, image_size: int | None, runs: Path) -> dict:
-    from transfer.config import DEFAULT_BACKBONE, TrainConfig
-    from transfer.data import demo_dataset_path, load_dataset
-    from transfer.runs import RunDir
-    from transfer.train import train_run
+    from transfer.training.config import DEFAULT_BACKBONE, TrainConfig
+    from transfer.data.dataset import demo_dataset_path, load_dataset
+    from transfer.core.runs import RunDir
+    from transfer.training.run import train_run
 
     dataset = load_dataset(demo_dataset_path()).to_dict()
     config = TrainConfig.for_method(method, dataset=dataset, backbone=DEFAULT_BACKBONE, seed=0,

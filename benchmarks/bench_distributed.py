@@ -34,7 +34,7 @@ DEFAULT_DATA = Path("/work/shared/datasets/hymenoptera_data")
 
 def train(data: Path, home: Path, args, processes: int, epochs: int) -> dict:
     """One ``transfer train`` process; its JSON summary plus wall time and per-epoch figures."""
-    command = [sys.executable, "-m", "transfer.cli", "train", str(data), "--method", args.method,
+    command = [sys.executable, "-m", "transfer.cli.commands", "train", str(data), "--method", args.method,
                "--backbone", args.backbone, "--epochs", str(epochs), "--runs-dir", str(home / "runs"), "--json",
                "--device", args.device]
     if processes > 1:
@@ -75,7 +75,7 @@ def main() -> int:
     data = args.data
     if not data.is_dir():
         sys.path.insert(0, str(ROOT))
-        from transfer.data import demo_dataset_path
+        from transfer.data.dataset import demo_dataset_path
 
         data = demo_dataset_path()
         print(f"{args.data} not found; using the demo data set {data}", file=sys.stderr)

@@ -4,7 +4,7 @@ plain ``DataLoader`` loop (decode, crop and flip every picture in every epoch).
     python benchmarks/bench_finetune_throughput.py [--data DIR] [--epochs 2] [--peer-epochs 2]
                                                    [--backbone efficientnet_lite0]
 
-Ours: ``transfer.train`` with the ``finetune`` method and its defaults (batch 32, light
+Ours: ``transfer.training.run`` with the ``finetune`` method and its defaults (batch 32, light
 augmentation, AdamW, one-cycle), in this process. Peers: the PyTorch tutorial's fine-tuning
 (``tutorial_peer.py``, batch 4) and the same loop with our batch size, so the batch size is not
 what makes the difference. Epoch = training plus validation, as in the tutorial. Target (issue
@@ -29,10 +29,10 @@ DEFAULT_DATA = Path("/work/shared/datasets/hymenoptera_data")
 
 
 def ours(data: Path, backbone: str, epochs: int) -> dict:
-    from transfer.config import TrainConfig
-    from transfer.data import load_dataset
-    from transfer.runs import RunDir
-    from transfer.train import train_run
+    from transfer.training.config import TrainConfig
+    from transfer.data.dataset import load_dataset
+    from transfer.core.runs import RunDir
+    from transfer.training.run import train_run
 
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as home:
         os.environ["TRANSFER_HOME"] = home

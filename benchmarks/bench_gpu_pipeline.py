@@ -62,7 +62,7 @@ def time_steps(trainer, steps: int, warmup: int, batch_size: int) -> float:
 
 
 def time_augmentation(trainer, steps: int, batch_size: int) -> float:
-    from transfer.augment import augment_batch
+    from transfer.data.augment import augment_batch
 
     task = trainer.task
     n = task.train_bank.shape[0]
@@ -91,9 +91,9 @@ def main() -> int:
         print("no CUDA GPU visible", file=sys.stderr)
         return 2
 
-    from transfer.config import TrainConfig
-    from transfer.runs import RunDir
-    from transfer.train import Trainer
+    from transfer.training.config import TrainConfig
+    from transfer.core.runs import RunDir
+    from transfer.training.run import Trainer
 
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as scratch:
         scratch = Path(scratch)

@@ -6,7 +6,7 @@
 Writes ``--images`` distinct JPEG pictures (the hymenoptera pictures, each cropped, shifted
 in colour and resized differently, seeded by its number, so no two share a hash; random
 noise pictures when the source is missing) as a folder of two class folders, then runs a real worker process
-(``python -m transfer.worker RUN_DIR``) per method with empty caches and reads its peak
+(``python -m transfer.runtime.worker RUN_DIR``) per method with empty caches and reads its peak
 resident memory from the kernel (``wait4``'s ``ru_maxrss``). Target (issue 4): at most 2.5 GB.
 Prints a table, then one JSON line.
 """
@@ -71,7 +71,7 @@ def _original(path: Path) -> np.ndarray:
 
 def peak_rss_of_worker(run_dir: Path, env: dict) -> tuple[int, float, int]:
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "transfer.worker", str(run_dir)], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "transfer.runtime.worker", str(run_dir)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     return usage.ru_maxrss * 1024, time.perf_counter() - started, os.waitstatus_to_exitcode(status)
@@ -86,9 +86,9 @@ def main() -> int:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     args = parser.parse_args()
 
-    from transfer.config import TrainConfig
-    from transfer.data import load_dataset
-    from transfer.runs import RunDir
+    from transfer.training.config import TrainConfig
+    from transfer.data.dataset import load_dataset
+    from transfer.core.runs import RunDir
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as scratch:

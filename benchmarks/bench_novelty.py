@@ -35,9 +35,9 @@ DEMO_PHOTOS = ROOT / "transfer" / "demo_data"
 
 
 def train(dataset: Path, runs: Path, backbone: str, epochs: int):
-    from transfer.config import TrainConfig
-    from transfer.runs import RunDir
-    from transfer.train import train_run
+    from transfer.training.config import TrainConfig
+    from transfer.core.runs import RunDir
+    from transfer.training.run import train_run
 
     config = TrainConfig.for_method("features", dataset=str(dataset), backbone=backbone, epochs=epochs, device="cpu")
     run = RunDir.create(runs, config.to_dict())
@@ -51,8 +51,8 @@ def photos(folder: Path) -> list[Path]:
 
 def outcome(run, strangers: list[Path]) -> dict:
     """Novelty and top probability of the strangers and of the run's validation pictures."""
-    from transfer.novelty import validation_novelty
-    from transfer.predict import Predictor
+    from transfer.models.novelty import validation_novelty
+    from transfer.serving.predict import Predictor
 
     predictor = Predictor.from_run(run.path)
     answers = predictor.predict(strangers, 1, batch_size=16)
@@ -65,7 +65,7 @@ def outcome(run, strangers: list[Path]) -> dict:
 def rates(results: list[dict]) -> dict:
     """Per strictness: strangers called unknown, validation pictures wrongly called unknown, and
     the top-probability baseline at the same kept share of validation pictures."""
-    from transfer.novelty import STRICTNESS
+    from transfer.models.novelty import STRICTNESS
 
     table = {}
     for name, keep in STRICTNESS.items():

@@ -6,14 +6,14 @@
 Without ``--run`` a run folder is made in a temporary directory from the bundled
 EfficientNet-Lite0 with a fresh 3-class head (latency does not depend on the head's values) and a
 "None of these" reference built from ``--training-pictures`` generated feature vectors (capped
-at transfer.novelty.MAX_REFERENCE, as a real run's is; 0 for none), and a copy of that run
+at transfer.models.novelty.MAX_REFERENCE, as a real run's is; 0 for none), and a copy of that run
 without the reference (``fast, no novelty``: how predictions ran before "None of these").
 Without ``--image`` a photo from the hymenoptera data set is used when this machine has it,
 else a generated 640 x 480 JPEG. Both predictors are loaded once, as the web app does:
 
 * ``pytorch``: the run's PyTorch model, channels-last (the path every prediction took before
   the fast predictor; Grad-CAM still uses it);
-* ``fast``: the run's checked ONNX export in an onnxruntime session (transfer.export), what
+* ``fast``: the run's checked ONNX export in an onnxruntime session (transfer.serving.export), what
   plain predictions use now, novelty included (issue 19: at most 2 ms more than without).
 
 For each: one picture from a decoded PIL image (preprocessing + forward + top-k), one picture
@@ -44,9 +44,9 @@ def make_run(folder: Path, classes=("ants", "bees", "wasps")) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from transfer.backbones import get_backbone
-    from transfer.methods import create_model
-    from transfer.model_io import model_info
+    from transfer.models.backbones import get_backbone
+    from transfer.models.methods import create_model
+    from transfer.models.model_io import model_info
 
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", len(classes), "features")
@@ -65,7 +65,7 @@ def add_reference(folder: Path, training_pictures: int, dim: int, classes: int) 
     vectors (as after the backbone's last activation); returns the seconds building it took."""
     import numpy as np
 
-    from transfer.novelty import build_reference, save_reference
+    from transfer.models.novelty import build_reference, save_reference
 
     rng = np.random.default_rng(0)
     targets = rng.integers(0, classes, training_pictures)
@@ -160,8 +160,8 @@ def main() -> int:
 
     import torch
 
-    from transfer.images import open_image
-    from transfer.predict import Predictor
+    from transfer.data.images import open_image
+    from transfer.serving.predict import Predictor
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as scratch:

@@ -328,7 +328,7 @@ def main() -> int:
 
 def _stop_workers(home: Path) -> None:
     """Cancel whatever is still queued or running, so no worker outlives the benchmark."""
-    from transfer.jobs import JobManager
+    from transfer.runtime.jobs import JobManager
 
     os.environ["TRANSFER_HOME"] = str(home)
     for runs_dir in home.glob("sessions/*/runs"):

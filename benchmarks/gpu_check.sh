@@ -79,7 +79,7 @@ step pytest 200 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" --timeout 1
 step gpu_pipeline 70 "$PY" benchmarks/bench_gpu_pipeline.py --images 640 --batch-size 128 --steps 30
 
 ddp_2gpu() {  # a short 2-process fine-tuning run on CUDA, then a check of what it left
-  "$PY" -m transfer.cli train "$REPO/transfer/demo_data" --method finetune --device cuda --nproc-per-node 2 \
+  "$PY" -m transfer.cli.commands train "$REPO/transfer/demo_data" --method finetune --device cuda --nproc-per-node 2 \
     --epochs 2 --image-size 128 --batch-size 32 --runs-dir "$TRANSFER_HOME/ddp-runs" --json | tee "$OUT/ddp_2gpu.json"
   "$PY" - "$OUT/ddp_2gpu.json" <<'EOF'
 import json, sys
@@ -99,7 +99,7 @@ print("2-GPU DDP run:", "; ".join(problems) if problems else
 sys.exit(1 if problems else 0)
 EOF
 }
-GPU_COUNT=$("$PY" -c "from transfer.machine import gpu_count; print(gpu_count())" 2>/dev/null || echo 0)
+GPU_COUNT=$("$PY" -c "from transfer.core.machine import gpu_count; print(gpu_count())" 2>/dev/null || echo 0)
 if [ "${GPU_COUNT:-0}" -ge 2 ]; then
   export -f ddp_2gpu
   export PY REPO OUT

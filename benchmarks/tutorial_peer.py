@@ -9,7 +9,7 @@ fixed feature extractor (backbone frozen, only the new last layer trains, and th
 still runs on every picture in every epoch).
 
 The backbone is the same bundled one our engine uses, loaded through
-``transfer.backbones.load_backbone`` and normalised as its weights expect; its last layer is
+``transfer.models.backbones.load_backbone`` and normalised as its weights expect; its last layer is
 replaced by hand, as the tutorial does.
 """
 
@@ -62,7 +62,7 @@ def loaders(data_dir: Path, mean, std, batch_size: int = 4, workers: int | None 
 
 
 def build(backbone: str, num_classes: int, fixed_features: bool) -> nn.Module:
-    from transfer.backbones import load_backbone
+    from transfer.models.backbones import load_backbone
 
     model = load_backbone(backbone)
     if fixed_features:
@@ -78,7 +78,7 @@ def train_peer(data_dir: Path, backbone: str = "efficientnet_lite0", fixed_featu
                batch_size: int = 4, workers: int | None = None, max_train_batches: int | None = None,
                log=print) -> PeerResult:
     """The tutorial's ``train_model``, with timing."""
-    from transfer.backbones import get_backbone
+    from transfer.models.backbones import get_backbone
 
     prep = get_backbone(backbone).preprocessing
     data = loaders(data_dir, prep.mean, prep.std, batch_size, workers)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from transfer.catalogue import METHODS, UNAVAILABLE, get_backbone
-from transfer.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
-from transfer.errors import TransferError
-from transfer.estimate import (
+from transfer.models.catalogue import METHODS, UNAVAILABLE, get_backbone
+from transfer.training.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
+from transfer.core.errors import TransferError
+from transfer.runtime.estimate import (
     describe_seconds,
     estimate_training_seconds,
     recommend_method,
     request_measurement,
     stored_forward_seconds,
 )
-from transfer.runs import ACTIVE_STATES, FINISHED, RunDir
+from transfer.core.runs import ACTIVE_STATES, FINISHED, RunDir
 from ui import charts, jobs_view, reports, session, weights_view
 from ui.gpus_view import gpus_to_use
 from ui.sidebar import has_gpu
@@ -116,7 +116,7 @@ def start_lr_finder(method: str, backbone: str, image_size: int, batch_size: int
 
 def show_lr_finder(method: str, lr_key: str, left, right) -> None:
     """The finder's progress while it runs, then its curve and a button to use its suggestion."""
-    from transfer.lr_find import lr_find_result
+    from transfer.training.lr_find import lr_find_result
 
     job_path = st.session_state.get("lr_job")
     if job_path:

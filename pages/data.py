@@ -1,7 +1,7 @@
 """Data: bring pictures in (zip, folder, class by class, webcam, demo), see what is wrong, set the split.
 
 Everything a user uploads is written under this browser session's own workspace; the check
-itself is :func:`transfer.data.check_dataset`, cached per source, split and content.
+itself is :func:`transfer.data.dataset.check_dataset`, cached per source, split and content.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from functools import partial
 
 import streamlit as st
 
-from transfer import uploads
-from transfer.data import demo_dataset_path
-from transfer.errors import TransferError
-from transfer.images import IMAGE_EXTENSIONS
-from transfer.quota import DiskQuota
+from transfer.data import uploads
+from transfer.data.dataset import demo_dataset_path
+from transfer.core.errors import TransferError
+from transfer.data.images import IMAGE_EXTENSIONS
+from transfer.core.quota import DiskQuota
 from ui import audit_view, cleanup_view, data_view, session
 
 BUILDER_NAME = "Your classes"

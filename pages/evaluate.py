@@ -2,15 +2,15 @@
 
 Accuracy, the confusion matrix (counts or shares), precision, recall and F1 per class, the
 pictures the model got most wrong, and the training curves. All numbers come from the run's
-validation predictions (transfer.evaluate); no model is loaded here.
+validation predictions (transfer.analysis.evaluate); no model is loaded here.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from transfer.evaluate import PREDICTIONS_FILE, EvaluationNotReady, load_evaluation, prediction_thumbnail
-from transfer.novelty import NOT_AVAILABLE, novelty_info, validation_novelty
+from transfer.analysis.evaluate import PREDICTIONS_FILE, EvaluationNotReady, load_evaluation, prediction_thumbnail
+from transfer.models.novelty import NOT_AVAILABLE, novelty_info, validation_novelty
 from ui import audit_view, charts, cleanup_view, export_view, predict_view, session, share_view
 
 GALLERY_SIZE = 12

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from transfer.catalogue import METHODS
+from transfer.models.catalogue import METHODS
 from ui import cleanup_view, pages_mode
 
 pages_mode.run_through_app_py()  # this page has no workspace to ask for, so it asks itself

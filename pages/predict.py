@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from transfer.errors import TransferError
-from transfer.images import IMAGE_EXTENSIONS
+from transfer.core.errors import TransferError
+from transfer.data.images import IMAGE_EXTENSIONS
 from ui import export_view, predict_view, share_view
 
 MAX_PICTURE_MB = 50  # a large camera photo is 10 to 25 MB
@@ -23,7 +23,7 @@ st.caption("Drop pictures on the page and see which class the model picks, how s
 
 
 def cam_sentence(predictor) -> tuple[bool, str]:
-    from transfer.explain import cam_layer_info
+    from transfer.analysis.explain import cam_layer_info
 
     info = cam_layer_info(predictor.model)
     return info.found, info.description

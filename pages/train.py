@@ -13,13 +13,13 @@ import time
 
 import streamlit as st
 
-from transfer.catalogue import METHODS, get_backbone
-from transfer.config import TrainConfig
-from transfer.errors import TransferError
-from transfer.estimate import recommend_method
-from transfer.jobs import dispatch
-from transfer.live import RunEvents
-from transfer.runs import ACTIVE_STATES, FINISHED, QUEUED, find_run, list_runs
+from transfer.models.catalogue import METHODS, get_backbone
+from transfer.training.config import TrainConfig
+from transfer.core.errors import TransferError
+from transfer.runtime.estimate import recommend_method
+from transfer.runtime.jobs import dispatch
+from transfer.core.live import RunEvents
+from transfer.core.runs import ACTIVE_STATES, FINISHED, QUEUED, find_run, list_runs
 from ui import charts, cleanup_view, reports, session
 from ui.gpus_view import gpus_to_use
 from ui.sidebar import has_gpu

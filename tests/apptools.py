@@ -26,7 +26,7 @@ def session_with_dataset(source, draft: dict | None = None) -> tuple[str, "Path"
     set, and optionally saved ``draft`` settings on the Configure page."""
     import json
 
-    from transfer.access import issue_session_token, session_dir
+    from transfer.runtime.access import issue_session_token, session_dir
 
     token = issue_session_token()
     workspace = session_dir(token)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from transfer import access
-from transfer.access import AccessError, PasswordCheck, check_listen_address, is_issued_token, issue_session_token
-from transfer.jobs import queue_dir
+from transfer.runtime import access
+from transfer.runtime.access import AccessError, PasswordCheck, check_listen_address, is_issued_token, issue_session_token
+from transfer.runtime.jobs import queue_dir
 from ui import launch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pictures import make_picture
-from transfer import audit, cli
-from transfer.data import load_dataset
+from transfer.analysis import audit
+from transfer.cli import commands as cli
+from transfer.data.dataset import load_dataset
 
 CLASSES = ["red", "green", "blue"]
 PER_CLASS = {"train": 16, "val": 6}

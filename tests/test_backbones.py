@@ -10,8 +10,8 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from transfer import backbones
-from transfer.backbones import (
+from transfer.models import backbones
+from transfer.models.backbones import (
     BUNDLED,
     UNAVAILABLE,
     BackboneError,
@@ -22,7 +22,7 @@ from transfer.backbones import (
     load_backbone,
     load_weights_file,
 )
-from transfer.cli import main
+from transfer.cli.commands import main
 
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera_data"
 
@@ -164,8 +164,8 @@ def test_bundled_weights_know_ants_and_bees(name):
 
 def test_the_torchvision_snapshot_matches_the_installed_torchvision():
     """transfer/torchvision_catalogue.json is what pages read without torch: it must say what
-    torchvision itself says (refresh: python -m transfer.backbones --write-torchvision-table)."""
-    from transfer import catalogue
+    torchvision itself says (refresh: python -m transfer.models.backbones --write-torchvision-table)."""
+    from transfer.models import catalogue
 
     live = backbones.live_torchvision_table()
     stored = json.loads(catalogue.TORCHVISION_TABLE.read_text())
@@ -177,7 +177,7 @@ def test_timm_entries_are_described_by_a_child_when_timm_is_not_loaded(monkeypat
     """The server asks a child process (kept on disk afterwards); the engine asks timm directly."""
     import sys
 
-    from transfer import catalogue
+    from transfer.models import catalogue
 
     direct = catalogue._timm_entry_here("timm/convnext_atto")
     monkeypatch.delitem(sys.modules, "timm")

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from transfer import bank as bank_module
-from transfer import gc, paths
-from transfer.augment import augment_batch, eval_batch, get_preset, stack_squares
-from transfer.backbones import Preprocessing
-from transfer.bank import BankError, PictureBank, bank_path, open_or_build
-from transfer.cache import DecodedImageCache
-from transfer.data import Sample, load_dataset
+from transfer.data import bank as bank_module
+from transfer.runtime import gc
+from transfer.core import paths
+from transfer.data.augment import augment_batch, eval_batch, get_preset, stack_squares
+from transfer.models.backbones import Preprocessing
+from transfer.data.bank import BankError, PictureBank, bank_path, open_or_build
+from transfer.data.cache import DecodedImageCache
+from transfer.data.dataset import Sample, load_dataset
 
 SIDE = 32
 PREP = Preprocessing(input_size=28, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation="bilinear",
@@ -156,7 +157,7 @@ def test_an_empty_bank_reads_as_empty(tmp_path):
 
 
 def test_device_batches_on_the_cpu_read_the_file_and_match_memory(samples, in_memory):
-    from transfer.bank import DeviceBatches
+    from transfer.data.bank import DeviceBatches
 
     bank, _ = open_or_build(samples, SIDE)
     for resident in (False, True):  # a copy in (device) memory, as a GPU keeps one that fits
@@ -168,7 +169,7 @@ def test_device_batches_on_the_cpu_read_the_file_and_match_memory(samples, in_me
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_device_batches_on_a_gpu_resident_or_pinned_give_the_same_pictures(samples, in_memory):
-    from transfer.bank import DeviceBatches
+    from transfer.data.bank import DeviceBatches
 
     bank, _ = open_or_build(samples, SIDE)
     assert DeviceBatches(bank, "cuda").resident is not None  # a few kilobytes always fit
@@ -182,7 +183,7 @@ def test_device_batches_on_a_gpu_resident_or_pinned_give_the_same_pictures(sampl
 
 def test_device_batches_read_like_the_tensor_they_replace(samples, in_memory):
     """What the training loop and the distributed ranks do with a bank: shape, index, slice."""
-    from transfer.bank import DeviceBatches
+    from transfer.data.bank import DeviceBatches
 
     bank, _ = open_or_build(samples, SIDE)
     for source in (DeviceBatches(bank, "cpu"), DeviceBatches(in_memory, "cpu")):
@@ -202,7 +203,7 @@ def test_processes_wanting_the_same_bank_build_it_once(samples, tmp_path, transf
     import sys
 
     script = (
-        "import sys; from transfer.bank import open_or_build; from transfer.data import load_dataset\n"
+        "import sys; from transfer.data.bank import open_or_build; from transfer.data.dataset import load_dataset\n"
         f"d = load_dataset({str(samples[0].path.parents[1])!r}); s = d.train + d.val\n"
         f"bank, stats = open_or_build(s, {SIDE}); print(stats.reused)\n"
     )
@@ -215,9 +216,9 @@ def test_processes_wanting_the_same_bank_build_it_once(samples, tmp_path, transf
 
 
 def test_fine_tuning_reads_its_pictures_from_a_bank_built_once(tiny_dataset, tmp_path):
-    from transfer.config import TrainConfig
-    from transfer.runs import FINISHED, RunDir
-    from transfer.train import train_run
+    from transfer.training.config import TrainConfig
+    from transfer.core.runs import FINISHED, RunDir
+    from transfer.training.run import train_run
 
     config = TrainConfig.for_method("finetune", dataset=str(tiny_dataset), image_size=32, device="cpu", epochs=1,
                                     batch_size=8, probe_init=False)

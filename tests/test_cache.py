@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer import paths
-from transfer.cache import DecodedImageCache
-from transfer.data import Sample, load_dataset
-from transfer.images import ImageError
+from transfer.core import paths
+from transfer.data.cache import DecodedImageCache
+from transfer.data.dataset import Sample, load_dataset
+from transfer.data.images import ImageError
 
 
 @pytest.fixture
@@ -131,8 +131,8 @@ def test_second_process_decodes_nothing(tmp_path, transfer_home, write_class_fol
     root = write_class_folders(tmp_path / "d", {"a": 4, "b": 4})
     script = (
         "import json\n"
-        "from transfer.data import load_dataset\n"
-        "from transfer.cache import DecodedImageCache\n"
+        "from transfer.data.dataset import load_dataset\n"
+        "from transfer.data.cache import DecodedImageCache\n"
         f"dataset = load_dataset({str(root)!r})\n"
         "cache = DecodedImageCache()\n"
         "cache.decode_all(dataset.samples, 20)\n"

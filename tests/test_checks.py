@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from transfer import checks
-from transfer.data import Report, check_dataset
+from transfer.data import checks
+from transfer.data.dataset import Report, check_dataset
 
 
 def test_small_sources_are_checked_inline_large_ones_are_not(tiny_dataset, monkeypatch):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transfer.augment import augment_batch, eval_batch, get_preset, random_params
-from transfer.backbones import Preprocessing, load_backbone
-from transfer.config import TrainConfig
-from transfer.data import load_dataset
-from transfer.devices import resolve_device
-from transfer.features import FeatureCache, extract_features
-from transfer.heads import replace_head
-from transfer.runs import FINISHED, RunDir
-from transfer.train import ImageTask, Trainer, train_run
+from transfer.data.augment import augment_batch, eval_batch, get_preset, random_params
+from transfer.models.backbones import Preprocessing, load_backbone
+from transfer.training.config import TrainConfig
+from transfer.data.dataset import load_dataset
+from transfer.core.devices import resolve_device
+from transfer.models.features import FeatureCache, extract_features
+from transfer.models.heads import replace_head
+from transfer.core.runs import FINISHED, RunDir
+from transfer.training.run import ImageTask, Trainer, train_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

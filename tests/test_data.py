@@ -1,4 +1,4 @@
-"""transfer.data: layouts, the report, the split, hostile zips and folders, uploads, `transfer check`."""
+"""transfer.data.dataset: layouts, the report, the split, hostile zips and folders, uploads, `transfer check`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer import cli, paths
-from transfer.data import (
+from transfer.cli import commands as cli
+from transfer.core import paths
+from transfer.data.dataset import (
     CORRUPT_ENTRY,
     HIDDEN,
     LINK,
@@ -30,7 +31,7 @@ from transfer.data import (
     save_uploads,
     stratified_val_hashes,
 )
-from transfer.images import EMPTY, NOT_AN_IMAGE, TOO_MANY_PIXELS, TRUNCATED
+from transfer.data.images import EMPTY, NOT_AN_IMAGE, TOO_MANY_PIXELS, TRUNCATED
 
 
 def make_picture(class_index: int, picture_index: int, size=(48, 40)) -> Image.Image:

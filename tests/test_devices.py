@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import transfer.devices as devices
-from transfer.augment import augment_batch, eval_batch, get_preset
-from transfer.backbones import Preprocessing, load_backbone
-from transfer.config import TrainConfig
-from transfer.heads import head_module, replace_head
+import transfer.core.devices as devices
+from transfer.data.augment import augment_batch, eval_batch, get_preset
+from transfer.models.backbones import Preprocessing, load_backbone
+from transfer.training.config import TrainConfig
+from transfer.models.heads import head_module, replace_head
 from transfer.training.tasks import ImageTask
 
 PREP = Preprocessing(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 0.875)  # squares of 37
@@ -125,7 +125,7 @@ def test_a_bfloat16_training_step_on_the_cpu_is_finite_and_close_to_float32():
 
 
 def test_transfer_train_takes_a_precision():
-    from transfer import cli
+    from transfer.cli import commands as cli
 
     args = cli.build_parser().parse_args(["train", "data", "--precision", "fp32"])
     settings = {name: getattr(args, name) for name in cli._TRAIN_SETTINGS}

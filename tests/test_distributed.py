@@ -1,6 +1,6 @@
 """Distributed training on two CPU ranks (gloo), started by torchrun as the launching worker does.
 
-The ranks are real processes running ``python -m transfer.distributed RUN_DIR`` on tiny
+The ranks are real processes running ``python -m transfer.training.distributed RUN_DIR`` on tiny
 generated pictures at 32 px, one thread each; the comparisons are with the same run trained
 in this process.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from transfer.config import TrainConfig
-from transfer.distributed import (OUTCOME_FILE, SeededShardSampler, contiguous_chunk, is_main, main, rank,
+from transfer.training.config import TrainConfig
+from transfer.training.distributed import (OUTCOME_FILE, SeededShardSampler, contiguous_chunk, is_main, main, rank,
                                   share_the_cores, world_size)
-from transfer.runs import FINISHED, RunDir
-from transfer.train import PREDICTIONS_FILE, train_run
+from transfer.core.runs import FINISHED, RunDir
+from transfer.training.run import PREDICTIONS_FILE, train_run
 
 from test_train import wait_for
 
@@ -35,12 +35,12 @@ def make_run(runs_dir: Path, data: Path, method: str, **overrides) -> RunDir:
 
 
 def start_ranks(run: RunDir, home: Path) -> subprocess.Popen:
-    """``torchrun --standalone --nproc-per-node 2 -m transfer.distributed RUN_DIR`` with its own
+    """``torchrun --standalone --nproc-per-node 2 -m transfer.training.distributed RUN_DIR`` with its own
     TRANSFER_HOME, so nothing it computes is shared with the in-process comparison."""
     env = {**os.environ, "TRANSFER_HOME": str(home), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "transfer.distributed", str(run.path)]
+               "-m", "transfer.training.distributed", str(run.path)]
     log = open(run.path.parent / f"{run.id}.torchrun.log", "ab")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY)
 

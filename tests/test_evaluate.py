@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer.evaluate import (
+from transfer.analysis.evaluate import (
     Evaluation,
     EvaluationNotReady,
     ValPrediction,
@@ -138,7 +138,7 @@ def test_pictures_are_found_under_the_data_set_root_or_in_the_decode_cache(tmp_p
     gone = ValPrediction("val/cat/missing.png", "cd" * 32, 0, 0, (1.0,))
     assert picture_location({"dataset": str(root)}, gone) is None
     assert prediction_thumbnail({"dataset": str(root)}, gone) is None
-    from transfer.paths import cache_dir
+    from transfer.core.paths import cache_dir
 
     cached = cache_dir("decoded") / "64" / "cd" / f"{'cd' * 32}.npy"
     cached.parent.mkdir(parents=True)

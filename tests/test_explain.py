@@ -10,8 +10,8 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from transfer.explain import ExplainError, cam_layer_info, find_cam_layer, gradcam, heat_colours, overlay
-from transfer.methods import create_model
+from transfer.analysis.explain import ExplainError, cam_layer_info, find_cam_layer, gradcam, heat_colours, overlay
+from transfer.models.methods import create_model
 
 
 def on_meta(build):

@@ -22,11 +22,11 @@ from PIL import Image
 from apptools import open_app
 from pictures import make_picture
 from test_page_evaluate import TrainedSession, in_trained_home, trained  # noqa: F401 (fixtures)
-from transfer import bundle_predict
-from transfer.backbones import Preprocessing
-from transfer.cli import main
-from transfer.export import MAX_ABS_DIFF, ExportError, export_run
-from transfer.predict import Predictor, eval_transform, load_fast_predictor, load_run_model
+from transfer.data import preparation as bundle_predict
+from transfer.models.backbones import Preprocessing
+from transfer.cli.commands import main
+from transfer.serving.export import MAX_ABS_DIFF, ExportError, export_run
+from transfer.serving.predict import Predictor, eval_transform, load_fast_predictor, load_run_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,7 +162,7 @@ def test_predict_py_prepares_pictures_exactly_as_the_studio(interpolation, tmp_p
     prep = Preprocessing(48, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), interpolation, 0.8)
     described = {"input_size": prep.input_size, "resize_size": prep.resize_size, "mean": list(prep.mean),
                  "std": list(prep.std), "interpolation": interpolation}
-    from transfer.images import open_image
+    from transfer.data.images import open_image
 
     for path in pictures(tmp_path):
         studio = eval_transform(open_image(path, min_short_side=prep.resize_size), prep).numpy()
@@ -174,7 +174,7 @@ def test_predict_py_prepares_pictures_exactly_as_the_studio(interpolation, tmp_p
 
 
 def test_a_difference_above_the_limit_is_refused_with_a_sentence(in_trained_home, tmp_path, monkeypatch, capsys):
-    import transfer.export as export
+    import transfer.serving.export as export
 
     run = tmp_path / "copy"
     _copy_run(in_trained_home.run.path, run)
@@ -253,10 +253,10 @@ def test_fast_predictor_matches_pytorch_and_is_not_disturbed_by_concurrent_grad_
 
 
 def test_interpolation_is_part_of_every_cache_key_and_timm_records_bicubic(tmp_path):
-    from transfer.backbones import get_backbone
-    from transfer.cache import DecodedImageCache
-    from transfer.data import Sample
-    from transfer.features import feature_key
+    from transfer.models.backbones import get_backbone
+    from transfer.data.cache import DecodedImageCache
+    from transfer.data.dataset import Sample
+    from transfer.models.features import feature_key
 
     assert get_backbone("efficientnet_lite0").preprocessing.interpolation == "bilinear"
     timm_entry = get_backbone("timm/resnet18")
@@ -320,7 +320,7 @@ def test_predict_page_offers_the_downloads_and_says_why_one_is_refused(in_traine
 
 
 def test_zip_predictions_run_on_the_fast_path_with_bounded_threads(in_trained_home, monkeypatch):
-    from transfer.predict import TorchEngine, predict_paths
+    from transfer.serving.predict import TorchEngine, predict_paths
 
     def no_pytorch(self, batch):
         raise AssertionError("a plain prediction reached the PyTorch model")
@@ -339,7 +339,7 @@ def test_zip_predictions_run_on_the_fast_path_with_bounded_threads(in_trained_ho
 
 
 def test_attention_layers_export_to_onnx_like_vision_transformers_need():
-    from transfer.export import max_abs_diff, onnx_bytes, probability_model
+    from transfer.serving.export import max_abs_diff, onnx_bytes, probability_model
 
     class TinyTransformer(torch.nn.Module):
         def __init__(self):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import transfer.features as features_module
-from transfer.augment import (
+import transfer.models.features as features_module
+from transfer.data.augment import (
     PRESETS,
     augment_batch,
     centre_square,
@@ -20,15 +20,15 @@ from transfer.augment import (
     stack_squares,
     view_params,
 )
-from transfer.backbones import Preprocessing, get_backbone, load_backbone
-from transfer.cache import DecodedImageCache
-from transfer.config import TrainConfig
-from transfer.data import load_dataset
-from transfer.devices import resolve_device
-from transfer.features import FeatureCache, extract_features, feature_key
-from transfer.heads import replace_head
-from transfer.runs import RunDir
-from transfer.train import train_run
+from transfer.models.backbones import Preprocessing, get_backbone, load_backbone
+from transfer.data.cache import DecodedImageCache
+from transfer.training.config import TrainConfig
+from transfer.data.dataset import load_dataset
+from transfer.core.devices import resolve_device
+from transfer.models.features import FeatureCache, extract_features, feature_key
+from transfer.models.heads import replace_head
+from transfer.core.runs import RunDir
+from transfer.training.run import train_run
 
 PREP = Preprocessing(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear", 0.875)  # resize side 37
 

@@ -1,4 +1,4 @@
-"""transfer.fusion: a frozen backbone with BatchNorm folded into its convolutions computes the
+"""transfer.models.fusion: a frozen backbone with BatchNorm folded into its convolutions computes the
 same features, faster, and the model itself is never changed."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from transfer.backbones import load_backbone
-from transfer.fusion import conv_norm_pairs, folded_copy
-from transfer.heads import replace_head
+from transfer.models.backbones import load_backbone
+from transfer.models.fusion import conv_norm_pairs, folded_copy
+from transfer.models.heads import replace_head
 
 
 def with_random_statistics(model: nn.Module) -> nn.Module:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from transfer import gc, uploads
-from transfer.cli import main as cli_main
-from transfer.jobs import try_lock
-from transfer.runs import CANCELLED, FINISHED, RUNNING, RunDir
+from transfer.runtime import gc
+from transfer.data import uploads
+from transfer.cli.commands import main as cli_main
+from transfer.runtime.jobs import try_lock
+from transfer.core.runs import CANCELLED, FINISHED, RUNNING, RunDir
 
 DAY = 86400.0
 
@@ -205,7 +206,7 @@ def test_the_web_app_collects_at_most_once_per_interval(transfer_home, monkeypat
 
 
 def test_gc_gives_caches_a_day_of_grace_while_a_run_trains(transfer_home):
-    from transfer.jobs import slot_path
+    from transfer.runtime.jobs import slot_path
 
     entry = make_cache_entry(transfer_home, "features", "read-all-day", 4000, idle_days=0.2)
     slot = try_lock(slot_path(0))  # a run trains on this machine (its worker holds a slot)
@@ -217,7 +218,7 @@ def test_gc_gives_caches_a_day_of_grace_while_a_run_trains(transfer_home):
 
 
 def test_a_run_being_deleted_is_never_listed(tmp_path):
-    from transfer.runs import list_runs
+    from transfer.core.runs import list_runs
 
     run = make_run(tmp_path / "runs")
     run.path.rename(run.path.with_name(".deleting-" + run.id))

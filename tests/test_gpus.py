@@ -1,4 +1,4 @@
-"""transfer.gpus: how many GPUs, answered without loading torch into the asking process."""
+"""transfer.core.gpus: how many GPUs, answered without loading torch into the asking process."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from transfer import gpus
+from transfer.core import gpus
 
 
 def test_a_fresh_process_counts_gpus_without_importing_torch():

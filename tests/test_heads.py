@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from transfer.heads import HeadError, find_classifier, head_module, replace_head
+from transfer.models.heads import HeadError, find_classifier, head_module, replace_head
 
 K = 3
 

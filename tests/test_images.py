@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer.errors import TransferError
-from transfer.images import (
+from transfer.core.errors import TransferError
+from transfer.data.images import (
     EMPTY,
     NOT_AN_IMAGE,
     TOO_MANY_PIXELS,
@@ -240,7 +240,7 @@ def test_a_large_jpeg_decodes_at_a_reduced_scale_with_nearly_the_same_pixels():
 
 @pytest.mark.parametrize("mode, orientation", [("RGB", 1), ("RGB", 6), ("L", 8), ("CMYK", 1)])
 def test_studio_and_exported_predict_py_decode_large_jpegs_alike(mode, orientation, tmp_path):
-    from transfer import bundle_predict
+    from transfer.data import preparation as bundle_predict
 
     exif = Image.Exif()
     exif[0x0112] = orientation

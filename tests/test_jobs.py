@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from transfer import cli
-from transfer.jobs import (
+from transfer.cli import commands as cli
+from transfer.runtime.jobs import (
     BadMaxParallel,
     JobManager,
     SessionQueueFull,
@@ -23,7 +23,7 @@ from transfer.jobs import (
     queue_dir,
     try_lock,
 )
-from transfer.runs import RunDir, RunStateError, list_runs
+from transfer.core.runs import RunDir, RunStateError, list_runs
 
 WAIT = 30.0  # generous: other test suites may share the two cores
 
@@ -60,7 +60,7 @@ def worker_processes(root) -> list[int]:
                 cmdline = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"transfer.worker" in cmdline and str(root).encode() in cmdline and pid_is_worker(int(proc.name)):
+            if b"transfer.runtime.worker" in cmdline and str(root).encode() in cmdline and pid_is_worker(int(proc.name)):
                 found.append(int(proc.name))
     return found
 

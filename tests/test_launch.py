@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from test_jobs import wait_until as wait_until_within
-from transfer import cli, launch, machine
-from transfer.config import ConfigError, TrainConfig
-from transfer.jobs import JobManager, free_slot_count, slots_needed, try_take_slots
-from transfer.runs import RunDir, list_runs
+from transfer.cli import commands as cli
+from transfer.runtime import launch
+from transfer.core import machine
+from transfer.training.config import ConfigError, TrainConfig
+from transfer.runtime.jobs import JobManager, free_slot_count, slots_needed, try_take_slots
+from transfer.core.runs import RunDir, list_runs
 
 WAIT = 90.0  # torchrun imports torch: seconds on two busy cores
 
@@ -128,12 +130,12 @@ def test_torchrun_command_for_one_machine_and_for_node_1_of_two(tmp_path, monkey
     command = launch.torchrun_command(tmp_path / "run", one)
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert command[3:] == ["--nproc-per-node", "4", "--standalone", "--max-restarts", "0",
-                           "-m", "transfer.distributed", str(tmp_path / "run")]
+                           "-m", "transfer.training.distributed", str(tmp_path / "run")]
     two = TrainConfig.for_method("finetune", dataset="d", device="cpu", nproc_per_node=2, nnodes=2, node_rank=1,
                                  master_addr="10.0.0.5", master_port=29500)
     assert launch.torchrun_command(tmp_path / "run", two.to_dict())[3:] == [
         "--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.5",
-        "--master-port", "29500", "--max-restarts", "0", "-m", "transfer.distributed", str(tmp_path / "run")]
+        "--master-port", "29500", "--max-restarts", "0", "-m", "transfer.training.distributed", str(tmp_path / "run")]
     assert launch.rank_environment(two.to_dict(), worker_threads=8)["OMP_NUM_THREADS"] == "4"
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from transfer.live import RunEvents
-from transfer.runs import RunDir
+from transfer.core.live import RunEvents
+from transfer.core.runs import RunDir
 
 
 def test_only_new_events_are_read_and_the_view_is_kept_up_to_date(tmp_path, monkeypatch):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from transfer.config import TrainConfig
-from transfer.lr_find import LRFindError, find_learning_rate, lr_range_test, suggest_lr
+from transfer.training.config import TrainConfig
+from transfer.training.lr_find import LRFindError, find_learning_rate, lr_range_test, suggest_lr
 
 
 def test_the_suggestion_is_where_the_loss_falls_fastest():
@@ -43,7 +43,7 @@ def test_find_learning_rate_on_a_real_model(method, tiny_dataset):
 def test_transfer_lr_find_prints_a_suggestion(tiny_dataset, capsys):
     import json
 
-    from transfer.cli import main
+    from transfer.cli.commands import main
 
     code = main(["lr-find", str(tiny_dataset), "--image-size", "32", "--steps", "20", "--device", "cpu", "--json"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

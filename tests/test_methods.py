@@ -8,8 +8,8 @@ import torch
 import torchvision
 from torch import nn
 
-from transfer.heads import head_module, replace_head
-from transfer.methods import METHODS, MethodError, backbone_blocks, get_method, prepare_model
+from transfer.models.heads import head_module, replace_head
+from transfer.models.methods import METHODS, MethodError, backbone_blocks, get_method, prepare_model
 
 
 def small_model(name: str = "resnet18", classes: int = 3) -> nn.Module:

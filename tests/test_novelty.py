@@ -1,4 +1,4 @@
-""""None of these" (transfer.novelty): the reference and its thresholds, a tiny real run where
+""""None of these" (transfer.models.novelty): the reference and its thresholds, a tiny real run where
 pictures of an unseen kind come back unknown and training-like ones do not, every method
 storing a reference, exports answering ``novelty``, `transfer predict` and its
 ``--unknown-threshold``, runs trained before, and demos keeping the reference and a strictness."""
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer.cli import main
-from transfer.novelty import (MAX_REFERENCE, REFERENCE_FILE, STRICTNESS, build_reference, choose_reference,
+from transfer.cli.commands import main
+from transfer.models.novelty import (MAX_REFERENCE, REFERENCE_FILE, STRICTNESS, build_reference, choose_reference,
                               describe_answer, load_reference, neighbour_count, novelty_info, unknown_threshold,
                               validation_novelty)
 
@@ -59,9 +59,9 @@ def write_kinds(root: Path, count: int) -> Path:
 
 
 def train(dataset: Path, runs: Path, method: str, image_size: int):
-    from transfer.config import TrainConfig
-    from transfer.runs import RunDir
-    from transfer.train import train_run
+    from transfer.training.config import TrainConfig
+    from transfer.core.runs import RunDir
+    from transfer.training.run import train_run
 
     config = TrainConfig.for_method(method, dataset=str(dataset), image_size=image_size, device="cpu", epochs=1,
                                     batch_size=8, augmentation="none", precision="fp32")
@@ -141,7 +141,7 @@ def test_unknown_threshold_settings():
 
 
 def test_unseen_kinds_come_back_unknown_and_training_like_pictures_do_not(kinds_run):
-    from transfer.predict import Predictor
+    from transfer.serving.predict import Predictor
 
     info = novelty_info(kinds_run.path)
     assert info and (kinds_run.path / REFERENCE_FILE).is_file()
@@ -159,7 +159,7 @@ def test_unseen_kinds_come_back_unknown_and_training_like_pictures_do_not(kinds_
 
 
 def test_the_trainer_scores_its_validation_pictures_as_prediction_does(kinds_run):
-    from transfer.predict import Predictor
+    from transfer.serving.predict import Predictor
 
     saved = json.loads((kinds_run.path / "val_predictions.json").read_text())["predictions"]
     recorded = validation_novelty(kinds_run.path)
@@ -171,7 +171,7 @@ def test_the_trainer_scores_its_validation_pictures_as_prediction_does(kinds_run
 
 @pytest.mark.parametrize("method", ["finetune", "scratch"])
 def test_every_method_keeps_a_reference(method, tmp_path):
-    from transfer.predict import Predictor
+    from transfer.serving.predict import Predictor
 
     run = train(write_kinds(tmp_path / "data", 8), tmp_path / "runs", method, 32)
     info = novelty_info(run.path)
@@ -192,8 +192,8 @@ def test_exports_answer_novelty_beside_the_probabilities(kinds_run, tmp_path):
 
     import torch
 
-    from transfer.export import export_run, onnx_session
-    from transfer.predict import Predictor, eval_transform
+    from transfer.serving.export import export_run, onnx_session
+    from transfer.serving.predict import Predictor, eval_transform
 
     session = onnx_session(export_run(kinds_run.path, "onnx").path)
     assert [o.name for o in session.get_outputs()] == ["probabilities", "novelty"]
@@ -246,8 +246,8 @@ def test_a_run_trained_before_keeps_working_and_says_so_once(kinds_run, tmp_path
 
 
 def test_a_demo_keeps_the_reference_and_its_strictness(kinds_run):
-    from transfer.predict import Predictor
-    from transfer.share import DemoStore, ShareError
+    from transfer.serving.predict import Predictor
+    from transfer.serving.share import DemoStore, ShareError
 
     store = DemoStore()
     token, _ = store.create(kinds_run.path, strictness="strict")

@@ -9,7 +9,7 @@ import secrets
 import pytest
 from apptools import open_app
 
-from transfer.access import is_issued_token, issue_session_token
+from transfer.runtime.access import is_issued_token, issue_session_token
 from ui import failures, pages_mode, sidebar
 
 ELEMENT_KINDS = ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success",

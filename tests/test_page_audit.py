@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from apptools import open_app, session_with_dataset
 
-from transfer import audit
-from transfer.runs import atomic_write_json
+from transfer.analysis import audit
+from transfer.core.runs import atomic_write_json
 
 PAGE = "pages/data.py"
 
@@ -90,7 +90,7 @@ def test_move_remove_keep_and_undo_change_only_the_working_copy(tiny_dataset):
 
 
 def test_the_demo_data_set_is_never_changed(transfer_home):
-    from transfer.data import demo_dataset_path
+    from transfer.data.dataset import demo_dataset_path
 
     demo = demo_dataset_path()
     first_class = sorted(p for p in demo.iterdir() if p.is_dir())[0]

@@ -11,10 +11,10 @@ import zipfile
 
 from apptools import open_app
 
-from transfer.access import issue_session_token, session_dir
-from transfer.jobs import try_lock
-from transfer.quota import SESSION_QUOTA_ENV
-from transfer.runs import FINISHED, RUNNING, RunDir, list_runs
+from transfer.runtime.access import issue_session_token, session_dir
+from transfer.runtime.jobs import try_lock
+from transfer.core.quota import SESSION_QUOTA_ENV
+from transfer.core.runs import FINISHED, RUNNING, RunDir, list_runs
 
 
 def new_session() -> tuple[str, "os.PathLike"]:
@@ -132,7 +132,7 @@ def test_a_large_data_set_is_checked_in_the_worker_pool_with_progress(tiny_datas
     assert not app.exception, app.exception
     shown = [p.proto.text for p in app.get("progress")]
     assert any("checker" in text or "Checking the pictures" in text for text in shown), shown
-    from transfer import checks
+    from transfer.data import checks
 
     pool = checks.shared_pool()
     [job] = [job for key, job in pool._jobs.items() if key[0] == str(tiny_dataset)]
@@ -163,7 +163,7 @@ def test_delete_a_run_from_the_evaluate_page():
 def test_a_full_disk_gets_a_sentence_on_the_data_page_and_keeps_the_earlier_upload(png, monkeypatch):
     import errno
 
-    from transfer import data as data_module
+    from transfer.data import dataset as data_module
 
     token, workspace = new_session()
     app = open_app("pages/data.py", token=token)

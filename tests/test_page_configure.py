@@ -9,7 +9,7 @@ import pytest
 
 from apptools import open_app, session_with_dataset
 
-from transfer.methods import METHODS
+from transfer.models.methods import METHODS
 
 
 def rerun_until(app, done, what: str, timeout: float = 180):
@@ -85,14 +85,14 @@ def test_augmentation_preview_and_learning_rate_finder(session_with_data):
 
 def test_the_estimate_and_the_finder_run_in_workers_not_in_the_web_server(session_with_data, monkeypatch):
     """The page process cannot measure or train here; the page still gets both results."""
-    import transfer.estimate
-    import transfer.lr_find
+    import transfer.runtime.estimate
+    import transfer.training.lr_find
 
     def not_here(*args, **kwargs):
         raise AssertionError("heavy work ran inside the web server")
 
-    monkeypatch.setattr(transfer.estimate, "measure_forward_seconds", not_here)
-    monkeypatch.setattr(transfer.lr_find, "find_learning_rate", not_here)
+    monkeypatch.setattr(transfer.runtime.estimate, "measure_forward_seconds", not_here)
+    monkeypatch.setattr(transfer.training.lr_find, "find_learning_rate", not_here)
     token, _ = session_with_data
     app = open_app("pages/configure.py", token=token)
     assert not app.exception, app.exception

@@ -14,8 +14,8 @@ import torchvision
 from safetensors.torch import save, save_file
 
 from apptools import open_app, session_with_dataset
-from transfer.methods import create_model
-from transfer.runs import FINISHED, RunDir, list_runs
+from transfer.models.methods import create_model
+from transfer.core.runs import FINISHED, RunDir, list_runs
 
 PAGE = "pages/configure.py"
 

@@ -10,8 +10,8 @@ import zipfile
 import pytest
 from apptools import open_app
 
-from transfer.access import issue_session_token
-from transfer.data import demo_dataset_path
+from transfer.runtime.access import issue_session_token
+from transfer.data.dataset import demo_dataset_path
 
 TOKEN_A = TOKEN_B = ""  # two sessions' tokens, issued per test by the test's own home
 PAGE = "pages/data.py"

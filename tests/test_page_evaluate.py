@@ -16,10 +16,10 @@ import pytest
 
 from apptools import open_app
 from pictures import write_class_folders as _write_class_folders
-from transfer.access import issue_session_token
-from transfer.config import TrainConfig
-from transfer.jobs import JobManager
-from transfer.runs import RunDir
+from transfer.runtime.access import issue_session_token
+from transfer.training.config import TrainConfig
+from transfer.runtime.jobs import JobManager
+from transfer.core.runs import RunDir
 
 CLASSES = {"red": 10, "green": 10, "blue": 10}
 

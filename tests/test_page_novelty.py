@@ -18,10 +18,10 @@ from test_page_evaluate import all_text, trained  # noqa: F401 (the shared tiny 
 from test_page_predict import encoded
 from test_page_share import create_demo, new_session_token, open_demo
 from test_share import exported  # noqa: F401 (the tiny run with its exports made once)
-from transfer.novelty import NOT_AVAILABLE, REFERENCE_FILE, validation_novelty
-from transfer.predict import Predictor
-from transfer.runs import RunDir
-from transfer.share import DemoStore
+from transfer.models.novelty import NOT_AVAILABLE, REFERENCE_FILE, validation_novelty
+from transfer.serving.predict import Predictor
+from transfer.core.runs import RunDir
+from transfer.serving.share import DemoStore
 
 
 def stranger(fmt: str = "PNG") -> bytes:

@@ -16,7 +16,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from apptools import open_app
 from pictures import make_picture as _make_picture
 from test_page_evaluate import TrainedSession, all_text, chart_specs, in_trained_home, trained  # noqa: F401 (fixtures)
-from transfer.predict import Predictor
+from transfer.serving.predict import Predictor
 
 CLASS_ORDER = ["red", "green", "blue"]  # colour index of conftest's picture generator
 

@@ -14,17 +14,17 @@ from apptools import ROOT, open_app
 from test_page_evaluate import all_text, trained  # noqa: F401 (the shared tiny finished run)
 from test_page_predict import encoded, top_k_charts
 from test_share import exported  # noqa: F401 (the tiny run with its exports made once)
-from transfer import share
-from transfer.predict import Predictor
-from transfer.runs import RunDir
-from transfer.share import INVALID_LINK, DemoStore
+from transfer.serving import share
+from transfer.serving.predict import Predictor
+from transfer.core.runs import RunDir
+from transfer.serving.share import INVALID_LINK, DemoStore
 
 
 def new_session_token() -> str:
     """A session token this home's server accepts: issued and signed once the access rules
-    (transfer.access) are merged, any well-formed token before that."""
+    (transfer.runtime.access) are merged, any well-formed token before that."""
     try:
-        from transfer.access import issue_session_token
+        from transfer.runtime.access import issue_session_token
     except ImportError:
         return secrets.token_urlsafe(24)
     return issue_session_token()

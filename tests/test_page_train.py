@@ -9,8 +9,8 @@ import time
 import pytest
 
 from apptools import open_app, session_with_dataset
-from transfer.jobs import JobManager
-from transfer.runs import list_runs
+from transfer.runtime.jobs import JobManager
+from transfer.core.runs import list_runs
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from pictures import write_class_folders
 
-from transfer.access import issue_session_token, session_dir
-from transfer.config import TrainConfig
-from transfer.evaluate import PREDICTIONS_FILE
-from transfer.runs import FINISHED, RunDir, atomic_write_json
+from transfer.runtime.access import issue_session_token, session_dir
+from transfer.training.config import TrainConfig
+from transfer.analysis.evaluate import PREDICTIONS_FILE
+from transfer.core.runs import FINISHED, RunDir, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"red": 6, "green": 6}

@@ -14,20 +14,20 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from transfer.cli import main
-from transfer.methods import create_model
-from transfer.predict import Prediction, PredictError, Predictor, load_run_model, predict_paths
+from transfer.cli.commands import main
+from transfer.models.methods import create_model
+from transfer.serving.predict import Prediction, PredictError, Predictor, load_run_model, predict_paths
 
 LABELS = ["cat", "dog", "fox"]
 
 
 def write_run(folder: Path, model: torch.nn.Module, labels: list[str], backbone: str = "efficientnet_lite0",
               image_size: int | None = None, dropout: float = 0.0, hidden: int | None = None) -> Path:
-    """A finished run folder in the trainer's format (see transfer.train): config, labels,
+    """A finished run folder in the trainer's format (see transfer.training.run): config, labels,
     model.json and the full state dict as safetensors."""
-    from transfer.augment import preprocessing_for
-    from transfer.backbones import get_backbone
-    from transfer.model_io import model_info
+    from transfer.data.augment import preprocessing_for
+    from transfer.models.backbones import get_backbone
+    from transfer.models.model_io import model_info
 
     prep = preprocessing_for(get_backbone(backbone).preprocessing, image_size)
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def test_head_with_hidden_layer_and_dropout_round_trips(tmp_path):
 
 
 def test_unfinished_or_damaged_runs_give_sentences(tmp_path, run_dir):
-    from transfer.errors import TransferError
+    from transfer.core.errors import TransferError
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -311,7 +311,7 @@ def test_folder_batch_walks_subfolders_and_skips_hidden_files(run_dir, tmp_path)
 
 
 def test_csv_cells_cannot_become_spreadsheet_formulas():
-    from transfer.predict import BatchResult
+    from transfer.serving.predict import BatchResult
 
     # Class names and file names are chosen by users; a cell starting with "=" would run in a spreadsheet.
     result = BatchResult(rows=[{"file": "=cmd|' /C calc'!A0", "label": "@SUM(1)", "probability": 0.9,
@@ -376,9 +376,9 @@ def test_cli_predict_errors_are_sentences(run_dir, tmp_path, capsys):
 def test_a_trained_run_predicts_its_validation_pictures_as_the_trainer_did(tmp_path, tiny_dataset, capsys):
     """The trainer's own validation probabilities (val_predictions.json) come back from
     `transfer predict`: same model, same preprocessing, same class order."""
-    from transfer.config import TrainConfig
-    from transfer.runs import RunDir
-    from transfer.train import PREDICTIONS_FILE, train_run
+    from transfer.training.config import TrainConfig
+    from transfer.core.runs import RunDir
+    from transfer.training.run import PREDICTIONS_FILE, train_run
 
     # fp32: the predictor runs in full precision, so bf16 autocast in training would differ by ~1e-3.
     config = TrainConfig.for_method("features", dataset=str(tiny_dataset), image_size=32, device="cpu",

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from transfer import data as data_module
-from transfer import uploads
-from transfer.cli import main as cli_main
-from transfer.data import (
+from transfer.data import dataset as data_module
+from transfer.data import uploads
+from transfer.cli.commands import main as cli_main
+from transfer.data.dataset import (
     DUPLICATE_NAME,
     PATH_CLASH,
     RATIO,
@@ -26,7 +26,7 @@ from transfer.data import (
     check_dataset,
     extract_zip,
 )
-from transfer.quota import SESSION_QUOTA_ENV, DiskFull, DiskQuota, QuotaExceeded, session_quota_bytes
+from transfer.core.quota import SESSION_QUOTA_ENV, DiskFull, DiskQuota, QuotaExceeded, session_quota_bytes
 
 MiB = 1024**2
 
@@ -283,7 +283,7 @@ def test_a_full_disk_while_adding_pictures_keeps_those_already_saved(tmp_path, p
 
 
 def test_a_run_does_not_start_when_the_sessions_quota_has_no_room_for_it(tmp_path):
-    from transfer.jobs import RUN_ROOM_BYTES, JobManager
+    from transfer.runtime.jobs import RUN_ROOM_BYTES, JobManager
 
     workspace = tmp_path / "session"
     (workspace / "uploads").mkdir(parents=True)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from transfer.errors import TransferError
-from transfer.runs import (
+from transfer.core.errors import TransferError
+from transfer.core.runs import (
     Cancelled,
     InvalidRunId,
     RunDir,

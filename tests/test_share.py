@@ -1,4 +1,4 @@
-"""transfer.share and `transfer share`: demo snapshots, tokens, expiry with a settable clock,
+"""transfer.serving.share and `transfer share`: demo snapshots, tokens, expiry with a settable clock,
 revocation, the caps on visitors' pictures, and demos that outlive their run and the process."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import zipfile
 import pytest
 
 from test_page_evaluate import trained  # noqa: F401 (the shared tiny finished run)
-from transfer import cli, share
-from transfer.predict import Predictor
-from transfer.runs import RunDir
-from transfer.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable, ShareError
+from transfer.cli import commands as cli
+from transfer.serving import share
+from transfer.serving.predict import Predictor
+from transfer.core.runs import RunDir
+from transfer.serving.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable, ShareError
 
 
 class Clock:
@@ -32,7 +33,7 @@ class Clock:
 @pytest.fixture(scope="module")
 def exported(trained):
     """The tiny run with its checked exports made once: copies keep them (same weights, same stamp)."""
-    from transfer.export import export_run
+    from transfer.serving.export import export_run
 
     export_run(trained.run.path, "bundle")
     return trained
@@ -259,7 +260,7 @@ def test_the_snapshot_holds_the_checked_onnx_model_and_the_bundle_when_downloads
 
 
 def test_a_failed_export_refuses_the_download_with_a_sentence(store, run, monkeypatch, transfer_home, png):
-    from transfer import export
+    from transfer.serving import export
 
     def refuse(*args, **kwargs):
         raise export.ExportError("The onnx export of this run was refused: too different.")

@@ -19,12 +19,12 @@ from safetensors.torch import load_file
 
 import transfer.training.build as build_module
 import transfer.training.loop as loop_module
-from transfer.config import ConfigError, TrainConfig
-from transfer.jobs import JobManager, lock_is_held
-from transfer.methods import create_model, prepare_model
-from transfer.model_io import load_trained_model
-from transfer.runs import CANCELLED, FINISHED, INTERRUPTED, Cancelled, RunDir
-from transfer.train import METRICS_FILE, MODEL_INFO_FILE, PREDICTIONS_FILE, Trainer, lr_factor, train_run
+from transfer.training.config import ConfigError, TrainConfig
+from transfer.runtime.jobs import JobManager, lock_is_held
+from transfer.models.methods import create_model, prepare_model
+from transfer.models.model_io import load_trained_model
+from transfer.core.runs import CANCELLED, FINISHED, INTERRUPTED, Cancelled, RunDir
+from transfer.training.run import METRICS_FILE, MODEL_INFO_FILE, PREDICTIONS_FILE, Trainer, lr_factor, train_run
 
 SMALL = dict(image_size=32, device="cpu")
 
@@ -176,9 +176,9 @@ def test_a_finished_run_has_everything_the_pages_read(tmp_path, tiny_dataset):
 
 
 def test_the_saved_model_reproduces_the_validation_predictions(tmp_path, tiny_dataset):
-    from transfer.augment import eval_batch, stack_squares
-    from transfer.cache import DecodedImageCache
-    from transfer.data import Dataset
+    from transfer.data.augment import eval_batch, stack_squares
+    from transfer.data.cache import DecodedImageCache
+    from transfer.data.dataset import Dataset
 
     # fp32: the reloaded model runs in full precision; bf16 autocast would differ by ~1e-3.
     run = make_run(tmp_path, tiny_dataset, "finetune", epochs=1, augmentation="none", precision="fp32")
@@ -188,7 +188,7 @@ def test_the_saved_model_reproduces_the_validation_predictions(tmp_path, tiny_da
     predictions = json.loads((run.path / PREDICTIONS_FILE).read_text())["predictions"]
     samples = {s.sha256: s for s in (dataset.val if dataset else [])}
     if not samples:
-        from transfer.data import load_dataset
+        from transfer.data.dataset import load_dataset
 
         samples = {s.sha256: s for s in load_dataset(tiny_dataset).val}
     ordered = [samples[p["sha256"]] for p in predictions]
@@ -378,7 +378,7 @@ def test_two_queued_runs_both_finish(tmp_path, tiny_dataset):
 
 
 def test_transfer_train_json(tmp_path, tiny_dataset, capsys):
-    from transfer.cli import main
+    from transfer.cli.commands import main
 
     code = main(["train", str(tiny_dataset), "--epochs", "2", "--image-size", "32", "--device", "cpu",
                  "--runs-dir", str(tmp_path / "runs"), "--json"])
@@ -392,7 +392,7 @@ def test_transfer_train_json(tmp_path, tiny_dataset, capsys):
 
 
 def test_transfer_train_reports_bad_data_without_a_traceback(tmp_path, capsys):
-    from transfer.cli import main
+    from transfer.cli.commands import main
 
     empty = tmp_path / "empty"
     empty.mkdir()

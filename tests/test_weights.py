@@ -16,18 +16,18 @@ import torch
 import torchvision
 from safetensors.torch import load_file, save_file
 
-from transfer.backbones import (
+from transfer.models.backbones import (
     BackboneError,
     UnsafeWeightsFile,
     WeightsDoNotFit,
     read_weights_file,
 )
-from transfer.cli import main
-from transfer.config import ConfigError, TrainConfig
-from transfer.features import feature_key
-from transfer.backbones import get_backbone
-from transfer.runs import FINISHED, list_runs
-from transfer.weights import WeightsError, check_weights, locate, store_file
+from transfer.cli.commands import main
+from transfer.training.config import ConfigError, TrainConfig
+from transfer.models.features import feature_key
+from transfer.models.backbones import get_backbone
+from transfer.core.runs import FINISHED, list_runs
+from transfer.models.weights import WeightsError, check_weights, locate, store_file
 
 FAST = ["--epochs", "1", "--image-size", "32", "--device", "cpu", "--batch-size", "16"]
 
@@ -227,8 +227,8 @@ def test_the_feature_cache_key_follows_the_weights():
 
 
 def test_a_run_from_weights_resumes_from_its_stored_copy(tmp_path, tiny_dataset, resnet18_file, monkeypatch):
-    from transfer.runs import Cancelled, RunDir
-    from transfer.train import Trainer, train_run
+    from transfer.core.runs import Cancelled, RunDir
+    from transfer.training.run import Trainer, train_run
 
     spec = store_file(resnet18_file, tmp_path / "runs").to_dict()
     config = TrainConfig.for_method("features", dataset=str(tiny_dataset), backbone="resnet18", epochs=2,

@@ -1,9 +1,9 @@
 """One rank of a distributed demo run: ``python -m transfer.demo_ranks RUN_DIR``, started by
-torchrun as ``transfer.distributed`` is for training, but without torch in the ranks.
+torchrun as ``transfer.training.distributed`` is for training, but without torch in the ranks.
 
-It keeps the rank side's contract (see ``transfer.distributed``), so the job tests exercise the
+It keeps the rank side's contract (see ``transfer.training.distributed``), so the job tests exercise the
 real launch, cancel, kill and resume paths in seconds: rank 0 alone writes the run (the demo
-job of ``transfer.worker``: events, checkpoint, status) and then ``rank-outcome.json``, exiting
+job of ``transfer.runtime.worker``: events, checkpoint, status) and then ``rank-outcome.json``, exiting
 0 only when it finished; the other ranks keep the same pace, step by step, and stop at a
 cancel request as training ranks do.
 """
@@ -14,9 +14,9 @@ import os
 import sys
 import time
 
-from transfer.launch import RANK_OUTCOME_FILE
-from transfer.runs import CANCELLED, FAILED, FINISHED, Cancelled, RunDir, atomic_write_json
-from transfer.worker import demo_job
+from transfer.runtime.launch import RANK_OUTCOME_FILE
+from transfer.core.runs import CANCELLED, FAILED, FINISHED, Cancelled, RunDir, atomic_write_json
+from transfer.runtime.worker import demo_job
 
 
 def main(argv: list[str] | None = None) -> int:

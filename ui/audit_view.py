@@ -1,9 +1,9 @@
 """Check the labels (Data page) and the feature maps (Data and Evaluate pages).
 
-The audit and the maps run in their own process (``python -m transfer.audit``), which writes
+The audit and the maps run in their own process (``python -m transfer.analysis.audit``), which writes
 ``progress.json`` and then ``result.json`` (or ``error.json``) into a folder; this module starts
 it, shows its progress and draws what it found. Fixes go to the session's working copy of the
-data set (:class:`transfer.working_copy.WorkingCopy`), never to the user's own files.
+data set (:class:`transfer.data.working_copy.WorkingCopy`), never to the user's own files.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from transfer.audit import ERROR_FILE, JOB_LOCK, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
-from transfer.errors import TransferError
-from transfer.runs import atomic_write_json, read_json
-from transfer.working_copy import MOVE, REMOVE, WorkingCopy
+from transfer.analysis.audit import ERROR_FILE, JOB_LOCK, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
+from transfer.core.errors import TransferError
+from transfer.core.runs import atomic_write_json, read_json
+from transfer.data.working_copy import MOVE, REMOVE, WorkingCopy
 from ui import data_view, session
 
 JOB_FILE = "job.json"
@@ -40,13 +40,13 @@ _PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#
 
 
 def start_job(folder: Path, arguments: list[str], **details) -> None:
-    """Start ``python -m transfer.audit ARGUMENTS`` writing into ``folder`` (cleared first)."""
+    """Start ``python -m transfer.analysis.audit ARGUMENTS`` writing into ``folder`` (cleared first)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in (RESULT_FILE, ERROR_FILE, PROGRESS_FILE, JOB_FILE):
         (folder / name).unlink(missing_ok=True)
     package_parent = Path(__file__).resolve().parents[1]  # so the child imports this checkout's engine
     with open(folder / "log.txt", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "transfer.audit", *arguments], cwd=package_parent,
+        process = subprocess.Popen([sys.executable, "-m", "transfer.analysis.audit", *arguments], cwd=package_parent,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     threading.Thread(target=process.wait, daemon=True).start()  # reaps it: no zombie left behind
     atomic_write_json(folder / JOB_FILE, {"pid": process.pid, "started": time.time(), **details})
@@ -55,10 +55,10 @@ def start_job(folder: Path, arguments: list[str], **details) -> None:
 def job_state(folder: Path) -> str:
     """``idle`` (never started), ``running``, ``done``, ``failed`` or ``stopped`` (the process died).
 
-    The job holds a lock on its folder while it works (see ``transfer.audit.run_job``); a job
+    The job holds a lock on its folder while it works (see ``transfer.analysis.audit.run_job``); a job
     started moments ago may still be importing, before it takes the lock.
     """
-    from transfer.jobs import lock_is_held
+    from transfer.runtime.jobs import lock_is_held
 
     if (folder / RESULT_FILE).is_file():
         return "done"

@@ -3,7 +3,7 @@ child process: counting needs torch, which the web server does not load)."""
 
 import streamlit as st
 
-from transfer.page_helpers import block_count_in_child
+from transfer.runtime.page_helpers import block_count_in_child
 
 
 @st.cache_data(show_spinner="Counting the backbone's blocks ...", max_entries=64)

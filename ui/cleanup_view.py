@@ -1,7 +1,7 @@
 """Deleting from the pages: a run, an upload, or everything this browser session stored.
 
 Every delete asks first ("Delete for good" / "Keep it"); the work is done by
-:mod:`transfer.gc`, which refuses, with a sentence, to delete a run that is still training.
+:mod:`transfer.runtime.gc`, which refuses, with a sentence, to delete a run that is still training.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import time
 
 import streamlit as st
 
-from transfer import gc, uploads
-from transfer.errors import TransferError
-from transfer.quota import DiskQuota, QuotaExceeded, human_size
+from transfer.runtime import gc
+from transfer.data import uploads
+from transfer.core.errors import TransferError
+from transfer.core.quota import DiskQuota, QuotaExceeded, human_size
 from ui import session
 
 _NOTICE = "cleanup_notice"

@@ -1,6 +1,6 @@
 """Pictures of a data report for the Data page: counts chart, thumbnails, problems, the split.
 
-Only presentation lives here; the report itself comes from :func:`transfer.data.check_dataset`.
+Only presentation lives here; the report itself comes from :func:`transfer.data.dataset.check_dataset`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import ImageOps
 
-from transfer import checks
-from transfer.data import TRAIN, VAL, Report
-from transfer.errors import TransferError
-from transfer.images import ImageError, thumbnail, to_array
+from transfer.data import checks
+from transfer.data.dataset import TRAIN, VAL, Report
+from transfer.core.errors import TransferError
+from transfer.data.images import ImageError, thumbnail, to_array
 
 THUMBNAIL_PIXELS = 96
 THUMBNAILS_PER_CLASS = 8

@@ -14,10 +14,10 @@ import logging
 
 import streamlit as st
 
-from transfer.errors import TransferError
-from transfer.images import IMAGE_EXTENSIONS
-from transfer.runs import RunDir
-from transfer.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable
+from transfer.core.errors import TransferError
+from transfer.data.images import IMAGE_EXTENSIONS
+from transfer.core.runs import RunDir
+from transfer.serving.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable
 from ui import predict_view
 
 DEMO_PARAM = "demo"

@@ -1,15 +1,15 @@
 """Download a finished run's model from the Evaluate and Predict pages: the bundle, ONNX and
 TorchScript, each with its size. An export is made once per weights file by a child process
-(transfer.export.export_in_subprocess, behind a spinner) and kept in the run folder, so the
+(transfer.serving.export.export_in_subprocess, behind a spinner) and kept in the run folder, so the
 next visit offers the download at once; an export that is refused says why."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from transfer.errors import TransferError
-from transfer.export import ExportError, cached_export, export_in_subprocess
-from transfer.quota import human_size
+from transfer.core.errors import TransferError
+from transfer.serving.export import ExportError, cached_export, export_in_subprocess
+from transfer.core.quota import human_size
 
 #: (format, button label, what it is for, mime type)
 CHOICES = (
@@ -23,7 +23,7 @@ CHOICES = (
 
 
 def download_section(run, key: str) -> None:
-    """The "Download the model" block for a finished run (``run`` is a transfer.runs.RunDir)."""
+    """The "Download the model" block for a finished run (``run`` is a transfer.core.runs.RunDir)."""
     st.subheader("Download the model")
     st.caption("Each file is checked against the studio's model on the run's validation pictures before it is "
                "offered: its probabilities differ by at most 0.0001.")

@@ -12,7 +12,7 @@ import threading
 
 import streamlit as st
 
-from transfer import access
+from transfer.runtime import access
 from ui import session
 
 _UNLOCKED = "studio_unlocked"

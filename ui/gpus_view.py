@@ -1,6 +1,6 @@
 """"GPUs to use": offered on a machine with several GPUs, absent with one or none.
 
-The GPUs are counted by ``transfer.machine.gpu_count`` (``transfer.gpus``: probed once per server,
+The GPUs are counted by ``transfer.core.machine.gpu_count`` (``transfer.core.gpus``: probed once per server,
 or torch when it is loaded already), so a page shows the control without loading torch.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from transfer import machine
+from transfer.core import machine
 
 HELP = ("Trains on several GPUs at once, one process per GPU (PyTorch's DistributedDataParallel, "
         "started through torchrun). The batch size stays the batch of all GPUs together and the "

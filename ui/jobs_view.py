@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from transfer.runs import ACTIVE_STATES, RunDir
+from transfer.core.runs import ACTIVE_STATES, RunDir
 
 POLL_SECONDS = 1.0
 
@@ -32,7 +32,7 @@ def follow_job(run: RunDir, doing: str, key: str) -> None:
 
 def session_jobs_manager():
     """The job manager for this browser session's helper jobs (not its training runs)."""
-    from transfer.jobs import JobManager
+    from transfer.runtime.jobs import JobManager
     from ui import session
 
     return JobManager(session.workspace() / "jobs", max_queued=2)

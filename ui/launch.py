@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from transfer.access import DEFAULT_HOST, HOST_ENV, AccessError, check_listen_address, configured_password
+from transfer.runtime.access import DEFAULT_HOST, HOST_ENV, AccessError, check_listen_address, configured_password
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 ADDRESS_OPTION = "--server.address"

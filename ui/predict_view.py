@@ -12,9 +12,9 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from transfer.errors import TransferError
-from transfer.novelty import NOT_AVAILABLE, STRICTNESS, describe_answer, novelty_info
-from transfer.runs import FINISHED, RunDir, find_run, list_runs
+from transfer.core.errors import TransferError
+from transfer.models.novelty import NOT_AVAILABLE, STRICTNESS, describe_answer, novelty_info
+from transfer.core.runs import FINISHED, RunDir, find_run, list_runs
 from ui import session
 
 RUN_PARAM = "run"  # the same query parameter as the Train page, so links carry the chosen run over
@@ -81,14 +81,14 @@ def _link_to_chosen(key: str) -> None:
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model ...")
 def _load_predictor(run_path: str, weights_version: float):
-    """One :class:`~transfer.predict.Predictor` per run and weights file, shared by every session
+    """One :class:`~transfer.serving.predict.Predictor` per run and weights file, shared by every session
     of this server process (st.cache_resource builds each one once, under its own lock);
     ``weights_version`` (the weights' mtime) reloads retrained weights.
 
     The fast path's ONNX file is exported and checked by a child process, never in the server;
     a model that cannot be exported is predicted with PyTorch instead."""
-    from transfer.export import export_in_subprocess
-    from transfer.predict import Predictor
+    from transfer.serving.export import export_in_subprocess
+    from transfer.serving.predict import Predictor
 
     if not (Path(run_path) / "model.onnx").is_file():  # a shared demo's snapshot brings its own
         try:
@@ -134,7 +134,7 @@ def predict_picture(run_path: str, version: float, content_digest: str, name: st
     """Top-k (and Grad-CAM when asked) of one uploaded picture, and whether it is "None of these"
     at ``strictness``; cached per run, content and options, so a rerun of the page (any click)
     predicts nothing again."""
-    from transfer.images import thumbnail
+    from transfer.data.images import thumbnail
 
     predictor = _load_predictor(run_path, version)
     try:
@@ -154,9 +154,9 @@ def predict_picture(run_path: str, version: float, content_digest: str, name: st
 @st.cache_data(max_entries=16, show_spinner="Predicting every picture in the zip ...")
 def predict_zip(run_path: str, version: float, content_digest: str, _data: bytes, top_k: int,
                 strictness: str = "normal"):
-    """A :class:`~transfer.predict.BatchResult` for the pictures in an uploaded zip, or the
+    """A :class:`~transfer.serving.predict.BatchResult` for the pictures in an uploaded zip, or the
     sentence that says why the zip cannot be used."""
-    from transfer.predict import predict_paths
+    from transfer.serving.predict import predict_paths
 
     try:
         return predict_paths(_load_predictor(run_path, version), _data, top_k, unknown_threshold=strictness), ""

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from transfer.checks import check_bounded
-from transfer.data import Report
+from transfer.data.checks import check_bounded
+from transfer.data.dataset import Report
 
 
 @st.cache_data(show_spinner="Checking the pictures ...", max_entries=16)
@@ -36,7 +36,7 @@ def _version(source: Path) -> float:
 @st.cache_data(show_spinner=False, max_entries=64)
 def catalogue_rows(search: str = "") -> list[dict]:
     """The backbone catalogue as table rows, bundled backbones first."""
-    from transfer.catalogue import list_backbones
+    from transfer.models.catalogue import list_backbones
 
     return [entry.to_dict() for entry in list_backbones(search or None, timm_limit=20)]
 
@@ -45,6 +45,6 @@ def catalogue_rows(search: str = "") -> list[dict]:
 def augmentation_preview(_samples: list, sample_ids: tuple, backbone: str, image_size: int, preset: str) -> list:
     """Augmented copies of a few training pictures, as training will see them (``sample_ids`` keys
     the cache); made in a child process, so the server does not load torch for them."""
-    from transfer.page_helpers import augmentation_preview_in_child
+    from transfer.runtime.page_helpers import augmentation_preview_in_child
 
     return augmentation_preview_in_child(_samples, backbone, image_size, preset)

@@ -2,7 +2,7 @@
 
 The token travels in the page URL (``?s=<token>``), so a refreshed or reopened tab finds its
 data set and runs again, while another session, without the token, can never see them. Tokens
-are issued and signed by the server (``transfer.access``): one it did not issue is ignored and
+are issued and signed by the server (``transfer.runtime.access``): one it did not issue is ignored and
 a new session starts, so nobody can hand out a link to a workspace they plan to read later.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from transfer import access
-from transfer.runs import atomic_write_json
+from transfer.runtime import access
+from transfer.core.runs import atomic_write_json
 from ui import pages_mode
 
 SESSION_PARAM = "s"
@@ -54,8 +54,8 @@ def uploads_dir() -> Path:
 
 
 def job_manager():
-    from transfer.jobs import JobManager
-    from transfer.quota import DiskQuota
+    from transfer.runtime.jobs import JobManager
+    from transfer.core.quota import DiskQuota
 
     return JobManager(runs_dir(), quota=DiskQuota.for_session(workspace()))
 

@@ -3,7 +3,7 @@ run's model, and list (and revoke) this session's demo links.
 
 The link is ``<base URL>/?demo=<token>``; the base URL is ``TRANSFER_PUBLIC_URL`` when set (a
 studio behind a proxy), else the address the owner's browser is using. The tokens live in the
-session's ``demos.json``; the demos themselves in ``$TRANSFER_HOME/demos`` (transfer.share).
+session's ``demos.json``; the demos themselves in ``$TRANSFER_HOME/demos`` (transfer.serving.share).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
-from transfer.errors import TransferError
-from transfer.novelty import STRICTNESS
-from transfer.runs import RunDir
-from transfer.share import (EXPIRY_CHOICES, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, OWNER_FILE, DemoStore,
+from transfer.core.errors import TransferError
+from transfer.models.novelty import STRICTNESS
+from transfer.core.runs import RunDir
+from transfer.serving.share import (EXPIRY_CHOICES, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, OWNER_FILE, DemoStore,
                             default_title, demo_link, public_base_url)
 from ui import predict_view, session
 
@@ -69,9 +69,9 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
 
 
 def prepare_exports(run: RunDir, with_bundle: bool) -> None:
-    """Make the exports a demo copies in a child process (transfer.export), not in the web server;
+    """Make the exports a demo copies in a child process (transfer.serving.export), not in the web server;
     the demo then finds them ready. A refusal is recorded there and said by ``DemoStore.create``."""
-    from transfer.export import export_in_subprocess
+    from transfer.serving.export import export_in_subprocess
 
     for format in ("onnx", "bundle") if with_bundle else ("onnx",):
         try:

@@ -9,14 +9,14 @@ from ui import session
 
 @st.cache_resource
 def device_description() -> str:
-    from transfer.gpus import describe_device  # probes without torch in this process
+    from transfer.core.gpus import describe_device  # probes without torch in this process
 
     return describe_device()
 
 
 @st.cache_resource
 def has_gpu() -> bool:
-    from transfer import gpus
+    from transfer.core import gpus
 
     return gpus.has_gpu()
 
@@ -33,7 +33,7 @@ def render() -> None:
 
 
 def _active_runs() -> list:
-    from transfer.runs import ACTIVE_STATES, list_runs
+    from transfer.core.runs import ACTIVE_STATES, list_runs
 
     return [r for r in list_runs(session.runs_dir()) if r.state in ACTIVE_STATES]
 

@@ -1,6 +1,6 @@
 """Configure: "Start from my own weights": an uploaded file or one of this session's finished runs.
 
-The chosen weights are kept in the session's runs folder (``transfer.weights.weights_store``,
+The chosen weights are kept in the session's runs folder (``transfer.models.weights.weights_store``,
 inside the workspace and so inside its disk quota) and go into the draft settings as
 ``initial_weights``, which the Train page hands to the run. The report (what loads, what is
 missing, what has another shape) is computed by ``transfer weights`` in its own process, so
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from transfer import weights
-from transfer.child import run_module
-from transfer.errors import TransferError
-from transfer.quota import DiskQuota
-from transfer.runs import FINISHED, list_runs
+from transfer.models import weights
+from transfer.core.child import run_module
+from transfer.core.errors import TransferError
+from transfer.core.quota import DiskQuota
+from transfer.core.runs import FINISHED, list_runs
 from ui import session
 
 SOURCE_KEY = "weights_source"
@@ -148,7 +148,7 @@ def weights_report(path: str, sha256: str, backbone: str, num_classes: int, drop
     if hidden:
         arguments += ["--hidden", str(hidden)]
     try:
-        done = run_module("transfer.cli", arguments, timeout=REPORT_TIMEOUT_S)
+        done = run_module("transfer.cli.commands", arguments, timeout=REPORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"Checking the weights took longer than {REPORT_TIMEOUT_S} s; try a smaller file."}
     result = done.answer

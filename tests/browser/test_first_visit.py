@@ -11,9 +11,9 @@ import time
 import pytest
 
 from browsertools import free_port, start_studio, stop_studio, wait_for_app
-from transfer.access import issue_session_token, session_dir
-from transfer.config import TrainConfig
-from transfer.jobs import JobManager
+from transfer.runtime.access import issue_session_token, session_dir
+from transfer.training.config import TrainConfig
+from transfer.runtime.jobs import JobManager
 
 pytestmark = pytest.mark.browser
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 from browsertools import wait_for_app
 from test_predict_journey import finished_run  # noqa: F401 (a tiny finished run in the server's home)
-from transfer.predict import Predictor
-from transfer.share import DemoStore
+from transfer.serving.predict import Predictor
+from transfer.serving.share import DemoStore
 
 pytestmark = pytest.mark.browser
 

@@ -7,10 +7,10 @@ import re
 import pytest
 
 from browsertools import wait_for_app
-from transfer.access import issue_session_token
-from transfer.config import TrainConfig
-from transfer.jobs import JobManager
-from transfer.predict import Predictor
+from transfer.runtime.access import issue_session_token
+from transfer.training.config import TrainConfig
+from transfer.runtime.jobs import JobManager
+from transfer.serving.predict import Predictor
 
 pytestmark = pytest.mark.browser
 

@@ -19,8 +19,8 @@ import pytest
 
 from browsertools import wait_for_app
 from test_predict_journey import finished_run, shown_answer  # noqa: F401 (a tiny finished run in the server's home)
-from transfer.predict import Predictor
-from transfer.share import INVALID_LINK, DemoStore
+from transfer.serving.predict import Predictor
+from transfer.serving.share import INVALID_LINK, DemoStore
 
 pytestmark = pytest.mark.browser
 

@@ -1,4 +1,4 @@
-"""The trainer in parts; :mod:`transfer.train` documents the run directory they fill.
+"""The trainer in parts; :mod:`transfer.training.run` documents the run directory they fill.
 
 ``schedule``  learning-rate schedules, the optimizer, seeding
 ``tasks``     what is trained on: cached features (``FeatureTask``) or pictures (``ImageTask``)
@@ -10,7 +10,7 @@
 ``loop``      the epoch loop, read top to bottom
 """
 
-from transfer.errors import TransferError
+from transfer.core.errors import TransferError
 
 
 class TrainingError(TransferError):

@@ -16,14 +16,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from transfer.augment import get_preset, preprocessing_for
-from transfer.backbones import Preprocessing, get_backbone
-from transfer.bank import open_or_build
-from transfer.cache import DecodedImageCache
-from transfer.config import TrainConfig
-from transfer.data import Dataset, load_dataset
-from transfer.devices import DeviceSetup
-from transfer.methods import create_model
+from transfer.data.augment import get_preset, preprocessing_for
+from transfer.models.backbones import Preprocessing, get_backbone
+from transfer.data.bank import open_or_build
+from transfer.data.cache import DecodedImageCache
+from transfer.training.config import TrainConfig
+from transfer.data.dataset import Dataset, load_dataset
+from transfer.core.devices import DeviceSetup
+from transfer.models.methods import create_model
 from transfer.training import TrainingError
 from transfer.training.reporter import Reporter
 from transfer.training.steps import fit_head_on_features
@@ -65,7 +65,7 @@ def require_both_splits(data: TrainingData) -> None:
 def check_initial_weights(config: TrainConfig, runs_dir: Path, num_classes: int, reporter: Reporter) -> Path | None:
     """The run's own starting weights, checked against the architecture before anything is
     built: the report goes into the event log, a file that does not fit ends the run here."""
-    from transfer.weights import check_weights, locate
+    from transfer.models.weights import check_weights, locate
 
     spec = config.initial_weights
     if not spec:
@@ -111,13 +111,13 @@ class LazyModel:
         return self._model
 
     def head(self) -> nn.Module:
-        from transfer.heads import head_module
+        from transfer.models.heads import head_module
 
         return head_module(self.get())
 
 
 def model_builder(config: TrainConfig, num_classes: int, initial_weights: Path | None) -> Callable[[], nn.Module]:
-    from transfer.methods import get_method
+    from transfer.models.methods import get_method
 
     method = get_method(config.method)
     return lambda: create_model(config.backbone, num_classes, method, dropout=config.dropout, hidden=config.hidden,
@@ -132,8 +132,8 @@ def feature_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, mo
                  reporter: Reporter, should_stop: Callable[[], bool], extract: Callable) -> FeatureTask | None:
     """Head training on cached features; None when this architecture's head cannot be fed
     features (a convolutional head such as SqueezeNet's), so pictures are used instead.
-    ``extract`` is :func:`transfer.features.extract_features` or its sharded form."""
-    from transfer.features import ExtractionStats, FeatureCache
+    ``extract`` is :func:`transfer.models.features.extract_features` or its sharded form."""
+    from transfer.models.features import ExtractionStats, FeatureCache
 
     spec = get_preset(config.augmentation)
     views = list(range(config.feature_views if spec is not None else 1))
@@ -185,7 +185,7 @@ def feature_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, mo
 
 def image_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, model: LazyModel,
                reporter: Reporter, task_class: Callable[..., ImageTask] = ImageTask) -> ImageTask:
-    """The whole model on pictures, decoded once into a bank file (see :mod:`transfer.bank`)."""
+    """The whole model on pictures, decoded once into a bank file (see :mod:`transfer.data.bank`)."""
     started = time.perf_counter()
 
     def report(done: int, total: int) -> None:
@@ -219,7 +219,7 @@ def linear_probe_head(config: TrainConfig, data: TrainingData, setup: DeviceSetu
     head sends large, meaningless gradients into the pretrained layers in the first steps
     and distorts what they learned. The probe costs one backbone pass over the training
     pictures (cached for later runs) and a fraction of a second of head training."""
-    from transfer.features import FeatureCache
+    from transfer.models.features import FeatureCache
 
     started = time.perf_counter()
     features, stats = extract(

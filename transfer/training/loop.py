@@ -15,11 +15,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from transfer.config import TrainConfig
-from transfer.distributed import current_ranks
-from transfer.devices import DeviceError, is_out_of_memory, release_cached_memory, resolve_device
-from transfer.methods import get_method
-from transfer.runs import Cancelled, RunDir
+from transfer.training.config import TrainConfig
+from transfer.training.distributed import current_ranks
+from transfer.core.devices import DeviceError, is_out_of_memory, release_cached_memory, resolve_device
+from transfer.models.methods import get_method
+from transfer.core.runs import Cancelled, RunDir
 from transfer.training import TrainingError
 from transfer.training.build import (LazyModel, build_task, check_initial_weights, linear_probe_head,
                                      load_training_data, model_builder, require_both_splits, wants_linear_probe)
@@ -103,9 +103,9 @@ class Trainer:
         self.samples_done = 0
 
     def extract(self, *args, **kwargs):
-        """Backbone features of pictures (:func:`transfer.features.extract_features`), shared
+        """Backbone features of pictures (:func:`transfer.models.features.extract_features`), shared
         out between the ranks when there are several."""
-        from transfer.features import extract_features
+        from transfer.models.features import extract_features
 
         return self.ranks.sharded_extraction(extract_features)(*args, **kwargs)
 

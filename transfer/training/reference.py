@@ -1,11 +1,11 @@
-"""The finished run's novelty reference ("None of these", see :mod:`transfer.novelty`).
+"""The finished run's novelty reference ("None of these", see :mod:`transfer.models.novelty`).
 
 After the last epoch the trainer hands the task here: the reference is built from the head
 inputs of the training pictures *as the kept (best) model sees them*, and the validation
 pictures are scored against it for the Evaluate page. Feature transfer already holds both in
 memory (the cached centre-view features; the frozen backbone does not change); fine-tuning and
 training from scratch run the best weights once over the chosen training pictures (at most
-:data:`transfer.novelty.MAX_REFERENCE`) and the validation pictures, in evaluation mode.
+:data:`transfer.models.novelty.MAX_REFERENCE`) and the validation pictures, in evaluation mode.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transfer.augment import eval_batch
-from transfer.novelty import Reference, build_reference, choose_reference, head_input_vectors
+from transfer.data.augment import eval_batch
+from transfer.models.novelty import Reference, build_reference, choose_reference, head_input_vectors
 from transfer.training.tasks import FeatureTask, ImageTask
 
 

@@ -1,10 +1,10 @@
-"""What a run tells its readers while it trains: events, ETA and status (see transfer.train)."""
+"""What a run tells its readers while it trains: events, ETA and status (see transfer.training.run)."""
 
 from __future__ import annotations
 
 import time
 
-from transfer.runs import FINISHED, RunDir
+from transfer.core.runs import FINISHED, RunDir
 
 STEP_EVENT_SECONDS = 0.5  # at most about two step events a second: enough for a live chart
 

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from transfer.config import TrainConfig
+from transfer.training.config import TrainConfig
 
 
 def lr_factor(schedule: str, progress: float, warmup_fraction: float = 0.1) -> float:

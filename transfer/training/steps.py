@@ -70,7 +70,7 @@ def fit_head_on_features(head: nn.Module, inputs: torch.Tensor, targets: torch.T
     """Train ``head`` on fixed feature vectors with feature transfer's default settings (AdamW,
     one-cycle) and return its training accuracy. Used for fine-tuning's linear probe and for the
     data audit's cross-validated heads."""
-    from transfer.methods import METHODS
+    from transfer.models.methods import METHODS
 
     settings = METHODS["features"].defaults
     task = FeatureTask(head, inputs.unsqueeze(1), inputs[:0], inputs.device)

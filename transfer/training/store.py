@@ -1,5 +1,5 @@
 """What a run keeps on disk: checkpoint, weights, ``model.json`` and the validation outputs
-(the files and their formats are listed in transfer.train)."""
+(the files and their formats are listed in transfer.training.run)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from transfer.config import TrainConfig
-from transfer.model_io import MODEL_INFO_FILE, model_info
-from transfer.runs import RunDir, atomic_write_bytes, atomic_write_json
+from transfer.training.config import TrainConfig
+from transfer.models.model_io import MODEL_INFO_FILE, model_info
+from transfer.core.runs import RunDir, atomic_write_bytes, atomic_write_json
 
 PREDICTIONS_FILE = "val_predictions.json"
 METRICS_FILE = "val_metrics.json"
@@ -79,7 +79,7 @@ class Store:
 
     def write_model_info(self, model: torch.nn.Module) -> None:
         """``model.json``: how to rebuild ``model`` for prediction."""
-        from transfer.weights import record
+        from transfer.models.weights import record
 
         if self.model_info_written or not self.writes:
             return
@@ -91,9 +91,9 @@ class Store:
             weights=self.run.weights_path.name, initial_weights=record(spec) if spec else None))
 
     def write_novelty(self, task, batch_size: int):
-        """The reference "None of these" needs (:mod:`transfer.novelty`): its file, then its entry
+        """The reference "None of these" needs (:mod:`transfer.models.novelty`): its file, then its entry
         in ``model.json``; returns the validation pictures' novelty (None when there is none)."""
-        from transfer.novelty import save_reference
+        from transfer.models.novelty import save_reference
         from transfer.training.reference import novelty_of_run
 
         if not self.writes or not (self.run.path / MODEL_INFO_FILE).is_file():

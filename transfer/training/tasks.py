@@ -13,12 +13,12 @@ import math
 import torch
 from torch import nn
 
-from transfer.augment import augment_batch, eval_batch, get_preset
-from transfer.backbones import Preprocessing
-from transfer.bank import DeviceBatches, PictureBank
-from transfer.config import TrainConfig
-from transfer.devices import DeviceSetup
-from transfer.methods import prepare_model
+from transfer.data.augment import augment_batch, eval_batch, get_preset
+from transfer.models.backbones import Preprocessing
+from transfer.data.bank import DeviceBatches, PictureBank
+from transfer.training.config import TrainConfig
+from transfer.core.devices import DeviceSetup
+from transfer.models.methods import prepare_model
 
 CPU_MICRO_BATCH = 16
 
@@ -63,7 +63,7 @@ class ImageTask:
     """Fine-tuning and training from scratch: the whole model on (augmented) pictures."""
 
     uses_amp = True
-    sharded = False  # see transfer.distributed.DistributedImageTask
+    sharded = False  # see transfer.training.distributed.DistributedImageTask
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_bank: PictureBank | torch.Tensor,
                  val_bank: PictureBank | torch.Tensor, prep: Preprocessing, setup: DeviceSetup):
@@ -136,7 +136,7 @@ def seeded_head(in_features: int, num_classes: int, config: TrainConfig) -> nn.M
     """The new head for feature transfer, initialised from the run's seed alone (the backbone is
     built in another thread that also draws random numbers, so the global generator is not
     reproducible here)."""
-    from transfer.heads import make_head
+    from transfer.models.heads import make_head
 
     head = make_head(in_features, num_classes, dropout=config.dropout, hidden=config.hidden)
     generator = torch.Generator().manual_seed(config.seed)

@@ -1,0 +1,1 @@
+"""Looking at data and models: evaluation, the label audit, explanations (Grad-CAM)."""

@@ -1,0 +1,182 @@
+"""A session's corrected copy of a data set: the label fixes made after an audit, undoable.
+
+The pictures a user brought (or the packaged demo) are never changed. The first fix
+materialises a copy of the data set's folder tree under the session's workspace, with hard
+links where the file system allows (no picture is stored twice) and copies elsewhere; fixes
+then only rename entries *inside the copy*::
+
+    <folder>/data/...            the corrected data set, laid out like the original
+    <folder>/removed/<n>/<name>  pictures taken out (kept, so a removal can be undone)
+    <folder>/state.json          {"original": source, "edits": [...]}
+
+Each edit is ``{"id", "action": "move"|"remove"|"keep", "path", "to", "label", "new_label",
+"sha256", "time"}`` with paths relative to the data set's root, so the paths of an audit made
+on the original name the same pictures in the copy. Pointing the session's chosen data set at
+``<folder>/data`` makes the data report and the next training run use the corrected set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from transfer.data.dataset import TRAIN, VAL_FOLDER_NAMES, Dataset
+from transfer.core.errors import TransferError
+from transfer.core.runs import atomic_write_json, read_json
+
+STATE_FILE = "state.json"
+MOVE, REMOVE, KEEP = "move", "remove", "keep"
+_SPLIT_FOLDERS = {TRAIN, *VAL_FOLDER_NAMES}
+
+
+class WorkingCopyError(TransferError):
+    """A fix cannot be made or undone; the message says why."""
+
+
+class WorkingCopy:
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def state(self) -> dict:
+        state = read_json(self.folder / STATE_FILE, None)
+        return state if isinstance(state, dict) else {"original": None, "edits": []}
+
+    @property
+    def original(self) -> str | None:
+        return self.state.get("original")
+
+    @property
+    def edits(self) -> list[dict]:
+        return list(self.state.get("edits", []))
+
+    def exists(self) -> bool:
+        return self.data.is_dir() and (self.folder / STATE_FILE).is_file()
+
+    def serves(self, source: Path | str) -> bool:
+        """Whether ``source`` (a chosen data set) is this copy or the original it was made from."""
+        source = str(Path(source))
+        return self.exists() and source in (str(self.data), self.original)
+
+    # ------------------------------------------------------------------ making it
+
+    def materialise(self, dataset: Dataset, original: Path | str) -> Path:
+        """A fresh copy of ``dataset``'s pictures (replacing any older copy); returns its root."""
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        staging = self.folder.with_name(self.folder.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        root = Path(dataset.root)
+        for sample in dataset.samples:
+            target = staging / "data" / _relative(sample.path, root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                _link_or_copy(sample.path, target)
+        (staging / "data").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(staging / STATE_FILE, {"original": str(original), "edits": []})
+        os.replace(staging, self.folder)  # a half-made copy is never taken for a whole one
+        return self.data
+
+    # ------------------------------------------------------------------ fixes
+
+    def move(self, path: str, new_label: str, *, label: str, sha256: str = "") -> dict:
+        """File the picture at ``path`` (relative to the data root) under ``new_label`` instead."""
+        source = self._existing(path)
+        parts = list(Path(path).parts)
+        prefix = parts[:1] if parts[0] in _SPLIT_FOLDERS and len(parts) >= 3 else []
+        if not new_label or new_label.startswith(".") or Path(new_label).name != new_label:
+            raise WorkingCopyError(f"'{new_label}' cannot be a class folder name.")
+        folder = self.data.joinpath(*prefix, new_label)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = _free_name(folder, source.name)
+        os.rename(source, target)
+        return self._record({"action": MOVE, "path": path, "to": target.relative_to(self.data).as_posix(),
+                             "label": label, "new_label": new_label, "sha256": sha256})
+
+    def remove(self, path: str, *, label: str, sha256: str = "") -> dict:
+        """Take the picture at ``path`` out of the data set (kept aside, so it can come back)."""
+        source = self._existing(path)
+        number = self._next_id()
+        target = self.folder / "removed" / str(number) / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, target)
+        return self._record({"action": REMOVE, "path": path, "to": target.relative_to(self.folder).as_posix(),
+                             "label": label, "new_label": None, "sha256": sha256}, number)
+
+    def keep(self, path: str, *, label: str, sha256: str = "") -> dict:
+        """Note that the picture at ``path`` was looked at and is right as it is."""
+        return self._record({"action": KEEP, "path": path, "to": path, "label": label, "new_label": label,
+                             "sha256": sha256})
+
+    def undo(self, edit_id: int) -> dict:
+        """Reverse one edit: the picture goes back where it was."""
+        state = self.state
+        edit = next((e for e in state["edits"] if e["id"] == edit_id), None)
+        if edit is None:
+            raise WorkingCopyError("That change is not in the list any more.")
+        if edit["action"] != KEEP:
+            where = (self.data if edit["action"] == MOVE else self.folder) / edit["to"]
+            back = self.data / edit["path"]
+            if not where.is_file():
+                raise WorkingCopyError(f"{edit['to']} was changed again since; undo the later change first.")
+            if back.exists():
+                raise WorkingCopyError(f"{edit['path']} is taken by another picture; it cannot go back there.")
+            back.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(where, back)
+        state["edits"] = [e for e in state["edits"] if e["id"] != edit_id]
+        atomic_write_json(self.folder / STATE_FILE, state)
+        return edit
+
+    def decided(self) -> set[str]:
+        """Paths (as the audit named them) that a fix or a "keep" already dealt with."""
+        return {edit["path"] for edit in self.edits}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _existing(self, path: str) -> Path:
+        if not self.exists():
+            raise WorkingCopyError("There is no working copy of the data set yet.")
+        candidate = (self.data / path).resolve()
+        if self.data.resolve() not in candidate.parents or not candidate.is_file():
+            raise WorkingCopyError(f"{path} is not in the data set any more; check the labels again.")
+        return candidate
+
+    def _next_id(self) -> int:
+        return max((e["id"] for e in self.edits), default=0) + 1
+
+    def _record(self, edit: dict, number: int | None = None) -> dict:
+        state = self.state
+        edit = {"id": number or self._next_id(), **edit, "time": time.time()}
+        state["edits"] = [*state.get("edits", []), edit]
+        atomic_write_json(self.folder / STATE_FILE, state)
+        return edit
+
+
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return Path(path).relative_to(root)
+    except ValueError:
+        return Path(Path(path).name)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed: a real copy
+        shutil.copy2(source, target)
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    target = folder / name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    counter = 2
+    while target.exists():
+        target = folder / f"{stem}-{counter}{suffix}"
+        counter += 1
+    return target

@@ -1,0 +1,1 @@
+"""The networks: the catalogue (torch-free), backbones, heads, own weights, fusion, methods, features."""

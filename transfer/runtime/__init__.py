@@ -1,0 +1,1 @@
+"""Work in the background: the queue, workers, distributed launch, clean-up, page helpers."""

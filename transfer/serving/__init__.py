@@ -1,0 +1,1 @@
+"""Models out: prediction, unknown answers, exports, model cards, demo links."""
