@@ -1,16 +1,20 @@
 """Prediction latency of a loaded run, today's PyTorch path and the fast path side by side.
 
     python benchmarks/bench_predict.py [--run RUN_DIR] [--image FILE] [--calls 50] [--batch 32]
+                                       [--training-pictures 20000]
 
 Without ``--run`` a run folder is made in a temporary directory from the bundled
-EfficientNet-Lite0 with a fresh 3-class head (latency does not depend on the head's values).
+EfficientNet-Lite0 with a fresh 3-class head (latency does not depend on the head's values) and a
+"None of these" reference built from ``--training-pictures`` generated feature vectors (capped
+at transfer.models.novelty.MAX_REFERENCE, as a real run's is; 0 for none), and a copy of that run
+without the reference (``fast, no novelty``: how predictions ran before "None of these").
 Without ``--image`` a photo from the hymenoptera data set is used when this machine has it,
 else a generated 640 x 480 JPEG. Both predictors are loaded once, as the web app does:
 
 * ``pytorch``: the run's PyTorch model, channels-last (the path every prediction took before
   the fast predictor; Grad-CAM still uses it);
 * ``fast``: the run's checked ONNX export in an onnxruntime session (transfer.serving.export), what
-  plain predictions use now.
+  plain predictions use now, novelty included (issue 19: at most 2 ms more than without).
 
 For each: one picture from a decoded PIL image (preprocessing + forward + top-k), one picture
 from the JPEG file (plus reading and decoding), and the throughput of batches of ``--batch``
@@ -56,6 +60,25 @@ def make_run(folder: Path, classes=("ants", "bees", "wasps")) -> Path:
     return folder
 
 
+def add_reference(folder: Path, training_pictures: int, dim: int, classes: int) -> float:
+    """Give a run a novelty reference as the trainer would, from generated non-negative feature
+    vectors (as after the backbone's last activation); returns the seconds building it took."""
+    import numpy as np
+
+    from transfer.models.novelty import build_reference, save_reference
+
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, classes, training_pictures)
+    centres = np.abs(rng.normal(size=(classes, dim)))
+    features = np.abs(centres[targets] + rng.normal(scale=0.8, size=(training_pictures, dim))).astype(np.float32)
+    started = time.perf_counter()
+    entry = save_reference(folder, build_reference(features, targets))
+    seconds = time.perf_counter() - started
+    info = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**info, "novelty": entry}))
+    return seconds
+
+
 def pick_image(given: Path | None, scratch: Path) -> Path:
     if given is not None:
         return given
@@ -85,6 +108,16 @@ def timed(call, calls: int, warm_up: int = 3) -> list[float]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def scoring_times(reference, calls: int = 1000) -> list[float]:
+    """Milliseconds to score one picture's features against the reference alone (the same
+    normalise, matrix product and k-th largest the exported graph computes): the added work,
+    free of the model's own time, which other processes' load makes noisy."""
+    import numpy as np
+
+    features = np.abs(np.random.default_rng(1).normal(size=(1, reference.vectors.shape[1]))).astype(np.float32)
+    return timed(lambda: reference.score(features), calls, warm_up=20)
 
 
 def measure(predictors: dict, picture, image_path: Path, calls: int, batch: int) -> dict:
@@ -119,6 +152,10 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=50, help="timed calls per measurement (default 50)")
     parser.add_argument("--batch", type=int, default=32, help="pictures per batch for the throughput (default 32)")
     parser.add_argument("--cam-calls", type=int, default=20, help="timed Grad-CAM calls (default 20)")
+    parser.add_argument("--without-pytorch", action="store_true",
+                        help="leave out the PyTorch path (slow on a busy machine): fast with and without novelty only")
+    parser.add_argument("--training-pictures", type=int, default=20_000,
+                        help="training pictures behind the fresh run's novelty reference (default 20000; 0: none)")
     args = parser.parse_args()
 
     import torch
@@ -130,13 +167,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as scratch:
         os.environ.setdefault("TRANSFER_HOME", scratch)
         run = args.run or make_run(Path(scratch) / "run")
+        reference_seconds = None
+        if not args.run and args.training_pictures:
+            reference_seconds = add_reference(run, args.training_pictures, 1280, 3)
         image_path = pick_image(args.image, Path(scratch))
         picture = open_image(image_path)
         loads, predictors = {}, {}
-        for name, fast in (("pytorch", False), ("fast", True)):
+        variants = ([] if args.without_pytorch else [("pytorch", run, False)]) + [("fast", run, True)]
+        if reference_seconds is not None:
+            variants.append(("fast_plain", make_run(Path(scratch) / "plain"), True))  # same weights, no reference
+        for name, folder, fast in variants:
             started = time.perf_counter()  # the fast path's first load includes exporting and checking the ONNX file
-            predictors[name] = predictor = Predictor.from_run(run, fast=fast)
+            predictors[name] = Predictor.from_run(folder, fast=fast)
             loads[name] = time.perf_counter() - started
+        predictor = predictors["fast"]
+        novelty = predictor.novelty
+        scoring = scoring_times(novelty) if novelty is not None else None
         results = measure(predictors, picture, image_path, args.calls, args.batch)
         assert predictor.fast, "the fast path fell back to PyTorch: the model could not be exported"
         cam = timed(lambda: predictor.explain(picture), args.cam_calls)
@@ -148,17 +194,21 @@ def main() -> int:
           f"{picture.size[0]}x{picture.size[1]}  torch threads: {torch.get_num_threads()}  cpu cores: {os.cpu_count()}")
     print(f"machine load average before/after: {load_before:.1f} / {load_after:.1f} "
           "(other processes on the same cores inflate the numbers)")
-    print(f"{'measurement':<36}{'pytorch (before)':>18}{'fast (now)':>14}")
-    rows = [("load once, s", "{:.2f}", loads["pytorch"], loads["fast"])]
+    if novelty is not None:
+        print(f"novelty reference: {len(novelty.vectors)} vectors of {novelty.vectors.shape[1]} (from "
+              f"{novelty.training_pictures} training pictures), k = {novelty.k}"
+              + (f", built in {reference_seconds:.2f} s" if reference_seconds is not None else ""))
+    names = list(predictors)
+    titles = {"pytorch": "pytorch", "fast": "fast (now)", "fast_plain": "fast, no novelty"}
+    print(f"{'measurement':<36}" + "".join(f"{titles[name]:>18}" for name in names))
+    rows = [("load once, s", "{:.2f}", [loads[name] for name in names])]
     for key, label in (("single", "one decoded picture"), ("file", "one picture from the JPEG file")):
         # the minimum shows what an idle machine gives; p50 and p90 include other processes' load
         for q, tag in ((0.0, "min"), (0.5, "p50"), (0.9, "p90")):
-            rows.append((f"{label}, {tag} ms", "{:.1f}", percentile(results["pytorch"][key], q),
-                         percentile(results["fast"][key], q)))
-    rows.append((f"batches of {args.batch}, pictures/s", "{:.0f}", results["pytorch"]["batch_per_s"],
-                 results["fast"]["batch_per_s"]))
-    for label, fmt, before, after in rows:
-        print(f"{label:<36}{fmt.format(before):>18}{fmt.format(after):>14}")
+            rows.append((f"{label}, {tag} ms", "{:.1f}", [percentile(results[name][key], q) for name in names]))
+    rows.append((f"batches of {args.batch}, pictures/s", "{:.0f}", [results[name]["batch_per_s"] for name in names]))
+    for label, fmt, values in rows:
+        print(f"{label:<36}" + "".join(f"{fmt.format(value):>18}" for value in values))
     print(f"Grad-CAM (PyTorch, own model copy), p50 ms: {percentile(cam, 0.5):.1f}   layer: {layer}")
     fast_single, fast_file = percentile(results["fast"]["single"], 0.5), percentile(results["fast"]["file"], 0.5)
     print(f"targets: decoded p50 {fast_single:.1f} ms <= {PREDICT_TARGET_MS:.0f} ms "
@@ -175,6 +225,15 @@ def main() -> int:
         summary[f"{name}_decoded_min_ms"] = round(min(measured["single"]), 2)
         summary[f"{name}_jpeg_min_ms"] = round(min(measured["file"]), 2)
         summary[f"{name}_batch_pictures_per_s"] = round(measured["batch_per_s"], 1)
+    if "fast_plain" in results:
+        added = fast_single - percentile(results["fast_plain"]["single"], 0.5)
+        print(f"novelty adds {added:+.2f} ms to the decoded p50 (target: at most 2 ms); scoring alone: "
+              f"p50 {percentile(scoring, 0.5):.3f} ms, min {min(scoring):.3f} ms")
+        summary.update(novelty_added_p50_ms=round(added, 2), novelty_target_met=added <= 2.0,
+                       novelty_scoring_p50_ms=round(percentile(scoring, 0.5), 3),
+                       novelty_scoring_min_ms=round(min(scoring), 3),
+                       reference_vectors=len(novelty.vectors), training_pictures=novelty.training_pictures,
+                       build_reference_seconds=round(reference_seconds, 3))
     summary["decoded_target_met"] = fast_single <= PREDICT_TARGET_MS
     summary["jpeg_target_met"] = fast_file <= FILE_TARGET_MS
     print(json.dumps(summary))

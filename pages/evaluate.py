@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from transfer.analysis.evaluate import PREDICTIONS_FILE, EvaluationNotReady, load_evaluation, prediction_thumbnail
+from transfer.models.novelty import NOT_AVAILABLE, novelty_info, validation_novelty
 from ui import audit_view, charts, cleanup_view, export_view, label_view, predict_view, session, share_view
 
 GALLERY_SIZE = 12
@@ -105,6 +106,27 @@ def show_top_losses(run, evaluation) -> None:
                                                       evaluation.classes, f"correct_{item.sha256[:16]}")
 
 
+def show_unknown(run) -> None:
+    """How many validation pictures "None of these" would turn away: every one of them is of a
+    known class, so this is the price of the strictness (the share it wrongly calls unknown)."""
+    st.subheader("None of these")
+    info, scores = novelty_info(run.path), validation_novelty(run.path)
+    if info is None or scores is None:
+        st.caption(NOT_AVAILABLE)
+        return
+    strictness = predict_view.strictness_control(run, "evaluate_strictness")
+    threshold = info["thresholds"][strictness]
+    unknown = sum(score > threshold for score in scores)
+    columns = st.columns(2)
+    columns[0].metric("Validation pictures called unknown", f"{unknown} of {len(scores)}",
+                      help="These pictures all belong to a class, so each one counted here is a real picture the "
+                           "model would turn away at this strictness.")
+    columns[1].metric("Novelty threshold", f"{threshold:.3f}",
+                      help=f"Set from the training pictures alone: {info['calibration']}.")
+    st.caption(f"A picture further than {threshold:.3f} (cosine distance) from its k-th nearest training picture "
+               f"(k = {info['k']}) is answered \"None of these\" on the Predict page, in demos, exports and `transfer predict`.")
+
+
 def show_curves(run) -> None:
     history = run.epoch_history()
     if history:
@@ -124,6 +146,7 @@ if run is not None:
         show_confusion(evaluation)
         show_per_class(evaluation)
         show_top_losses(run, evaluation)
+        show_unknown(run)
         show_curves(run)
         audit_view.run_feature_map_section(run)
         st.page_link("pages/predict.py", label="Try the model on new pictures", icon="🖼️",

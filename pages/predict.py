@@ -42,7 +42,8 @@ def loaded_predictor(run):
         st.stop()
 
 
-def show_pictures(run, uploads: list[tuple[str, bytes]], top_k: int, show_cam: bool, key: str) -> None:
+def show_pictures(run, uploads: list[tuple[str, bytes]], top_k: int, show_cam: bool, key: str,
+                  strictness: str = "normal") -> None:
     predictor = loaded_predictor(run)
     if show_cam:
         show_cam, cam_note = cam_sentence(run)
@@ -52,7 +53,7 @@ def show_pictures(run, uploads: list[tuple[str, bytes]], top_k: int, show_cam: b
     classes = predictor.labels + label_view.known_classes()
     for index, (name, data) in enumerate(uploads):
         result = predict_view.predict_picture(str(run.path), version, predict_view.digest(data), name, data, top_k,
-                                              show_cam)
+                                              show_cam, strictness)
         predict_view.render_picture(result, show_cam, key=f"{key}_{index}")
         if result.prediction:
             label_view.prediction_corrections(data, name if key != "webcam" else "webcam.jpg",
@@ -60,10 +61,10 @@ def show_pictures(run, uploads: list[tuple[str, bytes]], top_k: int, show_cam: b
                                               origin=f"the Predict page ({key})")
 
 
-def show_zip(run, name: str, data: bytes, top_k: int) -> None:
+def show_zip(run, name: str, data: bytes, top_k: int, strictness: str = "normal") -> None:
     loaded_predictor(run)
     result, error = predict_view.predict_zip(str(run.path), predict_view.weights_version(run),
-                                             predict_view.digest(data), data, top_k)
+                                             predict_view.digest(data), data, top_k, strictness)
     if error:
         st.error(error, icon="🚫")
         return
@@ -71,10 +72,14 @@ def show_zip(run, name: str, data: bytes, top_k: int) -> None:
     if not predicted:
         st.warning(f"{name} holds no picture that could be read ({skipped} files skipped).")
     else:
+        unknown = sum(1 for row in result.rows if row.get("unknown"))
         st.success(f"{predicted} pictures predicted" + (f", {skipped} files skipped (see the last column)."
-                                                         if skipped else "."))
+                                                         if skipped else ".")
+                   + (f" {unknown} look unlike every class: None of these." if unknown else ""))
     # Skipped files have no probability: None (an empty cell) keeps the column numeric.
-    rows = [{**row, "probability": None if row["probability"] == "" else row["probability"]}
+    rows = [{"answer": predict_view.answer_column(row), **row,
+             "probability": None if row["probability"] == "" else row["probability"],
+             "novelty": None if row["novelty"] == "" else row["novelty"]}
             for row in result.table_rows()]
     st.dataframe(rows, hide_index=True, width="stretch", key="zip_table",
                  column_config={"probability": st.column_config.ProgressColumn(min_value=0, max_value=1,
@@ -116,6 +121,7 @@ if run is not None:
     top_k = left.slider("Classes to show", 1, classes, min(3, classes), key="top_k")
     show_cam = right.toggle("Show where the model looked (Grad-CAM)", key="show_cam",
                             help="A heat map over the picture: the parts that raised the predicted class's score.")
+    strictness = predict_view.strictness_control(run, "strictness")
 
     pictures_tab, webcam_tab, live_tab, zip_tab = st.tabs(["🖼️ Pictures", "📷 Webcam", "🎥 Live camera",
                                                             "🗜️ Zip of pictures"])
@@ -125,20 +131,20 @@ if run is not None:
                                  help=f"JPEG, PNG, GIF, BMP, WebP or TIFF, up to {MAX_PICTURE_MB} MB each; "
                                       "as many as you like.")
         if files:
-            show_pictures(run, [(f.name, f.getvalue()) for f in files], top_k, show_cam, "upload")
+            show_pictures(run, [(f.name, f.getvalue()) for f in files], top_k, show_cam, "upload", strictness)
     with webcam_tab:
         photo = st.camera_input("Take a picture", key="webcam")
         if photo is not None:
-            show_pictures(run, [("webcam picture", photo.getvalue())], top_k, show_cam, "webcam")
+            show_pictures(run, [("webcam picture", photo.getvalue())], top_k, show_cam, "webcam", strictness)
     with live_tab:
-        frame = live_view.live_section(run.path, top_k, "predict_live")
+        frame = live_view.live_section(run.path, top_k, "predict_live", strictness=strictness)
         if frame is not None:  # "Explain this frame": that one frame, with the heat map
-            show_pictures(run, [("explained camera frame", frame)], top_k, True, "live")
+            show_pictures(run, [("explained camera frame", frame)], top_k, True, "live", strictness)
     with zip_tab:
         archive = st.file_uploader("Drop a zip of pictures", type=["zip"], key="zip", max_upload_size=MAX_ZIP_MB,
                                    help="Folders inside the zip are fine; files that are not pictures "
                                         "are listed as skipped.")
         if archive is not None:
-            show_zip(run, archive.name, archive.getvalue(), top_k)
+            show_zip(run, archive.name, archive.getvalue(), top_k, strictness)
     export_view.download_section(run, "predict_export")
     share_view.render(run)

@@ -82,7 +82,9 @@ def test_each_format_round_trips_with_the_same_answers(in_trained_home, format, 
         session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
         got = session.run(["probabilities"], {"input": batch.numpy()})[0]
     else:
-        got = torch.jit.load(str(result.path))(batch).numpy()
+        probabilities, novelty = torch.jit.load(str(result.path))(batch)  # a run with a novelty reference
+        got = probabilities.numpy()
+        assert novelty.shape == (len(batch),)
     assert got.shape == expected.shape
     assert (got.argmax(1) == expected.argmax(1)).all()
     assert np.abs(got - expected).max() <= 1e-4
@@ -96,7 +98,8 @@ def test_cli_bundle_holds_everything_and_its_model_card_tells_the_run(in_trained
     assert answer["path"] == str(tmp_path / f"{trained.run.id}.zip") and answer["max_abs_diff"] <= MAX_ABS_DIFF
     with zipfile.ZipFile(answer["path"]) as archive:
         names = {name.split("/", 1)[1] for name in archive.namelist()}
-        assert names == {"model.onnx", "model.safetensors", "model.json", "requirements.txt", "README.md", "predict.py"}
+        assert names == {"model.onnx", "model.safetensors", "model.json", "requirements.txt", "README.md", "predict.py",
+                         "novelty.safetensors"}
         card = archive.read(f"{trained.run.id}/README.md").decode()
         info = json.loads(archive.read(f"{trained.run.id}/model.json"))
         requirements = archive.read(f"{trained.run.id}/requirements.txt").decode()
@@ -146,6 +149,7 @@ def test_predict_py_runs_without_torch_and_agrees_with_transfer_predict(in_train
         assert row["label"] == expected["label"]
         assert abs(row["probability"] - expected["probability"]) <= 1e-4
         assert [t["label"] for t in row["top_k"]] == [t["label"] for t in expected["top_k"]]
+        assert row["unknown"] == expected["unknown"] and abs(row["novelty"] - expected["novelty"]) <= 1e-4
 
     unpacked = load_fast_predictor(folder)  # an unpacked bundle serves as a model folder too
     assert unpacked.fast and not (folder / "exports").exists()

@@ -118,8 +118,8 @@ def test_the_demo_page_shows_only_the_demo_and_predicts(owner, monkeypatch):
     picture = encoded("blue", 5)
     app.file_uploader(key="demo_pictures").set_value(("mine.png", picture, "image/png")).run()
     assert not app.exception
-    label = Predictor.from_run(run.path).predict(picture, 1)[0].label
-    assert f"Prediction: **{label}**" in all_text(app)
+    prediction = Predictor.from_run(run.path).predict(picture, 1)[0]
+    assert f"Prediction: **{'None of these' if prediction.unknown else prediction.label}**" in all_text(app)
     assert len(top_k_charts(app)) == 1
     app.toggle(key="demo_cam").set_value(True).run()  # Grad-CAM: the same picture is not counted again
     assert not app.exception and len(app.image) == 2

@@ -164,7 +164,7 @@ def test_a_finished_run_has_everything_the_pages_read(tmp_path, tiny_dataset):
     assert predictions["classes"] == ["blue", "green", "red"]
     assert len(predictions["predictions"]) == len([e for e in predictions["predictions"]])
     first = predictions["predictions"][0]
-    assert set(first) == {"path", "sha256", "label", "predicted", "probabilities"}
+    assert set(first) == {"path", "sha256", "label", "predicted", "probabilities", "novelty"}
     assert abs(sum(first["probabilities"]) - 1.0) < 1e-4
     assert not Path(first["path"]).is_absolute()
     metrics = json.loads((run.path / METRICS_FILE).read_text())

@@ -15,7 +15,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from transfer.analysis.audit import ERROR_FILE, JOB_LOCK, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
+from transfer.analysis.audit import ERROR_FILE, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
 from transfer.core.errors import TransferError
 from transfer.core.runs import atomic_write_json, read_json
 from transfer.data.working_copy import ADD, MOVE, REMOVE, WorkingCopy

@@ -46,7 +46,7 @@ def render() -> None:
         st.title(demo.title)
         if demo.description:
             st.markdown(demo.description)
-        show_facts(demo)
+        show_facts(demo, predict_view.has_novelty(RunDir(demo.folder)))
     snapshot = RunDir(demo.folder)  # model.json, model.safetensors and model.onnx, as predict_view expects
     try:
         predict_view.predictor_for(snapshot)  # loaded (once per process) before the first picture arrives
@@ -66,15 +66,17 @@ def render() -> None:
                                  key="demo_pictures", max_upload_size=limit_mb,
                                  help=f"JPEG, PNG, GIF, BMP, WebP or TIFF, up to {limit_mb} MB each.")
         for index, upload in enumerate(files or []):
-            show_picture(store, token, snapshot, upload.name, upload.getvalue(), top_k, show_cam, f"upload_{index}")
+            show_picture(store, token, snapshot, upload.name, upload.getvalue(), top_k, show_cam, f"upload_{index}",
+                         demo.strictness)
     with webcam_tab:
         photo = st.camera_input("Take a picture", key="demo_webcam")
         if photo is not None:
-            show_picture(store, token, snapshot, "webcam picture", photo.getvalue(), top_k, show_cam, "webcam")
+            show_picture(store, token, snapshot, "webcam picture", photo.getvalue(), top_k, show_cam, "webcam",
+                         demo.strictness)
     with live_tab:  # classified in the visitor's browser: costs this server nothing per frame
-        frame = live_view.live_section(snapshot.path, top_k, "demo_live")
+        frame = live_view.live_section(snapshot.path, top_k, "demo_live", strictness=demo.strictness)
         if frame is not None:  # "Explain this frame" counts as one picture tried
-            show_picture(store, token, snapshot, "explained camera frame", frame, top_k, True, "live")
+            show_picture(store, token, snapshot, "explained camera frame", frame, top_k, True, "live", demo.strictness)
     offer_download(demo)
 
 
@@ -84,10 +86,11 @@ def show_invalid() -> None:
     st.error(INVALID_LINK, icon="🔒")
 
 
-def show_facts(demo) -> None:
+def show_facts(demo, knows_strangers: bool = False) -> None:
     left, right = st.columns([3, 1])
     left.markdown("**Classes:** " + ", ".join(f"`{name}`" for name in demo.classes))
-    left.caption("The model always answers with one of these classes, even for a picture of something else.")
+    left.caption("A picture that looks unlike all of these is answered \"None of these\"." if knows_strangers else
+                 "The model always answers with one of these classes, even for a picture of something else.")
     accuracy = demo.val_accuracy
     right.metric("Validation accuracy", f"{accuracy:.1%}" if isinstance(accuracy, (int, float)) else "–",
                  help="The share of pictures the model had never trained on that it got right.")
@@ -104,13 +107,13 @@ def options(classes: int) -> tuple[int, bool]:
 
 
 def show_picture(store: DemoStore, token: str, snapshot: RunDir, name: str, data: bytes, top_k: int, show_cam: bool,
-                 key: str) -> None:
+                 key: str, strictness: str = "normal") -> None:
     content = predict_view.digest(data)
     if not admitted(store, token, name, content, len(data)):
         return
     demo_collect.keep_picture(store.open(token), data)
     result = predict_view.predict_picture(str(snapshot.path), predict_view.weights_version(snapshot), content, name,
-                                          data, top_k, show_cam)
+                                          data, top_k, show_cam, strictness)
     predict_view.render_picture(result, show_cam, key=key)
 
 

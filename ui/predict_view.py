@@ -13,11 +13,18 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from transfer.core.errors import TransferError
+from transfer.models.novelty import NOT_AVAILABLE, STRICTNESS, describe_answer, novelty_info
 from transfer.core.runs import FINISHED, RunDir, find_run, list_runs
 from ui import session
 
 RUN_PARAM = "run"  # the same query parameter as the Train page, so links carry the chosen run over
 DISPLAY_PIXELS = 480  # longest side of an uploaded picture as shown on the page
+STRICTNESS_QUESTION = "How sure must it be that a picture belongs to a class?"
+STRICTNESS_HELP = ("Pictures that look unlike every class the model learned are answered \"None of these\". "
+                   "Relaxed, normal and strict let through about "
+                   + ", ".join(f"{keep:.0%}" for keep in STRICTNESS.values())
+                   + " of pictures like the training ones: stricter catches more strangers and doubts more "
+                     "real pictures.")
 
 
 # ----------------------------------------------------------------------------- choosing a run
@@ -124,15 +131,16 @@ def digest(data: bytes) -> str:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def predict_picture(run_path: str, version: float, content_digest: str, name: str, _data: bytes, top_k: int,
-                    with_cam: bool) -> PictureResult:
-    """Top-k (and Grad-CAM when asked) of one uploaded picture; cached per run, content and options,
-    so a rerun of the page (any click) predicts nothing again."""
+                    with_cam: bool, strictness: str = "normal") -> PictureResult:
+    """Top-k (and Grad-CAM when asked) of one uploaded picture, and whether it is "None of these"
+    at ``strictness``; cached per run, content and options, so a rerun of the page (any click)
+    predicts nothing again."""
     from transfer.data.images import thumbnail
 
     predictor = _load_predictor(run_path, version)
     try:
         picture = np.asarray(thumbnail(_data, DISPLAY_PIXELS))
-        prediction = predictor.predict(_data, top_k)[0]
+        prediction = predictor.predict(_data, top_k, unknown_threshold=strictness)[0]
         result = PictureResult(name, picture, prediction.to_dict())
         if with_cam:  # Grad-CAM needs PyTorch: this server's explainer child makes it
             from transfer.serving.explainer import shared_explainer
@@ -145,14 +153,15 @@ def predict_picture(run_path: str, version: float, content_digest: str, name: st
 
 
 @st.cache_data(max_entries=16, show_spinner="Predicting every picture in the zip ...")
-def predict_zip(run_path: str, version: float, content_digest: str, _data: bytes, top_k: int):
+def predict_zip(run_path: str, version: float, content_digest: str, _data: bytes, top_k: int,
+                strictness: str = "normal"):
     """The predictions (:class:`~transfer.serving.server_predict.ZipPredictions`) for the pictures in an
     uploaded zip, made by a ``transfer predict`` child process, or the sentence that says why the
     zip cannot be used."""
     from transfer.serving.server_predict import predict_zip_in_child
 
     try:
-        return predict_zip_in_child(run_path, _data, top_k), ""
+        return predict_zip_in_child(run_path, _data, top_k, strictness), ""
     except (TransferError, OSError, ValueError) as error:
         return None, _sentence("The zip", error)
 
@@ -173,7 +182,13 @@ def render_picture(result: PictureResult, show_cam: bool, key: str) -> None:
     columns = st.columns([1, 1.4, 1] if show_cam else [1, 1.4])
     columns[0].image(result.picture, width="stretch")
     prediction = result.prediction
-    columns[1].markdown(f"Prediction: **{prediction['label']}** ({prediction['probability']:.1%})")
+    if prediction.get("unknown"):
+        columns[1].markdown(f"Prediction: **None of these** (looks unlike every class; closest: "
+                            f"{prediction['label']} {prediction['probability']:.0%})")
+    else:
+        columns[1].markdown(f"Prediction: **{prediction['label']}** ({prediction['probability']:.1%})")
+    if prediction.get("novelty") is not None:
+        columns[1].caption(f"Novelty {prediction['novelty']:.3f}: how unlike the training pictures it looks.")
     columns[1].plotly_chart(top_k_bars(prediction), key=f"topk_{key}")
     if show_cam:
         if result.overlay is not None:
@@ -182,6 +197,31 @@ def render_picture(result: PictureResult, show_cam: bool, key: str) -> None:
             columns[2].caption(result.cam_note)
         else:
             columns[2].info(result.cam_note or "No heat map is available for this model.")
+
+
+# ----------------------------------------------------------------------------- "None of these"
+
+
+def has_novelty(run: RunDir) -> bool:
+    """Whether the run can say "None of these" (trained with a novelty reference)."""
+    return novelty_info(run.path) is not None
+
+
+def strictness_control(run: RunDir, key: str, container=st) -> str:
+    """The strictness picker for a run that can say "None of these"; for one trained before,
+    the sentence that says so, once, and "normal" (which then never marks a picture unknown)."""
+    if not has_novelty(run):
+        container.caption(NOT_AVAILABLE)
+        return "normal"
+    return container.radio(STRICTNESS_QUESTION, list(STRICTNESS), index=1, horizontal=True, key=key,
+                           help=STRICTNESS_HELP)
+
+
+def answer_column(row: dict) -> str:
+    """A batch table's answer: the class, or "None of these" with the closest class."""
+    if not row.get("label"):
+        return ""
+    return describe_answer(row) if row.get("unknown") is True else row["label"]
 
 
 # ----------------------------------------------------------------------------- figures

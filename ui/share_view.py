@@ -15,10 +15,11 @@ import streamlit as st
 
 from transfer.serving import demo_collect
 from transfer.core.errors import TransferError
+from transfer.models.novelty import STRICTNESS
 from transfer.core.runs import RunDir
 from transfer.serving.share import (EXPIRY_CHOICES, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, OWNER_FILE, DemoStore,
                             default_title, demo_link, public_base_url)
-from ui import session
+from ui import predict_view, session
 
 _LAST_LINK = "share_last_link"
 
@@ -50,6 +51,10 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         allow_download = st.checkbox("Visitors may download the model (bundle zip)", key="share_download",
                                      help="The bundle holds the model (ONNX and safetensors), its model card and "
                                           "a predict.py that runs without this studio.")
+        strictness = "normal"
+        if predict_view.has_novelty(run):
+            strictness = st.radio(predict_view.STRICTNESS_QUESTION, list(STRICTNESS), index=1, horizontal=True,
+                                  key="share_strictness", help=predict_view.STRICTNESS_HELP)
         collect = st.checkbox("Keep the pictures visitors try, for me to label", key="share_collect",
                               help="Off by default. The demo page tells visitors before they drop anything; at most "
                                    "a few hundred pictures are kept, and revoking the link deletes them. They appear "
@@ -60,7 +65,8 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         with st.spinner("Freezing a checked copy of the model for the demo ..."):
             prepare_exports(run, allow_download)
             token, demo = store.create(run.path, title=title, description=description, expires=expiry,
-                                       allow_download=allow_download, owner_record=record)
+                                       allow_download=allow_download, owner_record=record,
+                                       strictness=strictness)
             if collect:
                 demo_collect.enable(demo.folder)
     except TransferError as error:

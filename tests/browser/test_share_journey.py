@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from browsertools import wait_for_app
-from test_predict_journey import finished_run  # noqa: F401 (a tiny finished run in the server's home)
+from test_predict_journey import finished_run, shown_answer  # noqa: F401 (a tiny finished run in the server's home)
 from transfer.serving.predict import Predictor
 from transfer.serving.share import INVALID_LINK, DemoStore
 
@@ -58,7 +58,7 @@ def test_owner_shares_a_stranger_tries_it_and_the_owner_revokes_it(studio, page,
 
     picture = tmp_path / "my photo.png"
     make_picture(2, 901, (96, 80)).save(picture)
-    label = Predictor.from_run(run.path).predict(picture, 1)[0].label
+    label = shown_answer(Predictor.from_run(run.path).predict(picture, 1)[0])
     context, stranger = visit(browser)
     try:
         started = time.monotonic()
@@ -131,7 +131,7 @@ def test_a_demo_outlives_its_run_and_a_server_restart(studio, browser, finished_
     demo_token, demo = DemoStore().create(run.path, title="Still here")
     picture = tmp_path / "another.png"
     make_picture(1, 902, (96, 80)).save(picture)
-    label = Predictor.from_run(run.path).predict(picture, 1)[0].label
+    label = shown_answer(Predictor.from_run(run.path).predict(picture, 1)[0])
     shutil.rmtree(run.path)  # the owner deletes the run: the demo has its own copy
 
     for attempt in ("first server", "restarted server"):

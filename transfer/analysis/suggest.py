@@ -273,12 +273,24 @@ def known_features(samples: list, backbone: str, image_size: int | None,
 
 
 def unknown_flags(run_dir: Path | None, features: np.ndarray) -> list[bool | None]:
-    """Whether each pool picture looks unlike every class of the run ("None of these").
+    """Whether each pool picture looks unlike every class of the run ("None of these"), at the
+    normal strictness (transfer.models.novelty). The pool's features are the pretrained backbone's,
+    which is the space a features run's reference lives in; a fine-tuned or scratch run's reference
+    is in its own trained space, so there the answer is ``None`` (not known) rather than a guess."""
+    from transfer.models.novelty import load_reference
 
-    The novelty scores come with the "None of these" work (issue 19, transfer.novelty); until it
-    is merged, this is the one place that answers ``None`` for every picture.
-    """
-    return [None] * len(features)
+    reference = load_reference(run_dir) if run_dir is not None else None
+    if reference is None or _run_method(run_dir) != "features" or reference.vectors.shape[1] != features.shape[-1]:
+        return [None] * len(features)
+    threshold = reference.threshold("normal")
+    return [bool(score > threshold) for score in reference.score(features)]
+
+
+def _run_method(run_dir: Path) -> str:
+    try:
+        return str(json.loads((Path(run_dir) / "config.json").read_text()).get("method", ""))
+    except (OSError, ValueError):
+        return ""
 
 
 @dataclass

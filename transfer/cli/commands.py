@@ -362,6 +362,9 @@ def add_predict(sub) -> None:
     p.add_argument("images", metavar="IMAGE", nargs="+", help="picture files, folders of pictures or .zip archives")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to show per picture (default 5)")
     p.add_argument("--csv", metavar="FILE", help="also write the predictions as a CSV file")
+    p.add_argument("--unknown-threshold", default="normal", metavar="X|relaxed|normal|strict|off",
+                   help="novelty above which a picture is 'None of these': a number, a strictness (relaxed, normal, "
+                        "strict keep about 99/95/90%% of pictures like the training ones; default normal) or off")
     add_runs_dir_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
 
@@ -375,7 +378,7 @@ def cmd_predict(args) -> int:
         raise UserError("--top-k must be at least 1.")
     run_path = Path(args.run)
     run_dir = run_path if (run_path / "config.json").is_file() else resolve_run(args.run, args.runs_dir)[0].path
-    result = predict_paths(run_dir, args.images, top_k=args.top_k)
+    result = predict_paths(run_dir, args.images, top_k=args.top_k, unknown_threshold=args.unknown_threshold)
     if args.csv:
         Path(args.csv).write_bytes(result.csv_bytes())
     if args.json:
@@ -386,11 +389,15 @@ def cmd_predict(args) -> int:
 
 
 def _print_predictions(result, top_k: int) -> None:
-    rows = [{"file": r["file"], "label": r["label"], "probability": f"{r['probability']:.3f}",
+    rows = [{"file": r["file"], "label": f"None of these (closest: {r['label']})" if r["unknown"] else r["label"],
+             "probability": f"{r['probability']:.3f}", "novelty": "" if r["novelty"] is None else f"{r['novelty']:.3f}",
              "runners-up": ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"][1:top_k])}
             for r in result.rows]
     if rows:
-        print_table(rows, ["file", "label", "probability", "runners-up"] if top_k > 1 else ["file", "label", "probability"])
+        columns = ["file", "label", "probability"] + (["novelty"] if result.novelty else [])
+        print_table(rows, columns + (["runners-up"] if top_k > 1 else []))
+    if rows and not result.novelty:
+        print(result.to_dict()["note"])
     if result.skipped:
         print()
         print(f"skipped ({len(result.skipped)}):")
@@ -671,6 +678,9 @@ def add_share(sub) -> None:
     p.add_argument("--description", default="", help="a sentence or two under the title")
     p.add_argument("--expires", default="7d", help="90m, 1h, 1d, 7d, 30d ... or never (default 7d)")
     p.add_argument("--allow-download", action="store_true", help="let visitors download the model bundle")
+    p.add_argument("--strictness", choices=("relaxed", "normal", "strict"), default="normal",
+                   help="when the demo answers 'None of these' (keeps about 99/95/90%% of pictures like the "
+                        "training ones; default normal)")
     p.add_argument("--list", action="store_true", help="list the demos on this machine")
     p.add_argument("--revoke", metavar="TOKEN", help="end a demo now (its token, or its id from --list)")
     add_runs_dir_argument(p)
@@ -694,7 +704,8 @@ def cmd_share(args) -> int:
         return 0
     run, _ = resolve_run(args.run, args.runs_dir)
     token, demo = store.create(run.path, title=args.title, description=args.description, expires=args.expires,
-                               allow_download=args.allow_download, owner_record=share.command_line_record())
+                               allow_download=args.allow_download, owner_record=share.command_line_record(),
+                               strictness=args.strictness)
     link = share.demo_link(share.public_base_url(), token)
     if args.json:
         print_json({"token": token, "link": link, **demo.to_dict(store.clock())})

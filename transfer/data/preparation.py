@@ -13,7 +13,9 @@ did when it trained and validated the model:
 2. scale the short side to ``resize_size`` with the interpolation recorded in ``model.json``
    (bicubic for timm models, bilinear for torchvision and the EfficientNet-Lite weights);
 3. take the central square, then its central ``input_size`` crop;
-4. divide by 255 and normalise with the recorded mean and std; the model returns probabilities.
+4. divide by 255 and normalise with the recorded mean and std; the model returns probabilities
+   and, for a model with a novelty reference, each picture's novelty: above the threshold
+   ``model.json`` records (``--unknown-threshold``), the answer is "None of these".
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ MAX_ASPECT = 4.0
 #: Bump when a rule below changes the decoded pixels: the studio's decode caches, picture banks
 #: and feature caches key on it, so nothing decoded the old way is reused.
 PIXEL_RULES_VERSION = 1
+#: "How sure must it be that a picture belongs to a class?": the share of pictures like the
+#: training ones each setting keeps (the studio's transfer.models.novelty calibrates on these).
+STRICTNESS = {"relaxed": 0.99, "normal": 0.95, "strict": 0.90}
 
 _RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -192,6 +197,24 @@ def normalising_factors(mean, std, scale: float) -> tuple[list[float], list[floa
     return [scale / s for s in std], [m / s for m, s in zip(mean, std)]
 
 
+def unknown_threshold(novelty: dict | None, setting="normal") -> float | None:
+    """The novelty above which a picture is "None of these": ``setting`` is a strictness name
+    (its threshold recorded in ``model.json``), a number, or ``off``; None means never unknown
+    (also for a model trained without novelty). Raises ValueError for anything else."""
+    if setting is None or str(setting).strip().lower() == "off":
+        return None
+    text = str(setting).strip().lower()
+    if text in STRICTNESS:
+        return float(novelty["thresholds"][text]) if novelty else None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--unknown-threshold takes a number, {', '.join(STRICTNESS)} or off, not '{setting}'") from None
+    if not 0.0 <= value <= 2.0:
+        raise ValueError(f"--unknown-threshold {setting} is outside 0..2, the range of a cosine distance")
+    return value
+
+
 def picture_files(arguments: list[str]) -> list[Path]:
     files = []
     for argument in arguments:
@@ -212,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify pictures with this exported model.")
     parser.add_argument("images", nargs="+", help="picture files or folders of pictures")
     parser.add_argument("--top-k", type=int, default=5, help="how many classes to list per picture")
+    parser.add_argument("--unknown-threshold", default="normal", metavar="X|relaxed|normal|strict|off",
+                        help="novelty above which a picture is 'None of these' (default: the model's normal setting)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.top_k < 1:
@@ -221,8 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent
     info = json.loads((here / "model.json").read_text())
     classes, preprocessing = info["classes"], info["preprocessing"]
+    try:
+        threshold = unknown_threshold(info.get("novelty"), args.unknown_threshold)
+    except ValueError as error:
+        raise SystemExit(f"{error}.") from None
     session = onnxruntime.InferenceSession(str(here / "model.onnx"), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
+    scores_novelty = [output.name for output in session.get_outputs()][1:2] == ["novelty"]
     k = min(args.top_k, len(classes))
     predictions, skipped = [], []
     for path in picture_files(args.images):
@@ -231,17 +261,22 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:  # noqa: BLE001 - one bad file is reported, never fatal
             skipped.append({"file": str(path), "reason": f"{type(error).__name__}: {error}"})
             continue
-        probabilities = session.run(None, {input_name: batch})[0][0]
+        outputs = session.run(None, {input_name: batch})
+        probabilities = outputs[0][0]
+        novelty = float(outputs[1][0]) if scores_novelty else None
         order = np.argsort(-probabilities, kind="stable")[:k]
         top = [{"label": classes[i], "probability": float(probabilities[i])} for i in order]
         predictions.append({"file": str(path), "label": top[0]["label"], "probability": top[0]["probability"],
-                            "top_k": top})
+                            "top_k": top, "unknown": bool(novelty is not None and threshold is not None
+                                                          and novelty > threshold), "novelty": novelty})
     if args.json:
         print(json.dumps({"predictions": predictions, "skipped": skipped}))
     else:
         for row in predictions:
             others = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in row["top_k"][1:])
-            print(f"{row['file']}: {row['label']} ({row['probability']:.1%})" + (f"  [{others}]" if others else ""))
+            answer = (f"None of these (looks unlike every class; closest: {row['label']} {row['probability']:.1%})"
+                      if row["unknown"] else f"{row['label']} ({row['probability']:.1%})")
+            print(f"{row['file']}: {answer}" + (f"  [{others}]" if others else ""))
         for row in skipped:
             print(f"{row['file']}: skipped ({row['reason']})", file=sys.stderr)
     return 0 if predictions or not skipped else 1

@@ -6,11 +6,14 @@ probabilities differ by more than :data:`MAX_ABS_DIFF` is refused with a sentenc
 
 * ``onnx``: ``model.onnx``, input ``input`` (a float batch ``N x 3 x H x W``, already resized,
   cropped and normalised as ``model.json`` says; N is dynamic), output ``probabilities``
-  (softmax included). Written by PyTorch's TorchScript-based ONNX exporter (opset 17), which
+  (softmax included), and for a run with a novelty reference a second output ``novelty``
+  (``N``: the cosine distance of each picture's features to its k-th nearest training picture,
+  computed inside the graph; see transfer.models.novelty). Written by PyTorch's TorchScript-based ONNX exporter (opset 17), which
   gives a plain graph for the EfficientNet-Lite, ResNet, MobileNet, VGG, ConvNeXt and ViT
   families without extra packages; run by onnxruntime.
 * ``torchscript``: ``model.pt``, the same contract, a traced and frozen TorchScript module
-  (``torch.jit.load`` reads it; no Python class of ours is needed).
+  (``torch.jit.load`` reads it; no Python class of ours is needed); with a novelty reference it
+  returns the tuple ``(probabilities, novelty)``.
 * ``bundle``: one zip named after the run: ``model.onnx``, ``model.safetensors``, ``model.json``,
   ``requirements.txt``, a model card ``README.md`` and ``predict.py`` (transfer.data.preparation,
   which needs only onnxruntime, numpy and pillow).
@@ -43,7 +46,7 @@ FORMATS = ("bundle", "onnx", "torchscript", "web")
 MAX_ABS_DIFF = 1e-4
 CHECK_PICTURES = 64
 ONNX_OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
+INPUT_NAME, OUTPUT_NAME, NOVELTY_NAME = "input", "probabilities", "novelty"
 EXPORTS_FOLDER = "exports"
 RECORD_FILE = "exports.json"
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
@@ -155,10 +158,14 @@ def _make_export(run_dir: Path, format: str, folder: Path) -> ExportResult:
                             onnx.check_inputs)
     if format == "web":
         return _make_web_page(run_dir, folder)
+    from transfer.models.novelty import load_reference, scored_model
+
     loaded = load_run_model(run_dir)
     inputs, source = check_inputs(run_dir, loaded.preprocessing)
-    wrapped = probability_model(loaded.model)
-    data = onnx_bytes(wrapped, loaded.preprocessing.input_size, loaded.backbone) if format == "onnx" \
+    reference = load_reference(run_dir)
+    wrapped = probability_model(loaded.model) if reference is None else scored_model(loaded.model, reference)
+    outputs = [OUTPUT_NAME] if reference is None else [OUTPUT_NAME, NOVELTY_NAME]
+    data = onnx_bytes(wrapped, loaded.preprocessing.input_size, loaded.backbone, outputs) if format == "onnx" \
         else torchscript_bytes(wrapped, loaded.preprocessing.input_size, loaded.backbone)
     difference = max_abs_diff(wrapped, data, format, inputs)
     if not difference <= MAX_ABS_DIFF:  # also refuses NaN
@@ -265,11 +272,12 @@ def _example(input_size: int):
     return torch.zeros(2, 3, input_size, input_size)
 
 
-def onnx_bytes(wrapped, input_size: int, backbone: str = "") -> bytes:
+def onnx_bytes(wrapped, input_size: int, backbone: str = "", outputs: list[str] | None = None) -> bytes:
     import warnings
 
     import torch
 
+    outputs = outputs or [OUTPUT_NAME]
     buffer = io.BytesIO()
     try:
         # Not under no_grad: there PyTorch's attention layers take a fused fast path
@@ -277,8 +285,8 @@ def onnx_bytes(wrapped, input_size: int, backbone: str = "") -> bytes:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's concern
             torch.onnx.export(wrapped, (_example(input_size),), buffer, dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                              input_names=[INPUT_NAME], output_names=outputs,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}})
     except Exception as error:  # noqa: BLE001 - any exporter failure becomes the sentence below
         raise ExportError(_cannot_export("ONNX", backbone, error)) from None
     return buffer.getvalue()
@@ -322,23 +330,29 @@ def onnx_session(model: bytes | str | Path, threads: int | None = None):
 
 
 def max_abs_diff(wrapped, data: bytes, format: str, inputs) -> float:
-    """The largest difference in class probabilities between PyTorch and the exported model."""
+    """The largest difference in class probabilities (and novelty, for a model that has it)
+    between PyTorch and the exported model."""
+    import numpy as np
     import torch
 
+    def as_arrays(answer) -> list:
+        answers = answer if isinstance(answer, (tuple, list)) else [answer]
+        return [np.asarray(a.float().numpy() if isinstance(a, torch.Tensor) else a) for a in answers]
+
     with torch.inference_mode():
-        reference = wrapped(inputs).float().numpy()
+        reference = as_arrays(wrapped(inputs))
     if format == "onnx":
         session = onnx_session(data)
-        exported = session.run(None, {INPUT_NAME: inputs.numpy()})[0]
+        exported = as_arrays(session.run(None, {INPUT_NAME: inputs.numpy()}))
     else:
         import warnings
 
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream, still the format asked for
-            exported = torch.jit.load(io.BytesIO(data), map_location="cpu")(inputs).float().numpy()
-    if exported.shape != reference.shape:
+            exported = as_arrays(torch.jit.load(io.BytesIO(data), map_location="cpu")(inputs))
+    if [a.shape for a in exported] != [a.shape for a in reference]:
         return float("inf")
-    return float(abs(exported - reference).max())
+    return max(float(abs(e - r).max()) for e, r in zip(exported, reference))
 
 
 def check_inputs(run_dir: Path, preprocessing):
@@ -394,12 +408,15 @@ def bundle_bytes(run_dir: Path, onnx: bytes) -> bytes:
 
     info = read_model_info(run_dir)
     bundled_info = {**info, "weights": "model.safetensors",
-                    "onnx": {"file": "model.onnx", "input": INPUT_NAME, "output": OUTPUT_NAME, "opset": ONNX_OPSET}}
+                    "onnx": {"file": "model.onnx", "input": INPUT_NAME, "output": OUTPUT_NAME, "opset": ONNX_OPSET,
+                             **({"novelty_output": NOVELTY_NAME} if info.get("novelty") else {})}}
     top = run_dir.name
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(f"{top}/model.onnx", onnx)
         archive.write(run_dir / info.get("weights", WEIGHTS_FILE), f"{top}/model.safetensors")
+        if info.get("novelty"):  # the reference is inside model.onnx too; this copy is for other tools
+            archive.write(run_dir / info["novelty"]["file"], f"{top}/{info['novelty']['file']}")
         archive.writestr(f"{top}/{MODEL_INFO_FILE}", json.dumps(bundled_info, indent=2) + "\n")
         archive.writestr(f"{top}/requirements.txt", BUNDLE_REQUIREMENTS)
         archive.writestr(f"{top}/README.md", model_card(run_dir))

@@ -26,9 +26,10 @@ def render_model_card(run_dir: Path | str) -> str:
         _data_section(run, classes),
         _quality_section(run),
         _usage_section(info),
-        _limits_section(classes),
+        _novelty_section(run, info),
+        _limits_section(classes, bool(info.get("novelty"))),
     ]
-    return "\n\n".join(section.strip() for section in sections) + "\n"
+    return "\n\n".join(section.strip() for section in sections if section.strip()) + "\n"
 
 
 def _summary(run: RunDir, info: dict, classes: list[str]) -> str:
@@ -112,7 +113,8 @@ python predict.py photos/ --top-k 3 --json
 
 `predict.py` needs only onnxruntime, numpy and pillow, and prepares each picture exactly as the
 studio did. `model.onnx` takes a float batch `N x 3 x H x W` prepared as `model.json` says and
-returns class probabilities; `model.safetensors` holds the PyTorch weights.
+returns class probabilities (and, when the model has one, each picture's novelty as a second
+output); `model.safetensors` holds the PyTorch weights.
 
 The same model also runs inside a web browser: the studio's "Download as a web page" (or
 `transfer export RUN_DIR --format web`) gives a folder with an `index.html` that classifies
@@ -121,12 +123,48 @@ preparation and answers; put it on any static file host (`python -m http.server`
 """
 
 
-def _limits_section(classes: list[str]) -> str:
+def _novelty_section(run: RunDir, info: dict) -> str:
+    from transfer.models.novelty import STRICTNESS, validation_novelty
+
+    novelty = info.get("novelty")
+    if not novelty:
+        return ""
+    thresholds = novelty["thresholds"]
+    rows = "\n".join(f"| {name} | {keep:.0%} | {thresholds[name]:.4f} |" for name, keep in STRICTNESS.items())
+    scores = validation_novelty(run.path)
+    validation = ""
+    if scores:
+        unknown = sum(score > thresholds["normal"] for score in scores)
+        validation = (f"\nAt the normal setting, {unknown} of the {len(scores)} validation pictures "
+                      f"({unknown / len(scores):.0%}) are called unknown.\n")
+    return f"""
+## "None of these"
+
+Besides its class probabilities the model measures how unlike the training pictures a picture
+looks: its **novelty** is the {novelty["metric"]} (k = {novelty["k"]}) in the backbone's
+feature space, from {novelty["reference_pictures"]} reference pictures stored inside `model.onnx`
+(second output `novelty`; also in `{novelty["file"]}`). Above the threshold, `predict.py` answers
+"None of these" (`"unknown": true`) and names the closest class second.
+
+The thresholds were set from the training pictures alone: {novelty["calibration"]}.
+
+| strictness | training-like pictures kept | novelty threshold |
+|---|---|---|
+{rows}
+{validation}
+Choose with `python predict.py photo.jpg --unknown-threshold relaxed|normal|strict|off` or a number.
+"""
+
+
+def _limits_section(classes: list[str], has_novelty: bool = False) -> str:
+    anything_else = ("A picture of anything else is usually called \"None of these\" (see above), but not "
+                     "always: a picture close enough to a class in the backbone's eyes still gets its label."
+                     if has_novelty else
+                     "A picture of anything else still gets one of these labels, often with a high probability.")
     return f"""
 ## What it cannot know
 
-It only knows the classes it was trained on ({", ".join(classes)}). A picture of anything else
-still gets one of these labels, often with a high probability. The validation figures hold for
+It only knows the classes it was trained on ({", ".join(classes)}). {anything_else} The validation figures hold for
 pictures like the training pictures (same cameras, lighting, framing); check it on your own
 pictures before relying on it.
 """

@@ -32,6 +32,7 @@ from transfer.models.backbones import Preprocessing
 from transfer.core.errors import TransferError
 from transfer.data.augment import centre_square, eval_batch
 from transfer.data.images import IMAGE_EXTENSIONS, ImageError, open_image, resize_short_side, to_array
+from transfer.models.novelty import NOT_AVAILABLE, unknown_threshold
 
 ImageSource = Image.Image | Path | str | bytes | BinaryIO
 
@@ -45,11 +46,14 @@ class PredictError(TransferError):
 
 @dataclass(frozen=True)
 class Prediction:
-    """The top-k classes of one picture, most likely first."""
+    """The top-k classes of one picture, most likely first, and how unlike the training pictures
+    it looks (``novelty``, None for a run trained without it; ``unknown``: "None of these")."""
 
     labels: list[str]
     probabilities: list[float]
     indices: list[int]
+    novelty: float | None = None
+    unknown: bool = False
 
     @property
     def label(self) -> str:
@@ -64,6 +68,8 @@ class Prediction:
             "label": self.label,
             "probability": self.probability,
             "top_k": [{"label": name, "probability": p} for name, p in zip(self.labels, self.probabilities)],
+            "unknown": self.unknown,
+            "novelty": self.novelty,
         }
 
 
@@ -147,6 +153,7 @@ class TorchEngine:
         self.device = next(model.parameters()).device
         self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
         self.model = (model.to(memory_format=torch.channels_last) if self.channels_last else model).eval()
+        self.hook_lock = threading.Lock()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device)
@@ -154,6 +161,19 @@ class TorchEngine:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             return torch.softmax(self.model(batch).float(), dim=1).cpu()
+
+    def scores(self, batch: torch.Tensor, reference) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Probabilities and, with a ``reference`` (transfer.models.novelty), each picture's novelty."""
+        if reference is None:
+            return self(batch), None
+        from transfer.models.novelty import head_input_vectors
+
+        batch = batch.to(self.device)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with self.hook_lock, torch.inference_mode():  # the head's pre-hook is per model, not per call
+            logits, features = head_input_vectors(self.model, batch)
+        return torch.softmax(logits.float(), dim=1).cpu(), reference.score(features.cpu().numpy())
 
 
 class OnnxEngine:
@@ -166,10 +186,17 @@ class OnnxEngine:
 
         self.session = onnx_session(onnx_model, threads)
         self.input_name = self.session.get_inputs()[0].name
+        # Exports of runs with a novelty reference answer "novelty" second (transfer.models.novelty).
+        self.scores_novelty = [output.name for output in self.session.get_outputs()][1:2] == ["novelty"]
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.scores(batch)[0]
+
+    def scores(self, batch: torch.Tensor, reference=None) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Probabilities and the graph's own novelty output (None when the export has none)."""
         array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        outputs = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(outputs[0]), outputs[1] if self.scores_novelty else None
 
 
 # --------------------------------------------------------------------------- the predictor
@@ -187,10 +214,13 @@ class Predictor:
 
     def __init__(self, model: nn.Module | Callable[[], nn.Module], labels: Sequence[str],
                  preprocessing: Preprocessing, *, channels_last: bool | None = None, warm_up: bool = True,
-                 name: str = "", onnx_model: Path | str | bytes | None = None, threads: int | None = None):
+                 name: str = "", onnx_model: Path | str | bytes | None = None, threads: int | None = None,
+                 novelty=None):
         """``model`` is the PyTorch model, or a function that loads it (called only when Grad-CAM
-        needs it) when ``onnx_model`` gives the fast path."""
+        needs it) when ``onnx_model`` gives the fast path. ``novelty`` is the run's
+        :class:`transfer.models.novelty.Reference` (None: the run was trained without one)."""
         self.labels = list(labels)
+        self.novelty = novelty
         self.preprocessing = preprocessing
         self.name = name
         if onnx_model is not None:
@@ -221,9 +251,10 @@ class Predictor:
             if onnx_file is not None:
                 return cls(lambda: load_run_model(run_dir).model, [str(c) for c in info["classes"]],
                            preprocessing_from_info(info), name=str(info.get("backbone", "")), onnx_model=onnx_file,
-                           **options)
+                           novelty=_reference(run_dir), **options)
         loaded = load_run_model(run_dir)
-        return cls(loaded.model, loaded.labels, loaded.preprocessing, name=loaded.backbone, **options)
+        return cls(loaded.model, loaded.labels, loaded.preprocessing, name=loaded.backbone,
+                   novelty=_reference(run_dir), **options)
 
     @property
     def model(self) -> nn.Module:
@@ -244,29 +275,48 @@ class Predictor:
         """Softmax over the classes for preprocessed ``(3, H, W)`` tensors, one row each."""
         return self.engine(torch.stack(list(tensors)))
 
+    def scores(self, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Probabilities and novelty (None for a run without a reference) of preprocessed tensors."""
+        probabilities, novelty = self.engine.scores(torch.stack(list(tensors)), self.novelty)
+        return probabilities, novelty if self.novelty is not None else None
+
+    def unknown_threshold(self, setting: str | float | None = "normal") -> float | None:
+        """The novelty above which this model says "None of these" for ``setting`` (relaxed,
+        normal, strict, a number, or off); None when it never does."""
+        check_unknown_setting(setting)
+        return self.novelty.threshold(setting) if self.novelty else None
+
     def predict(self, images: ImageSource | Sequence[ImageSource], top_k: int = 5, *,
-                batch_size: int = 32) -> list[Prediction]:
-        """Top-k classes for each picture (PIL images, paths, bytes or open files).
+                batch_size: int = 32, unknown_threshold: str | float | None = "normal") -> list[Prediction]:
+        """Top-k classes for each picture (PIL images, paths, bytes or open files), each with its
+        novelty and whether it is "None of these" at ``unknown_threshold``.
 
         Raises :class:`ImageError` for a source that is not a usable picture; batch prediction
         over folders and zips (:func:`predict_paths`) skips those instead.
         """
         if isinstance(images, (Image.Image, str, Path, bytes)) or hasattr(images, "read"):
             images = [images]
+        threshold = self.unknown_threshold(unknown_threshold)
         tensors = [self.preprocess(image) for image in images]
         results: list[Prediction] = []
         for start in range(0, len(tensors), batch_size):
-            results += self.top_k(self.probabilities(tensors[start:start + batch_size]), top_k)
+            probabilities, novelty = self.scores(tensors[start:start + batch_size])
+            results += self.top_k(probabilities, top_k, novelty, threshold=threshold)
         return results
 
-    def top_k(self, probabilities: torch.Tensor, k: int) -> list[Prediction]:
+    def top_k(self, probabilities: torch.Tensor, k: int, novelty: np.ndarray | None = None, *,
+              threshold: float | None = None) -> list[Prediction]:
+        """Predictions from probabilities, with each picture's novelty and "None of these" when
+        its novelty is over ``threshold``."""
         if k < 1:
             raise PredictError("--top-k must be at least 1.")
         k = min(k, len(self.labels))
         values, indices = probabilities.topk(k, dim=1)
+        scores = [None] * len(values) if novelty is None else [float(n) for n in novelty]
         return [
-            Prediction([self.labels[i] for i in row_idx.tolist()], [float(v) for v in row_val.tolist()], row_idx.tolist())
-            for row_val, row_idx in zip(values, indices)
+            Prediction([self.labels[i] for i in row_idx.tolist()], [float(v) for v in row_val.tolist()], row_idx.tolist(),
+                       score, bool(score is not None and threshold is not None and score > threshold))
+            for row_val, row_idx, score in zip(values, indices, scores)
         ]
 
     # ----------------------------------------------------------------- explanation
@@ -292,6 +342,20 @@ class Predictor:
         if target is None:
             target = int(self.probabilities([tensor])[0].argmax())
         return Explanation(crop, cam, target, self.labels[target], info.description)
+
+
+def check_unknown_setting(setting) -> None:
+    """Raises :class:`PredictError` with a sentence for a strictness that is not one."""
+    try:
+        unknown_threshold(None, setting)
+    except ValueError as error:
+        raise PredictError(f"{error}.") from None
+
+
+def _reference(folder: Path | str):
+    from transfer.models.novelty import load_reference
+
+    return load_reference(folder)
 
 
 def load_fast_predictor(folder: Path | str, **options) -> Predictor:
@@ -320,7 +384,7 @@ class Explanation:
 
 
 #: Columns of a batch prediction table and CSV; ``skipped`` holds the reason a file was left out.
-BATCH_COLUMNS = ("file", "label", "probability", "top_k", "skipped")
+BATCH_COLUMNS = ("file", "label", "probability", "unknown", "novelty", "top_k", "skipped")
 
 
 @dataclass
@@ -329,13 +393,16 @@ class BatchResult:
 
     rows: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    novelty: bool = True  # False: the run has no novelty reference (trained before it existed)
 
     def table_rows(self) -> list[dict]:
         """Every file in order, predicted or skipped, with the columns of :data:`BATCH_COLUMNS`."""
         rows = [{"file": r["file"], "label": r["label"], "probability": round(r["probability"], 4),
+                 "unknown": r.get("unknown", False),
+                 "novelty": "" if r.get("novelty") is None else round(r["novelty"], 4),
                  "top_k": "; ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top_k"]), "skipped": ""}
                 for r in self.rows]
-        rows += [{"file": s["file"], "label": "", "probability": "", "top_k": "",
+        rows += [{"file": s["file"], "label": "", "probability": "", "unknown": "", "novelty": "", "top_k": "",
                   "skipped": f"{s['reason']}: {s['detail']}" if s.get("detail") else s["reason"]} for s in self.skipped]
         return rows
 
@@ -351,7 +418,8 @@ class BatchResult:
         return self.to_csv().encode("utf-8")
 
     def to_dict(self) -> dict:
-        return {"predictions": self.rows, "skipped": self.skipped}
+        return {"predictions": self.rows, "skipped": self.skipped,
+                **({} if self.novelty else {"note": NOT_AVAILABLE})}
 
 
 def _spreadsheet_safe(value):
@@ -363,13 +431,15 @@ def _spreadsheet_safe(value):
 
 
 def predict_paths(run: Path | str | Predictor, sources: ImageSource | Iterable[Path | str | bytes], top_k: int = 5, *,
-                  batch_size: int = 16) -> BatchResult:
+                  batch_size: int = 16, unknown_threshold: str | float | None = "normal") -> BatchResult:
     """Predict every picture in ``sources``: files, folders (searched recursively) and ``.zip``
     archives (given by path or as bytes), in order. Non-images, hidden files and unreadable
     pictures are skipped with a reason, never fatal; zips are unpacked with the data layer's
-    limits (no absolute paths, ``..`` or links; entry count, size and compression ratio capped)."""
+    limits (no absolute paths, ``..`` or links; entry count, size and compression ratio capped).
+    Each row says whether the picture is "None of these" at ``unknown_threshold``."""
     if top_k < 1:
         raise PredictError("--top-k must be at least 1.")
+    check_unknown_setting(unknown_threshold)  # a wrong setting is a sentence before any picture is read
     if isinstance(sources, (str, Path, bytes, bytearray)):
         sources = [sources]
     result = BatchResult()
@@ -379,7 +449,8 @@ def predict_paths(run: Path | str | Predictor, sources: ImageSource | Iterable[P
             files += _expand_source(source, Path(scratch) / str(index), result)
         if files:  # a batch with nothing to predict need not load the model
             predictor = run if isinstance(run, Predictor) else Predictor.from_run(run)
-            _predict_files(predictor, files, top_k, batch_size, result)
+            result.novelty = predictor.novelty is not None
+            _predict_files(predictor, files, top_k, batch_size, result, predictor.unknown_threshold(unknown_threshold))
     return result
 
 
@@ -442,7 +513,7 @@ def _walk_pictures(folder: Path, name: str, result: BatchResult) -> list[tuple[s
 
 
 def _predict_files(predictor: Predictor, files: list[tuple[str, Path]], top_k: int, batch_size: int,
-                   result: BatchResult) -> None:
+                   result: BatchResult, threshold: float | None) -> None:
     def prepare(item):
         shown, path = item
         try:
@@ -458,15 +529,17 @@ def _predict_files(predictor: Predictor, files: list[tuple[str, Path]], top_k: i
         for index in range(len(batches)):
             prepared = [future.result() for future in pending]
             pending = [pool.submit(prepare, item) for item in batches[index + 1]] if index + 1 < len(batches) else []
-            _record_batch(predictor, prepared, top_k, result)
+            _record_batch(predictor, prepared, top_k, result, threshold)
 
 
-def _record_batch(predictor: Predictor, prepared: list, top_k: int, result: BatchResult) -> None:
+def _record_batch(predictor: Predictor, prepared: list, top_k: int, result: BatchResult,
+                  threshold: float | None) -> None:
     ready = [(shown, tensor) for shown, tensor, _ in prepared if tensor is not None]
     for shown, _, error in prepared:
         if error is not None:
             result.skipped.append({"file": shown, "reason": error.reason, "detail": error.detail})
     if ready:
-        predictions = predictor.top_k(predictor.probabilities([tensor for _, tensor in ready]), top_k)
+        probabilities, novelty = predictor.scores([tensor for _, tensor in ready])
+        predictions = predictor.top_k(probabilities, top_k, novelty, threshold=threshold)
         for (shown, _), prediction in zip(ready, predictions):
             result.rows.append({"file": shown, **prediction.to_dict()})

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transfer.data.preparation import model_input, to_rgb
+from transfer.data.preparation import model_input, to_rgb, unknown_threshold
 from transfer.models.catalogue import Preprocessing
 from transfer.core.errors import TransferError
 from transfer.data.images import open_image
@@ -48,6 +48,8 @@ class ServerPrediction:
     labels: list[str]
     probabilities: list[float]
     indices: list[int]
+    novelty: float | None = None  # None: the model was trained before "None of these" existed
+    unknown: bool = False  # "None of these": novelty over the threshold asked for
 
     @property
     def label(self) -> str:
@@ -58,7 +60,7 @@ class ServerPrediction:
         return self.probabilities[0]
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "probability": self.probability,
+        return {"label": self.label, "probability": self.probability, "unknown": self.unknown, "novelty": self.novelty,
                 "top_k": [{"label": name, "probability": p} for name, p in zip(self.labels, self.probabilities)]}
 
 
@@ -76,6 +78,9 @@ class ServerPredictor:
         self.preprocessing = Preprocessing(int(p["input_size"]), tuple(p["mean"]), tuple(p["std"]),
                                            p.get("interpolation", "bilinear"), float(p["crop_pct"]))
         self.name = str(info.get("backbone", ""))
+        novelty = info.get("novelty")
+        self.novelty = novelty if isinstance(novelty, dict) and novelty.get("thresholds") else None
+        self.scores_novelty = False
         self.session = None
         onnx_file = self.folder / ONNX_FILE
         if not onnx_file.is_file():
@@ -85,6 +90,8 @@ class ServerPredictor:
 
             self.session = onnx_session(onnx_file, threads)
             self.input_name = self.session.get_inputs()[0].name
+            # Exports of runs with a novelty reference answer "novelty" second (transfer.models.novelty).
+            self.scores_novelty = [output.name for output in self.session.get_outputs()][1:2] == ["novelty"]
         self.fast = self.session is not None
 
     def prepare(self, source) -> np.ndarray:
@@ -95,40 +102,58 @@ class ServerPredictor:
             image = open_image(source, min_short_side=int(self.preprocessing.resize_size))
         return model_input(image, {**self.preprocessing_info, "resize_size": self.preprocessing.resize_size})
 
-    def probabilities(self, inputs: list[np.ndarray]) -> np.ndarray:
+    def scores(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and the graph's own novelty output (None when the export has none)."""
         batch = np.ascontiguousarray(np.stack(inputs), dtype=np.float32)
-        return self.session.run(None, {self.input_name: batch})[0]
+        outputs = self.session.run(None, {self.input_name: batch})
+        return outputs[0], outputs[1] if self.scores_novelty else None
 
-    def predict(self, sources, top_k: int = 5) -> list[ServerPrediction]:
-        """Top-k classes for each picture; raises ``ImageError`` for a source that is not a picture."""
+    def probabilities(self, inputs: list[np.ndarray]) -> np.ndarray:
+        return self.scores(inputs)[0]
+
+    def predict(self, sources, top_k: int = 5, unknown_threshold: str | float | None = "normal") -> list[ServerPrediction]:
+        """Top-k classes for each picture, its novelty and whether it is "None of these" at
+        ``unknown_threshold`` (relaxed, normal, strict, a number or off); raises ``ImageError``
+        for a source that is not a picture."""
         if isinstance(sources, (bytes, str, Path, Image.Image)):
             sources = [sources]
         if top_k < 1:
             raise ServerPredictError("Show at least one class.")
+        threshold = self.threshold(unknown_threshold)
         if not self.fast:
-            return [self._predict_in_child(source, top_k) for source in sources]
+            return [self._predict_in_child(source, top_k, unknown_threshold) for source in sources]
         inputs = [self.prepare(source) for source in sources]
         results = []
         for start in range(0, len(inputs), BATCH):
-            results += self.top_k(self.probabilities(inputs[start:start + BATCH]), top_k)
+            probabilities, novelty = self.scores(inputs[start:start + BATCH])
+            results += self.top_k(probabilities, top_k, novelty, threshold)
         return results
 
-    def top_k(self, probabilities: np.ndarray, k: int) -> list[ServerPrediction]:
+    def threshold(self, setting: str | float | None) -> float | None:
+        try:
+            return unknown_threshold(self.novelty, setting)
+        except ValueError as error:
+            raise ServerPredictError(str(error)) from None
+
+    def top_k(self, probabilities: np.ndarray, k: int, novelty: np.ndarray | None = None,
+              threshold: float | None = None) -> list[ServerPrediction]:
         k = min(k, len(self.labels))
+        scores = [None] * len(probabilities) if novelty is None else [float(n) for n in np.ravel(novelty)]
         results = []
-        for row in probabilities:
+        for row, score in zip(probabilities, scores):
             order = np.argsort(-row, kind="stable")[:k]
+            unknown = score is not None and threshold is not None and score > threshold
             results.append(ServerPrediction([self.labels[i] for i in order], [float(row[i]) for i in order],
-                                            [int(i) for i in order]))
+                                            [int(i) for i in order], score, unknown))
         return results
 
-    def _predict_in_child(self, source, top_k: int) -> ServerPrediction:
+    def _predict_in_child(self, source, top_k: int, unknown_threshold="normal") -> ServerPrediction:
         if not isinstance(source, bytes):
             source = Path(source).read_bytes()
         with tempfile.TemporaryDirectory(prefix="transfer-picture-") as scratch:
             picture = Path(scratch) / "picture"
             picture.write_bytes(source)
-            answer = transfer_predict_child(self.folder, [str(picture)], top_k)
+            answer = transfer_predict_child(self.folder, [str(picture)], top_k, unknown_threshold=unknown_threshold)
         rows = answer.get("predictions") or []
         if not rows:
             skipped = (answer.get("skipped") or [{}])[0]
@@ -137,7 +162,8 @@ class ServerPredictor:
         top = rows[0]["top_k"]
         labels = [item["label"] for item in top]
         return ServerPrediction(labels, [float(item["probability"]) for item in top],
-                                [self.labels.index(label) for label in labels])
+                                [self.labels.index(label) for label in labels], rows[0].get("novelty"),
+                                bool(rows[0].get("unknown")))
 
 
 def read_info(folder: Path) -> dict:
@@ -165,12 +191,14 @@ def checked_export(folder: Path) -> Path | None:
 # --------------------------------------------------------------------------- work done by children
 
 
-def transfer_predict_child(folder: Path, pictures: list[str], top_k: int, csv_path: Path | None = None) -> dict:
+def transfer_predict_child(folder: Path, pictures: list[str], top_k: int, csv_path: Path | None = None,
+                           unknown_threshold: str | float | None = "normal") -> dict:
     """``transfer predict FOLDER PICTURES --json`` in a child process (lower priority, bounded
     threads); its JSON answer, or a sentence when it failed."""
     from transfer.core.child import run_module
 
-    arguments = ["predict", str(folder), *pictures, "--top-k", str(top_k), "--json"]
+    arguments = ["predict", str(folder), *pictures, "--top-k", str(top_k), "--json",
+                 "--unknown-threshold", "off" if unknown_threshold is None else str(unknown_threshold)]
     if csv_path is not None:
         arguments += ["--csv", str(csv_path)]
     try:
@@ -205,13 +233,14 @@ class ZipPredictions:
         return self.csv_text.encode("utf-8")
 
 
-def predict_zip_in_child(folder: Path | str, data: bytes, top_k: int) -> ZipPredictions:
+def predict_zip_in_child(folder: Path | str, data: bytes, top_k: int, unknown_threshold="normal") -> ZipPredictions:
     """Every picture in a zip (given as bytes), predicted by a ``transfer predict`` child: the
     zip's limits and the skip reasons are the command line's own."""
     with tempfile.TemporaryDirectory(prefix="transfer-zip-") as scratch:
         archive, table = Path(scratch) / "upload.zip", Path(scratch) / "predictions.csv"
         archive.write_bytes(data)
-        answer = transfer_predict_child(Path(folder), [str(archive)], top_k, csv_path=table)
+        answer = transfer_predict_child(Path(folder), [str(archive)], top_k, csv_path=table,
+                                        unknown_threshold=unknown_threshold)
         text = table.read_text(encoding="utf-8") if table.is_file() else ""
     return ZipPredictions(answer.get("predictions") or [], answer.get("skipped") or [], text)
 

@@ -41,6 +41,7 @@ OWNER_FILE = "demos.json"  # in a session's workspace (or the command line's fol
 BUNDLE_FILE = "bundle.zip"
 ONNX_FILE = "model.onnx"  # the name transfer.serving.predict looks for in a folder: the fast path
 MODEL_FILES = ("model.json", "model.safetensors", LABELS_FILE)
+NOVELTY_FILE = "novelty.safetensors"  # transfer.models.novelty's reference: copied when the run has one
 
 TOKEN_BYTES = 24  # 192 random bits; the issue asks for at least 128
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{22,64}")
@@ -136,6 +137,7 @@ class Demo:
     revoked_at: float | None = None
     pictures_tried: int = 0
     folder: Path | None = None
+    strictness: str = "normal"  # when the demo says "None of these" (transfer.models.novelty.STRICTNESS)
 
     @property
     def id(self) -> str:
@@ -196,12 +198,17 @@ class DemoStore:
     # ----------------------------------------------------------------- creating
 
     def create(self, run_dir: Path | str, *, title: str = "", description: str = "", expires: str | None = "7d",
-               allow_download: bool = False, owner_record: Path | None = None) -> tuple[str, Demo]:
+               allow_download: bool = False, owner_record: Path | None = None,
+               strictness: str = "normal") -> tuple[str, Demo]:
         """Snapshot a finished run's model into a new demo; returns ``(token, demo)``.
 
         The snapshot is assembled in a hidden folder and renamed into place, so a half-copied
         demo is never served. ``owner_record`` (a ``demos.json``) gets the token appended.
         """
+        from transfer.models.novelty import STRICTNESS
+
+        if strictness not in STRICTNESS:
+            raise ShareError(f"Strictness '{strictness}' is not one of {', '.join(STRICTNESS)}; choose one of those.")
         run = RunDir(run_dir)
         classes = self._check_run(run)
         expires_in = parse_expiry(expires)
@@ -210,13 +217,16 @@ class DemoStore:
         demo = Demo(digest=token_digest(token), title=_clean(title, MAX_TITLE_CHARS) or default_title(classes),
                     description=_clean(description, MAX_DESCRIPTION_CHARS), run_id=run.id, classes=classes,
                     val_accuracy=run.status().get("best_val_accuracy"), created_at=now,
-                    expires_at=None if expires_in is None else now + expires_in, allow_download=bool(allow_download))
+                    expires_at=None if expires_in is None else now + expires_in, allow_download=bool(allow_download),
+                    strictness=strictness)
         self._ensure_root()
         staging = self.root / f".new-{demo.digest}"
         try:
             staging.mkdir(mode=0o700)
             for name in MODEL_FILES:
                 shutil.copy2(run.path / name, staging / name)
+            if (run.path / NOVELTY_FILE).is_file():
+                shutil.copy2(run.path / NOVELTY_FILE, staging / NOVELTY_FILE)
             copy_exports(run, staging, allow_download)
             atomic_write_json(staging / DEMO_FILE, demo.record())
             atomic_write_json(staging / USAGE_FILE, {"pictures_tried": 0, "recent": []})
@@ -302,7 +312,7 @@ class DemoStore:
         if demo.revoked_at is None:
             demo.revoked_at = self.clock()
             atomic_write_json(demo.folder / DEMO_FILE, demo.record())
-        for name in (*MODEL_FILES, ONNX_FILE, BUNDLE_FILE):
+        for name in (*MODEL_FILES, NOVELTY_FILE, ONNX_FILE, BUNDLE_FILE):
             (demo.folder / name).unlink(missing_ok=True)
         shutil.rmtree(demo.folder / COLLECTED_FOLDER, ignore_errors=True)
         return demo

@@ -68,7 +68,7 @@ class Trainer:
             raise
         finally:
             torch.set_num_threads(threads)
-        self.write_outputs()
+        self.write_outputs(with_novelty=True)
         self.reporter.finish(self.best)
 
     def should_stop(self) -> bool:
@@ -261,12 +261,14 @@ class Trainer:
         self.reporter.epoch_seconds = list(checkpoint.get("epoch_seconds") or [])
         return int(checkpoint["epoch"])
 
-    def write_outputs(self) -> None:
-        """Best weights (feature transfer), validation predictions and metrics, and a result event."""
+    def write_outputs(self, with_novelty: bool = False) -> None:
+        """Best weights (feature transfer), the novelty reference (a finished run, not a
+        cancelled one), validation predictions and metrics, and a result event."""
         best = self.best
         if best.probabilities is None:
             return
         if isinstance(self.task, FeatureTask) and best.state is not None:
             self.model.head().load_state_dict(best.state)
             self.store.write_weights(self.model.get().state_dict())
-        self.store.write_outputs(best)
+        val_novelty = self.store.write_novelty(self.task, self.batch_size) if with_novelty else None
+        self.store.write_outputs(best, val_novelty)

@@ -20,8 +20,12 @@
 ``val_predictions.json``
     For the evaluation page, from the best epoch: ``{"classes": [...], "epoch": n,
     "predictions": [{"path": "val/ants/1.jpg", "sha256": "...", "label": "ants",
-    "predicted": "bees", "probabilities": [0.3, 0.7]}, ...]}``; ``path`` is relative to the
-    data set's root when the picture lies inside it. ``probabilities`` follow ``classes``.
+    "predicted": "bees", "probabilities": [0.3, 0.7], "novelty": 0.12}, ...]}``; ``path`` is relative
+    to the data set's root when the picture lies inside it. ``probabilities`` follow ``classes``;
+    ``novelty`` (a finished run with a reference) is how unlike the training pictures it looks.
+``novelty.safetensors``
+    A finished run's "None of these" reference (transfer.models.novelty), named with its thresholds in
+    ``model.json``'s ``"novelty"`` entry.
 ``val_metrics.json``
     ``{"epoch", "val_accuracy", "val_loss", "per_class": {label: {"accuracy", "correct",
     "count"}}, "confusion": [[count of true i predicted j]]}`` for the best epoch.

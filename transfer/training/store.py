@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from dataclasses import dataclass, field
@@ -98,6 +99,27 @@ class Store:
             preprocessing=self.data.prep, dropout=config.dropout, hidden=config.hidden,
             weights=self.run.weights_path.name, initial_weights=record(spec) if spec else None))
 
+    def write_novelty(self, task, batch_size: int):
+        """The reference "None of these" needs (:mod:`transfer.models.novelty`): its file, then its entry
+        in ``model.json``; returns the validation pictures' novelty (None when there is none)."""
+        from transfer.models.novelty import save_reference
+        from transfer.training.reference import novelty_of_run
+
+        if not self.writes or not (self.run.path / MODEL_INFO_FILE).is_file():
+            return None
+        reference, val_novelty = novelty_of_run(task, self.data.train_targets, self.run.weights_path, batch_size)
+        if reference is None:
+            return None
+        entry = save_reference(self.run.path, reference)
+        info_path = self.run.path / MODEL_INFO_FILE
+        info = json.loads(info_path.read_text())
+        atomic_write_json(info_path, {**info, "novelty": entry})
+        self.run.append_event({"type": "info", "message": (
+            f"\"None of these\": {len(reference.vectors)} training pictures kept as the reference; a picture "
+            f"further than {reference.thresholds['normal']:.3f} from its k-th nearest (k = {reference.k}) is called "
+            f"unknown (normal strictness)."), "novelty": {k: v for k, v in entry.items() if k != "calibration"}})
+        return val_novelty
+
     def write_weights(self, model_state: dict) -> None:
         """The full model's state dict (backbone and head) as safetensors."""
         from safetensors.torch import save
@@ -144,8 +166,9 @@ class Store:
 
     # ------------------------------------------------------------------ validation outputs
 
-    def write_outputs(self, best: Best) -> None:
-        """Validation predictions and metrics of the best epoch, and the ``result`` event."""
+    def write_outputs(self, best: Best, val_novelty=None) -> None:
+        """Validation predictions (with each picture's novelty, when known) and metrics of the
+        best epoch, and the ``result`` event."""
         if not self.writes:
             return
         data, classes = self.data, self.data.classes
@@ -156,6 +179,9 @@ class Store:
              "predicted": classes[int(p)], "probabilities": [round(float(x), 6) for x in probs]}
             for sample, p, probs in zip(data.val_samples, predicted, best.probabilities)
         ]
+        if val_novelty is not None:
+            for prediction, novelty in zip(predictions, val_novelty):
+                prediction["novelty"] = round(float(novelty), 6)
         atomic_write_json(self.run.path / PREDICTIONS_FILE,
                           {"classes": classes, "epoch": best.epoch, "predictions": predictions})
         metrics = class_metrics(data.val_targets, predicted, classes)
