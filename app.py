@@ -7,7 +7,7 @@ import streamlit as st
 from transfer.runtime.gc import collect_now_and_then
 from ui import demo_view, failures, gate, sidebar
 
-st.set_page_config(page_title="Transfer Studio", page_icon="🧠", layout="wide")
+st.set_page_config(page_title="Transfer Studio", page_icon=":material/psychology:", layout="wide")
 gate.refuse_open_network()
 
 # A demo link (?demo=TOKEN) shows one shared model and nothing else: no navigation, no sidebar,
@@ -18,12 +18,12 @@ if demo_view.requested():
     st.stop()
 
 PAGES = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/data.py", title="Data", icon="🗂️"),
-    st.Page("pages/configure.py", title="Configure", icon="⚙️"),
-    st.Page("pages/train.py", title="Train", icon="🚀"),
-    st.Page("pages/evaluate.py", title="Evaluate", icon="🔍"),
-    st.Page("pages/predict.py", title="Predict", icon="🖼️"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/data.py", title="Data", icon=":material/folder_open:"),
+    st.Page("pages/configure.py", title="Configure", icon=":material/tune:"),
+    st.Page("pages/train.py", title="Train", icon=":material/rocket_launch:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/query_stats:"),
+    st.Page("pages/predict.py", title="Predict", icon=":material/image:"),
 ]
 
 unlocked = gate.unlocked()

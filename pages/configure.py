@@ -20,10 +20,10 @@ from ui.gpus_view import gpus_to_use
 from ui.sidebar import has_gpu
 
 STATUS_BADGES = {
-    "bundled": "✅ bundled",
-    "cached": "💾 cached",
-    "downloadable": "⬇️ downloads once",
-    "unavailable": "⛔ not available offline",
+    "bundled": "bundled",
+    "cached": "cached",
+    "downloadable": "downloads once",
+    "unavailable": "not available offline",
 }
 
 st.title("Configure the transfer")
@@ -31,12 +31,12 @@ st.title("Configure the transfer")
 choice = session.chosen_dataset()
 if choice is None:
     st.info("Choose a data set first: the settings depend on how many pictures you have.")
-    st.page_link("pages/data.py", label="Go to Data", icon="🗂️")
+    st.page_link("pages/data.py", label="Go to Data", icon=":material/folder_open:")
     st.stop()
 report = reports.chosen_report(choice)
 if not report.ok or report.dataset is None:
     st.error("The chosen data set has problems to fix before training: " + " ".join(report.errors))
-    st.page_link("pages/data.py", label="Go to Data", icon="🗂️")
+    st.page_link("pages/data.py", label="Go to Data", icon=":material/folder_open:")
     st.stop()
 dataset = report.dataset
 draft = session.draft_config()
@@ -67,7 +67,7 @@ own_weights = weights_view.wants_own_weights(draft)  # then no catalogue weights
 usable = [row["name"] for row in rows if row["status"] != UNAVAILABLE or own_weights]
 unusable = [row["name"] for row in rows if row["status"] == UNAVAILABLE]
 if unusable and not own_weights:
-    st.caption(f"{len(unusable)} backbones are marked ⛔: this machine is offline and their weights "
+    st.caption(f"{len(unusable)} backbones are marked "not available offline": this machine is offline and their weights "
                "are not cached yet, so they cannot be picked. Connect once to download them.")
 current = draft.get("backbone") if draft.get("backbone") in usable else usable[0]
 backbone = st.selectbox("Backbone", usable, index=usable.index(current), key="backbone")
@@ -209,7 +209,7 @@ with st.expander("Advanced settings", expanded=False):
             key="head_only", help="Train the new head alone for a while before unfreezing the backbone.")
 
     finder_left, finder_right = st.columns([1, 2])
-    if finder_left.button("Find a learning rate", icon="🔎", key="lr_find",
+    if finder_left.button("Find a learning rate", icon=":material/search:", key="lr_find",
                           help="A short range test (about 60 steps) in a separate process, as fastai's lr_find."):
         start_lr_finder(method, backbone, int(image_size), int(batch_size))
     show_lr_finder(method, lr_key, finder_left, finder_right)
@@ -262,4 +262,4 @@ else:
     st.metric("Estimated time on this machine", describe_seconds(estimate.seconds))
     st.caption(f"Measured {seconds_per_image * 1000:.0f} ms per picture for {backbone} at {int(image_size)} px; "
                f"{estimate.detail}.")
-st.page_link("pages/train.py", label="Go to Train to start", icon="🚀")
+st.page_link("pages/train.py", label="Go to Train to start", icon=":material/rocket_launch:")

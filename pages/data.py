@@ -186,7 +186,7 @@ def builder_tab() -> None:
     folder = builder_folder()
     name_column, button_column = st.columns([3, 1], vertical_alignment="bottom")
     name_column.text_input("Name of a new class", key="new_class_name", placeholder="for example: cat")
-    button_column.button("Add class", on_click=add_class, icon="➕")
+    button_column.button("Add class", on_click=add_class, icon=":material/add:")
     classes = uploads.builder_classes(folder)
     for name, pictures in classes.items():
         class_card(name, pictures)
@@ -201,7 +201,7 @@ def class_card(name: str, pictures) -> None:
         title.text_input(
             f"Class name ({len(pictures)} pictures)", key=f"class_name:{name}", on_change=rename_class, args=(name,)
         )
-        remove.button("Remove class", key=f"remove_class:{name}", on_click=remove_class, args=(name,), icon="🗑️")
+        remove.button("Remove class", key=f"remove_class:{name}", on_click=remove_class, args=(name,), icon=":material/delete:")
         files = st.file_uploader(
             f"Add pictures to {name}", type=PICTURE_TYPES, accept_multiple_files=True, key=widget_key(f"add:{name}")
         )
@@ -223,7 +223,7 @@ def demo_tab() -> None:
         "A small set of public-domain clip art that ships with the studio: try every page offline "
         "before bringing your own pictures."
     )
-    st.button("Use the demo data set", on_click=use_demo, type="primary", icon="🎁")
+    st.button("Use the demo data set", on_click=use_demo, type="primary", icon=":material/redeem:")
 
 
 # --------------------------------------------------------------------------- the report

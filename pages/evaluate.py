@@ -84,7 +84,7 @@ def show_top_losses(run, evaluation) -> None:
                               help="Off: also the right answers the model was least sure of.")
     worst = evaluation.top_losses(GALLERY_SIZE, mistakes_only=mistakes_only)
     if not worst:
-        st.success("The model got every validation picture right.", icon="🎯")
+        st.success("The model got every validation picture right.", icon=":material/done_all:")
         return
     st.caption("The validation pictures with the lowest probability for their true class, worst first.")
     for start in range(0, len(worst), GALLERY_COLUMNS):
@@ -95,7 +95,7 @@ def show_top_losses(run, evaluation) -> None:
                 column.caption(f"({item.path} is no longer on disk)")
             else:
                 column.image(picture, width="stretch")
-            mark = "✅" if item.correct else "❌"
+            mark = ":material/check_circle:" if item.correct else ":material/cancel:"
             column.caption(f"{mark} true **{evaluation.label(item.true_index)}** · said "
                            f"**{evaluation.label(item.predicted_index)}** {item.predicted_probability:.0%} · "
                            f"p(true) {item.true_probability:.0%}", help=item.path)
@@ -139,7 +139,7 @@ if run is not None:
     try:
         evaluation = cached_evaluation(str(run.path), predictions_version(run))
     except EvaluationNotReady as error:
-        st.info(str(error), icon="ℹ️")
+        st.info(str(error), icon=":material/info:")
         show_curves(run)
     else:
         show_summary(evaluation)
@@ -149,7 +149,7 @@ if run is not None:
         show_unknown(run)
         show_curves(run)
         audit_view.run_feature_map_section(run)
-        st.page_link("pages/predict.py", label="Try the model on new pictures", icon="🖼️",
+        st.page_link("pages/predict.py", label="Try the model on new pictures", icon=":material/image:",
                      query_params={predict_view.RUN_PARAM: run.id, session.SESSION_PARAM: session.session_token()})
     export_view.download_section(run, "evaluate_export")
     share_view.render(run)

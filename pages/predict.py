@@ -66,7 +66,7 @@ def show_zip(run, name: str, data: bytes, top_k: int, strictness: str = "normal"
     result, error = predict_view.predict_zip(str(run.path), predict_view.weights_version(run),
                                              predict_view.digest(data), data, top_k, strictness)
     if error:
-        st.error(error, icon="🚫")
+        st.error(error, icon=":material/error:")
         return
     predicted, skipped = len(result.rows), len(result.skipped)
     if not predicted:
@@ -87,7 +87,7 @@ def show_zip(run, name: str, data: bytes, top_k: int, strictness: str = "normal"
     zip_corrections(run, data, result)
     stem = name.rsplit(".", 1)[0] or "pictures"
     st.download_button("Download the predictions (CSV)", result.csv_bytes(), file_name=f"predictions-{stem}.csv",
-                       mime="text/csv", icon="⬇️", on_click="ignore", key="zip_csv")
+                       mime="text/csv", icon=":material/download:", on_click="ignore", key="zip_csv")
 
 
 def zip_corrections(run, data: bytes, result) -> None:
@@ -123,8 +123,8 @@ if run is not None:
                             help="A heat map over the picture: the parts that raised the predicted class's score.")
     strictness = predict_view.strictness_control(run, "strictness")
 
-    pictures_tab, webcam_tab, live_tab, zip_tab = st.tabs(["🖼️ Pictures", "📷 Webcam", "🎥 Live camera",
-                                                            "🗜️ Zip of pictures"])
+    pictures_tab, webcam_tab, live_tab, zip_tab = st.tabs([":material/image: Pictures", ":material/photo_camera: Webcam", ":material/videocam: Live camera",
+                                                            ":material/folder_zip: Zip of pictures"])
     with pictures_tab:
         files = st.file_uploader("Drop pictures here", type=PICTURE_TYPES, accept_multiple_files=True,
                                  key="pictures", max_upload_size=MAX_PICTURE_MB,

@@ -26,8 +26,9 @@ from ui.sidebar import has_gpu
 
 RUN_PARAM = "run"
 _PHASES = {"decode": "Reading pictures", "features": "Computing features once"}
-STATE_ICONS = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌", "cancelled": "⏹️",
-               "interrupted": "⚠️"}
+STATE_ICONS = {"queued": ":material/hourglass_empty:", "running": ":material/directions_run:",
+               "finished": ":material/check_circle:", "failed": ":material/cancel:", "cancelled": ":material/stop_circle:",
+               "interrupted": ":material/warning:"}
 
 st.title("Train")
 manager = session.job_manager()
@@ -83,7 +84,7 @@ with settings_area:
 
     if config is None:
         st.info("Choose a data set first; the default settings are a good start.")
-        st.page_link("pages/data.py", label="Go to Data", icon="🗂️")
+        st.page_link("pages/data.py", label="Go to Data", icon=":material/folder_open:")
     else:
         trained = ""
         if config.method == "finetune":
@@ -95,9 +96,9 @@ with settings_area:
             st.caption("These are the default settings for this data set; Configure changes them if you like.")
         config.nproc_per_node = gpus_to_use(config.nproc_per_node, key="gpus")
         left, right = st.columns(2)
-        if left.button("Start training", type="primary", icon="🚀"):
+        if left.button("Start training", type="primary", icon=":material/rocket_launch:"):
             start([config])
-        if right.button("Compare the three methods", icon="⚖️",
+        if right.button("Compare the three methods", icon=":material/balance:",
                         help="Trains feature transfer, fine-tuning and training from scratch on the same "
                              "pictures and split, one after another, each with its own default settings."):
             shared = {"dataset": config.dataset, "backbone": config.backbone, "seed": config.seed,
@@ -197,11 +198,11 @@ def live_view(run_id: str, was_active: bool) -> None:
     if history or steps_now:
         st.plotly_chart(charts.training_curves(history, steps_now), key=f"curves_{run.id}")
     if state in ACTIVE_STATES:
-        if st.button("Stop", icon="⏹️", key=f"stop_{run.id}", help="Stops after the current step; "
+        if st.button("Stop", icon=":material/stop_circle:", key=f"stop_{run.id}", help="Stops after the current step; "
                      "the last finished epoch is kept."):
             _act(manager.cancel, run.id, "Stopping after the current step ...")
     elif state in ("interrupted", "cancelled", "failed") and run.checkpoint_path.exists():
-        if st.button("Resume", icon="▶️", key=f"resume_{run.id}"):
+        if st.button("Resume", icon=":material/play_arrow:", key=f"resume_{run.id}"):
             _act(manager.resume, run.id, "Resuming from the last finished epoch ...")
     with st.expander("Event log"):
         st.code("\n".join(_describe(e) for e in events.log) or "No events yet.", language=None)
@@ -250,7 +251,7 @@ def runs_table(was_active: bool) -> None:
     rows = []
     for item in runs:
         summary = item.summary()
-        rows.append({"run": summary["id"], "state": f"{STATE_ICONS.get(summary['state'], '')} {summary['state']}",
+        rows.append({"run": summary["id"], "state": summary["state"],
                      "method": summary["method"], "backbone": summary["backbone"],
                      "best accuracy": summary["best_val_accuracy"], "seconds": summary["seconds"]})
     st.dataframe(rows, hide_index=True, width="stretch",

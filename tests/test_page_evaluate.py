@@ -110,7 +110,7 @@ def test_evaluate_shows_accuracy_confusion_matrix_and_per_class_metrics(in_train
 
     # The gallery: one caption per picture shown, with the true and predicted classes
     mistakes = len(predictions) - right
-    gallery = [c.value for c in app.caption if c.value.startswith(("❌", "✅"))]
+    gallery = [c.value for c in app.caption if c.value.startswith((":material/cancel:", ":material/check_circle:"))]
     assert len(gallery) == min(12, mistakes)
     if mistakes:
         assert len(app.image) == len(gallery)  # every mistake shown with its picture

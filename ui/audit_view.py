@@ -97,7 +97,7 @@ def job_outcome(folder: Path, start_label: str, start) -> dict | None:
         st.warning("The last check stopped before it finished; start it again.")
     if state == "done":
         return read_json(folder / RESULT_FILE, None)
-    st.button(start_label, on_click=start, type="primary", icon="🔎", key=f"start:{folder.name}")
+    st.button(start_label, on_click=start, type="primary", icon=":material/search:", key=f"start:{folder.name}")
     return None
 
 
@@ -176,7 +176,7 @@ def check_labels_section(choice: dict, report) -> None:
             (folder / name).unlink(missing_ok=True)
     result = job_outcome(folder, "Check the labels", lambda: start_audit(choice))
     if result:
-        st.button("Check again", on_click=start_audit, args=(choice,), icon="🔁", key="audit_again")
+        st.button("Check again", on_click=start_audit, args=(choice,), icon=":material/refresh:", key="audit_again")
         show_findings(result, choice, report, copy)
     if copy.edits and str(choice["source"]) == str(copy.data):
         show_changes(copy)
@@ -248,7 +248,7 @@ def _pair_card(pair: dict, index: int, context: dict) -> None:
                 _picture(context["root"], path)
                 st.caption(f"class: {label}")
                 st.button("Remove this one", key=f"pair:{index}:{path}", on_click=_apply,
-                          args=(REMOVE, path, label, None, "", context), icon="🗑️")
+                          args=(REMOVE, path, label, None, "", context), icon=":material/delete:")
         st.button("Keep both", key=f"pair:{index}:keep", on_click=_keep_pair, args=(pair, context))
 
 
@@ -345,4 +345,4 @@ def show_changes(copy: WorkingCopy) -> None:
         for edit in reversed(edits):
             text, button = st.columns([5, 1], vertical_alignment="center")
             text.markdown(_describe(edit))
-            button.button("Undo", key=f"undo:{edit['id']}", on_click=_undo, args=(copy, edit["id"]), icon="↩️")
+            button.button("Undo", key=f"undo:{edit['id']}", on_click=_undo, args=(copy, edit["id"]), icon=":material/undo:")

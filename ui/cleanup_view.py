@@ -33,12 +33,12 @@ def _confirmed(key: str, label: str, question: str, *, help: str | None = None) 
     """A delete button that asks first; True on the run where the user confirmed."""
     pending = f"confirm_delete:{key}"
     if not st.session_state.get(pending):
-        if st.button(label, key=f"ask_delete:{key}", icon="🗑️", help=help):
+        if st.button(label, key=f"ask_delete:{key}", icon=":material/delete:", help=help):
             st.session_state[pending] = True
             st.rerun()
         return False
     with st.container(border=True):
-        st.warning(question, icon="⚠️")
+        st.warning(question, icon=":material/warning:")
         yes, no = st.columns(2)
         if no.button("Keep it", key=f"keep:{key}"):
             st.session_state[pending] = False

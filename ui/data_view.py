@@ -79,15 +79,15 @@ def thumbnail_array(path: str, version: str, size: int = THUMBNAIL_PIXELS) -> np
 def render_problems(report: Report) -> None:
     """Blocking errors first (they stop training), then warnings, each as its own sentence."""
     for error in report.errors:
-        st.error(error, icon="⛔")
+        st.error(error, icon=":material/block:")
     for warning in report.warnings:
-        st.warning(warning, icon="⚠️")
+        st.warning(warning, icon=":material/warning:")
     if report.ok:
         st.success(
-            f"{report.total_images} pictures in {len(report.classes)} classes are ready for training.", icon="✅"
+            f"{report.total_images} pictures in {len(report.classes)} classes are ready for training.", icon=":material/check_circle:"
         )
     else:
-        st.info("Fix the problems above, then the data set can be used for training.", icon="ℹ️")
+        st.info("Fix the problems above, then the data set can be used for training.", icon=":material/info:")
 
 
 def render_summary(report: Report) -> None:
@@ -205,7 +205,7 @@ def picture_grid(pictures: list[Path], on_remove, *, columns: int = 8, limit: in
                 if array is not None:
                     st.image(array, width=72)
                 st.button(
-                    "✕", key=f"{key}:{path.name}", help=f"Remove {path.name}", on_click=on_remove, args=(path.name,)
+                    ":material/close:", key=f"{key}:{path.name}", help=f"Remove {path.name}", on_click=on_remove, args=(path.name,)
                 )
     if len(pictures) > limit:
         st.caption(f"The latest {limit} of {len(pictures)} pictures are shown.")

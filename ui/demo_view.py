@@ -58,8 +58,8 @@ def render() -> None:
     top_k, show_cam = options(len(demo.classes))
     if demo_collect.settings_of(demo):
         st.warning("The owner of this demo keeps the pictures you try here, to label them and improve the model. "
-                   "Send only pictures you are happy to share.", icon="📥")
-    pictures_tab, webcam_tab, live_tab = st.tabs(["🖼️ Pictures", "📷 Webcam", "🎥 Live camera"])
+                   "Send only pictures you are happy to share.", icon=":material/inbox:")
+    pictures_tab, webcam_tab, live_tab = st.tabs([":material/image: Pictures", ":material/photo_camera: Webcam", ":material/videocam: Live camera"])
     limit_mb = max(1, store.max_picture_bytes // 2**20)
     with pictures_tab:
         files = st.file_uploader("Drop pictures here", type=PICTURE_TYPES, accept_multiple_files=True,
@@ -83,7 +83,7 @@ def render() -> None:
 def show_invalid() -> None:
     """The one answer for unknown, revoked and expired links alike."""
     st.title("Transfer Studio demo")
-    st.error(INVALID_LINK, icon="🔒")
+    st.error(INVALID_LINK, icon=":material/lock:")
 
 
 def show_facts(demo, knows_strangers: bool = False) -> None:
@@ -125,10 +125,10 @@ def admitted(store: DemoStore, token: str, name: str, content: str, size: int) -
     try:
         store.admit_picture(token, size)
     except DemoLimitReached as limit:
-        st.warning(f"{name}: {limit}", icon="⏳")
+        st.warning(f"{name}: {limit}", icon=":material/hourglass_empty:")
         return False
     except DemoUnavailable:  # revoked or expired while the page was open
-        st.error(INVALID_LINK, icon="🔒")
+        st.error(INVALID_LINK, icon=":material/lock:")
         st.stop()
     seen.add(content)
     return True
@@ -140,7 +140,7 @@ def offer_download(demo) -> None:
         return
     st.divider()
     st.download_button("Download the model (bundle zip)", bundle.read_bytes(), file_name=f"{bundle_name(demo)}.zip",
-                       mime="application/zip", icon="⬇️", on_click="ignore", key="demo_bundle",
+                       mime="application/zip", icon=":material/download:", on_click="ignore", key="demo_bundle",
                        help="The model with a predict.py that runs without this studio.")
 
 

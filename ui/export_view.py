@@ -41,25 +41,25 @@ def _offer(run, format: str, label: str, mime: str, key: str) -> None:
     try:
         result = cached_export(run.path, format)
     except ExportError as error:
-        st.error(f"{label}: {error}", icon="🚫")
+        st.error(f"{label}: {error}", icon=":material/error:")
         return
     except TransferError as error:
         st.info(str(error))
         return
     if result is None:
-        if not st.button(f"Prepare {label}", key=f"{button_key}_prepare", icon="📦"):
+        if not st.button(f"Prepare {label}", key=f"{button_key}_prepare", icon=":material/inventory_2:"):
             return
         with st.spinner(f"Exporting and checking {label} ..."):
             try:
                 export_in_subprocess(run.path, format)
             except TransferError as error:
-                st.error(f"{label}: {error}", icon="🚫")
+                st.error(f"{label}: {error}", icon=":material/error:")
                 return
         st.rerun()  # the export is kept in the run folder: the next run offers only its download
     path = result.path
     text = "Download as a web page" if format == "web" else f"Download {label}"
     st.download_button(f"{text} ({human_size(result.bytes)})", lambda: path.read_bytes(),
-                       file_name=path.name if format != "bundle" else f"{run.id}.zip", mime=mime, icon="⬇️",
+                       file_name=path.name if format != "bundle" else f"{run.id}.zip", mime=mime, icon=":material/download:",
                        on_click="ignore", key=f"{button_key}_download",
                        help=f"largest difference from the studio: {result.max_abs_diff:.1e} "
                             f"({result.checked_on} {result.check_inputs})")

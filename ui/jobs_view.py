@@ -24,7 +24,7 @@ def follow_job(run: RunDir, doing: str, key: str) -> None:
             text = "waiting for the device" + (f" (place {place} in the queue)" if place else "")
         else:
             text = "working"
-        st.info(f"⏳ {doing}: {text} ...", icon=None)
+        st.info(f":material/hourglass_empty: {doing}: {text} ...", icon=None)
 
     with st.container(key=key):
         watch()

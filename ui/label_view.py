@@ -163,7 +163,7 @@ def prediction_corrections(data: bytes, name: str, predicted: str, classes: list
         return
     label_it = lambda label: label_picture(data, label, name=name, origin=origin, to_training=True)
     right, other = st.columns([1, 2], vertical_alignment="bottom")
-    right.button(f"It is right: {predicted}", key=f"{key}:right", icon="👍", on_click=_correct,
+    right.button(f"It is right: {predicted}", key=f"{key}:right", icon=":material/thumb_up:", on_click=_correct,
                  args=(key, label_it, predicted), help="Adds the picture to your data set under this class.")
     others = sorted({c for c in classes if c != predicted})
     other.selectbox("It is actually …", others, index=None, key=f"{key}:actually", placeholder="choose the right class",
@@ -261,7 +261,7 @@ def pool_section() -> None:
     if chosen.id.startswith(DEMO_POOL_PREFIX):
         remove.caption("Revoking the demo link deletes these pictures.")
     else:
-        remove.button("Delete pool", icon="🗑️", on_click=_delete_pool, args=(chosen.id,), key="delete_pool",
+        remove.button("Delete pool", icon=":material/delete:", on_click=_delete_pool, args=(chosen.id,), key="delete_pool",
                       help="Pictures already labelled stay in your data set.")
     copy = audit_view.working_copy()
     choice = session.chosen_dataset()
@@ -331,7 +331,7 @@ def label_assist(pool: pools.Pool) -> None:
     guessed_by = f", guesses by run `{Path(job['run']).name}`" if job.get("run") else ""
     left.caption(f"{result['pictures']} pictures without labels, {result['labelled']} labelled{guessed_by}. "
                  f"{len(waiting)} suggestion(s) waiting.")
-    right.button("Suggest again", icon="🔁", on_click=start_suggestions, args=(pool,), key="suggest_again",
+    right.button("Suggest again", icon=":material/refresh:", on_click=start_suggestions, args=(pool,), key="suggest_again",
                  help="After labelling or training: the order takes the new labels and the newest run into account.")
     if not waiting:
         st.success("Nothing waiting: suggest again for more, or train with what you labelled.")

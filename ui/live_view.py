@@ -58,11 +58,11 @@ def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
     opened = f"{key}_open"
     if not st.session_state.get(opened):
         st.caption("Classify what the camera sees, several times a second, on this device: no picture is sent.")
-        if st.button("Live camera", key=f"{key}_start", icon="🎥", type="primary"):
+        if st.button("Live camera", key=f"{key}_start", icon=":material/videocam:", type="primary"):
             st.session_state[opened] = True
             st.rerun()
         return None
-    if st.button("Close the live camera", key=f"{key}_stop", icon="⏹️"):
+    if st.button("Close the live camera", key=f"{key}_stop", icon=":material/stop_circle:"):
         st.session_state[opened] = False
         st.rerun()
     try:
@@ -70,12 +70,12 @@ def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
         with st.spinner("Preparing the model for your browser (the first time only) ..."):
             onnx, info = model_files(folder)
     except TransferError as error:
-        st.error(str(error), icon="🚫")
+        st.error(str(error), icon=":material/error:")
         return None
     size_mb = onnx.stat().st_size / 2**20
     if size_mb > MAX_MODEL_MB:
         st.warning(f"This model is too large to run in the browser ({size_mb:.0f} MB; the limit is {MAX_MODEL_MB} MB): "
-                   "use the Pictures or Webcam tab, or train a smaller backbone such as EfficientNet-Lite0.", icon="🐘")
+                   "use the Pictures or Webcam tab, or train a smaller backbone such as EfficientNet-Lite0.", icon=":material/memory:")
         return None
     value = _live_camera(model=onnx.read_bytes(), info=browser_info(info, strictness=strictness),
                          model_id=opaque_id(onnx), top_k=top_k, explain=explain, autostart=True, key=f"{key}_view",

@@ -56,10 +56,10 @@ def choose_finished_run(key: str) -> RunDir | None:
                 keep_link = True
                 st.info(f"Run `{linked.id}` is {linked.state}, not finished: its model and evaluation appear "
                         "here once training finishes." + (" Meanwhile you can pick a finished run below."
-                                                          if finished else ""), icon="⏳")
+                                                          if finished else ""), icon=":material/hourglass_empty:")
     if not finished:
         st.info("There is no finished run in this session yet: train a model first.")
-        st.page_link("pages/train.py", label="Go to Train", icon="🚀")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/rocket_launch:")
         return None
     ids = [run.id for run in finished]
     by_id = {run.id: run for run in finished}
@@ -177,7 +177,7 @@ def render_picture(result: PictureResult, show_cam: bool, key: str) -> None:
     """The picture, its top-k as bars and, when asked, the Grad-CAM overlay beside it."""
     st.markdown(f"**{result.name}**")
     if result.error:
-        st.error(result.error, icon="🚫")
+        st.error(result.error, icon=":material/error:")
         return
     columns = st.columns([1, 1.4, 1] if show_cam else [1, 1.4])
     columns[0].image(result.picture, width="stretch")

@@ -79,7 +79,7 @@ def render(run) -> None:
             from_weights = st.checkbox("Start from this run's weights", value=True, key="retrain_from_weights",
                                        help="Fine-tuning continues from what this run learned, instead of the "
                                             "catalogue's pretrained weights.")
-        if st.button("Train again with the same settings", type="primary", icon="🔁", key="train_again"):
+        if st.button("Train again with the same settings", type="primary", icon=":material/refresh:", key="train_again"):
             train_again(run, report.dataset, from_weights)
 
 

@@ -30,12 +30,12 @@ def render(run: RunDir) -> None:
     record = session.workspace() / OWNER_FILE
     owned = store.owned(record)
     last_link = st.session_state.get(_LAST_LINK, {}).get(run.id)  # the link just made for this run
-    with st.expander("🔗 Share a demo", expanded=bool(owned) or bool(last_link)):
+    with st.expander(":material/link: Share a demo", expanded=bool(owned) or bool(last_link)):
         st.caption("A link anyone can open to try this model on their own pictures, without seeing your data, "
                    "runs or this workspace. The model is copied: retraining or deleting the run changes nothing.")
         share_form(store, run, record)
         if last_link:
-            st.success("Send this link; it works until it expires or you revoke it.", icon="🔗")
+            st.success("Send this link; it works until it expires or you revoke it.", icon=":material/link:")
             st.code(last_link, language=None)
         demo_list(store, owned)
 
@@ -59,7 +59,7 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
                               help="Off by default. The demo page tells visitors before they drop anything; at most "
                                    "a few hundred pictures are kept, and revoking the link deletes them. They appear "
                                    "on the Data page as a pool of pictures without labels.")
-        if not st.form_submit_button("Create the demo link", icon="🔗", type="primary"):
+        if not st.form_submit_button("Create the demo link", icon=":material/link:", type="primary"):
             return
     try:
         with st.spinner("Freezing a checked copy of the model for the demo ..."):
@@ -70,7 +70,7 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
             if collect:
                 demo_collect.enable(demo.folder)
     except TransferError as error:
-        st.error(str(error), icon="🚫")
+        st.error(str(error), icon=":material/error:")
         return
     st.session_state[_LAST_LINK] = {run.id: demo_link(base_url(), token)}
     st.rerun()  # the list below now holds the new demo
@@ -112,7 +112,7 @@ def demo_list(store: DemoStore, owned: list) -> None:
 def revoke(store: DemoStore, token: str) -> None:
     store.revoke(token)
     st.session_state.pop(_LAST_LINK, None)
-    st.toast("The demo link is revoked.", icon="🔒")
+    st.toast("The demo link is revoked.", icon=":material/lock:")
 
 
 def base_url() -> str:

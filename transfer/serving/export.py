@@ -146,7 +146,7 @@ def _export_and_record(run_dir: Path, format: str) -> ExportResult:
 
 
 def _make_export(run_dir: Path, format: str, folder: Path) -> ExportResult:
-    from transfer.serving.predict import load_run_model
+    from transfer.serving.loading import load_run_model
 
     _remove_old_versions(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -373,7 +373,7 @@ def _validation_tensors(run_dir: Path, preprocessing):
 
     from transfer.analysis.evaluate import EvaluationNotReady, cached_picture, load_evaluation, picture_location
     from transfer.data.images import ImageError, open_image
-    from transfer.serving.predict import eval_transform
+    from transfer.serving.loading import eval_transform
     from transfer.core.runs import read_json
 
     try:

@@ -29,16 +29,11 @@ from PIL import Image
 from torch import nn
 
 from transfer.models.backbones import Preprocessing
-from transfer.core.errors import TransferError
-from transfer.data.augment import centre_square, eval_batch
-from transfer.data.images import IMAGE_EXTENSIONS, ImageError, open_image, resize_short_side, to_array
+from transfer.serving.loading import LoadedRun, PredictError, eval_transform, load_run_model, model_view  # noqa: F401 (part of this module's interface)
+from transfer.data.images import IMAGE_EXTENSIONS, ImageError, open_image
 from transfer.models.novelty import NOT_AVAILABLE, unknown_threshold
 
 ImageSource = Image.Image | Path | str | bytes | BinaryIO
-
-
-class PredictError(TransferError):
-    """A run that cannot be used for prediction, or input that cannot be predicted."""
 
 
 # --------------------------------------------------------------------------- results
@@ -76,19 +71,6 @@ class Prediction:
 # --------------------------------------------------------------------------- preprocessing
 
 
-def model_view(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
-    """The ``(resize_size, resize_size, 3)`` uint8 centre square of a picture whose short side is
-    scaled to ``resize_size``: the same square training and validation start from (see
-    transfer.data.cache and transfer.data.augment), so a picture is predicted exactly as it was validated."""
-    return centre_square(to_array(resize_short_side(image, preprocessing.resize_size, preprocessing.interpolation)))
-
-
-def eval_transform(image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
-    """An RGB picture as the normalised ``(3, input_size, input_size)`` tensor the model expects."""
-    square = torch.from_numpy(np.array(model_view(image, preprocessing))).unsqueeze(0)
-    return eval_batch(square, preprocessing)[0]
-
-
 def centre_crop(image: Image.Image, preprocessing: Preprocessing) -> Image.Image:
     """The picture as the model sees it: the central ``input_size`` square, for heat-map overlays."""
     square = model_view(image, preprocessing)
@@ -115,32 +97,6 @@ def as_rgb_image(source: ImageSource, min_short_side: int | None = None) -> Imag
         return source.convert("RGB")
     # min_short_side lets a large JPEG decode at a reduced scale: the model needs few pixels.
     return open_image(source, min_short_side=min_short_side)
-
-
-# --------------------------------------------------------------------------- loading a run
-
-
-@dataclass
-class LoadedRun:
-    model: nn.Module
-    labels: list[str]
-    preprocessing: Preprocessing
-    backbone: str
-
-
-def load_run_model(run_dir: Path | str) -> LoadedRun:
-    """The trained model of a finished run (see transfer.models.model_io), in eval mode, with its class
-    names and preprocessing. Weights come from safetensors only."""
-    from transfer.models.model_io import load_trained_model, read_model_info
-
-    try:
-        model, labels, preprocessing = load_trained_model(run_dir)
-    except RuntimeError as error:  # the weights file does not match model.json
-        raise PredictError(
-            f"The saved weights in {run_dir} do not fit the model the run describes "
-            f"({str(error).splitlines()[0]}); the run folder may be damaged: train it again."
-        ) from None
-    return LoadedRun(model.eval(), labels, preprocessing, str(read_model_info(run_dir).get("backbone", "")))
 
 
 # --------------------------------------------------------------------------- the engines
