@@ -117,7 +117,7 @@ def measure(code: Path, browser, picture: Path) -> dict:
     port = free_port()
     server = start_studio(code, home, port)
     try:
-        warm_up = wait_for_warm_worker(home) if (code / "transfer" / "warm.py").is_file() else None
+        warm_up = wait_for_warm_worker(home) if (code / "transfer" / "runtime" / "warm.py").is_file() else None
         result = journey(browser, f"http://127.0.0.1:{port}", server, picture)
         result["warm_worker_ready_seconds"] = None if warm_up is None else round(warm_up, 1)
         return result

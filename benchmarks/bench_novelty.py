@@ -5,7 +5,7 @@ real class pictures are wrongly called unknown.
 
 * far case: a model trained on the ants/bees photos of the PyTorch tutorial
   (``shared/datasets/hymenoptera_data``), shown the studio's demo photos (buildings, computers,
-  flowers, vehicles: ``transfer/demo_data``);
+  flowers, vehicles: ``transfer/data/demo_data``);
 * near case: a model trained on three of the four demo-photo classes, shown the fourth (each
   class held out in turn; the figures are summed over the four runs).
 
@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera_data"
-DEMO_PHOTOS = ROOT / "transfer" / "demo_data"
+DEMO_PHOTOS = ROOT / "transfer" / "data" / "demo_data"
 
 
 def train(dataset: Path, runs: Path, backbone: str, epochs: int):

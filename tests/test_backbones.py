@@ -163,7 +163,7 @@ def test_bundled_weights_know_ants_and_bees(name):
 
 
 def test_the_torchvision_snapshot_matches_the_installed_torchvision():
-    """transfer/torchvision_catalogue.json is what pages read without torch: it must say what
+    """transfer/models/torchvision_catalogue.json is what pages read without torch: it must say what
     torchvision itself says (refresh: python -m transfer.models.backbones --write-torchvision-table)."""
     from transfer.models import catalogue
 

@@ -51,7 +51,7 @@ def test_an_installed_wheels_app_folder_is_found_beside_the_engine(tmp_path, mon
     (installed / "transfer_studio" / "ui").mkdir(parents=True)
     (installed / "transfer_studio" / "app.py").write_text("")
     (installed / "transfer_studio" / "ui" / "launch.py").write_text("")
-    monkeypatch.setattr(studio, "__file__", str(installed / "transfer" / "studio.py"))
+    monkeypatch.setattr(studio, "__file__", str(installed / "transfer" / "cli" / "studio.py"))
     assert studio.app_folder() == installed / "transfer_studio"
     (installed / "transfer_studio" / "app.py").unlink()
     with pytest.raises(studio.StudioNotFound, match="reinstall transfer-studio"):

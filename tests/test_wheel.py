@@ -68,8 +68,8 @@ def test_the_wheel_holds_every_module_the_data_and_the_web_app(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     engine = {path.relative_to(ROOT).as_posix() for path in (ROOT / "transfer").rglob("*.py")}
     assert engine <= names  # sub-packages (transfer/training/...) included
-    assert "transfer/torchvision_catalogue.json" in names
-    assert any(name.startswith("transfer/demo_data/flowers/") for name in names)
+    assert "transfer/models/torchvision_catalogue.json" in names
+    assert any(name.startswith("transfer/data/demo_data/flowers/") for name in names)
     for web_file in ("app.py", "pages/train.py", "ui/launch.py", ".streamlit/config.toml"):
         assert f"transfer_studio/{web_file}" in names
     assert not any(name.startswith(("tests/", "benchmarks/")) or name.endswith("setup.py") for name in names)

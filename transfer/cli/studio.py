@@ -27,7 +27,7 @@ class StudioNotFound(TransferError):
 def app_folder() -> Path:
     """The folder holding ``app.py`` and ``ui/``: the checkout's top folder, or the installed
     ``transfer_studio`` folder."""
-    beside = Path(__file__).resolve().parents[1]
+    beside = Path(__file__).resolve().parents[2]  # transfer/cli/studio.py -> the folder holding transfer/
     for folder in (beside, beside / INSTALLED_APP_PACKAGE):
         if (folder / "app.py").is_file() and (folder / "ui" / "launch.py").is_file():
             return folder

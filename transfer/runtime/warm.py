@@ -46,7 +46,7 @@ SERVER_LOG = "warm.log"
 SERVER_MODULE = "transfer.runtime.warm_server"
 # The code a fork server runs must be the code the caller would have started: a terminal using
 # another checkout starts its own fresh worker instead.
-CODE_ROOT = str(Path(__file__).resolve().parents[1])
+CODE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding transfer/
 # A fork answers in milliseconds; a fork server too busy to answer in this time is skipped.
 ANSWER_SECONDS = 5.0
 # Unix socket paths are limited to 108 bytes; a longer queue folder simply goes without.
