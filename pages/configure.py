@@ -67,7 +67,7 @@ own_weights = weights_view.wants_own_weights(draft)  # then no catalogue weights
 usable = [row["name"] for row in rows if row["status"] != UNAVAILABLE or own_weights]
 unusable = [row["name"] for row in rows if row["status"] == UNAVAILABLE]
 if unusable and not own_weights:
-    st.caption(f"{len(unusable)} backbones are marked "not available offline": this machine is offline and their weights "
+    st.caption(f"{len(unusable)} backbones are marked 'not available offline': this machine is offline and their weights "
                "are not cached yet, so they cannot be picked. Connect once to download them.")
 current = draft.get("backbone") if draft.get("backbone") in usable else usable[0]
 backbone = st.selectbox("Backbone", usable, index=usable.index(current), key="backbone")
