@@ -11,7 +11,7 @@ from transfer.core import gpus
 
 
 def test_a_fresh_process_counts_gpus_without_importing_torch():
-    code = ("import sys; from transfer import gpus; n = gpus.gpu_count(); "
+    code = ("import sys; from transfer.core import gpus; n = gpus.gpu_count(); "
             "print(n, gpus.has_gpu(), 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     count, has_gpu, torch_loaded = done.stdout.split()

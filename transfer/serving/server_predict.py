@@ -227,6 +227,11 @@ class ZipPredictions:
         table = list(csv.DictReader(io.StringIO(self.csv_text)))
         for row in table:
             row["probability"] = float(row["probability"]) if row.get("probability") else ""
+            # CSV cells are text: "None of these" and its score go back to their types.
+            if "unknown" in row:
+                row["unknown"] = row["unknown"] == "True" if row["unknown"] else ""
+            if row.get("novelty"):
+                row["novelty"] = float(row["novelty"])
         return table
 
     def csv_bytes(self) -> bytes:
