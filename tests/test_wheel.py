@@ -51,7 +51,7 @@ def venv(wheel, tmp_path_factory) -> Path:
         text=True).strip())
     (new_site / "reuse-installed-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(folder / "bin" / "python"), "install",
-                    "--quiet", "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
+                    "--quiet", "--no-deps", "--no-index", "--ignore-installed", str(wheel)], check=True, timeout=300)
     return folder
 
 
