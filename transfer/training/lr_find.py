@@ -61,7 +61,8 @@ def lr_range_test(step: Callable[[float], float], *, start_lr: float = 1e-7, end
 
 def suggest_lr(lrs: list[float], losses: list[float]) -> float:
     """The rate where the smoothed loss falls fastest (per factor of learning rate), looking only
-    before the minimum; falls back to a tenth of the minimum's rate when the curve is flat."""
+    before the minimum; falls back to a tenth of the minimum's rate when the curve is flat, never
+    below the lowest rate tried (nothing is known about rates the test did not reach)."""
     low = losses.index(min(losses))
     best_slope, best_index = 0.0, None
     for i in range(1, low + 1):
@@ -69,7 +70,7 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float:
         if slope < best_slope:
             best_slope, best_index = slope, i
     if best_index is None:
-        return lrs[low] / 10
+        return max(lrs[0], lrs[low] / 10)
     return lrs[best_index]
 
 
