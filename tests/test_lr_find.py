@@ -22,8 +22,9 @@ def test_the_suggestion_is_where_the_loss_falls_fastest():
     assert result.lrs == sorted(result.lrs) and result.lrs[-1] < 10  # stopped once the loss diverged
 
 
-def test_a_flat_curve_falls_back_to_a_tenth_of_the_best_rate():
-    assert suggest_lr([1e-3, 1e-2, 1e-1], [1.0, 1.0, 1.0]) == pytest.approx(1e-4)
+def test_a_flat_curve_falls_back_to_a_tenth_of_the_best_rate_within_the_rates_tried():
+    assert suggest_lr([1e-4, 1e-3, 1e-2, 1e-1], [1.0, 1.0, 1.0, 1.2]) == pytest.approx(1e-4)
+    assert suggest_lr([1e-3, 1e-2, 1e-1], [1.0, 1.0, 1.0]) == pytest.approx(1e-3)  # never below the first rate
 
 
 def test_a_loss_that_is_never_finite_is_reported():
