@@ -50,7 +50,7 @@ def start_job(folder: Path, arguments: list[str], *, job: str = "audit", **detai
     except TransferError as error:  # the session's helper jobs are full: say so where the result goes
         atomic_write_json(folder / ERROR_FILE, {"error": str(error)})
         return
-    atomic_write_json(folder / JOB_FILE, {"run": str(run.path), "started": time.time(), **details})
+    atomic_write_json(folder / JOB_FILE, {**details, "run": str(run.path), "started": time.time()})
 
 
 def job_state(folder: Path) -> str:

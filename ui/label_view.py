@@ -315,7 +315,7 @@ def start_suggestions(pool: pools.Pool) -> None:
         arguments += ["--run", str(run)]
     (folder / "skipped.json").unlink(missing_ok=True)
     st.session_state[f"suggestion_page:{pool.id}"] = 0
-    audit_view.start_job(folder, arguments, job="suggest", run=str(run) if run else None)
+    audit_view.start_job(folder, arguments, job="suggest", model_run=str(run) if run else None)
 
 
 def label_assist(pool: pools.Pool) -> None:
@@ -328,7 +328,7 @@ def label_assist(pool: pools.Pool) -> None:
     skipped = set(read_json(folder / "skipped.json", None) or [])
     waiting = [s for s in result["suggestions"] if s["sha256"] not in labelled | skipped]
     left, right = st.columns([3, 1], vertical_alignment="center")
-    guessed_by = f", guesses by run `{Path(job['run']).name}`" if job.get("run") else ""
+    guessed_by = f", guesses by run `{Path(job['model_run']).name}`" if job.get("model_run") else ""
     left.caption(f"{result['pictures']} pictures without labels, {result['labelled']} labelled{guessed_by}. "
                  f"{len(waiting)} suggestion(s) waiting.")
     right.button("Suggest again", icon=":material/refresh:", on_click=start_suggestions, args=(pool,), key="suggest_again",
