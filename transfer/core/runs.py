@@ -162,6 +162,23 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def lock_is_held(path: Path, *, exclusive_probe: bool = False) -> bool:
+    """Whether some process holds a ``flock`` on ``path`` that the probe cannot share. The probe
+    takes a shared lock for an instant (it sees exclusive holders, and probes never disturb each
+    other), or with ``exclusive_probe`` an exclusive one (it also sees shared holders)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive_probe else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor also drops a lock we just took
+    return False
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` held for the block, waiting for it if need be; released by the OS if

@@ -57,6 +57,7 @@ from transfer.core.runs import (
     RESUMABLE_STATES,
     RunDir,
     RunStateError,
+    lock_is_held,
     atomic_write_json,
     file_lock,
     find_run,
@@ -157,23 +158,6 @@ def queue_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- locks and liveness
-
-
-def lock_is_held(path: Path) -> bool:
-    """Whether some process holds an exclusive ``flock`` on ``path``. The probe takes a shared
-    lock for an instant: probes never disturb each other, and whoever wants the exclusive lock
-    retries a failed first try."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing the descriptor also drops a lock we just took
-    return False
 
 
 def try_lock(path: Path) -> int | None:

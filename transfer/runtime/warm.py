@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from transfer.core.runs import lock_is_held
+
 WARM_ENV = "TRANSFER_WARM_WORKER"
 STUDIO_LOCK = "studio.lock"
 SERVER_LOCK = "warm.lock"
@@ -83,34 +85,14 @@ def announce_studio(queue: Path) -> None:
 
 
 def studio_running(queue: Path) -> bool:
-    """Whether some studio server process holds the studio lock. The probe asks for the lock
-    exclusively for an instant; a studio taking its shared lock just then only waits that instant."""
-    try:
-        fd = os.open(queue / STUDIO_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    """Whether some studio server process holds the studio lock (shared: the probe must be
+    exclusive; a studio taking its lock just then only waits that instant)."""
+    return lock_is_held(queue / STUDIO_LOCK, exclusive_probe=True)
 
 
 def server_alive(queue: Path) -> bool:
     """Whether a fork server holds ``warm.lock`` (it may still be warming up)."""
-    try:
-        fd = os.open(queue / SERVER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return lock_is_held(queue / SERVER_LOCK)
 
 
 def keep_alive(queue: Path) -> bool:

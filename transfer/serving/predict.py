@@ -29,6 +29,7 @@ from PIL import Image
 from torch import nn
 
 from transfer.models.backbones import Preprocessing
+from transfer.serving.server_predict import Prediction  # one answer type for both predictors
 from transfer.serving.loading import LoadedRun, PredictError, eval_transform, load_run_model, model_view  # noqa: F401 (part of this module's interface)
 from transfer.data.images import IMAGE_EXTENSIONS, ImageError, open_image
 from transfer.models.novelty import NOT_AVAILABLE, unknown_threshold
@@ -37,35 +38,6 @@ ImageSource = Image.Image | Path | str | bytes | BinaryIO
 
 
 # --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The top-k classes of one picture, most likely first, and how unlike the training pictures
-    it looks (``novelty``, None for a run trained without it; ``unknown``: "None of these")."""
-
-    labels: list[str]
-    probabilities: list[float]
-    indices: list[int]
-    novelty: float | None = None
-    unknown: bool = False
-
-    @property
-    def label(self) -> str:
-        return self.labels[0]
-
-    @property
-    def probability(self) -> float:
-        return self.probabilities[0]
-
-    def to_dict(self) -> dict:
-        return {
-            "label": self.label,
-            "probability": self.probability,
-            "top_k": [{"label": name, "probability": p} for name, p in zip(self.labels, self.probabilities)],
-            "unknown": self.unknown,
-            "novelty": self.novelty,
-        }
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -42,14 +42,15 @@ class ServerPredictError(TransferError):
 
 
 @dataclass(frozen=True)
-class ServerPrediction:
-    """The top-k classes of one picture, most likely first (``to_dict`` as ``transfer predict --json``)."""
+class Prediction:
+    """The top-k classes of one picture, most likely first, and how unlike the training pictures
+    it looks (``novelty``, None for a run trained without it; ``unknown``: "None of these")."""
 
     labels: list[str]
     probabilities: list[float]
     indices: list[int]
-    novelty: float | None = None  # None: the model was trained before "None of these" existed
-    unknown: bool = False  # "None of these": novelty over the threshold asked for
+    novelty: float | None = None
+    unknown: bool = False
 
     @property
     def label(self) -> str:
@@ -60,8 +61,13 @@ class ServerPrediction:
         return self.probabilities[0]
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "probability": self.probability, "unknown": self.unknown, "novelty": self.novelty,
-                "top_k": [{"label": name, "probability": p} for name, p in zip(self.labels, self.probabilities)]}
+        return {
+            "label": self.label,
+            "probability": self.probability,
+            "top_k": [{"label": name, "probability": p} for name, p in zip(self.labels, self.probabilities)],
+            "unknown": self.unknown,
+            "novelty": self.novelty,
+        }
 
 
 class ServerPredictor:
@@ -111,7 +117,7 @@ class ServerPredictor:
     def probabilities(self, inputs: list[np.ndarray]) -> np.ndarray:
         return self.scores(inputs)[0]
 
-    def predict(self, sources, top_k: int = 5, unknown_threshold: str | float | None = "normal") -> list[ServerPrediction]:
+    def predict(self, sources, top_k: int = 5, unknown_threshold: str | float | None = "normal") -> list[Prediction]:
         """Top-k classes for each picture, its novelty and whether it is "None of these" at
         ``unknown_threshold`` (relaxed, normal, strict, a number or off); raises ``ImageError``
         for a source that is not a picture."""
@@ -136,18 +142,18 @@ class ServerPredictor:
             raise ServerPredictError(str(error)) from None
 
     def top_k(self, probabilities: np.ndarray, k: int, novelty: np.ndarray | None = None,
-              threshold: float | None = None) -> list[ServerPrediction]:
+              threshold: float | None = None) -> list[Prediction]:
         k = min(k, len(self.labels))
         scores = [None] * len(probabilities) if novelty is None else [float(n) for n in np.ravel(novelty)]
         results = []
         for row, score in zip(probabilities, scores):
             order = np.argsort(-row, kind="stable")[:k]
             unknown = score is not None and threshold is not None and score > threshold
-            results.append(ServerPrediction([self.labels[i] for i in order], [float(row[i]) for i in order],
+            results.append(Prediction([self.labels[i] for i in order], [float(row[i]) for i in order],
                                             [int(i) for i in order], score, unknown))
         return results
 
-    def _predict_in_child(self, source, top_k: int, unknown_threshold="normal") -> ServerPrediction:
+    def _predict_in_child(self, source, top_k: int, unknown_threshold="normal") -> Prediction:
         if not isinstance(source, bytes):
             source = Path(source).read_bytes()
         with tempfile.TemporaryDirectory(prefix="transfer-picture-") as scratch:
@@ -161,7 +167,7 @@ class ServerPredictor:
                                      f"{skipped.get('detail', '')}".rstrip(": "))
         top = rows[0]["top_k"]
         labels = [item["label"] for item in top]
-        return ServerPrediction(labels, [float(item["probability"]) for item in top],
+        return Prediction(labels, [float(item["probability"]) for item in top],
                                 [self.labels.index(label) for label in labels], rows[0].get("novelty"),
                                 bool(rows[0].get("unknown")))
 
