@@ -25,7 +25,9 @@ CHECKPOINT_KEYS = frozenset({"epoch", "module", "optimizer", "scaler", "generato
                              "batch_size", "best"})
 # What torch.load raises for a damaged file: cut short (EOFError, an OSError from the zip reader),
 # a broken zip or storage (RuntimeError), bytes that are no checkpoint (UnpicklingError, KeyError).
-DAMAGED_CHECKPOINT_ERRORS = (EOFError, OSError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError)
+# What torch.load raises on a file that is not a whole checkpoint: on random bytes its
+# weights-only unpickler also raises IndexError (an empty stack) for about 1 file in 17.
+DAMAGED_CHECKPOINT_ERRORS = (EOFError, OSError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError, IndexError)
 
 
 @dataclass
