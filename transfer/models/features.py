@@ -45,6 +45,10 @@ from transfer.core.runs import atomic_path
 
 CENTRE_VIEW = 0
 DECODE_LOOKAHEAD_BATCHES = 8
+# On the CPU the backbone runs fastest a few pictures at a time (its activations stay in the
+# caches): EfficientNet-Lite0 on a 2-core AVX-512 CPU took 1.7-1.9 s for 398 pictures at 8,
+# 2.2-2.3 s at 16 and 2.8 s at 64 (benchmarks/bench_warm.py's data).
+CPU_FORWARD_PIECE = 8
 
 
 def weights_identity(backbone: str, pretrained: bool = True, weights_sha256: str | None = None) -> str:
@@ -236,7 +240,7 @@ def extract_features(
 
 @dataclass
 class _Extraction:
-    """Computing the missing vectors: decode a batch in the background while the backbone works."""
+    """Computing the missing vectors, a batch at a time (decoded ahead in the background on a GPU)."""
 
     samples: list[Sample]
     views: list[int]
@@ -263,30 +267,41 @@ class _Extraction:
             self.stats.decode_seconds += time.perf_counter() - begun
             return bank
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as prefetcher:
-            # Decoding runs ahead (a bounded number of batches, to bound memory) while the model
-            # loads and while the backbone works on earlier batches.
-            pending = deque(prefetcher.submit(decode, chunk) for chunk in chunks[:DECODE_LOOKAHEAD_BATCHES])
-            queued = len(pending)
+        # On a GPU, decoding runs ahead (a bounded number of batches, to bound memory) while the
+        # backbone works on earlier batches. On the CPU both would fight for the same cores (the
+        # backbone's threads spin while they wait): there each batch is decoded, with every
+        # core, just before its pass, which measured 3.4-3.9 s against 5.0-5.5 s overlapped
+        # (398 pictures, 2 cores).
+        lookahead = DECODE_LOOKAHEAD_BATCHES if self.setup.kind != "cpu" else 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as prefetcher, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-features") as writer:
+            ahead = deque(prefetcher.submit(decode, chunk) for chunk in chunks[:lookahead])
+
+            def bank_of(position: int) -> torch.Tensor:
+                if not lookahead:
+                    return decode(chunks[position])
+                if position + lookahead < len(chunks):
+                    ahead.append(prefetcher.submit(decode, chunks[position + lookahead]))
+                return ahead.popleft().result()
+
+            first_bank = bank_of(0)  # decoded while the model may still be loading in the background
             model = load_model().to(self.setup.device).eval()
             # Frozen, so BatchNorm can be folded into the convolutions (in the layout they run fastest in).
             catcher = HeadInputCatcher(folded_copy(model).to(memory_format=self.setup.memory_format()))
             try:
-                for chunk in chunks:
-                    bank = pending.popleft().result()
-                    if queued < len(chunks):
-                        pending.append(prefetcher.submit(decode, chunks[queued]))
-                        queued += 1
+                for position, chunk in enumerate(chunks):
+                    bank = bank_of(position) if position else first_bank
                     if should_stop and should_stop():
                         raise Cancelled()
-                    self.compute_chunk(catcher, chunk, bank.to(self.setup.device))
+                    self.compute_chunk(catcher, chunk, bank.to(self.setup.device), writer)
                     report()
             finally:
-                for future in pending:
+                for future in ahead:
                     future.cancel()
                 catcher.close()
 
-    def compute_chunk(self, catcher: HeadInputCatcher, chunk: list[int], bank: torch.Tensor) -> None:
+    def compute_chunk(self, catcher: HeadInputCatcher, chunk: list[int], bank: torch.Tensor,
+                      writer: ThreadPoolExecutor) -> None:
         for slot, view in enumerate(self.views):
             todo = [k for k, index in enumerate(chunk) if (index, slot) not in self.found]
             if not todo:
@@ -295,12 +310,13 @@ class _Extraction:
             vectors = self.forward_in_pieces(catcher, bank[todo], hashes, view)
             for k, sha, vector in zip(todo, hashes, vectors):
                 self.found[(chunk[k], slot)] = vector
-                self.cache.store(self.folders[slot], sha, vector)
+                # The cache's small files are written beside the backbone's next pass.
+                writer.submit(self.cache.store, self.folders[slot], sha, vector)
                 self.stats.computed += 1
 
     def forward_in_pieces(self, catcher, images: torch.Tensor, hashes: list[str], view: int) -> list[np.ndarray]:
         """Features of a batch; on out-of-memory, halves the piece size until it fits."""
-        piece = images.shape[0]
+        piece = images.shape[0] if self.setup.kind != "cpu" else min(images.shape[0], CPU_FORWARD_PIECE)
         while True:
             try:
                 out = [_forward(catcher, images[i : i + piece], hashes[i : i + piece], view, self.prep, self.spec,
