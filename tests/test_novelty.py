@@ -15,8 +15,8 @@ from PIL import Image
 
 from transfer.cli.commands import main
 from transfer.models.novelty import (MAX_REFERENCE, REFERENCE_FILE, STRICTNESS, build_reference, choose_reference,
-                              describe_answer, load_reference, neighbour_count, novelty_info, unknown_threshold,
-                              validation_novelty)
+                              describe_answer, held_out_distances, load_reference, neighbour_count, novelty_info,
+                              unknown_threshold, validation_novelty)
 
 SIZE = 96
 
@@ -91,13 +91,15 @@ def clusters(count: int, seed: int, classes: int = 4, dim: int = 64) -> tuple[np
     return np.abs(centres[targets] + rng.normal(scale=0.6, size=(count, dim))).astype(np.float32), targets
 
 
-def test_thresholds_keep_their_share_of_held_out_training_like_pictures():
+def test_thresholds_keep_at_least_their_share_of_pictures_drawn_like_the_training_ones():
+    # Drawn from exactly the training pictures' distribution (kinder than real new photos),
+    # cross-fitting errs on the side of keeping: never fewer than promised, a few points more.
     train_features, targets = clusters(1500, seed=1)
     reference = build_reference(train_features, targets)
     held_out = reference.score(clusters(3000, seed=2)[0])
     for name, keep in STRICTNESS.items():
         kept = float((held_out <= reference.thresholds[name]).mean())
-        assert abs(kept - keep) < 0.03, (name, kept)
+        assert keep - 0.01 < kept < keep + 0.06, (name, kept)
     assert reference.thresholds["relaxed"] > reference.thresholds["normal"] > reference.thresholds["strict"]
 
 
@@ -145,7 +147,7 @@ def test_unseen_kinds_come_back_unknown_and_training_like_pictures_do_not(kinds_
 
     info = novelty_info(kinds_run.path)
     assert info and (kinds_run.path / REFERENCE_FILE).is_file()
-    assert set(info["thresholds"]) == set(STRICTNESS) and "leave-one-out" in info["calibration"]
+    assert set(info["thresholds"]) == set(STRICTNESS) and "cross-fitting" in info["calibration"]
     predictor = Predictor.from_run(kinds_run.path)
     assert predictor.fast and predictor.novelty is not None
     like = predictor.predict([stripes(500 + i) for i in range(10)] + [dots(500 + i) for i in range(10)], 2)
@@ -259,3 +261,10 @@ def test_a_demo_keeps_the_reference_and_its_strictness(kinds_run):
         store.create(kinds_run.path, strictness="lenient")
     store.revoke(token)
     assert not (opened.folder / REFERENCE_FILE).exists()
+
+
+def test_tiny_sets_still_get_thresholds_when_a_class_cannot_be_split():
+    vectors = np.eye(4, dtype=np.float32)[:3] + 0.1  # three pictures, one per class
+    reference = build_reference(vectors, [0, 1, 2])
+    assert reference is not None and np.isfinite(list(reference.thresholds.values())).all()
+    assert held_out_distances(vectors, [0, 0, 0], 1).shape == (3,)  # one class in three parts
