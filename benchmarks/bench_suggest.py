@@ -125,7 +125,8 @@ def cold_coverage(name, pool_x, pool_y, seeds: int) -> dict:
 
 
 def datasets():
-    from transfer.data.dataset import TRAIN, demo_dataset_path, load_dataset
+    from transfer.data.dataset import demo_dataset_path, load_dataset
+    from transfer.data.samples import TRAIN
 
     found = []
     if HYMENOPTERA.is_dir():

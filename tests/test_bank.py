@@ -18,7 +18,8 @@ from transfer.data.augment import augment_batch, eval_batch, get_preset, stack_s
 from transfer.models.backbones import Preprocessing
 from transfer.data.bank import BankError, PictureBank, bank_path, open_or_build
 from transfer.data.cache import DecodedImageCache
-from transfer.data.dataset import Sample, load_dataset
+from transfer.data.dataset import load_dataset
+from transfer.data.samples import Sample
 
 SIDE = 32
 PREP = Preprocessing(input_size=28, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation="bilinear",

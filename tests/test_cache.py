@@ -12,7 +12,8 @@ from PIL import Image
 
 from transfer.core import paths
 from transfer.data.cache import DecodedImageCache
-from transfer.data.dataset import Sample, load_dataset
+from transfer.data.dataset import load_dataset
+from transfer.data.samples import Sample
 from transfer.data.images import ImageError
 
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from transfer.data import checks
-from transfer.data.dataset import Report, check_dataset
+from transfer.data.dataset import check_dataset
+from transfer.data.report import Report
 
 
 def test_small_sources_are_checked_inline_large_ones_are_not(tiny_dataset, monkeypatch):

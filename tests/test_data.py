@@ -14,23 +14,11 @@ from PIL import Image
 
 from transfer.cli import commands as cli
 from transfer.core import paths
-from transfer.data.dataset import (
-    CORRUPT_ENTRY,
-    HIDDEN,
-    LINK,
-    MACOS_METADATA,
-    RATIO,
-    UNSAFE_PATH,
-    DataError,
-    Dataset,
-    ZipLimits,
-    check_dataset,
-    demo_dataset_path,
-    extract_zip,
-    load_dataset,
-    save_uploads,
-    stratified_val_hashes,
-)
+from transfer.data.archives import ZipLimits, extract_zip, save_uploads
+from transfer.data.dataset import check_dataset, demo_dataset_path, load_dataset
+from transfer.data.report import CORRUPT_ENTRY, HIDDEN, LINK, MACOS_METADATA, RATIO, UNSAFE_PATH
+from transfer.data.samples import DataError, Dataset
+from transfer.data.splits import stratified_val_hashes
 from transfer.data.images import EMPTY, NOT_AN_IMAGE, TOO_MANY_PIXELS, TRUNCATED
 
 

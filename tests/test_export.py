@@ -255,7 +255,7 @@ def test_fast_predictor_matches_pytorch_and_is_not_disturbed_by_concurrent_grad_
 def test_interpolation_is_part_of_every_cache_key_and_timm_records_bicubic(tmp_path):
     from transfer.models.backbones import get_backbone
     from transfer.data.cache import DecodedImageCache
-    from transfer.data.dataset import Sample
+    from transfer.data.samples import Sample
     from transfer.models.features import feature_key
 
     assert get_backbone("efficientnet_lite0").preprocessing.interpolation == "bilinear"

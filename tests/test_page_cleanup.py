@@ -163,7 +163,7 @@ def test_delete_a_run_from_the_evaluate_page():
 def test_a_full_disk_gets_a_sentence_on_the_data_page_and_keeps_the_earlier_upload(png, monkeypatch):
     import errno
 
-    from transfer.data import dataset as data_module
+    from transfer.data import archives as archive_module  # where zips are written
 
     token, workspace = new_session()
     app = open_app("pages/data.py", token=token)
@@ -175,7 +175,7 @@ def test_a_full_disk_gets_a_sentence_on_the_data_page_and_keeps_the_earlier_uplo
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(data_module, "open", open_on_a_full_disk, raising=False)
+    monkeypatch.setattr(archive_module, "open", open_on_a_full_disk, raising=False)
     other = io.BytesIO()
     with zipfile.ZipFile(other, "w") as archive:
         for index in range(3):

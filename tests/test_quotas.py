@@ -13,19 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from transfer.data import dataset as data_module
+from transfer.data import archives as data_module
 from transfer.data import uploads
 from transfer.cli.commands import main as cli_main
-from transfer.data.dataset import (
-    DUPLICATE_NAME,
-    PATH_CLASH,
-    RATIO,
-    TOO_LONG,
-    DataError,
-    ZipLimits,
-    check_dataset,
-    extract_zip,
-)
+from transfer.data.archives import ZipLimits, extract_zip
+from transfer.data.dataset import check_dataset
+from transfer.data.report import DUPLICATE_NAME, PATH_CLASH, RATIO, TOO_LONG
+from transfer.data.samples import DataError
 from transfer.core.quota import SESSION_QUOTA_ENV, DiskFull, DiskQuota, QuotaExceeded, session_quota_bytes
 
 MiB = 1024**2

@@ -182,7 +182,7 @@ def test_a_finished_run_has_everything_the_pages_read(tmp_path, tiny_dataset):
 def test_the_saved_model_reproduces_the_validation_predictions(tmp_path, tiny_dataset):
     from transfer.data.augment import eval_batch, stack_squares
     from transfer.data.cache import DecodedImageCache
-    from transfer.data.dataset import Dataset
+    from transfer.data.samples import Dataset
 
     # fp32: the reloaded model runs in full precision; bf16 autocast would differ by ~1e-3.
     run = make_run(tmp_path, tiny_dataset, "finetune", epochs=1, augmentation="none", precision="fp32")

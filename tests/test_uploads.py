@@ -8,7 +8,8 @@ import zipfile
 import pytest
 
 from transfer.data import uploads
-from transfer.data.dataset import DataError, check_dataset
+from transfer.data.dataset import check_dataset
+from transfer.data.samples import DataError
 
 
 def test_a_zip_is_unpacked_once_per_content(tmp_path, png):

@@ -14,7 +14,8 @@ import streamlit as st
 from PIL import ImageOps
 
 from transfer.data import checks
-from transfer.data.dataset import TRAIN, VAL, Report
+from transfer.data.report import Report
+from transfer.data.samples import TRAIN, VAL
 from transfer.core.errors import TransferError
 from transfer.data.images import ImageError, thumbnail, to_array
 

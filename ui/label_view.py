@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from transfer.data import pool as pools
-from transfer.data.dataset import TRAIN, VAL
+from transfer.data.samples import TRAIN, VAL
 from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS
 from transfer.core.quota import DiskQuota, human_size

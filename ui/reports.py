@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from transfer.data.checks import check_bounded
-from transfer.data.dataset import Report
+from transfer.data.report import Report
 
 
 @st.cache_data(show_spinner="Checking the pictures ...", max_entries=16)

@@ -14,7 +14,7 @@ import streamlit as st
 
 from transfer.analysis.compare import compare_runs
 from transfer.training.config import TrainConfig
-from transfer.data.dataset import Dataset
+from transfer.data.samples import Dataset
 from transfer.core.errors import TransferError
 from transfer.core.runs import FINISHED, atomic_write_json, find_run
 from ui import reports, session

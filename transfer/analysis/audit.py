@@ -423,7 +423,7 @@ def _relative(path: Path, root: Path) -> str:
 
 def audit_dataset(dataset, *, backbone: str | None = None, image_size: int | None = None, seed: int = 0,
                   with_map: bool = False, progress: Progress | None = None) -> AuditResult:
-    """Audit every picture of a :class:`transfer.data.dataset.Dataset` (training and validation)."""
+    """Audit every picture of a :class:`transfer.data.samples.Dataset` (training and validation)."""
     from transfer.training.config import DEFAULT_BACKBONE
 
     started = time.perf_counter()
@@ -487,7 +487,8 @@ def _map_points(features: np.ndarray, samples, names, suspects: set[str], seed: 
 
 def run_feature_map(run_dir: Path | str, progress: Progress | None = None) -> dict:
     """The map of a finished run's validation pictures, right and wrong answers marked."""
-    from transfer.data.dataset import Dataset, load_dataset
+    from transfer.data.dataset import load_dataset
+    from transfer.data.samples import Dataset
     from transfer.analysis.evaluate import load_evaluation
 
     run_dir = Path(run_dir)

@@ -300,12 +300,13 @@ class RunContext:
     classes: list[str]
     backbone: str
     image_size: int | None
-    labelled: list  # the run's pictures (transfer.data.dataset.Sample), all labelled
+    labelled: list  # the run's pictures (transfer.data.samples.Sample), all labelled
 
 
 def read_run(run_dir: Path | str) -> RunContext:
     """What suggestions need from a finished run: its classes, backbone and labelled pictures."""
-    from transfer.data.dataset import Dataset, load_dataset
+    from transfer.data.dataset import load_dataset
+    from transfer.data.samples import Dataset
     from transfer.models.model_io import read_model_info
 
     run_dir = Path(run_dir)
@@ -371,7 +372,7 @@ def suggest(pool: Path | str, *, run_dir: Path | str | None = None, count: int =
             progress: Progress | None = None) -> SuggestResult:
     """The ``count`` pictures of ``pool`` to label first, best first, each with the run's guess.
 
-    ``labelled`` (pictures with labels, :class:`transfer.data.dataset.Sample`) says what is covered
+    ``labelled`` (pictures with labels, :class:`transfer.data.samples.Sample`) says what is covered
     already; the run's own pictures count as labelled too. Pool pictures whose content is among
     the labelled ones are not suggested again.
     """

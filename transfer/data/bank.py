@@ -41,7 +41,7 @@ from transfer.core import paths
 from transfer.data.augment import centre_square
 from transfer.data.preparation import PIXEL_RULES_VERSION
 from transfer.data.cache import DecodedImageCache
-from transfer.data.dataset import Sample
+from transfer.data.samples import Sample
 from transfer.core.errors import TransferError
 from transfer.core.quota import human_size
 from transfer.core.runs import file_lock

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.core import paths
-from transfer.data.dataset import Sample
+from transfer.data.samples import Sample
 from transfer.data.preparation import PIXEL_RULES_VERSION
 from transfer.data.images import DEFAULT_MAX_PIXELS, open_image, resize_short_side, to_array
 from transfer.core.runs import atomic_path

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transfer.core.child import run_module
-from transfer.data.dataset import Report, check_dataset
+from transfer.data.dataset import check_dataset
+from transfer.data.report import Report
 from transfer.core.errors import TransferError
 from transfer.core.runs import atomic_write_json, read_json
 

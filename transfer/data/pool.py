@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transfer.core import paths
-from transfer.data.dataset import COMPLETE_MARKER, Sample, ZipLimits, extract_zip
+from transfer.data.archives import COMPLETE_MARKER, ZipLimits, extract_zip
+from transfer.data.samples import Sample
 from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS, ImageError, inspect_image
 from transfer.core.quota import DiskQuota, folder_bytes

@@ -2,7 +2,7 @@
 
 The web app gives each browser session an ``uploads`` folder; everything here writes only
 inside the folder it is given. A zip or an uploaded folder is unpacked once per content into
-``zips/<hash>/`` or ``folders/<hash>/`` with the safety rules of :func:`transfer.data.dataset.extract_zip`.
+``zips/<hash>/`` or ``folders/<hash>/`` with the safety rules of :func:`transfer.data.archives.extract_zip`.
 Classes built picture by picture (upload or webcam) live as class folders under ``classes/``,
 so the same :func:`transfer.data.dataset.check_dataset` reads every kind of source.
 """
@@ -20,19 +20,19 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer.data.dataset import (
+from transfer.data.archives import (
     COMPLETE_MARKER,
     INGEST_LOG,
-    VAL_FOLDER_NAMES,
-    DataError,
-    Skipped,
     ZipLimits,
     _clean_name,
-    _read_ingest_log,
     disk_errors_as_sentences,
     extract_zip,
+    read_ingest_log,
     save_uploads,
 )
+from transfer.data.discovery import VAL_FOLDER_NAMES
+from transfer.data.report import Skipped
+from transfer.data.samples import DataError
 from transfer.data.images import IMAGE_EXTENSIONS
 from transfer.core.quota import DiskQuota, folder_bytes
 from transfer.core.runs import atomic_write_json, file_lock, read_json
@@ -237,7 +237,7 @@ def add_pictures(folder: Path, name: str, files: list[tuple[str, bytes]],
     save_uploads({class_path.name: files}, Path(folder), quota)
     # The builder's own report should describe what is in the classes now, not every file
     # ever refused, so the refusals are handed back here and the log is cleared.
-    skipped = _read_ingest_log(Path(folder))
+    skipped = read_ingest_log(Path(folder))
     (Path(folder) / INGEST_LOG).unlink(missing_ok=True)
     return len(_pictures_in(class_path)) - before, skipped
 

@@ -13,7 +13,7 @@ Each edit is ``{"id", "action": "move"|"remove"|"keep"|"add", "path", "to", "lab
 "sha256", "time"}`` with paths relative to the data set's root, so the paths of an audit made
 on the original name the same pictures in the copy. An ``add`` brings a picture from outside
 (a pool of unlabelled pictures, a corrected prediction) with an ``origin``; its side of the
-split is fixed when it is added (``transfer.data.dataset.PINNED_SPLITS``), so validation pictures never
+split is fixed when it is added (``transfer.data.splits.PINNED_SPLITS``), so validation pictures never
 change and runs before and after compare on the same ones. Pointing the session's chosen data set at
 ``<folder>/data`` makes the data report and the next training run use the corrected set.
 """
@@ -26,7 +26,9 @@ import shutil
 import time
 from pathlib import Path
 
-from transfer.data.dataset import PINNED_SPLITS, TRAIN, VAL, VAL_FOLDER_NAMES, Dataset, read_pinned_splits
+from transfer.data.discovery import VAL_FOLDER_NAMES
+from transfer.data.samples import TRAIN, VAL, Dataset
+from transfer.data.splits import PINNED_SPLITS, read_pinned_splits
 from transfer.core.errors import TransferError
 from transfer.core.runs import atomic_write_bytes, atomic_write_json, read_json
 

@@ -37,7 +37,7 @@ from transfer.data.augment import AugmentSpec, augment_batch, eval_batch, stack_
 from transfer.models.backbones import Preprocessing, get_backbone
 from transfer.data.preparation import PIXEL_RULES_VERSION
 from transfer.data.cache import DecodedImageCache
-from transfer.data.dataset import Sample
+from transfer.data.samples import Sample
 from transfer.core.devices import DeviceSetup, is_out_of_memory, release_cached_memory
 from transfer.models.fusion import folded_copy
 from transfer.models.heads import head_module

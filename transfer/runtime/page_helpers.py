@@ -90,7 +90,7 @@ def augmentation_preview_in_child(samples: list, backbone: str, image_size: int,
 
 
 def _preview_command(request_file: str, answer_file: str) -> dict:
-    from transfer.data.dataset import Sample
+    from transfer.data.samples import Sample
 
     request = json.loads(Path(request_file).read_text())
     samples = [Sample(Path(s["path"]), s["label"], s["split"], s["sha256"]) for s in request["samples"]]

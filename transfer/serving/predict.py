@@ -401,7 +401,8 @@ def _expand_source(source, scratch: Path, result: BatchResult) -> list[tuple[str
 def _extract(archive: Path | bytes, name: str, scratch: Path, result: BatchResult) -> list[tuple[str, Path]]:
     import json
 
-    from transfer.data.dataset import INGEST_LOG, DataError, extract_zip
+    from transfer.data.archives import INGEST_LOG, extract_zip
+    from transfer.data.samples import DataError
 
     try:
         folder = extract_zip(archive, scratch)
@@ -417,7 +418,9 @@ def _extract(archive: Path | bytes, name: str, scratch: Path, result: BatchResul
 
 
 def _walk_pictures(folder: Path, name: str, result: BatchResult) -> list[tuple[str, Path]]:
-    from transfer.data.dataset import HIDDEN, INGEST_LOG, MACOS_METADATA, NOT_AN_IMAGE
+    from transfer.data.archives import INGEST_LOG
+    from transfer.data.images import NOT_AN_IMAGE
+    from transfer.data.report import HIDDEN, MACOS_METADATA
 
     found = []
     for directory, subdirs, files in os.walk(folder):  # does not follow folder links

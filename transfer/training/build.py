@@ -21,7 +21,8 @@ from transfer.models.backbones import Preprocessing, get_backbone
 from transfer.data.bank import open_or_build
 from transfer.data.cache import DecodedImageCache
 from transfer.training.config import TrainConfig
-from transfer.data.dataset import Dataset, load_dataset
+from transfer.data.dataset import load_dataset
+from transfer.data.samples import Dataset
 from transfer.core.devices import DeviceSetup
 from transfer.models.methods import create_model
 from transfer.training import TrainingError
