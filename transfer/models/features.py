@@ -284,13 +284,14 @@ class _Extraction:
                     ahead.append(prefetcher.submit(decode, chunks[position + lookahead]))
                 return ahead.popleft().result()
 
-            first_bank = bank_of(0)  # decoded while the model may still be loading in the background
+            # On the CPU the first batch is decoded while the model may still load in the background.
+            ready = {0: bank_of(0)} if not lookahead and chunks else {}
             model = load_model().to(self.setup.device).eval()
             # Frozen, so BatchNorm can be folded into the convolutions (in the layout they run fastest in).
             catcher = HeadInputCatcher(folded_copy(model).to(memory_format=self.setup.memory_format()))
             try:
                 for position, chunk in enumerate(chunks):
-                    bank = bank_of(position) if position else first_bank
+                    bank = ready.pop(position) if position in ready else bank_of(position)
                     if should_stop and should_stop():
                         raise Cancelled()
                     self.compute_chunk(catcher, chunk, bank.to(self.setup.device), writer)
