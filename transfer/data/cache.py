@@ -43,6 +43,7 @@ class DecodedImageCache:
         *,
         workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        write_behind: bool = False,
     ):
         self.root = Path(root) if root is not None else paths.cache_dir("decoded")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,10 @@ class DecodedImageCache:
         self._memory: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._memory_bytes = 0
         self._lock = threading.Lock()
+        # With write_behind, disk copies are written by one background thread, so decoding
+        # never waits for the file system (call flush() before relying on the files).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-decoded") if write_behind else None
+        self._writes: list = []
         self.hits = 0
         self.memory_hits = 0
         self.disk_hits = 0
@@ -79,7 +84,11 @@ class DecodedImageCache:
         array = self._decode(sample.path, key[1], key[2])
         with self._lock:
             self.decoded += 1
-        self._store(key, array)
+        if self._writer is None:
+            self._store(key, array)
+        else:
+            with self._lock:
+                self._writes.append(self._writer.submit(self._store, key, array))
         self._remember(key, array)
         return array
 
@@ -112,6 +121,13 @@ class DecodedImageCache:
                 if progress:
                     progress(done, total)
         return [by_hash[sample.sha256] for sample in samples]
+
+    def flush(self) -> None:
+        """Wait until every disk copy written behind has been written."""
+        with self._lock:
+            writes, self._writes = self._writes, []
+        for write in writes:
+            write.result()
 
     def clear_memory(self) -> None:
         """Forget the in-memory copies (the disk copies stay)."""

@@ -164,9 +164,11 @@ def feature_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, mo
             raise _HeadNeedsPictures()
         return model.get()
 
+    # The disk copies of decoded pictures (for later runs) are written beside the backbone's work.
+    decoded = DecodedImageCache(write_behind=True)
     common = dict(backbone=config.backbone, prep=data.prep, augmentation=config.augmentation, spec=spec,
                   setup=setup, load_model=load_model, batch_size=FEATURE_BATCH,
-                  decoded=DecodedImageCache(), cache=FeatureCache(), should_stop=should_stop,
+                  decoded=decoded, cache=FeatureCache(), should_stop=should_stop,
                   weights_sha256=initial_weights_sha256(config),
                   on_batch_shrink=lambda n: reporter.warn(f"Out of memory while computing features; "
                                                           f"continuing {n} pictures at a time.", batch_size=n))
@@ -184,6 +186,8 @@ def feature_task(config: TrainConfig, data: TrainingData, setup: DeviceSetup, mo
     except _HeadNeedsPictures:
         reporter.info("This backbone's head works on feature maps, so the frozen backbone runs on every batch.")
         return None
+    finally:
+        decoded.flush()  # a forked worker may leave without joining the writer's thread
     computed, cached = train_stats.computed + val_stats.computed, train_stats.cached + val_stats.cached
     seconds = time.perf_counter() - started
     reporter.info(f"Backbone features: {computed} computed, {cached} from the cache, in {seconds:.1f} s.",
