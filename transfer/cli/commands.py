@@ -530,7 +530,8 @@ def cmd_train(args) -> int:
         return 0
     show = None if args.json else _TrainProgress(sys.stderr)
     try:
-        status = manager.wait(run, on_event=show)
+        # A short poll: a features run ends within seconds, and each poll only reads a small file.
+        status = manager.wait(run, on_event=show, poll=0.05)
     except KeyboardInterrupt:
         print(f"\nRun {run.id} keeps training in the background; `transfer cancel {run.id}` stops it.",
               file=sys.stderr)
