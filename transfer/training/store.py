@@ -24,9 +24,8 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = frozenset({"epoch", "module", "optimizer", "scaler", "generator", "torch_rng", "samples_done",
                              "batch_size", "best"})
 # What torch.load raises for a damaged file: cut short (EOFError, an OSError from the zip reader),
-# a broken zip or storage (RuntimeError), bytes that are no checkpoint (UnpicklingError, KeyError).
-# What torch.load raises on a file that is not a whole checkpoint: on random bytes its
-# weights-only unpickler also raises IndexError (an empty stack) for about 1 file in 17.
+# a broken zip or storage (RuntimeError), bytes that are no checkpoint (UnpicklingError, KeyError,
+# and from the weights-only unpickler an IndexError, its stack empty, for about 1 in 17 random files).
 DAMAGED_CHECKPOINT_ERRORS = (EOFError, OSError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError, IndexError)
 
 
