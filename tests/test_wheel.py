@@ -1,7 +1,7 @@
 """The wheel, installed as a new user would: built from the project, installed (not editable) into
 a fresh virtual environment, and used from a folder outside the checkout: a features training on
-the bundled demo data through the `transfer` command, and `transfer studio` answering its health
-check with the app's own settings.
+the bundled demo data through the `transfer` command (also with two ranks), a checked ONNX export,
+and `transfer studio` answering its health check with the app's own settings.
 
 The new environment reuses this one's packages (torch is large) through a ``.pth`` line naming
 this environment's site-packages: a plain path line, so this environment's own editable install of
@@ -94,6 +94,18 @@ def test_an_installed_wheel_trains_and_serves_from_another_folder(venv, tmp_path
     result = json.loads(trained.stdout.strip().splitlines()[-1])
     assert result["method"] == "features" and result["val_accuracy"] is not None
     assert Path(result["run_dir"]).is_relative_to(elsewhere / "runs")
+
+    # Two ranks (transfer.training.distributed) and a checked export, also from the wheel's copy.
+    ranks = subprocess.run(
+        [str(venv / "bin" / "transfer"), "train", demo, "--method", "features", "--epochs", "1", "--json",
+         "--nproc-per-node", "2", "--runs-dir", str(elsewhere / "runs")], cwd=elsewhere, env=env,
+        capture_output=True, text=True, timeout=600)
+    assert ranks.returncode == 0, ranks.stderr[-2000:]
+    assert json.loads(ranks.stdout.strip().splitlines()[-1])["world_size"] == 2
+    exported = subprocess.run([str(venv / "bin" / "transfer"), "export", result["run_dir"], "--format", "onnx",
+                               "--json"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert json.loads(exported.stdout.strip().splitlines()[-1])["max_abs_diff"] < 1e-3
 
     port = free_port()
     log = open(tmp_path / "studio.log", "wb")
