@@ -1,5 +1,6 @@
-"""The data model: a labelled picture (:class:`Sample`), the usable data set (:class:`Dataset`), and
-the error raised when data cannot be used as given."""
+"""The data model: a labelled picture (:class:`Sample`), the usable data set (:class:`Dataset`), the
+error raised when data cannot be used as given, and the pictures as the check finds them
+(:class:`Candidate`, :class:`Layout`, :class:`ReadPicture`), which discovery, splits and the report share."""
 
 from __future__ import annotations
 
