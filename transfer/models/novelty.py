@@ -31,7 +31,7 @@ model: the web pages read thresholds through it, and other parts of the engine m
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,6 @@ class Reference:
     thresholds: dict[str, float]
     training_pictures: int = 0
     calibration: str = ""
-    held_out: np.ndarray | None = field(default=None, repr=False)  # the reference's own scores (see held_out_distances)
 
     def score(self, features) -> np.ndarray:
         """Novelty of each feature vector (rows of ``features``; 4-D feature maps are pooled)."""
@@ -181,7 +180,7 @@ def build_reference(features, targets, *, training_pictures: int | None = None) 
                    f"each was scored against the other {CALIBRATION_FOLDS - 1} parts, and each threshold is the "
                    "novelty that "
                    + ", ".join(f"{keep:.0%} of them stay under ({name})" for name, keep in STRICTNESS.items()))
-    return Reference(vectors, k, thresholds, total, calibration, own)
+    return Reference(vectors, k, thresholds, total, calibration)
 
 
 # --------------------------------------------------------------------------- on disk

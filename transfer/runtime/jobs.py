@@ -57,11 +57,11 @@ from transfer.core.runs import (
     RESUMABLE_STATES,
     RunDir,
     RunStateError,
-    lock_is_held,
     atomic_write_json,
     file_lock,
     find_run,
     list_runs,
+    lock_is_held,
     read_json,
 )
 

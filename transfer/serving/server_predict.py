@@ -150,7 +150,7 @@ class ServerPredictor:
             order = np.argsort(-row, kind="stable")[:k]
             unknown = score is not None and threshold is not None and score > threshold
             results.append(Prediction([self.labels[i] for i in order], [float(row[i]) for i in order],
-                                            [int(i) for i in order], score, unknown))
+                                      [int(i) for i in order], score, unknown))
         return results
 
     def _predict_in_child(self, source, top_k: int, unknown_threshold="normal") -> Prediction:
@@ -168,8 +168,8 @@ class ServerPredictor:
         top = rows[0]["top_k"]
         labels = [item["label"] for item in top]
         return Prediction(labels, [float(item["probability"]) for item in top],
-                                [self.labels.index(label) for label in labels], rows[0].get("novelty"),
-                                bool(rows[0].get("unknown")))
+                          [self.labels.index(label) for label in labels], rows[0].get("novelty"),
+                          bool(rows[0].get("unknown")))
 
 
 def read_info(folder: Path) -> dict:
