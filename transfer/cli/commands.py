@@ -569,6 +569,11 @@ def initial_weights_setting(args, num_classes: int) -> dict:
     return {"backbone": backbone, "initial_weights": spec.to_dict()}
 
 
+# Validation counts of the kept weights, and the cross-validation over all labelled pictures
+# (feature transfer on a small data set): in status.json at the end of a run.
+OUTCOME_KEYS = ("val_correct", "val_total", "cv_accuracy", "cv_correct", "cv_total", "cv_folds")
+
+
 def train_result(run, status: dict, seconds: float) -> dict:
     """The JSON summary of a finished ``transfer train``."""
     from transfer.models.weights import record
@@ -586,6 +591,7 @@ def train_result(run, status: dict, seconds: float) -> dict:
         "val_accuracy": status.get("val_accuracy"),
         "best_val_accuracy": status.get("best_val_accuracy"),
         "best_epoch": status.get("best_epoch"),
+        **{key: status[key] for key in OUTCOME_KEYS if key in status},
         "world_size": config.get("world_size", 1),
         "initial_weights": record(config["initial_weights"]) if config.get("initial_weights") else None,
         "seconds": round(seconds, 2),

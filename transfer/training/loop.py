@@ -18,11 +18,13 @@ import torch.nn.functional as F
 from transfer.training.config import TrainConfig
 from transfer.training.ranks import current_ranks
 from transfer.core.devices import DeviceError, is_out_of_memory, release_cached_memory, resolve_device
-from transfer.models.methods import get_method
+from transfer.models.methods import METHODS, get_method
 from transfer.core.runs import Cancelled, RunDir
 from transfer.training import TrainingError
 from transfer.training.build import (LazyModel, build_task, check_initial_weights, linear_probe_head,
                                      load_training_data, model_builder, require_both_splits, wants_linear_probe)
+from transfer.training.head_fit import (balanced_class_weights, cross_validate_all, fits_in_closed_form,
+                                        fit_linear_head)
 from transfer.training.reporter import Reporter
 from transfer.training.schedule import lr_factor, make_optimizer, seed_everything, set_learning_rate
 from transfer.training.steps import StepParts, checked_loss, train_step
@@ -36,6 +38,15 @@ def evaluate(task, targets: torch.Tensor, batch_size: int) -> tuple[float, float
     loss = float(F.cross_entropy(logits, targets))
     accuracy = float((logits.argmax(1) == targets).float().mean())
     return round(loss, 6), round(accuracy, 6), torch.softmax(logits, dim=1)
+
+
+def evaluate_features(head, features: torch.Tensor, targets: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """Loss, accuracy and probabilities of ``head`` on feature vectors (on the CPU)."""
+    head.eval()
+    with torch.inference_mode():
+        logits = head(features.to(next(head.parameters()).device)).float().cpu()
+    return (round(float(F.cross_entropy(logits, targets)), 6), round(float((logits.argmax(1) == targets).float().mean()), 6),
+            torch.softmax(logits, dim=1))
 
 
 class Trainer:
@@ -62,14 +73,17 @@ class Trainer:
             # operations over several threads costs more in synchronisation than it saves.
             torch.set_num_threads(1)
         try:
-            self.epochs(start_epoch)
+            if self.fits_head_in_closed_form():
+                self.fit_head(start_epoch)
+            else:
+                self.epochs(start_epoch)
         except Cancelled:
             self.write_outputs()
             raise
         finally:
             torch.set_num_threads(threads)
         self.write_outputs(with_novelty=True)
-        self.reporter.finish(self.best)
+        self.reporter.finish(self.best, **self.validation_counts())
 
     def should_stop(self) -> bool:
         """Whether to cancel; with several ranks, all decide together."""
@@ -97,10 +111,14 @@ class Trainer:
                                 f"processes together and must be at least that many; raise --batch-size.")
         self.optimizer = make_optimizer(config, self.task.trainable_groups(config.lr))
         self.scaler = self.setup.grad_scaler() if self.task.uses_amp else torch.amp.GradScaler("cpu", enabled=False)
-        self.parts = StepParts(self.task, self.optimizer, self.scaler, self.data.train_targets.to(self.setup.device),
-                               self.generator, config.label_smoothing)
+        train_targets = self.data.train_targets.to(self.setup.device)
+        # Every class weighs the same in the loss, however many pictures it has (all ones when even).
+        class_weights = balanced_class_weights(self.data.train_targets, len(self.data.classes))
+        self.parts = StepParts(self.task, self.optimizer, self.scaler, train_targets, self.generator,
+                               config.label_smoothing, class_weights.to(self.setup.device))
         self.best = Best()
         self.samples_done = 0
+        self.cross_validation = None
 
     def extract(self, *args, **kwargs):
         """Backbone features of pictures (:func:`transfer.models.features.extract_features`), shared
@@ -119,6 +137,72 @@ class Trainer:
         require_both_splits(self.data)
         self.initial_weights = check_initial_weights(self.config, self.run.path.parent, len(self.data.classes),
                                                      self.reporter)
+
+    # ------------------------------------------------------------------ the head in closed form
+
+    def fits_head_in_closed_form(self) -> bool:
+        """Feature transfer with a plain linear head: a convex problem, solved rather than trained."""
+        return isinstance(self.task, FeatureTask) and fits_in_closed_form(self.task.module)
+
+    def fit_head(self, start_epoch: int) -> None:
+        """The head fit to its optimum (:mod:`transfer.training.head_fit`), recorded as the run's
+        one and only epoch so that every reader of epochs, checkpoints and status works as before."""
+        if start_epoch > 1:
+            return  # fitted before an interruption: the checkpoint holds it
+        if self.should_stop():
+            raise Cancelled()
+        self.reporter.epochs = 1
+        self.reporter.status(epochs=1, message="Fitting the head.")
+        task, targets, config = self.task, self.data.train_targets, self.config
+        begun = time.perf_counter()
+        centre = task.train_features[:, 0].cpu()
+        fit = fit_linear_head(centre, targets, len(self.data.classes), seed=config.seed)
+        if task.views > 1:  # augmented views add rows; C was chosen on whole pictures, so no view leaks across folds
+            search, views = fit.strength_search, task.views
+            fit = fit_linear_head(task.train_features.cpu().reshape(-1, centre.shape[1]),
+                                  targets.repeat_interleave(views), len(self.data.classes), strength=fit.strength)
+            fit.strength_search = search
+        fit.load_into(task.module)
+        train_loss, train_accuracy, _ = evaluate_features(task.module, centre, targets)
+        val_loss, val_accuracy, probabilities = evaluate(task, self.data.val_targets, self.batch_size)
+        self.cross_validation = cross_validate_all(torch.cat([centre, task.val_features.cpu()]),
+                                                   torch.cat([targets, self.data.val_targets]),
+                                                   len(self.data.classes), fit.strength, seed=config.seed)
+        seconds = time.perf_counter() - begun
+        self.reporter.epoch_seconds.append(seconds)
+        self.report_fit(fit, seconds)
+        improved = self.update_best(1, val_loss, val_accuracy, probabilities)
+        self.reporter.epoch(1, train_loss=train_loss, train_accuracy=train_accuracy, val_loss=val_loss,
+                            val_accuracy=val_accuracy, best=self.best, improved=improved, lr=0.0,
+                            images_per_s=len(centre) * task.views / max(seconds, 1e-9), seconds=seconds)
+        self.save_checkpoint(1)
+        self.reporter.epoch_saved(1, val_accuracy, self.best)
+
+    def report_fit(self, fit, seconds: float) -> None:
+        described = fit.describe()
+        chosen = (f"C = {fit.strength:g} chosen by {fit.strength_search.folds}-fold cross-validation"
+                  if fit.strength_search else f"C = {fit.strength:g} (the default when a class has one picture)")
+        fields = {"head_fit": described}
+        message = (f"Head fit to its optimum in {fit.iterations} L-BFGS iterations ({seconds:.2f} s): features "
+                   f"scaled to unit length, classes weighted equally, {chosen}.")
+        cv = self.cross_validation
+        if cv is not None:
+            fields.update(cv_accuracy=round(cv.accuracy, 6), cv_correct=cv.correct, cv_total=cv.total,
+                          cv_folds=cv.folds)
+            message += (f" Cross-validated over all {cv.total} labelled pictures ({cv.folds} folds): "
+                        f"{cv.correct} right, accuracy {cv.accuracy:.3f}.")
+            self.reporter.status(**{k: v for k, v in fields.items() if k.startswith("cv_")})
+        if self.config.epochs != METHODS["features"].defaults["epochs"]:
+            message += " The number of epochs does not apply to a head fit in closed form."
+        self.reporter.info(message, **fields)
+
+    def validation_counts(self) -> dict:
+        """Validation pictures right and counted, for the epoch the kept weights come from."""
+        if self.best.probabilities is None:
+            return {}
+        predicted = self.best.probabilities.argmax(1)
+        return {"val_correct": int((predicted == self.data.val_targets).sum()),
+                "val_total": int(len(self.data.val_targets))}
 
     # ------------------------------------------------------------------ epochs
 

@@ -87,11 +87,11 @@ class Reporter:
                                eta=round(self.eta_after(epoch), 1),
                                message=f"Epoch {epoch} of {self.epochs} done.")
 
-    def finish(self, best) -> None:
+    def finish(self, best, **outcome) -> None:
         if not self.writes:
             return
         status = self.run.status()
         message = (f"Finished: best validation accuracy {best.accuracy:.3f} at epoch {best.epoch}."
                    if best.epoch else "Finished.")
         self.status(state=FINISHED, ended_at=time.time(), eta=0, step=None, message=message,
-                               epochs=status.get("epochs", self.epochs))
+                               epochs=status.get("epochs", self.epochs), **outcome)

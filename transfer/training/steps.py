@@ -1,8 +1,8 @@
 """One optimizer step, the single place where a model learns from a batch.
 
 The epoch loop, fine-tuning's linear probe, the data audit's cross-validated heads and the
-learning-rate finder all call :func:`train_step`; :func:`fit_head_on_features` is the short
-head-only fit (feature transfer's defaults) built on it.
+learning-rate finder all call :func:`train_step`; :func:`fit_head_on_features` fits a head on
+fixed features (in closed form when it is a plain linear layer).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class StepParts:
     targets: torch.Tensor  # class index per training picture, on the task's device
     generator: torch.Generator  # draws the augmentation
     label_smoothing: float = 0.0
+    class_weights: torch.Tensor | None = None  # per class, on the task's device: uneven classes weigh the same
 
 
 def train_step(parts: StepParts, indices: torch.Tensor, epoch: int,
@@ -49,7 +50,8 @@ def train_step(parts: StepParts, indices: torch.Tensor, epoch: int,
         targets = parts.targets[part.to(device)]
         with parts.task.gradient_sync(number == len(chunks)):
             logits = parts.task.forward_train(part, epoch, parts.generator)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=parts.label_smoothing)
+            loss = F.cross_entropy(logits.float(), targets, weight=parts.class_weights,
+                                   label_smoothing=parts.label_smoothing)
             parts.scaler.scale(loss * (len(part) / len(indices) * loss_weight)).backward()
         total_loss += loss.detach() * len(part)
         hits += (logits.detach().argmax(1) == targets).sum()
@@ -67,10 +69,20 @@ def checked_loss(loss: float) -> float:
 
 def fit_head_on_features(head: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, seed: int,
                          single_thread: bool = True) -> float:
-    """Train ``head`` on fixed feature vectors with feature transfer's default settings (AdamW,
-    one-cycle) and return its training accuracy. Used for fine-tuning's linear probe and for the
-    data audit's cross-validated heads."""
+    """Fit ``head`` on fixed feature vectors and return its training accuracy. Used for
+    fine-tuning's linear probe and for the data audit's cross-validated heads.
+
+    A plain linear head is fit to its optimum (:func:`transfer.training.head_fit.fit_linear_head`);
+    a head with a hidden layer or dropout is trained with feature transfer's epoch settings
+    (AdamW, one-cycle)."""
     from transfer.models.methods import METHODS
+    from transfer.training.head_fit import fit_linear_head, fits_in_closed_form
+
+    if fits_in_closed_form(head):
+        fit = fit_linear_head(inputs, targets, head.out_features, seed=seed)
+        fit.load_into(head)
+        with torch.no_grad():
+            return float((head(inputs).argmax(1) == targets).float().mean())
 
     settings = METHODS["features"].defaults
     task = FeatureTask(head, inputs.unsqueeze(1), inputs[:0], inputs.device)
