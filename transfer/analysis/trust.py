@@ -247,7 +247,7 @@ def measured_unsure_margin(answers: list[tuple[list[float], bool]]) -> UnsureMar
     margins = []
     for probabilities, right in answers:
         ranked = sorted((float(p) for p in probabilities), reverse=True)
-        margins.append((ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0), bool(right)))
+        margins.append((round(ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0), 6), bool(right)))
     chosen = None
     for candidate in UNSURE_GRID:
         close = [right for margin, right in margins if margin < candidate]
