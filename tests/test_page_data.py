@@ -125,7 +125,7 @@ def test_build_two_classes_by_upload_and_webcam_then_remove_pictures(png, make_p
     make_picture(1, 50).save(photo, "JPEG")
     app.camera_input(key="webcam:dog#0").set_value(("shot.jpg", photo.getvalue(), "image/jpeg"))
     app.run()
-    assert "Added 1 picture(s) to dog." in texts(app.success)
+    assert "Added 1 picture to dog." in texts(app.success)
     assert counts(app)["dog"] == (3, 1)
 
     app.button(key="picture:cat:c0.png").click().run()

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import ImageOps
 
+from transfer.analysis.trust import plural
 from transfer.data import checks
 from transfer.data.report import Report
 from transfer.data.samples import TRAIN, VAL
@@ -176,7 +177,7 @@ def render_thumbnails(report: Report) -> None:
 def render_skipped(report: Report) -> None:
     if not report.skipped:
         return
-    with st.expander(f"{len(report.skipped)} file(s) left out, and why"):
+    with st.expander(f"{plural(len(report.skipped), 'file')} left out, and why"):
         st.dataframe(
             [{"File": s.path, "Reason": s.reason, "Detail": s.detail} for s in report.skipped],
             hide_index=True,
@@ -186,7 +187,7 @@ def render_skipped(report: Report) -> None:
 def render_duplicates(report: Report) -> None:
     if not report.duplicates:
         return
-    with st.expander(f"{len(report.duplicates)} group(s) of identical pictures"):
+    with st.expander(f"{plural(len(report.duplicates), 'group')} of identical pictures"):
         rows = [
             {"Copies": ", ".join(group.files), "Problem": _DUPLICATE_TITLES.get(group.kind, group.kind)}
             for group in report.duplicates

@@ -89,6 +89,10 @@ class Accuracy:
         """The figure a metric tile shows: ``8 of 10``."""
         return f"{self.correct:,} of {self.total:,}" if self.total else "–"
 
+    def short(self) -> str:
+        """For a table cell: ``8 of 10 (80 %)``."""
+        return f"{self.headline()} ({percent(self.share, self.total)})" if self.total else "–"
+
     def describe(self) -> str:
         """``8 of 10 (80 %, likely between 49 % and 94 %)``, or the sentence saying it cannot tell."""
         return describe_counts(self.correct, self.total)
