@@ -274,6 +274,7 @@ def report_section() -> None:
     if report is None:  # a large data set, checked in the background: the page comes back when done
         return
     data_view.render_problems(report)
+    data_view.render_advice(report)
     data_view.render_summary(report)
     data_view.render_counts(report)
     split_controls(report, choice)
