@@ -69,7 +69,7 @@ def test_evaluate_wrong_answer_fixes_the_label_and_stays_in_validation(own_sessi
     app = open_app("pages/evaluate.py", token=token, timeout=240)
     assert not app.exception, app.exception
     button = next(b for b in app.button if b.key == f"correct_{item['sha256'][:16]}:right")
-    assert button.label == f"It is {other}"
+    assert button.label == f"Relabel as {other}"  # says which label the picture will get
     button.click().run()
     assert not app.exception, app.exception
     copy = workspace / "audit" / "working_copy" / "data"

@@ -173,7 +173,7 @@ def prediction_corrections(data: bytes, name: str, predicted: str, classes: list
 
 def validation_corrections(run_config: dict, path: str, given: str, predicted: str, sha256: str,
                            classes: list[str], key: str) -> None:
-    """Evaluate page, a wrong answer: "It is <the class the model said>" or "It is actually …" fix the picture's label."""
+    """Evaluate page, a wrong answer: "Relabel as <the class the model said>" or as another class fix the picture's label."""
     _correction_notice(key)
     copy = audit_view.working_copy()
     moved = [e for e in copy.edits if e["sha256"] == sha256 and e["action"] == "move"] if copy.exists() else []
@@ -181,11 +181,12 @@ def validation_corrections(run_config: dict, path: str, given: str, predicted: s
         st.caption(f"Filed under **{moved[-1]['new_label']}** in your data set (undo it on the Data page).")
         return
     fix = lambda label: correct_validation_label(run_config, path, given, label, sha256)
-    st.button(f"It is {predicted}", key=f"{key}:right", on_click=_correct, args=(key, fix, predicted),
-              width="stretch",
-              help="The model is right and the label was wrong: file the picture under the class the model said.")
-    st.selectbox("It is actually …", [c for c in classes if c not in (given, predicted)], index=None,
-                 key=f"{key}:actually", placeholder="another class", label_visibility="collapsed",
+    # The wording names the label the picture gets: "It is <class>" read like a confirmation of the answer.
+    st.button(f"Relabel as {predicted}", key=f"{key}:right", on_click=_correct, args=(key, fix, predicted),
+              width="stretch", help=f"The model is right and the label was wrong: the picture's label becomes "
+                                    f"{predicted} (it was {given}).")
+    st.selectbox("Relabel as another class", [c for c in classes if c not in (given, predicted)], index=None,
+                 key=f"{key}:actually", placeholder="relabel as another class", label_visibility="collapsed",
                  on_change=_correct_from, args=(key, f"{key}:actually", fix))
 
 
