@@ -252,7 +252,8 @@ def test_the_snapshot_holds_the_checked_onnx_model_and_the_bundle_when_downloads
     token, demo = store.create(run.path, allow_download=True)
     with zipfile.ZipFile(demo.bundle_path) as bundle:
         assert {"model/model.onnx", "model/predict.py", "model/README.md"} <= set(bundle.namelist())
-        assert "Validation accuracy" in bundle.read("model/README.md").decode()
+        card = bundle.read("model/README.md").decode()
+        assert "Validation accuracy" in card and f"**{demo.val_correct} of {demo.val_total} (" in card  # a count
         assert not [name for name in bundle.namelist() if run.id in name or run.id.encode() in bundle.read(name)]
     predictor = Predictor.from_run(demo.folder)
     assert predictor.fast  # the demo's own model.onnx, through onnxruntime

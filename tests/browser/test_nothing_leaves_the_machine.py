@@ -5,6 +5,7 @@ frames), and any other host fails the test."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlsplit
 
 import pytest
@@ -109,6 +110,19 @@ def test_an_exported_web_page_asks_only_the_folder_it_is_served_from(browser, fi
             page.wait_for_function("() => Number(document.querySelector('#result').dataset.count || 0) > 0")
             recorder.look()
             assert any(address.endswith("model.onnx") for address in recorder.addresses)
+            assert recorder.elsewhere(url) == []
+
+            # A close call reads "not sure: a or b" on the web page too (here every answer is close).
+            info = json.loads((folder / "model.json").read_text())
+            assert 0 < info["unsure_margin"] <= 0.3  # measured on the run's validation answers
+            (folder / "model.json").write_text(json.dumps({**info, "unsure_margin": 1.01}))
+            page.reload()
+            wait_until_ready(page)
+            page.locator("#files").set_input_files(str(picture))
+            page.wait_for_function("() => Number(document.querySelector('#result').dataset.count || 0) > 0")
+            if page.locator("#result").get_attribute("data-unknown") != "true":
+                assert page.locator("#result").inner_text().startswith("not sure: ")
+                assert page.locator(".unsure").first.inner_text().startswith("not sure: ")
             assert recorder.elsewhere(url) == []
     finally:
         context.close()
