@@ -2,12 +2,18 @@
 keeps the pages behind the password when one is set, and turns an unexpected error into a
 sentence (the details go to the server's log, never to the browser)."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from transfer.runtime.gc import collect_now_and_then
 from ui import demo_view, failures, gate, sidebar
 
-st.set_page_config(page_title="Transfer Studio", page_icon=":material/psychology:", layout="wide")
+STUDIO_ICON = Path(__file__).resolve().parent / "ui" / "assets" / "icon.png"
+
+# The icon is a file of our own, served by this server: a material-symbol icon made the browser fetch
+# it from a font host on every page, which fails offline and tells a third party the studio is open.
+st.set_page_config(page_title="Transfer Studio", page_icon=str(STUDIO_ICON), layout="wide")
 gate.refuse_open_network()
 
 # A demo link (?demo=TOKEN) shows one shared model and nothing else: no navigation, no sidebar,

@@ -30,5 +30,6 @@ setup(
         "transfer.models": ["torchvision_catalogue.json"],
         "transfer.serving": ["web_assets/*", "web_assets/ort/*"],
         WEB_APP: [".streamlit/config.toml"],
+        f"{WEB_APP}.ui": ["assets/*"],
     },
 )

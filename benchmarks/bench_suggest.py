@@ -1,6 +1,6 @@
 """Which pictures to label first: the studio's suggestions against random picks, and their speed.
 
-    python benchmarks/bench_suggest.py [--seeds 10] [--skip-timing]
+    python benchmarks/bench_suggest.py [--seeds 10] [--skip-timing] [--uneven-only]
 
 Accuracy: on real photos (the ants/bees set: its train/ folder is the pool, its val/ folder the
 test) and on the demo data set (4 classes, split 80/20), every seed starts from 1 labelled
@@ -13,6 +13,13 @@ picture per class drawn at random, then labels 1 or 2 more per class picked by
 trains the features method's linear head (``fit_head_on_features``, EfficientNet-Lite0 features)
 and measures accuracy on the test pictures; the table gives the mean over the seeds. "Cold
 start" counts the classes covered by C picks with no label at all.
+
+Uneven starts: 5 labelled pictures of one class (each class in turn) and 1 of every other, then
+2 more per class picked at random, in the suggested order as it was (typical, then hesitant),
+and in the order `transfer suggest` gives for uneven classes (evened by the model's guess). The
+table gives accuracy, balanced accuracy (the mean of the recalls per class, which an uneven
+training set hurts first) and the labelled pictures of the largest class over the smallest's
+after labelling.
 
 Timing: `transfer suggest POOL --count 20 --json` as a command (imports included) on a pool of
 1,000 photos (the ants/bees pictures, mirrored and cropped into distinct files) with an empty
@@ -107,6 +114,71 @@ def accuracy_study(name, pool_x, pool_y, test_x, test_y, seeds: int) -> list[dic
         row.update({m: round(float(np.mean(v)), 4) for m, v in scores.items()})
         row["gain over random"] = round(row["suggested"] - row["random"], 4)
         rows.append(row)
+    return rows
+
+
+def probabilities_of(head, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return torch.softmax(head(torch.from_numpy(x)), 1).numpy()
+
+
+def balanced_accuracy(head, x: np.ndarray, y: np.ndarray) -> float:
+    predicted = probabilities_of(head, x).argmax(1)
+    return float(np.mean([(predicted[y == c] == c).mean() for c in np.unique(y)]))
+
+
+def uneven_pick(method: str, pool_x, pool_y, reduced, labelled: list[int], count: int, head, rng) -> list[int]:
+    """``count`` more pictures to label after an uneven start; ``evened`` is what `transfer suggest` returns."""
+    from transfer.analysis.suggest import BALANCE_CANDIDATES, favour_fewest_labelled, label_counts, order_pool
+    from transfer.data.samples import Sample
+
+    free = np.setdiff1d(np.arange(len(pool_x)), labelled)
+    if method == "random":
+        return rng.choice(free, count, replace=False).tolist()
+    classes = [str(c) for c in range(int(pool_y.max()) + 1)]
+    counts = label_counts([Sample(None, str(pool_y[i]), "train", str(i)) for i in labelled], classes)
+    probabilities = probabilities_of(head, pool_x[free])
+    seed = int(rng.integers(1 << 30))
+    if method == "suggested, not evened":
+        picks = order_pool(reduced[free], reduced[labelled], count, probabilities=probabilities,
+                           labelled_per_class=min(counts), seed=seed)
+    else:
+        picks = order_pool(reduced[free], reduced[labelled], count * BALANCE_CANDIDATES, probabilities=probabilities,
+                           labelled_per_class=min(counts), seed=seed)
+        picks = favour_fewest_labelled(picks, probabilities.argmax(1), counts, count)
+    return free[[p.index for p in picks]].tolist()
+
+
+def uneven_study(name, pool_x, pool_y, test_x, test_y, seeds: int, first: int = 5) -> list[dict]:
+    """Uneven starts: ``first`` labelled pictures of one class, 1 of each other; then 2 more per class."""
+    from transfer.analysis.suggest import reduce_features
+
+    classes = int(pool_y.max()) + 1
+    reduced = reduce_features(pool_x)
+    methods = ("random", "suggested, not evened", "suggested, evened")
+    found: dict[str, dict[str, list[float]]] = {m: {"accuracy": [], "balanced": [], "largest/smallest": []} for m in methods}
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        big = seed % classes  # each class is the large one in turn
+        start = [int(i) for c in range(classes)
+                 for i in rng.choice(np.flatnonzero(pool_y == c), first if c == big else 1, replace=False)]
+        _, head = head_accuracy(pool_x[start], pool_y[start], test_x, test_y, classes, seed)
+        for method in methods:
+            chosen = start + uneven_pick(method, pool_x, pool_y, reduced, start, 2 * classes, head,
+                                         np.random.default_rng(1000 + seed))
+            accuracy, after = head_accuracy(pool_x[chosen], pool_y[chosen], test_x, test_y, classes, seed)
+            counts = np.bincount(pool_y[chosen], minlength=classes)
+            found[method]["accuracy"].append(accuracy)
+            found[method]["balanced"].append(balanced_accuracy(after, test_x, test_y))
+            found[method]["largest/smallest"].append(counts.max() / max(1, counts.min()))
+    rows = []
+    for method in methods:
+        rows.append({"data": name, "start": f"{first} + 1 x {classes - 1}, then +{2 * classes}", "method": method,
+                     "accuracy": round(float(np.mean(found[method]["accuracy"])), 4),
+                     "balanced accuracy": round(float(np.mean(found[method]["balanced"])), 4),
+                     "labels largest/smallest after": round(float(np.mean(found[method]["largest/smallest"])), 2)})
     return rows
 
 
@@ -214,16 +286,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--uneven-only", action="store_true", help="only the uneven starts (the evened order)")
     args = parser.parse_args()
     summary: dict = {"seeds": args.seeds, "load_average": os.getloadavg()}
-    accuracy, coverage = [], []
+    accuracy, coverage, uneven = [], [], []
     for name, pool_x, pool_y, test_x, test_y in datasets():
-        accuracy += accuracy_study(name, pool_x, pool_y, test_x, test_y, args.seeds)
-        coverage.append(cold_coverage(name, pool_x, pool_y, args.seeds))
-    print_table(accuracy)
-    print_table(coverage)
-    summary["accuracy"], summary["cold_start"] = accuracy, coverage
-    if not args.skip_timing and HYMENOPTERA.is_dir():
+        uneven += uneven_study(name, pool_x, pool_y, test_x, test_y, args.seeds)
+        if not args.uneven_only:
+            accuracy += accuracy_study(name, pool_x, pool_y, test_x, test_y, args.seeds)
+            coverage.append(cold_coverage(name, pool_x, pool_y, args.seeds))
+    print_table(uneven)
+    summary["uneven"] = uneven
+    if not args.uneven_only:
+        print_table(accuracy)
+        print_table(coverage)
+        summary["accuracy"], summary["cold_start"] = accuracy, coverage
+    if not args.skip_timing and not args.uneven_only and HYMENOPTERA.is_dir():
         with tempfile.TemporaryDirectory() as scratch:
             pool = photo_pool(Path(scratch) / "pool")
             cold, result = timed_command(pool, Path(scratch) / "home")

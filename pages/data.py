@@ -10,6 +10,7 @@ from functools import partial
 
 import streamlit as st
 
+from transfer.analysis.trust import plural
 from transfer.data import uploads
 from transfer.data.dataset import demo_dataset_path
 from transfer.core.errors import TransferError
@@ -58,7 +59,7 @@ def choose(source, name: str) -> None:
 def describe_skips(skipped) -> str:
     names = ", ".join(f"{s.path.rsplit('/', 1)[-1]} ({s.reason})" for s in skipped[:5])
     more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-    return f"Left out {len(skipped)} file(s) that are not usable pictures: {names}{more}."
+    return f"Left out {plural(len(skipped), 'file')} that are not usable pictures: {names}{more}."
 
 
 # --------------------------------------------------------------------------- actions
@@ -153,7 +154,7 @@ def add_pictures(name: str, files: list[tuple[str, bytes]]) -> None:
     if skipped:
         notify("warning", describe_skips(skipped))
     if added:
-        notify("success", f"Added {added} picture(s) to {name}.")
+        notify("success", f"Added {plural(added, 'picture')} to {name}.")
     use_builder()
 
 
@@ -273,6 +274,7 @@ def report_section() -> None:
     if report is None:  # a large data set, checked in the background: the page comes back when done
         return
     data_view.render_problems(report)
+    data_view.render_advice(report)
     data_view.render_summary(report)
     data_view.render_counts(report)
     split_controls(report, choice)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from transfer.analysis.evaluate import PREDICTIONS_FILE, EvaluationNotReady, load_evaluation, prediction_thumbnail
+from transfer.analysis.trust import Accuracy, run_accuracy
 from transfer.models.novelty import NOT_AVAILABLE, novelty_info, validation_novelty
 from ui import audit_view, charts, cleanup_view, export_view, label_view, predict_view, session, share_view
 
@@ -43,14 +44,21 @@ def _percent(value) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
-def show_summary(evaluation) -> None:
+def show_summary(run, evaluation) -> None:
+    right = sum(1 for item in evaluation.predictions if item.correct)
+    stored = run_accuracy(run.path)
+    accuracy = Accuracy(right, evaluation.count, **({"cv_correct": stored.cv_correct, "cv_total": stored.cv_total,
+                                                     "cv_folds": stored.cv_folds} if stored else {}))
     columns = st.columns(4)
-    columns[0].metric("Accuracy", _percent(evaluation.accuracy))
+    columns[0].metric("Accuracy", accuracy.headline(), help="Right answers on the validation pictures.")
     columns[1].metric("Macro F1", _percent(evaluation.macro_f1()),
                       help="The mean of the classes' F1 scores: every class counts the same, "
                            "however many pictures it has.")
     columns[2].metric("Validation pictures", evaluation.count)
     columns[3].metric("Best epoch", evaluation.epoch or "–")
+    st.caption(f"Accuracy: {accuracy.describe()}.")
+    if accuracy.cross_validated:
+        st.info(accuracy.describe_cross_validation(), icon=":material/calculate:")
 
 
 def show_confusion(evaluation) -> None:
@@ -142,7 +150,7 @@ if run is not None:
         st.info(str(error), icon=":material/info:")
         show_curves(run)
     else:
-        show_summary(evaluation)
+        show_summary(run, evaluation)
         show_confusion(evaluation)
         show_per_class(evaluation)
         show_top_losses(run, evaluation)

@@ -54,7 +54,8 @@ def show_pictures(run, uploads: list[tuple[str, bytes]], top_k: int, show_cam: b
     for index, (name, data) in enumerate(uploads):
         result = predict_view.predict_picture(str(run.path), version, predict_view.digest(data), name, data, top_k,
                                               show_cam, strictness)
-        predict_view.render_picture(result, show_cam, key=f"{key}_{index}")
+        predict_view.render_picture(result, show_cam, key=f"{key}_{index}",
+                                    unsure=predict_view.unsure_margin(str(run.path), version))
         if result.prediction:
             label_view.prediction_corrections(data, name if key != "webcam" else "webcam.jpg",
                                               result.prediction["label"], classes, f"correct_{key}_{index}",

@@ -13,6 +13,7 @@ import time
 
 import streamlit as st
 
+from transfer.analysis.trust import run_accuracy
 from transfer.models.catalogue import METHODS, get_backbone
 from transfer.training.config import TrainConfig
 from transfer.core.errors import TransferError
@@ -41,6 +42,17 @@ settings_area, live_area, runs_area = st.container(), st.container(), st.contain
 
 
 # ----------------------------------------------------------------------------- starting runs
+
+
+def shown_run():
+    runs = list_runs(session.runs_dir())
+    wanted = st.query_params.get(RUN_PARAM)
+    if wanted:
+        try:
+            return find_run(session.runs_dir(), wanted)
+        except TransferError:
+            st.warning("The run in this link does not belong to this session (or no longer exists).")
+    return runs[0] if runs else None
 
 
 def chosen_config() -> tuple[TrainConfig | None, bool]:
@@ -76,6 +88,10 @@ def start(configs: list[TrainConfig]) -> None:
 
 
 with settings_area:
+    run = shown_run()
+    changed = retrain_view.changed_data(run)
+    if changed:
+        retrain_view.offer(run, *changed)
     try:
         config, defaults = chosen_config()
     except TransferError as error:
@@ -96,7 +112,8 @@ with settings_area:
             st.caption("These are the default settings for this data set; Configure changes them if you like.")
         config.nproc_per_node = gpus_to_use(config.nproc_per_node, key="gpus")
         left, right = st.columns(2)
-        if left.button("Start training", type="primary", icon=":material/rocket_launch:"):
+        # Once the data set changed since the shown run, training again and comparing is the one primary action.
+        if left.button("Start training", type="secondary" if changed else "primary", icon=":material/rocket_launch:"):
             start([config])
         if right.button("Compare the three methods", icon=":material/balance:",
                         help="Trains feature transfer, fine-tuning and training from scratch on the same "
@@ -112,17 +129,6 @@ with settings_area:
 
 
 # ----------------------------------------------------------------------------- the shown run
-
-
-def shown_run():
-    runs = list_runs(session.runs_dir())
-    wanted = st.query_params.get(RUN_PARAM)
-    if wanted:
-        try:
-            return find_run(session.runs_dir(), wanted)
-        except TransferError:
-            st.warning("The run in this link does not belong to this session (or no longer exists).")
-    return runs[0] if runs else None
 
 
 def events_of(run) -> RunEvents:
@@ -166,7 +172,7 @@ def live_view(run_id: str, was_active: bool) -> None:
     state = status["state"]
     if was_active and state not in ACTIVE_STATES:
         st.rerun()  # the run ended: draw the page once more, without the timer
-    st.subheader(f"{STATE_ICONS.get(state, '')} Run `{run.id}`: {state}")
+    st.subheader(f"{STATE_ICONS.get(state, '')} Run {retrain_view.run_name(run.id)}: {state}")
     st.caption(f"{run.config.get('method')} · {run.config.get('backbone')}")
     epochs = status.get("epochs") or run.config.get("epochs") or 1
     epoch, step, steps = status.get("epoch") or 0, status.get("step") or 0, status.get("steps") or 0
@@ -186,11 +192,19 @@ def live_view(run_id: str, was_active: bool) -> None:
             label += f", about {status['eta']:.0f} s left"
         if state == "running" and latest.get("images_per_s"):
             label += f", {latest['images_per_s']:.0f} pictures/s"
-        st.progress(min(1.0, 1.0 if state == FINISHED else done), text=label)
+        if state == FINISHED:  # a run that stopped early on purpose is finished too: its bar is full
+            done, label = 1.0, f"Finished: {label.lower()}"
+        st.progress(min(1.0, done), text=label)
+    accuracy = run_accuracy(run.path, status)
     metrics = st.columns(3)
-    metrics[0].metric("Validation accuracy", _percent(status.get("val_accuracy")))
-    metrics[1].metric("Best so far", _percent(status.get("best_val_accuracy")))
-    metrics[2].metric("Training time", f"{run.summary().get('seconds') or 0:.0f} s")
+    metrics[0].metric("Validation accuracy", accuracy.headline() if accuracy else "–",
+                      help="Right answers on the validation pictures, which the run never trained on.")
+    metrics[1].metric("Best so far", _best_count(status, accuracy))
+    metrics[2].metric("Training time", duration(run.summary().get("seconds")))
+    if accuracy is not None:
+        st.caption(f"Validation accuracy: {accuracy.describe()}.")
+        if accuracy.cross_validated:
+            st.info(accuracy.describe_cross_validation(), icon=":material/calculate:")
     if status.get("message") and state not in ("running", "queued"):
         (st.error if state == "failed" else st.info)(status["message"])
     history = events.epoch_history()
@@ -217,8 +231,24 @@ def _act(action, run_id: str, note: str) -> None:
         st.error(str(error))
 
 
-def _percent(value) -> str:
-    return "–" if value is None else f"{value:.1%}"
+def _best_count(status: dict, accuracy) -> str:
+    """The best epoch's accuracy as a count on the same validation pictures."""
+    best = status.get("best_val_accuracy")
+    if best is None or accuracy is None or not accuracy.total:
+        return "–"
+    return f"{round(best * accuracy.total):,} of {accuracy.total:,}"
+
+
+def duration(seconds) -> str:
+    """One way to write a training time, on every part of the page: ``0.7 s``, ``12 s``, ``3 min 05 s``."""
+    if seconds is None:
+        return "–"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
 
 
 def _describe(event: dict) -> str:
@@ -228,7 +258,6 @@ def _describe(event: dict) -> str:
     return f"{moment} {event.get('type')}: {details}"
 
 
-run = shown_run()
 if run is not None:
     st.query_params[RUN_PARAM] = run.id
     shown_active = run.state in ACTIVE_STATES
@@ -251,12 +280,16 @@ def runs_table(was_active: bool) -> None:
     rows = []
     for item in runs:
         summary = item.summary()
+        accuracy = run_accuracy(item.path, item.status())
         rows.append({"run": summary["id"], "state": summary["state"],
                      "method": summary["method"], "backbone": summary["backbone"],
-                     "best accuracy": summary["best_val_accuracy"], "seconds": summary["seconds"]})
-    st.dataframe(rows, hide_index=True, width="stretch",
-                 column_config={"best accuracy": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent")})
+                     "validation accuracy": accuracy.short() if accuracy else "–",
+                     "training time": duration(summary["seconds"])})
+    st.dataframe(rows, hide_index=True, width="stretch")
     ids = [r["run"] for r in rows]
+    # The picker follows the run the page shows (a new run, a link, Train again), not the last pick.
+    if run is not None and run.id in ids and st.session_state.get("show_run_follows") != run.id:
+        st.session_state["show_run"] = st.session_state["show_run_follows"] = run.id
     chosen = st.selectbox("Show run", ids, index=ids.index(run.id) if run and run.id in ids else 0, key="show_run")
     if run is None or chosen != run.id:
         if st.button("Show", key="show_button"):
@@ -283,10 +316,11 @@ def comparison_view(runs) -> None:
     table = []
     for run_id in picked:
         summary = by_id[run_id].summary()
-        table.append({"run": labels[run_id], "state": summary["state"], "best accuracy": summary["best_val_accuracy"],
-                      "seconds": summary["seconds"]})
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={"best accuracy": st.column_config.ProgressColumn(min_value=0, max_value=1, format="percent")})
+        accuracy = run_accuracy(by_id[run_id].path)
+        table.append({"run": labels[run_id], "state": summary["state"],
+                      "validation accuracy": accuracy.describe() if accuracy else "–",
+                      "training time": duration(summary["seconds"])})
+    st.dataframe(table, hide_index=True, width="stretch")
 
 
 any_active = any(item.state in ACTIVE_STATES for item in list_runs(session.runs_dir()))

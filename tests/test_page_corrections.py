@@ -69,7 +69,7 @@ def test_evaluate_wrong_answer_fixes_the_label_and_stays_in_validation(own_sessi
     app = open_app("pages/evaluate.py", token=token, timeout=240)
     assert not app.exception, app.exception
     button = next(b for b in app.button if b.key == f"correct_{item['sha256'][:16]}:right")
-    assert button.label == f"It is {other}"
+    assert button.label == f"Relabel as {other}"  # says which label the picture will get
     button.click().run()
     assert not app.exception, app.exception
     copy = workspace / "audit" / "working_copy" / "data"
@@ -87,7 +87,7 @@ def test_train_again_compares_both_runs_on_the_same_validation_pictures(own_sess
 
     app = open_app("pages/train.py", token=token, timeout=240)
     assert not app.exception, app.exception
-    assert any("1 picture(s) added" in m.value for m in app.markdown)
+    assert any("1 picture added" in m.value for m in app.markdown)
     next(b for b in app.button if b.key == "train_again").click().run()
     assert not app.exception, app.exception
     pairs = json.loads((workspace / "retrained.json").read_text())
@@ -102,4 +102,11 @@ def test_train_again_compares_both_runs_on_the_same_validation_pictures(own_sess
     assert not app.exception, app.exception
     labels = [m.label for m in app.metric]
     assert {"Accuracy before", "Accuracy now", "Wrong → right", "Right → wrong"} <= set(labels)
-    assert any(f"run `{run.id}` → run `{new_id}`" in s.value for s in app.subheader)
+    name = lambda run_id: run_id.replace("-", "\u2011")
+    assert any(f"run {name(run.id)} → run {name(new_id)}" in s.value for s in app.subheader)
+    now = next(m for m in app.metric if m.label == "Accuracy now")
+    assert now.value == f"{round(comparison.after_accuracy * comparison.pictures)} of {comparison.pictures}"
+    assert now.delta.endswith(" points")
+    said = " ".join(m.value for m in [*app.info, *app.success, *app.warning])
+    assert f"On the same {comparison.pictures} validation pictures" in said and "chance alone would give" in said
+    assert app.selectbox(key="show_run").value == new_id  # the picker follows the run the page shows

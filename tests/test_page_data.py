@@ -80,6 +80,29 @@ def test_zip_upload_shows_counts_chart_and_becomes_the_sessions_data_set(pets_zi
     assert app.subheader[0].value == "Data set: pets.zip" and counts(app) == {"cats": (4, 1), "dogs": (6, 1)}
 
 
+def test_the_split_sentence_matches_the_split_and_small_uneven_classes_get_advice(write_class_folders, tmp_path):
+    from apptools import session_with_dataset
+
+    source = write_class_folders(tmp_path / "few", {"cat": 2, "dog": 2, "owl": 6})
+    token, _ = session_with_dataset(source)
+    app = open_app(PAGE, token=token)
+    assert not app.exception, app.exception
+    split = next(m.value for m in app.markdown if m.value.startswith("**The split**"))
+    assert "3 of the 10 pictures (30 %) are set aside, per class as the table shows, for validation" in split
+    assert "You asked for 20 % of each class" in split
+    advice = " ".join(w.value for w in app.warning)
+    assert "Too few pictures to learn from: cat (2 pictures), dog (2 pictures), owl (6 pictures) have fewer than 10" in advice
+    assert "Label more of these classes before training" in advice
+    assert "The classes are uneven: from 2 pictures (cat, dog) to 6 pictures. The studio compensates" in advice
+
+    even = write_class_folders(tmp_path / "even", {"cat": 2, "dog": 2})
+    token, _ = session_with_dataset(even)
+    app = open_app(PAGE, token=token)
+    split = next(m.value for m in app.markdown if m.value.startswith("**The split**"))
+    assert "1 of the 2 pictures of each class is set aside for validation" in split
+    assert not any("uneven" in w.value for w in app.warning)
+
+
 def test_split_slider_changes_the_split_and_is_kept_with_the_data_set(pets_zip, transfer_home):
     app = upload_zip(open_app(PAGE, token=TOKEN_A), "pets.zip", pets_zip)
     app.slider(key="val_fraction_widget").set_value(0.4).run()
@@ -125,7 +148,7 @@ def test_build_two_classes_by_upload_and_webcam_then_remove_pictures(png, make_p
     make_picture(1, 50).save(photo, "JPEG")
     app.camera_input(key="webcam:dog#0").set_value(("shot.jpg", photo.getvalue(), "image/jpeg"))
     app.run()
-    assert "Added 1 picture(s) to dog." in texts(app.success)
+    assert "Added 1 picture to dog." in texts(app.success)
     assert counts(app)["dog"] == (3, 1)
 
     app.button(key="picture:cat:c0.png").click().run()

@@ -90,7 +90,8 @@ def test_evaluate_shows_accuracy_confusion_matrix_and_per_class_metrics(in_train
     predictions = json.loads((trained.run.path / "val_predictions.json").read_text())["predictions"]
     right = sum(p["label"] == p["predicted"] for p in predictions)
     accuracy = app.metric[0]
-    assert accuracy.label == "Accuracy" and accuracy.value == f"{right / len(predictions):.1%}"
+    assert accuracy.label == "Accuracy" and accuracy.value == f"{right} of {len(predictions)}"
+    assert any(c.value.startswith(f"Accuracy: {right} of {len(predictions)} (") for c in app.caption)
     assert app.metric[2].value == str(len(predictions))
 
     heatmaps = [trace for spec in chart_specs(app) for trace in spec["data"] if trace["type"] == "heatmap"]

@@ -18,7 +18,7 @@ from transfer.core.runs import atomic_write_json
 PAGE = "pages/data.py"
 
 
-def pool_with_suggestions(workspace, png, guesses: list[str | None]):
+def pool_with_suggestions(workspace, png, guesses: list[str | None], per_class: dict | None = None):
     """A pool of generated pictures in the session, and a finished suggestion job for it."""
     folder = add_files_pool([(f"p{i}.png", png(i % 3, 50 + i)) for i in range(len(guesses))],
                             workspace / "uploads", name="my photos")
@@ -29,6 +29,7 @@ def pool_with_suggestions(workspace, png, guesses: list[str | None]):
     atomic_write_json(job / audit.RESULT_FILE, {
         "pool": str(folder), "run": None, "backbone": "efficientnet_lite0", "pictures": len(pictures),
         "labelled": 30, "seconds": 1.0, "features_cached": 0, "features_computed": len(pictures),
+        "labelled_per_class": per_class or {}, "evened": bool(per_class),
         "suggestions": [{"file": p.name, "guess": g, "probability": 0.8 if g else None, "unknown": None,
                          "reason": "typical of 5 pictures nothing labelled resembles yet", "sha256": p.sha256,
                          "kind": "typical"} for p, g in zip(pictures, guesses)]})
@@ -38,17 +39,22 @@ def pool_with_suggestions(workspace, png, guesses: list[str | None]):
 def test_label_assist_puts_pictures_into_the_working_copy(tiny_dataset, png):
     token, workspace = session_with_dataset(tiny_dataset)
     before = check_dataset(tiny_dataset).dataset
-    _, pictures = pool_with_suggestions(workspace, png, ["red", "green", "blue", None])
+    _, pictures = pool_with_suggestions(workspace, png, ["red", "green", "blue", None],
+                                        per_class={"red": 20, "green": 5, "blue": 5})
     app = open_app(PAGE, token=token)
     assert not app.exception, app.exception
-    assert any("4 suggestion(s) waiting" in c.value for c in app.caption)
+    assert any("4 pictures without labels, 30 labelled. 4 suggestions waiting." in c.value for c in app.caption)
+    balance = " ".join(i.value for i in app.info)
+    assert "Labelled pictures per class: blue 5, green 5, red 20. Label more of blue, green" in balance
+    assert "guesses to be of the classes with the fewest labels" in balance
 
     next(b for b in app.button if b.label == "It is red (80%)").click().run()  # a right guess: one click
     assert not app.exception, app.exception
     copy = workspace / "audit" / "working_copy" / "data"
     assert (copy / "red" / "p0.png").is_file()
     assert json.loads((workspace / "dataset.json").read_text())["source"] == str(copy)
-    assert any("3 suggestion(s) waiting" in c.value for c in app.caption)
+    # The counts follow the labelling: one picture left the pool and joined the labelled ones.
+    assert any("3 pictures without labels, 31 labelled. 3 suggestions waiting." in c.value for c in app.caption)
 
     key = f"suggestion:{pictures[1].sha256[:16]}"
     app.selectbox(key=f"{key}:other").set_value("blue").run()  # a wrong guess: two clicks
@@ -90,7 +96,7 @@ def test_a_pool_is_kept_from_dropped_pictures_and_can_be_deleted(png):
     app.file_uploader(key="pool_files#0").set_value([("a.png", png(0, 1), "image/png"),
                                                     ("b.png", png(1, 2), "image/png")]).run()
     assert not app.exception, app.exception
-    assert any("Kept 2 picture(s) without labels" in s.value for s in app.success)
+    assert any("Kept 2 pictures without labels" in s.value for s in app.success)
     assert app.selectbox(key="chosen_pool").value is not None
     assert any(b.label == "Suggest what to label first" for b in app.button)
     next(b for b in app.button if b.key == "delete_pool").click().run()

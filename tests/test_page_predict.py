@@ -171,3 +171,42 @@ def test_predict_keeps_the_run_from_the_link(in_trained_home):
     assert not app.exception
     assert app.selectbox(key="predict_run").value == trained.run.id
     assert json.loads((trained.run.path / "labels.json").read_text())["classes"]
+
+
+def test_a_close_call_reads_not_sure_and_names_both_classes(in_trained_home, monkeypatch):
+    from transfer.analysis.trust import UnsureMargin
+    from ui import predict_view
+
+    trained = in_trained_home
+    # Every answer counts as close here: the margin is measured per run in transfer.analysis.trust.
+    monkeypatch.setattr(predict_view, "unsure_margin", lambda *_: UnsureMargin(1.01, "101 points (for the test)"))
+    app = predict_page(trained)
+    app.slider(key="top_k").set_value(1).run()
+    app.file_uploader(key="pictures").set_value([("red.png", encoded("red", 0), "image/png")]).run()
+    assert not app.exception, app.exception
+    prediction = Predictor.from_run(trained.run.path).predict(encoded("red", 0), 2)[0]
+    first, second = prediction.labels[:2]
+    text = all_text(app)
+    if not prediction.unknown:  # "None of these" stays distinct and comes first
+        assert f"Prediction: **not sure: {first} or {second}**" in text
+        assert "The two likeliest classes are closer than 101 points" in text
+    assert [len(trace["y"]) for trace in top_k_charts(app)] == [1]  # the bars still show what was asked for
+
+
+def test_the_run_picker_starts_on_the_best_finished_run_and_says_so(in_trained_home):
+    import shutil
+
+    trained = in_trained_home
+    worse = trained.runs_dir / "29991231-235959-worse"
+    shutil.copytree(trained.run.path, worse)
+    try:
+        status = json.loads((worse / "status.json").read_text())
+        status.update(created_at=status.get("created_at", 0) + 3600, val_correct=0, val_total=9, val_accuracy=0.0,
+                      best_val_accuracy=0.0)
+        (worse / "status.json").write_text(json.dumps(status))
+        app = predict_page(trained)
+        assert app.selectbox(key="predict_run").value == trained.run.id  # not the newest (worse) run
+        assert any("best finished run on the current data set" in c.value for c in app.caption)
+        assert " of " in app.selectbox(key="predict_run").format_func(trained.run.id)  # counts, not 100.0 %
+    finally:
+        shutil.rmtree(worse)

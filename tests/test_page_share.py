@@ -108,6 +108,8 @@ def test_the_demo_page_shows_only_the_demo_and_predicts(owner, monkeypatch):
     assert "Red, green or blue?" in all_text(app)
     assert all(f"`{name}`" in all_text(app) for name in run.labels())
     assert app.metric[0].label == "Validation accuracy"
+    assert app.metric[0].value == f"{demo.val_correct} of {demo.val_total}"  # a count, with its range below
+    assert any(c.value.startswith(f"{demo.val_correct} of {demo.val_total} (") for c in app.caption)
     assert not app.sidebar.children  # no sidebar content
     assert "s" not in app.query_params  # no session created for a visitor
     page_text = all_text(app)

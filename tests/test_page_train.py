@@ -20,6 +20,15 @@ def configured_session(tiny_dataset):
                                                "batch_size": 16, "image_size": 64, "feature_views": 1})
 
 
+def check_counts(workspace) -> list[dict]:
+    """Training and validation pictures per class of the session's chosen data set."""
+    from transfer.data.dataset import check_dataset
+
+    choice = json.loads((workspace / "dataset.json").read_text())
+    counts = check_dataset(choice["source"], val_fraction=choice.get("val_fraction", 0.2)).dataset.counts()
+    return [{"train": row["train"], "val": row["val"]} for row in counts.values()]
+
+
 def wait_for_state(runs_dir, states, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -88,8 +97,16 @@ def test_start_watch_and_finish_a_run(configured_session):
     app.run()
     assert not app.exception, app.exception
     headers = " ".join(h.value for h in app.subheader)
-    assert run_id in headers and "finished" in headers
-    assert app.metric[0].value.endswith("%") and app.metric[1].value != "–"
+    assert run_id.replace("-", "\u2011") in headers and "finished" in headers  # the id never breaks mid-word
+    validation = sum(row["val"] for row in check_counts(workspace))
+    assert app.metric[0].value.endswith(f" of {validation}") and app.metric[1].value != "–"  # a count, not 80.0 %
+    assert any(c.value.startswith(f"Validation accuracy: ") and f"of {validation} (" in c.value for c in app.caption)
+    assert app.get("progress")[0].proto.value == 100 and "Finished: epoch 3/3" in app.get("progress")[0].proto.text
+    training_time = app.metric[2].value
+    assert training_time.endswith(" s")
+    table = app.dataframe[0].value
+    assert table["training time"].tolist() == [training_time]  # one duration everywhere
+    assert table["validation accuracy"][0].endswith("%)") and f" of {validation} (" in table["validation accuracy"][0]
     assert len(app.get("plotly_chart")) >= 1
     assert any("This session's runs" in h.value for h in app.subheader)
 

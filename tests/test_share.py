@@ -78,6 +78,10 @@ def test_a_demo_is_a_snapshot_named_by_the_tokens_hash(store, run, transfer_home
     assert (opened.title, opened.description, opened.run_id) == ("Colours", "Try **it**", run.id)
     assert opened.classes == run.labels()
     assert opened.val_accuracy == run.status()["best_val_accuracy"]
+    answers = json.loads((run.path / "val_predictions.json").read_text())["predictions"]
+    assert opened.val_total == len(answers)  # the count travels with the demo, and the measured unsure margin
+    assert opened.val_correct == sum(1 for item in answers if item["predicted"] == item["label"])
+    assert 0 < opened.unsure_margin <= 0.3 and "points" in opened.unsure_how
     picture = png(1, 7)
     expected = Predictor.from_run(run.path).predict(picture, 3)[0]
     assert Predictor.from_run(opened.folder).predict(picture, 3)[0] == expected
@@ -248,7 +252,8 @@ def test_the_snapshot_holds_the_checked_onnx_model_and_the_bundle_when_downloads
     token, demo = store.create(run.path, allow_download=True)
     with zipfile.ZipFile(demo.bundle_path) as bundle:
         assert {"model/model.onnx", "model/predict.py", "model/README.md"} <= set(bundle.namelist())
-        assert "Validation accuracy" in bundle.read("model/README.md").decode()
+        card = bundle.read("model/README.md").decode()
+        assert "Validation accuracy" in card and f"**{demo.val_correct} of {demo.val_total} (" in card  # a count
         assert not [name for name in bundle.namelist() if run.id in name or run.id.encode() in bundle.read(name)]
     predictor = Predictor.from_run(demo.folder)
     assert predictor.fast  # the demo's own model.onnx, through onnxruntime

@@ -188,6 +188,32 @@ def test_transfer_suggest_with_a_run_guesses_and_skips_its_pictures(pool, tmp_pa
     for item in result["suggestions"]:
         assert item["guess"] in {"red", "green", "blue"} and 0 < item["probability"] <= 1
 
+    # The data set holds the run's pictures again (the same files) and 4 more reds from the pool:
+    # each picture counts once, and the order now favours the classes with the fewest labels.
+    from transfer.data.samples import Sample, TRAIN
+
+    samples = [Sample(path, path.parent.name, TRAIN, hashlib.sha256(path.read_bytes()).hexdigest())
+               for path in sorted(labelled.rglob("*.png"))]
+    samples += [Sample(pool / "red" / f"red_{i:03d}.png", "red", TRAIN,
+                       hashlib.sha256((pool / "red" / f"red_{i:03d}.png").read_bytes()).hexdigest()) for i in range(4, 8)]
+    from transfer.analysis.suggest import suggest
+
+    uneven = suggest(pool, run_dir=run.path, labelled=samples, count=4)
+    assert uneven.labelled == 16 and uneven.labelled_per_class == {"red": 8, "green": 4, "blue": 4}
+    assert uneven.pictures == 32 - 16 and uneven.evened
+    assert all(item.guess != "red" for item in uneven.suggestions)
+
+
+def test_labelling_in_the_evened_order_evens_the_classes_out():
+    from transfer.analysis.suggest import Pick, favour_fewest_labelled, is_uneven
+
+    guesses = np.array([0] * 10 + [1] * 3 + [2] * 3)  # the order offers class 0 first, as typical pictures would
+    picks = [Pick(i, "typical") for i in range(16)]
+    chosen = favour_fewest_labelled(picks, guesses, [4, 1, 1], 6)
+    assert sorted(guesses[[p.index for p in chosen]].tolist()) == [1, 1, 1, 2, 2, 2]
+    assert [p.index for p in chosen][:2] == [10, 13]  # within a class, the given order is kept
+    assert is_uneven([4, 1, 1]) and not is_uneven([2, 2, 3]) and not is_uneven([1, 2])
+
 
 def test_the_suggestion_job_writes_its_result_for_the_page(pool, tmp_path, write_class_folders):
     from transfer.analysis import audit
@@ -198,6 +224,7 @@ def test_the_suggestion_job_writes_its_result_for_the_page(pool, tmp_path, write
     assert job([str(pool), str(folder), "--count", "3", "--dataset", str(labelled)]) == 0
     result = json.loads((folder / audit.RESULT_FILE).read_text())
     assert result["labelled"] == 3 and result["pictures"] == 32 - 3
+    assert result["labelled_per_class"] == {} and result["evened"] is False  # no run: no classes to even
     assert [s["kind"] for s in result["suggestions"]] == ["typical"] * 3
     assert not any(s["file"].startswith("red/red_00") and s["file"] < "red/red_003" for s in result["suggestions"])
 

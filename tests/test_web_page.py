@@ -184,6 +184,32 @@ def test_the_page_reads_outputs_by_name_and_says_none_of_these_over_the_threshol
     assert [a["unknown"] for a in plain] == [False, False] and plain[0]["novelty"] is None
 
 
+@pytest.mark.skipif(NODE is None or not web_page.runtime_ready(), reason="needs Node.js and onnxruntime-web")
+def test_a_close_call_is_not_sure_on_the_web_page_and_none_of_these_stays_apart(tmp_path):
+    model = two_output_model(tmp_path / "model.onnx", False)
+    script = tmp_path / "classify.mjs"
+    script.write_text(CLASSIFY_IN_NODE % ((web_page.ASSETS / "classify.js").as_uri(),
+                                          (web_page.ASSETS / "prepare.js").as_uri()))
+    colours = json.dumps([[255, 0, 0], [0, 255, 255]])
+    preprocessing = {"resize_size": 8, "input_size": 8, "interpolation": "bilinear", "mean": [0, 0, 0],
+                     "std": [1, 1, 1]}
+
+    def answers(margin: float) -> list[dict]:
+        info = web_page.browser_info({"classes": ["red", "green"], "preprocessing": preprocessing,
+                                      "novelty": {"thresholds": {"normal": 0.5}}, "unsure_margin": margin})
+        assert info["unsure_margin"] == margin
+        (tmp_path / "model.json").write_text(json.dumps(info))
+        done = subprocess.run([NODE, str(script), str(model), str(tmp_path / "model.json"), colours],
+                              capture_output=True, text=True, check=True, timeout=120)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    sure = answers(0.5)  # red leads green by 96 points
+    assert sure[0]["unsure"] is None
+    close = answers(0.99)
+    assert close[0]["unsure"] == ["red", "green"]
+    assert close[1]["unknown"] is True and close[1]["unsure"] is None  # "None of these" is its own answer
+
+
 def test_the_page_applies_the_chosen_strictness_only_to_a_calibrated_model():
     calibrated = {"classes": ["a"], "preprocessing": {}, "novelty": {"thresholds": {"strict": 0.2, "normal": 0.4}}}
     assert web_page.browser_info(calibrated, strictness="strict")["unknown_setting"] == "strict"

@@ -13,6 +13,7 @@ import streamlit as st
 from transfer.runtime import gc
 from transfer.data import uploads
 from transfer.core.errors import TransferError
+from transfer.analysis.trust import plural
 from transfer.core.quota import DiskQuota, QuotaExceeded, human_size
 from ui import session
 
@@ -96,7 +97,10 @@ def uploads_section() -> None:
         return
     used = quota.used()
     asking = any(st.session_state.get(f"confirm_delete:{key}:{item.id}") for item in listed)
-    with st.expander(f"Your uploads ({len(listed)}): {human_size(used)} of this session's {human_size(quota.limit)}",
+    uploaded = sum(item.bytes for item in listed)
+    # The uploads' own size, then the session's whole use (runs count too), each named for what it counts.
+    with st.expander(f"Your uploads: {plural(len(listed), 'upload')}, {human_size(uploaded)}; this session uses "
+                     f"{human_size(used)} of its {human_size(quota.limit)} (uploads and runs)",
                      expanded=asking or bool(st.session_state.get(_NOTICE))):
         _notice_here(key)
         st.progress(min(1.0, used / quota.limit), text=f"{human_size(used)} used of {human_size(quota.limit)} (uploads and runs)")

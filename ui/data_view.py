@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import ImageOps
 
+from transfer.analysis.trust import percent, plural
 from transfer.data import checks
 from transfer.data.report import Report
 from transfer.data.samples import TRAIN, VAL
@@ -149,12 +150,58 @@ def render_counts(report: Report) -> None:
 
 
 def split_description(report: Report) -> str:
+    """The split as it is: the pictures actually set aside, and why they differ from the share asked for."""
     if report.split == "given":
         return "The validation pictures come from the data set's own validation folder."
-    return (
-        f"{report.val_fraction:.0%} of each class is set aside for validation, drawn with seed {report.seed}; "
-        "copies of one picture always land on the same side."
-    )
+    rows = list(report.counts.values())
+    val = sum(row[VAL] for row in rows)
+    total = sum(row[TRAIN] + row[VAL] for row in rows)
+    if not total:
+        return "No picture to split yet."
+    shapes = {(row[VAL], row[TRAIN] + row[VAL]) for row in rows}
+    if len(shapes) == 1:
+        (kept, size), = shapes
+        text = f"{kept:,} of the {plural(size, 'picture')} of each class {'is' if kept == 1 else 'are'} set aside"
+    else:
+        text = f"{val:,} of the {total:,} pictures ({percent(val / total, total)}) are set aside, per class as the table shows,"
+    text += (f" for validation, drawn with seed {report.seed}; copies of one picture always land on the same side.")
+    if abs(val / total - report.val_fraction) >= 0.05:
+        text += (f" You asked for {percent(report.val_fraction, total)} of each class: with so few pictures every class keeps at "
+                 "least one picture for validation and one for training, so the share differs.")
+    return text
+
+
+SMALL_CLASS = 10  # fewer pictures than this: a class is learnt badly and its validation moves in big steps
+UNEVEN_RATIO = 1.5  # the largest class has this many times the pictures of the smallest: worth a sentence
+
+
+def class_advice(report: Report) -> list[str]:
+    """Before training: what to do about classes with too few pictures, or very uneven classes."""
+    totals = {name: row[TRAIN] + row[VAL] for name, row in report.counts.items()}
+    if len(totals) < 2:
+        return []
+    advice = []
+    small = sorted((name for name, count in totals.items() if count < SMALL_CLASS), key=lambda n: (totals[n], n))
+    if small:
+        listed = ", ".join(f"{name} ({plural(totals[name], 'picture')})" for name in small[:6])
+        more = f" and {len(small) - 6} more" if len(small) > 6 else ""
+        advice.append(f"Too few pictures to learn from: {listed}{more} {'has' if len(small) == 1 else 'have'} fewer "
+                      f"than {SMALL_CLASS}. A class this small is learnt from a handful of examples, and its few "
+                      "validation pictures move the accuracy in big steps. Label more of these classes before "
+                      "training; drop pictures without labels below and the suggestions say which to label first.")
+    largest, smallest = max(totals.values()), min(totals.values())
+    if largest - smallest >= 2 and largest >= UNEVEN_RATIO * max(1, smallest):
+        fewest = sorted(name for name, count in totals.items() if count == smallest)
+        advice.append(f"The classes are uneven: from {plural(smallest, 'picture')} ({', '.join(fewest[:4])}) to "
+                      f"{plural(largest, 'picture')}. The studio compensates while training (each class weighs the "
+                      "same), but a class with few pictures still has few examples to learn from: label more of "
+                      f"{', '.join(fewest[:4])} first; the suggestions favour the classes with the fewest labels.")
+    return advice
+
+
+def render_advice(report: Report) -> None:
+    for sentence in class_advice(report):
+        st.warning(sentence, icon=":material/school:")
 
 
 def render_thumbnails(report: Report) -> None:
@@ -176,7 +223,7 @@ def render_thumbnails(report: Report) -> None:
 def render_skipped(report: Report) -> None:
     if not report.skipped:
         return
-    with st.expander(f"{len(report.skipped)} file(s) left out, and why"):
+    with st.expander(f"{plural(len(report.skipped), 'file')} left out, and why"):
         st.dataframe(
             [{"File": s.path, "Reason": s.reason, "Detail": s.detail} for s in report.skipped],
             hide_index=True,
@@ -186,7 +233,7 @@ def render_skipped(report: Report) -> None:
 def render_duplicates(report: Report) -> None:
     if not report.duplicates:
         return
-    with st.expander(f"{len(report.duplicates)} group(s) of identical pictures"):
+    with st.expander(f"{plural(len(report.duplicates), 'group')} of identical pictures"):
         rows = [
             {"Copies": ", ".join(group.files), "Problem": _DUPLICATE_TITLES.get(group.kind, group.kind)}
             for group in report.duplicates

@@ -15,6 +15,7 @@ import logging
 
 import streamlit as st
 
+from transfer.analysis.trust import Accuracy, UnsureMargin
 from transfer.serving import demo_collect
 from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS
@@ -91,9 +92,15 @@ def show_facts(demo, knows_strangers: bool = False) -> None:
     left.markdown("**Classes:** " + ", ".join(f"`{name}`" for name in demo.classes))
     left.caption("A picture that looks unlike all of these is answered \"None of these\"." if knows_strangers else
                  "The model always answers with one of these classes, even for a picture of something else.")
-    accuracy = demo.val_accuracy
-    right.metric("Validation accuracy", f"{accuracy:.1%}" if isinstance(accuracy, (int, float)) else "–",
-                 help="The share of pictures the model had never trained on that it got right.")
+    if demo.val_total:  # a count, and how far a small validation set can be trusted
+        accuracy = Accuracy(demo.val_correct or 0, demo.val_total)
+        right.metric("Validation accuracy", accuracy.headline(),
+                     help="Pictures the model had never trained on that it got right.")
+        right.caption(accuracy.describe())
+    else:
+        share = demo.val_accuracy
+        right.metric("Validation accuracy", f"{share:.1%}" if isinstance(share, (int, float)) else "–",
+                     help="The share of pictures the model had never trained on that it got right.")
 
 
 def options(classes: int) -> tuple[int, bool]:
@@ -114,7 +121,9 @@ def show_picture(store: DemoStore, token: str, snapshot: RunDir, name: str, data
     demo_collect.keep_picture(store.open(token), data)
     result = predict_view.predict_picture(str(snapshot.path), predict_view.weights_version(snapshot), content, name,
                                           data, top_k, show_cam, strictness)
-    predict_view.render_picture(result, show_cam, key=key)
+    demo = store.open(token)
+    unsure = UnsureMargin(demo.unsure_margin, demo.unsure_how) if demo.unsure_margin is not None else None
+    predict_view.render_picture(result, show_cam, key=key, unsure=unsure)
 
 
 def admitted(store: DemoStore, token: str, name: str, content: str, size: int) -> bool:

@@ -18,6 +18,7 @@ from transfer.data import pool as pools
 from transfer.data.samples import TRAIN, VAL
 from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS
+from transfer.analysis.trust import plural
 from transfer.core.quota import DiskQuota, human_size
 from transfer.core.runs import FINISHED, list_runs, read_json
 from transfer.data.working_copy import WorkingCopy, WorkingCopyError, split_for_new_label
@@ -172,7 +173,7 @@ def prediction_corrections(data: bytes, name: str, predicted: str, classes: list
 
 def validation_corrections(run_config: dict, path: str, given: str, predicted: str, sha256: str,
                            classes: list[str], key: str) -> None:
-    """Evaluate page, a wrong answer: "It is <the class the model said>" or "It is actually …" fix the picture's label."""
+    """Evaluate page, a wrong answer: "Relabel as <the class the model said>" or as another class fix the picture's label."""
     _correction_notice(key)
     copy = audit_view.working_copy()
     moved = [e for e in copy.edits if e["sha256"] == sha256 and e["action"] == "move"] if copy.exists() else []
@@ -180,11 +181,12 @@ def validation_corrections(run_config: dict, path: str, given: str, predicted: s
         st.caption(f"Filed under **{moved[-1]['new_label']}** in your data set (undo it on the Data page).")
         return
     fix = lambda label: correct_validation_label(run_config, path, given, label, sha256)
-    st.button(f"It is {predicted}", key=f"{key}:right", on_click=_correct, args=(key, fix, predicted),
-              width="stretch",
-              help="The model is right and the label was wrong: file the picture under the class the model said.")
-    st.selectbox("It is actually …", [c for c in classes if c not in (given, predicted)], index=None,
-                 key=f"{key}:actually", placeholder="another class", label_visibility="collapsed",
+    # The wording names the label the picture gets: "It is <class>" read like a confirmation of the answer.
+    st.button(f"Relabel as {predicted}", key=f"{key}:right", on_click=_correct, args=(key, fix, predicted),
+              width="stretch", help=f"The model is right and the label was wrong: the picture's label becomes "
+                                    f"{predicted} (it was {given}).")
+    st.selectbox("Relabel as another class", [c for c in classes if c not in (given, predicted)], index=None,
+                 key=f"{key}:actually", placeholder="relabel as another class", label_visibility="collapsed",
                  on_change=_correct_from, args=(key, f"{key}:actually", fix))
 
 
@@ -216,14 +218,14 @@ def add_pool(files) -> None:
                 folder = pools.add_zip_pool(files[0].getvalue(), session.uploads_dir(), quota=quota,
                                             name=files[0].name)
             else:
-                name = f"{len(files)} dropped picture(s)" if not any("/" in f.name for f in files) else ""
+                name = f"{plural(len(files), 'dropped picture')}" if not any("/" in f.name for f in files) else ""
                 folder = pools.add_files_pool([(f.name, f.getvalue()) for f in files], session.uploads_dir(),
                                               quota=quota, name=name)
     except TransferError as error:
         _notice("error", f"The pictures cannot be kept: {error}")
         return
     st.session_state["chosen_pool"] = folder.name
-    _notice("success", f"Kept {len(pools.pool_pictures(folder))} picture(s) without labels.")
+    _notice("success", f"Kept {plural(len(pools.pool_pictures(folder)), 'picture')} without labels.")
 
 
 def _delete_pool(pool_id: str) -> None:
@@ -240,11 +242,9 @@ def pool_section() -> None:
                "to label first (those typical of what nothing labelled covers yet, then where the model hesitates) "
                "and guesses their class; labelled pictures join your data set.")
     _show_notices()
-    drop, folder = st.columns(2)
-    files = drop.file_uploader("Drop pictures or a .zip", type=_TYPES, accept_multiple_files=True,
-                               key=_key("pool_files"))
-    chosen_folder = folder.file_uploader("Or choose a folder", accept_multiple_files="directory",
-                                         key=_key("pool_folder"))
+    # Full width, one under the other: in half a page the list of file types was cut off.
+    files = st.file_uploader("Drop pictures or a .zip", type=_TYPES, accept_multiple_files=True, key=_key("pool_files"))
+    chosen_folder = st.file_uploader("Or choose a folder", accept_multiple_files="directory", key=_key("pool_folder"))
     for uploaded, name in ((files, "pool_files"), (chosen_folder, "pool_folder")):
         if uploaded:
             add_pool(uploaded)
@@ -328,12 +328,15 @@ def label_assist(pool: pools.Pool) -> None:
     labelled = set(audit_view.working_copy().added()) if audit_view.working_copy().exists() else set()
     skipped = set(read_json(folder / "skipped.json", None) or [])
     waiting = [s for s in result["suggestions"] if s["sha256"] not in labelled | skipped]
+    labelled_since = [s for s in result["suggestions"] if s["sha256"] in labelled]
     left, right = st.columns([3, 1], vertical_alignment="center")
     guessed_by = f", guesses by run `{Path(job['model_run']).name}`" if job.get("model_run") else ""
-    left.caption(f"{result['pictures']} pictures without labels, {result['labelled']} labelled{guessed_by}. "
-                 f"{len(waiting)} suggestion(s) waiting.")
+    left.caption(counts_sentence(result, labelled_since, len(waiting), guessed_by))
     right.button("Suggest again", icon=":material/refresh:", on_click=start_suggestions, args=(pool,), key="suggest_again",
                  help="After labelling or training: the order takes the new labels and the newest run into account.")
+    balance = balance_sentence(result, labelled_since)
+    if balance:
+        st.info(balance, icon=":material/balance:")
     if not waiting:
         st.success("Nothing waiting: suggest again for more, or train with what you labelled.")
         return
@@ -353,6 +356,33 @@ def label_assist(pool: pools.Pool) -> None:
         where.caption(f"Page {page + 1} of {pages}")
         forward.button("Next", key="suggestions_next", disabled=page >= pages - 1,
                        on_click=lambda: st.session_state.update({page_key: page + 1}))
+
+
+def counts_sentence(result: dict, labelled_since: list[dict], waiting: int, guessed_by: str) -> str:
+    """The pool's pictures without labels and the labelled pictures, both following the labels given since
+    the suggestions were made (each labelled picture counted once)."""
+    return (f"{plural(result['pictures'] - len(labelled_since), 'picture')} without labels, "
+            f"{result['labelled'] + len(labelled_since):,} labelled{guessed_by}. "
+            f"{plural(waiting, 'suggestion')} waiting.")
+
+
+def balance_sentence(result: dict, labelled_since: list[dict]) -> str:
+    """When the labelled classes are uneven: which have the fewest labels, and what the order does about it."""
+    counts = dict(result.get("labelled_per_class") or {})
+    if len(counts) < 2:
+        return ""
+    for suggestion in labelled_since:  # labelled as guessed, mostly; close enough to say which classes are short
+        if suggestion.get("guess") in counts:
+            counts[suggestion["guess"]] += 1
+    fewest = min(counts.values())
+    short = [name for name, count in counts.items() if count == fewest]
+    listing = ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda item: item[1]))
+    if not result.get("evened") and max(counts.values()) - fewest < 2:
+        return ""
+    evening = (" The suggestions put first the pictures the model guesses to be of the classes with the fewest "
+               "labels, so that labelling evens the classes out." if result.get("evened") else "")
+    return (f"Labelled pictures per class: {listing}. Label more of {', '.join(short)} before training again: "
+            f"a class with few pictures is learnt badly.{evening}")
 
 
 def suggestion_card(pool: pools.Pool, suggestion: dict, classes: list[str], rank: int) -> None:

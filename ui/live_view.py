@@ -77,9 +77,23 @@ def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
         st.warning(f"This model is too large to run in the browser ({size_mb:.0f} MB; the limit is {MAX_MODEL_MB} MB): "
                    "use the Pictures or Webcam tab, or train a smaller backbone such as EfficientNet-Lite0.", icon=":material/memory:")
         return None
+    info = {**info, "unsure_margin": unsure_margin_of(folder)}
     value = _live_camera(model=onnx.read_bytes(), info=browser_info(info, strictness=strictness),
                          model_id=opaque_id(onnx), top_k=top_k, explain=explain, autostart=True, key=f"{key}_view",
                          default=None, height=FRAME_HEIGHT)
     if isinstance(value, (bytes, bytearray)) and len(value) > COUNTER_BYTES:
         return bytes(value[COUNTER_BYTES:])
     return None
+
+
+def unsure_margin_of(folder) -> float | None:
+    """The run's "not sure" margin (measured on its validation answers); a demo's snapshot keeps it in demo.json."""
+    from pathlib import Path
+
+    from transfer.analysis.trust import run_unsure_margin
+    from transfer.core.runs import read_json
+
+    demo = read_json(Path(folder) / "demo.json", None)
+    if isinstance(demo, dict):
+        return demo.get("unsure_margin")
+    return run_unsure_margin(folder).margin

@@ -12,6 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from transfer.analysis.trust import UnsureMargin, describe_unsure, run_accuracy, run_unsure_margin, unsure_pair
 from transfer.core.errors import TransferError
 from transfer.models.novelty import NOT_AVAILABLE, STRICTNESS, describe_answer, novelty_info
 from transfer.core.runs import FINISHED, RunDir, find_run, list_runs
@@ -32,8 +33,8 @@ STRICTNESS_HELP = ("Pictures that look unlike every class the model learned are 
 
 def run_label(run: RunDir) -> str:
     summary = run.summary()
-    accuracy = summary.get("best_val_accuracy")
-    shown = f"{accuracy:.1%}" if isinstance(accuracy, (int, float)) else "–"
+    accuracy = run_accuracy(run.path)
+    shown = accuracy.short() if accuracy else "–"
     return f"{summary.get('method')} · {summary.get('backbone')} · {shown} · {run.id}"
 
 
@@ -63,13 +64,52 @@ def choose_finished_run(key: str) -> RunDir | None:
         return None
     ids = [run.id for run in finished]
     by_id = {run.id: run for run in finished}
-    chosen = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in by_id else 0,
+    best = best_run_of_current_data(finished)
+    default = wanted if wanted in by_id else best.id if best else ids[0]
+    chosen = st.selectbox("Run", ids, index=ids.index(default),
                           format_func=lambda run_id: run_label(by_id[run_id]), key=key,
                           on_change=_link_to_chosen, args=(key,),
                           help="Only finished runs of this browser session are listed.")
+    if best is not None and chosen == best.id and len(finished) > 1:
+        st.caption("This is the best finished run on the current data set (the highest validation accuracy); "
+                   "pick another above.")
     if not keep_link:
         st.query_params[RUN_PARAM] = chosen
     return by_id[chosen]
+
+
+def best_run_of_current_data(finished: list[RunDir]) -> RunDir | None:
+    """Among finished runs trained on the chosen data set as it is now (else all of them), the one with
+    the highest validation accuracy; the newest among equals."""
+    from ui import reports, retrain_view
+
+    choice = session.chosen_dataset()
+    candidates = finished
+    if choice is not None:
+        try:
+            now = reports.chosen_report(choice).dataset
+        except TransferError:
+            now = None
+        if now is not None:
+            same = [run for run in finished if _trained_on(run, now.fingerprint(), retrain_view.run_dataset)]
+            candidates = same or finished
+    scored = [(accuracy.share, run) for run in candidates
+              if (accuracy := run_accuracy(run.path)) is not None and accuracy.share is not None]
+    if not scored:
+        return None
+    best = max(score for score, _ in scored)
+    return next(run for score, run in scored if score == best)  # list_runs gives the newest first
+
+
+def _trained_on(run: RunDir, fingerprint: str, run_dataset) -> bool:
+    dataset = run_dataset(run)
+    return dataset is not None and dataset.fingerprint() == fingerprint
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def unsure_margin(run_path: str, version: float) -> UnsureMargin:
+    """The run's "not sure" margin, measured on its validation answers (cached per weights file)."""
+    return run_unsure_margin(run_path)
 
 
 def _link_to_chosen(key: str) -> None:
@@ -123,6 +163,7 @@ class PictureResult:
     overlay: np.ndarray | None = None
     cam_note: str = ""
     error: str = ""
+    top_k: int = 0  # classes to show (the prediction holds at least two, to tell an unsure answer)
 
 
 def digest(data: bytes) -> str:
@@ -140,8 +181,8 @@ def predict_picture(run_path: str, version: float, content_digest: str, name: st
     predictor = _load_predictor(run_path, version)
     try:
         picture = np.asarray(thumbnail(_data, DISPLAY_PIXELS))
-        prediction = predictor.predict(_data, top_k, unknown_threshold=strictness)[0]
-        result = PictureResult(name, picture, prediction.to_dict())
+        prediction = predictor.predict(_data, max(2, top_k), unknown_threshold=strictness)[0]
+        result = PictureResult(name, picture, prediction.to_dict(), top_k=top_k)
         if with_cam:  # Grad-CAM needs PyTorch: this server's explainer child makes it
             from transfer.serving.explainer import shared_explainer
 
@@ -173,8 +214,9 @@ def _sentence(name: str, error: Exception) -> str:
     return f"{name} cannot be used: {text}"
 
 
-def render_picture(result: PictureResult, show_cam: bool, key: str) -> None:
-    """The picture, its top-k as bars and, when asked, the Grad-CAM overlay beside it."""
+def render_picture(result: PictureResult, show_cam: bool, key: str, unsure: UnsureMargin | None = None) -> None:
+    """The picture, its top-k as bars and, when asked, the Grad-CAM overlay beside it; an answer whose two
+    likeliest classes lie within ``unsure``'s margin reads "not sure: <a> or <b>"."""
     st.markdown(f"**{result.name}**")
     if result.error:
         st.error(result.error, icon=":material/error:")
@@ -182,11 +224,18 @@ def render_picture(result: PictureResult, show_cam: bool, key: str) -> None:
     columns = st.columns([1, 1.4, 1] if show_cam else [1, 1.4])
     columns[0].image(result.picture, width="stretch")
     prediction = result.prediction
+    pair = unsure_pair(prediction["top_k"], unsure.margin) if unsure is not None else None
     if prediction.get("unknown"):
         columns[1].markdown(f"Prediction: **None of these** (looks unlike every class; closest: "
                             f"{prediction['label']} {prediction['probability']:.0%})")
+    elif pair:
+        first, second = prediction["top_k"][0]["probability"], prediction["top_k"][1]["probability"]
+        columns[1].markdown(f"Prediction: **{describe_unsure(pair)}** ({first:.1%} / {second:.1%})")
+        columns[1].caption(f"The two likeliest classes are closer than {unsure.how}.")
     else:
         columns[1].markdown(f"Prediction: **{prediction['label']}** ({prediction['probability']:.1%})")
+    if result.top_k:
+        prediction = {**prediction, "top_k": prediction["top_k"][:result.top_k]}
     if prediction.get("novelty") is not None:
         columns[1].caption(f"Novelty {prediction['novelty']:.3f}: how unlike the training pictures it looks.")
     columns[1].plotly_chart(top_k_bars(prediction), key=f"topk_{key}")

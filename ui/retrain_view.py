@@ -13,15 +13,18 @@ from pathlib import Path
 import streamlit as st
 
 from transfer.analysis.compare import compare_runs
+from transfer.analysis.trust import Accuracy, paired_change, plural, run_accuracy, unpaired_change
 from transfer.training.config import TrainConfig
 from transfer.data.samples import Dataset
 from transfer.core.errors import TransferError
 from transfer.core.runs import FINISHED, atomic_write_json, find_run
-from ui import reports, session
+from ui import data_view, reports, session
 
 PAIRS_FILE = "retrained.json"  # {later run id: earlier run id}
 RUN_PARAM = "run"
 LISTED = 12
+COLUMNS = 6
+THUMBNAIL = 96
 
 
 def retrained_pairs() -> dict[str, str]:
@@ -39,7 +42,7 @@ def data_changes(before: Dataset, now: Dataset) -> str:
     added = len(set(new) - set(old))
     removed = len(set(old) - set(new))
     relabelled = sum(1 for sha, label in new.items() if sha in old and old[sha] != label)
-    parts = [f"{count} picture(s) {what}" for count, what in
+    parts = [f"{plural(count, 'picture')} {what}" for count, what in
              ((added, "added"), (relabelled, "relabelled"), (removed, "removed")) if count]
     return ", ".join(parts) or "the split changed"
 
@@ -56,31 +59,46 @@ def run_dataset(run) -> Dataset | None:
     return report.dataset
 
 
-def render(run) -> None:
-    """Under the shown run: "Train again" when the data changed, and the comparison once retrained."""
-    if run is None:
-        return
-    comparison_section(run)
-    if run.state != FINISHED:
-        return
+def changed_data(run) -> tuple[Dataset, str] | None:
+    """When the chosen data set changed since ``run`` (a finished run): the data set now, and what changed."""
+    if run is None or run.state != FINISHED:
+        return None
     choice = session.chosen_dataset()
     if choice is None:
-        return
+        return None
     report = reports.chosen_report(choice)
     before = run_dataset(run)
     if report.dataset is None or not report.ok or before is None:
-        return
+        return None
     if before.fingerprint() == report.dataset.fingerprint():
-        return
+        return None
+    return report.dataset, data_changes(before, report.dataset)
+
+
+def offer(run, dataset: Dataset, changes: str) -> None:
+    """The Train page's one primary action once the data set changed: train again and compare."""
     with st.container(border=True):
-        st.markdown(f"**The data set changed since this run:** {data_changes(before, report.dataset)}.")
+        st.markdown(f"**The data set changed since run {run_name(run.id)}:** {changes}. Train again with the same "
+                    "settings to see, on the same validation pictures, whether it helped.")
         from_weights = False
         if run.config.get("method") == "finetune":
             from_weights = st.checkbox("Start from this run's weights", value=True, key="retrain_from_weights",
                                        help="Fine-tuning continues from what this run learned, instead of the "
                                             "catalogue's pretrained weights.")
-        if st.button("Train again with the same settings", type="primary", icon=":material/refresh:", key="train_again"):
-            train_again(run, report.dataset, from_weights)
+        if st.button("Train again and compare", type="primary", icon=":material/refresh:", key="train_again"):
+            train_again(run, dataset, from_weights)
+
+
+def render(run) -> None:
+    """Under the shown run: the comparison with the run it was trained again from."""
+    if run is None:
+        return
+    comparison_section(run)
+
+
+def run_name(run_id: str) -> str:
+    """A run's id that never breaks across lines: its hyphens are non-breaking ones."""
+    return run_id.replace("-", "\u2011")
 
 
 def train_again(run, dataset: Dataset, from_weights: bool) -> None:
@@ -117,7 +135,7 @@ def comparison_section(run) -> None:
         earlier = find_run(session.runs_dir(), earlier_id)
     except TransferError:
         return
-    st.subheader(f"Trained again: run `{earlier.id}` → run `{run.id}`")
+    st.subheader(f"Trained again: run {run_name(earlier.id)} → run {run_name(run.id)}")
     if run.state != FINISHED:
         st.caption("The side-by-side comparison appears here when this run finishes.")
         return
@@ -128,18 +146,55 @@ def comparison_section(run) -> None:
     except TransferError as error:
         st.info(str(error))
         return
+    total = result["pictures"]
+    better, worse = len(result["wrong_to_right"]), len(result["right_to_wrong"])
+    before = Accuracy(round(result["before_accuracy"] * total), total)
+    after = Accuracy(round(result["after_accuracy"] * total), total)
+    change = paired_change(before.correct, after.correct, total, better, worse)
     columns = st.columns(4)
-    columns[0].metric("Accuracy before", f"{result['before_accuracy']:.1%}")
-    columns[1].metric("Accuracy now", f"{result['after_accuracy']:.1%}", delta=f"{result['gain']:+.1%}")
-    columns[2].metric("Wrong → right", len(result["wrong_to_right"]))
-    columns[3].metric("Right → wrong", len(result["right_to_wrong"]))
-    note = f"On the {result['pictures']} validation pictures both runs answered"
+    columns[0].metric("Accuracy before", before.headline(), help=before.describe())
+    # Grey when chance alone could give the change: a red or green arrow would claim more than it can tell.
+    columns[1].metric("Accuracy now", after.headline(), delta=f"{change.points:+.0f} points",
+                      delta_color="off" if change.within_chance else "normal", help=after.describe())
+    columns[2].metric("Wrong → right", better)
+    columns[3].metric("Right → wrong", worse)
+    (st.info if change.within_chance else st.success if change.points > 0 else st.warning)(
+        f"On the same {plural(total, 'validation picture')}: {before.describe()} before, {after.describe()} now; "
+        f"{change.describe()}.")
+    cross_validated_comparison(earlier, run)
     if result["only_after"]:
-        note += f" ({result['only_after']} validation picture(s) of the new run are new and not counted)"
-    st.caption(note + ".")
+        st.caption(f"{result['only_after']:,} of the new run's validation pictures are new and not counted.")
     for title, changes in (("Wrong → right", result["wrong_to_right"]), ("Right → wrong", result["right_to_wrong"])):
         if changes:
             st.markdown(f"**{title}**")
-            st.dataframe([{"picture": Path(c["path"]).name, "class": c["label"], "before": c["before"],
-                           "now": c["after"]} for c in changes[:LISTED * 10]], hide_index=True, width="stretch",
-                         key=f"changes_{title}")
+            change_thumbnails(changes, key=title)
+
+
+def cross_validated_comparison(earlier, run) -> None:
+    """Both runs' cross-validated accuracies over all their labelled pictures, when they have them: with
+    few pictures the steadier figures, compared like with like (each over every labelled picture)."""
+    first, second = run_accuracy(earlier.path), run_accuracy(run.path)
+    if second is None or not second.cross_validated:
+        return
+    now = Accuracy(second.cv_correct or 0, second.cv_total or 0)
+    if first is None or not first.cross_validated:
+        st.caption(f"Cross-validated over all labelled pictures now: {now.describe()}.")
+        return
+    then = Accuracy(first.cv_correct or 0, first.cv_total or 0)
+    st.caption(f"Cross-validated over all labelled pictures (used because the data set is small): "
+               f"{then.describe()} before, {now.describe()} now; {unpaired_change(then, now).describe()}.")
+
+
+def change_thumbnails(changes: list[dict], key: str) -> None:
+    """The pictures whose answer changed, each with its class and both answers under it."""
+    shown = changes[:LISTED]
+    for start in range(0, len(shown), COLUMNS):
+        for column, change in zip(st.columns(COLUMNS), shown[start:start + COLUMNS]):
+            with column:
+                array = data_view.thumbnail_array(change["path"], change["sha256"], THUMBNAIL)
+                if array is not None:
+                    st.image(array, width=THUMBNAIL)
+                st.caption(f"{Path(change['path']).name}: is {change['label']}; "
+                           f"said {change['before']}, now {change['after']}")
+    if len(changes) > LISTED:
+        st.caption(f"The first {LISTED} of {len(changes)} are shown.")

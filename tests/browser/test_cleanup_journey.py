@@ -45,7 +45,7 @@ def test_bomb_refused_clash_kept_and_upload_deleted(studio, page, tmp_path):
     page.get_by_text("7 pictures in 2 classes are ready", exact=False).first.wait_for(timeout=60_000)
     assert page.get_by_text("Traceback").count() == 0
 
-    page.get_by_text("Your uploads (1)", exact=False).first.click()
+    page.get_by_text("Your uploads: 1 upload,", exact=False).first.click()
     page.get_by_role("button", name="Delete clash.zip").click()
     page.get_by_role("button", name="Delete for good").click()
     page.get_by_text("Deleted clash.zip", exact=False).first.wait_for(timeout=30_000)

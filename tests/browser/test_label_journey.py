@@ -23,8 +23,8 @@ def label_first_suggestion(page, counts: dict[str, int], wanted: int) -> None:
     # The cards are laid out in order, so the first of each control on the page belongs to #1.
     caption = page.get_by_text(re.compile(r"#1 \w+_\d+\.png")).first.inner_text()
     colour = re.search(r"#1 (\w+)_\d+\.png", caption).group(1)
-    waiting = int(re.search(r"(\d+) suggestion\(s\) waiting",
-                            page.get_by_text(re.compile(r"suggestion\(s\) waiting")).inner_text()).group(1))
+    waiting = int(re.search(r"(\d+) suggestions? waiting",
+                            page.get_by_text(re.compile(r"suggestions? waiting")).inner_text()).group(1))
     if counts[colour] >= wanted:
         page.get_by_role("button", name="Skip").first.click()
     else:
@@ -32,7 +32,7 @@ def label_first_suggestion(page, counts: dict[str, int], wanted: int) -> None:
         field.fill(colour)
         field.press("Enter")
         counts[colour] += 1
-    done = f"{waiting - 1} suggestion(s) waiting" if waiting > 1 else "Nothing waiting"
+    done = {1: "Nothing waiting", 2: "1 suggestion waiting"}.get(waiting, f"{waiting - 1} suggestions waiting")
     page.get_by_text(done, exact=False).wait_for(timeout=60_000)
 
 
@@ -48,7 +48,7 @@ def test_pool_to_labels_to_train_again(studio, page, tmp_path):
     token = re.search(r"[?&]s=([\w-]+)", page.url).group(1)
     page.locator('[data-testid="stFileUploader"]').filter(has_text="Drop pictures or a .zip") \
         .locator('input[type="file"]').set_input_files(files)
-    page.get_by_text("Kept 36 picture(s) without labels").wait_for(timeout=60_000)
+    page.get_by_text("Kept 36 pictures without labels").wait_for(timeout=60_000)
     page.get_by_role("button", name="Suggest what to label first").click()
     page.get_by_text(re.compile(r"36 pictures without labels")).wait_for(timeout=300_000)
 

@@ -12,6 +12,11 @@ Once a run exists and every class has a few labelled pictures (``HESITATION_FROM
 where the model hesitates becomes worth a label too: every other suggestion is then the pool
 picture with the smallest margin between the model's two likeliest classes.
 
+When the labelled classes are uneven (``is_uneven``), labelling in that order piles labels onto
+the classes the pool holds most of. The order then favours the pictures the model guesses to
+be of the classes with the fewest labels (:func:`favour_fewest_labelled`), so that labelling
+evens the classes out (measured in ``benchmarks/bench_suggest.py``, uneven starts).
+
 Features come from the feature cache (:mod:`transfer.models.features`), so a pool is read by the
 backbone once; ``python -m transfer.analysis.suggest`` runs as a job writing into a folder, so the web
 server only reads files. torch is imported inside the functions that need it.
@@ -26,7 +31,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +49,8 @@ DEFAULT_COUNT = 20
 ROUND_SIZE = 20  # the labels one round of suggestions plans for
 MAX_COUNT = 1000
 MAX_REMEMBERED = 50_000  # feature vectors kept in a memo (about 250 MB for 1,280 values each)
+UNEVEN_RATIO = 1.5  # the largest class has this many times the labels of the smallest (and 2 more): uneven
+BALANCE_CANDIDATES = 3  # when evening classes out, the order chooses among this many times the pictures asked for
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -69,11 +76,13 @@ class SuggestResult:
     run: str | None
     backbone: str
     pictures: int
-    labelled: int
+    labelled: int  # labelled pictures, each counted once
     seconds: float
     features_cached: int
     features_computed: int
     suggestions: list[Suggestion] = field(default_factory=list)
+    labelled_per_class: dict[str, int] = field(default_factory=dict)  # the run's classes; empty without a run
+    evened: bool = False  # whether the order favours the classes with the fewest labels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,6 +207,43 @@ def order_pool(pool: np.ndarray, labelled: np.ndarray, count: int, *, probabilit
             break
         merged.append(source.pop(0))
     return merged
+
+
+def is_uneven(counts: list[int]) -> bool:
+    """Whether labelled pictures per class are uneven enough that the order should even them out."""
+    if len(counts) < 2:
+        return False
+    most, fewest = max(counts), min(counts)
+    return most - fewest >= 2 and most >= UNEVEN_RATIO * max(1, fewest)
+
+
+def favour_fewest_labelled(picks: list[Pick], guesses: np.ndarray, counts: list[int], count: int) -> list[Pick]:
+    """Reorder ``picks`` so that labelling them evens the classes out.
+
+    ``guesses`` is the model's class (an index) per pool picture, ``counts`` the labelled pictures
+    per class. Each next pick is the earliest remaining one whose guessed class has the fewest
+    labels once the picks before it are labelled as guessed; the given order breaks ties, so the
+    suggestions stay typical or hesitant within a class.
+    """
+    projected = [int(c) for c in counts]
+    remaining = list(range(len(picks)))
+    chosen: list[Pick] = []
+    while remaining and len(chosen) < count:
+        position = min(remaining, key=lambda i: (projected[int(guesses[picks[i].index])], i))
+        remaining.remove(position)
+        projected[int(guesses[picks[position].index])] += 1
+        chosen.append(picks[position])
+    return chosen
+
+
+def label_counts(labelled: list, classes: list[str]) -> list[int]:
+    """Labelled pictures per class of ``classes`` (each picture once; labels outside them are not counted)."""
+    index = {name: i for i, name in enumerate(classes)}
+    counts = [0] * len(classes)
+    for sample in labelled:
+        if sample.label in index:
+            counts[index[sample.label]] += 1
+    return counts
 
 
 def reason_for(pick: Pick, probabilities: np.ndarray | None, classes: list[str]) -> str:
@@ -383,7 +429,8 @@ def suggest(pool: Path | str, *, run_dir: Path | str | None = None, count: int =
     if not 1 <= count <= MAX_COUNT:
         raise SuggestError(f"Ask for between 1 and {MAX_COUNT} suggestions, not {count}.")
     run = read_run(run_dir) if run_dir else None
-    covered = list(labelled or []) + (run.labelled if run else [])
+    # The data set's pictures and the run's are mostly the same ones: each is counted once.
+    covered = list({sample.sha256: sample for sample in (run.labelled if run else []) + list(labelled or [])}.values())
     known = {sample.sha256 for sample in covered}
     pictures = [p for p in pool_pictures(open_pool(pool)) if p.sha256 not in known]
     pictures = list({p.sha256: p for p in reversed(pictures)}.values())[::-1]  # copies count once
@@ -402,16 +449,21 @@ def suggest(pool: Path | str, *, run_dir: Path | str | None = None, count: int =
         reduced = reduce_features(extracted.features, seed=seed)
     pool_features = extracted.features[:len(pictures)]
     probabilities = run_probabilities(run, pictures, pool_features) if run else None
-    per_class = len(covered) / max(1, len(run.classes)) if run else 0.0
+    counts = label_counts(covered, run.classes) if run else []
+    evened = probabilities is not None and is_uneven(counts)
     if progress:
         progress("order", 0, 1)
     with threadpool_limits(limits=1):
-        picks = order_pool(reduced[:len(pictures)], reduced[len(pictures):], count, probabilities=probabilities,
-                           labelled_per_class=per_class, seed=seed)
+        picks = order_pool(reduced[:len(pictures)], reduced[len(pictures):],
+                           count * BALANCE_CANDIDATES if evened else count, probabilities=probabilities,
+                           labelled_per_class=min(counts) if counts else 0.0, seed=seed)
+    if evened:
+        picks = favour_fewest_labelled(picks, probabilities.argmax(axis=1), counts, count)
     unknown = unknown_flags(run.run_dir if run else None, pool_features)
     result = SuggestResult(pool=str(pool), run=str(run_dir) if run_dir else None, backbone=backbone,
                            pictures=len(pictures), labelled=len(covered), seconds=0.0,
-                           features_cached=extracted.cached, features_computed=extracted.computed)
+                           features_cached=extracted.cached, features_computed=extracted.computed,
+                           labelled_per_class=dict(zip(run.classes, counts)) if run else {}, evened=evened)
     for pick in picks:
         picture = pictures[pick.index]
         guess = probability = None
@@ -451,9 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset and Path(args.dataset).exists():
             from transfer.data.pool import open_pool, pool_pictures
 
-            # Only which pictures are labelled matters here, not their classes: the data set's
-            # pictures are read like a pool's, so a data set still too small to train on counts too.
-            labelled = [p.as_sample() for p in pool_pictures(open_pool(args.dataset))]
+            # The data set's pictures are read like a pool's, so a data set still too small to train
+            # on counts too; a picture's class is the folder it is in (``cat/x.jpg``, ``train/cat/x.jpg``).
+            labelled = [replace(p.as_sample(), label=Path(p.name).parent.name)
+                        for p in pool_pictures(open_pool(args.dataset))]
         run_dir = args.run if args.run and Path(args.run, "model.json").is_file() else None
         return suggest(args.pool, run_dir=run_dir, count=args.count, labelled=labelled, progress=progress).to_dict()
 

@@ -226,8 +226,10 @@ def _make_web_page(run_dir: Path, folder: Path) -> ExportResult:
     from transfer.models.model_io import read_model_info
     from transfer.serving.web_page import web_page_zip
 
+    from transfer.analysis.trust import run_unsure_margin
+
     onnx = export_run(run_dir, "onnx")
-    info = read_model_info(run_dir)
+    info = {**read_model_info(run_dir), "unsure_margin": run_unsure_margin(run_dir).margin}
     name = f"{run_dir.name}-web.zip"
     title = "Classifier: " + ", ".join(info["classes"][:6]) + (" ..." if len(info["classes"]) > 6 else "")
     atomic_write_bytes(folder / name, web_page_zip(f"{run_dir.name}-web", onnx.path.read_bytes(), info, title))

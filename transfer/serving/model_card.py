@@ -73,6 +73,18 @@ def _data_section(run: RunDir, classes: list[str]) -> str:
 """
 
 
+def _counted_accuracy(run: RunDir, evaluation) -> str:
+    """``**8 of 10 (80 %, likely between 49 % and 94 %)**.``, and the cross-validated figure when the run made one."""
+    from transfer.analysis.trust import Accuracy, run_accuracy
+
+    stored = run_accuracy(run.path)
+    counted = Accuracy(sum(1 for item in evaluation.predictions if item.correct), evaluation.count)
+    text = f"**{counted.describe()}**."
+    if stored is not None and stored.cross_validated:
+        text += " " + stored.describe_cross_validation()
+    return text
+
+
 def _quality_section(run: RunDir) -> str:
     try:
         evaluation = load_evaluation(run.path)
@@ -87,7 +99,7 @@ def _quality_section(run: RunDir) -> str:
     return f"""
 ## How well it does
 
-Validation accuracy{epoch}: **{_percent(evaluation.accuracy)}** on {evaluation.count} pictures it never trained on.
+Validation accuracy{epoch}, on pictures it never trained on: {_counted_accuracy(run, evaluation)}
 
 | class | precision | recall | F1 | pictures |
 |---|---|---|---|---|

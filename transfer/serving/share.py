@@ -138,6 +138,10 @@ class Demo:
     pictures_tried: int = 0
     folder: Path | None = None
     strictness: str = "normal"  # when the demo says "None of these" (transfer.models.novelty.STRICTNESS)
+    val_correct: int | None = None  # the run's validation accuracy as a count (transfer.analysis.trust)
+    val_total: int | None = None
+    unsure_margin: float | None = None  # below it an answer reads "not sure: a or b", measured on validation answers
+    unsure_how: str = ""
 
     @property
     def id(self) -> str:
@@ -205,6 +209,7 @@ class DemoStore:
         The snapshot is assembled in a hidden folder and renamed into place, so a half-copied
         demo is never served. ``owner_record`` (a ``demos.json``) gets the token appended.
         """
+        from transfer.analysis.trust import run_accuracy, run_unsure_margin
         from transfer.models.novelty import STRICTNESS
 
         if strictness not in STRICTNESS:
@@ -219,6 +224,10 @@ class DemoStore:
                     val_accuracy=run.status().get("best_val_accuracy"), created_at=now,
                     expires_at=None if expires_in is None else now + expires_in, allow_download=bool(allow_download),
                     strictness=strictness)
+        accuracy, unsure = run_accuracy(run.path), run_unsure_margin(run.path)
+        if accuracy is not None:
+            demo.val_correct, demo.val_total = accuracy.correct, accuracy.total
+        demo.unsure_margin, demo.unsure_how = unsure.margin, unsure.how
         self._ensure_root()
         staging = self.root / f".new-{demo.digest}"
         try:

@@ -77,10 +77,13 @@ def install_runtime(dist: Path | str) -> list[Path]:
 def browser_info(info: dict, title: str = "", strictness: str | None = None) -> dict:
     """What the browser needs of ``model.json``: classes, preprocessing, the ONNX contract and,
     when the model has one, its "None of these" calibration (``strictness`` names which of its
-    thresholds applies; the page uses "normal" without it). Nothing about the owner's data."""
+    thresholds applies; the page uses "normal" without it) and the margin below which an answer is
+    "not sure" (``unsure_margin``, see :mod:`transfer.analysis.trust`). Nothing about the owner's data."""
     page = {"title": title or "Image classifier", "classes": list(info["classes"]),
             "preprocessing": info["preprocessing"],
             "onnx": {"file": "model.onnx", "input": "input", "output": "probabilities"}}
+    if isinstance(info.get("unsure_margin"), (int, float)):
+        page["unsure_margin"] = float(info["unsure_margin"])
     if isinstance(info.get("novelty"), dict):
         page["novelty"] = info["novelty"]
         if strictness:

@@ -17,6 +17,9 @@ export class Classifier {
     this.inputName = session.inputNames[0];
     this.threshold = unknownThreshold(info);
     this.scoresNovelty = session.outputNames.includes(NOVELTY) && this.threshold !== null;
+    // Below this margin between the two likeliest classes the answer is "not sure: a or b" (measured by
+    // the studio on the run's validation answers); null in a model.json written before it.
+    this.unsureMargin = typeof info.unsure_margin === "number" ? info.unsure_margin : null;
   }
 
   /** The answer for one picture: every class's probability (best first), and novelty when the model has it. */
@@ -33,8 +36,15 @@ export class Classifier {
       answer.novelty = Number(outputs[NOVELTY].data[0]);
       answer.unknown = answer.novelty > this.threshold;
     }
+    answer.unsure = unsurePair(ranked, this.unsureMargin, answer.unknown);
     return answer;
   }
+}
+
+/** The two classes a close call hesitates between, or null ("None of these" is a different answer). */
+export function unsurePair(ranked, margin, unknown) {
+  if (unknown || margin === null || ranked.length < 2) return null;
+  return ranked[0].probability - ranked[1].probability < margin ? [ranked[0].label, ranked[1].label] : null;
 }
 
 /**

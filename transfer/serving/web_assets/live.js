@@ -12,6 +12,11 @@ export function renderAnswer(container, answer, topK) {
     note.className = "unknown";
     note.textContent = `${NONE_OF_THESE}: looks unlike every class; closest: ${answer.label} ${percent(answer.probability)}`;
     container.append(note);
+  } else if (answer.unsure) {
+    const note = document.createElement("div");
+    note.className = "unsure";
+    note.textContent = unsureText(answer);
+    container.append(note);
   }
   for (const item of answer.top_k.slice(0, topK)) {
     const row = document.createElement("div");
@@ -41,7 +46,14 @@ export function publishAnswer(element, answer, source) {
   if (answer.novelty !== null && answer.novelty !== undefined) element.dataset.novelty = String(answer.novelty);
   element.dataset.source = source;
   element.dataset.count = String(Number(element.dataset.count || 0) + 1);
-  element.textContent = answer.unknown ? `${NONE_OF_THESE} (closest: ${answer.label})` : `${answer.label} ${percent(answer.probability)}`;
+  element.dataset.unsure = String(Boolean(answer.unsure));
+  element.textContent = answer.unknown ? `${NONE_OF_THESE} (closest: ${answer.label})`
+    : answer.unsure ? unsureText(answer) : `${answer.label} ${percent(answer.probability)}`;
+}
+
+/** A close call, as the studio's pages say it. */
+export function unsureText(answer) {
+  return `not sure: ${answer.unsure[0]} or ${answer.unsure[1]}`;
 }
 
 export function percent(value) {
