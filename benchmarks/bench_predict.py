@@ -2,6 +2,7 @@
 
     python benchmarks/bench_predict.py [--run RUN_DIR] [--image FILE] [--calls 50] [--batch 32]
                                        [--training-pictures 20000]
+    python benchmarks/bench_predict.py --run RUN_DIR --int8 [--unrelated FOLDER] [--calls 50]
 
 Without ``--run`` a run folder is made in a temporary directory from the bundled
 EfficientNet-Lite0 with a fresh 3-class head (latency does not depend on the head's values) and a
@@ -21,6 +22,14 @@ from the JPEG file (plus reading and decoding), and the throughput of batches of
 decoded pictures; then Grad-CAM once (it runs on PyTorch for both). Targets on a 2-core CPU
 (issue 9): fast p50 <= 12 ms from a decoded picture, <= 20 ms from a JPEG. Prints a table, then
 one JSON line.
+
+``--int8`` (a finished run with its pictures) compares the float32 export with the smaller int8
+model instead (transfer.serving.quantize), both in the web server's torch-free predictor: size,
+median latency for one decoded picture (alternating call by call), the int8 check's figures on
+the validation pictures (accuracy, top-1 and "None of these" agreement) and the "None of these"
+agreement on ``--unrelated`` pictures (default: the bundled demo data's pictures, classes the run
+never saw). A run whose int8 model is refused prints the refusal. Target (issue 34): about a third
+of the size, at least twice as fast.
 """
 
 from __future__ import annotations
@@ -145,6 +154,73 @@ def measure(predictors: dict, picture, image_path: Path, calls: int, batch: int)
     return results
 
 
+def served_copy(run: Path, onnx: Path, folder: Path) -> Path:
+    """A model folder (as a demo snapshot holds) with ``onnx`` as its model.onnx."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    for name in ("model.json", "labels.json"):
+        shutil.copyfile(run / name, folder / name)
+    shutil.copyfile(onnx, folder / "model.onnx")
+    return folder
+
+
+def int8_comparison(run: Path, scratch: Path, unrelated: Path, calls: int) -> int:
+    """The float32 and int8 columns for ``run``: prints a table and one JSON line."""
+    from transfer.data.images import open_image
+    from transfer.serving.export import ExportError, export_run
+    from transfer.serving.server_predict import ServerPredictor
+
+    load_before = os.getloadavg()[0]
+    float32 = export_run(run, "onnx")
+    started = time.perf_counter()
+    try:
+        int8 = export_run(run, "onnx", precision="int8")
+    except ExportError as error:
+        print(f"int8 refused for {run.name}: {error}")
+        print(json.dumps({"benchmark": "predict_int8", "run": str(run), "refused": str(error)}))
+        return 0
+    made_seconds = time.perf_counter() - started  # 0 when it was made before
+    predictors = {name: ServerPredictor(served_copy(run, result.path, scratch / name))
+                  for name, result in (("float32", float32), ("int8", int8))}
+    picture = open_image(pick_image(None, scratch))
+    times = {name: [] for name in predictors}
+    for predictor in predictors.values():
+        for _ in range(5):  # warm up: the first runs allocate
+            predictor.predict(picture, 5)
+    for _ in range(calls):  # alternating, so both see the same load from other processes
+        for name, predictor in predictors.items():
+            started = time.perf_counter()
+            predictor.predict(picture, 5)
+            times[name].append((time.perf_counter() - started) * 1000.0)
+    others = sorted(p for p in unrelated.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    decisions = {name: [row.unknown for row in predictor.predict(others, 1)] for name, predictor in predictors.items()}
+    same_unknown = sum(a == b for a, b in zip(*decisions.values()))
+    check = int8.check
+    p50 = {name: percentile(values, 0.5) for name, values in times.items()}
+    print(f"run: {run}  cores: {os.cpu_count()}  load average before/after: {load_before:.1f} / "
+          f"{os.getloadavg()[0]:.1f} (a shared machine: other processes inflate the latencies)")
+    print(f"{'':<44}{'float32':>12}{'int8':>12}")
+    print(f"{'size, MB':<44}{float32.bytes / 2**20:>12.1f}{int8.bytes / 2**20:>12.1f}")
+    print(f"{'one decoded picture, p50 ms (server, ORT)':<44}{p50['float32']:>12.1f}{p50['int8']:>12.1f}")
+    print(f"{'one decoded picture, min ms':<44}{min(times['float32']):>12.1f}{min(times['int8']):>12.1f}")
+    print(f"{'validation accuracy':<44}{check['float_accuracy']:>12.3f}{check['int8_accuracy']:>12.3f}")
+    print(f"top-1 agreement on {check['pictures']} validation pictures: {check['top1_agreement']:.1%}; "
+          f""None of these" agreement: {check['unknown_agreement']}; largest probability difference "
+          f"{check['max_probability_diff']:.3f}; calibrated on {check['calibration_pictures']} training pictures"
+          + (f" in {made_seconds:.0f} s (quantizing and checking)" if made_seconds > 1 else ""))
+    print(f"\"None of these\" agreement on {len(others)} unrelated pictures ({unrelated}): "
+          f"{same_unknown / max(1, len(others)):.1%}; called unknown: float32 {sum(decisions['float32'])}, "
+          f"int8 {sum(decisions['int8'])}")
+    print(json.dumps({"benchmark": "predict_int8", "run": str(run), "float32_bytes": float32.bytes,
+                      "int8_bytes": int8.bytes, "float32_p50_ms": round(p50["float32"], 2),
+                      "int8_p50_ms": round(p50["int8"], 2), "speedup": round(p50["float32"] / p50["int8"], 2),
+                      "check": check, "unrelated_pictures": len(others),
+                      "unrelated_unknown_agreement": round(same_unknown / max(1, len(others)), 4),
+                      "loadavg_before": round(load_before, 2)}))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a finished run folder (default: a fresh one with efficientnet_lite0)")
@@ -156,7 +232,17 @@ def main() -> int:
                         help="leave out the PyTorch path (slow on a busy machine): fast with and without novelty only")
     parser.add_argument("--training-pictures", type=int, default=20_000,
                         help="training pictures behind the fresh run's novelty reference (default 20000; 0: none)")
+    parser.add_argument("--int8", action="store_true", help="compare float32 with the int8 model of --run")
+    parser.add_argument("--unrelated", type=Path, help="pictures of other things, for the \"None of these\" "
+                                                       "agreement (default: the bundled demo data)")
     args = parser.parse_args()
+    if args.int8:
+        if args.run is None:
+            parser.error("--int8 needs --run: the int8 model is calibrated and checked on a run's own pictures")
+        from transfer.data.dataset import demo_dataset_path
+
+        with tempfile.TemporaryDirectory(prefix="bench-int8-") as scratch:
+            return int8_comparison(args.run, Path(scratch), args.unrelated or demo_dataset_path(), args.calls)
 
     import torch
 

@@ -122,23 +122,7 @@ def test_predict_py_runs_without_torch_and_agrees_with_transfer_predict(in_train
     folder = tmp_path / "unpacked" / trained.run.id
     photos = tmp_path / "photos"
     pictures(photos)
-    blocker = tmp_path / "no_torch"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class BlockTorch:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is blocked for this test')\n"
-        "sys.meta_path.insert(0, BlockTorch())\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(blocker)  # and not the checkout: predict.py must not need the studio either
-    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, cwd=folder, capture_output=True, text=True)
-    assert probe.returncode != 0 and "blocked" in probe.stderr
-    done = subprocess.run([sys.executable, "predict.py", str(photos), "--top-k", "3", "--json"], env=env, cwd=folder,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    bundled = json.loads(done.stdout.strip().splitlines()[-1])
+    bundled = run_without_torch(folder, photos, tmp_path)
 
     assert main(["predict", str(trained.run.path), str(photos), "--top-k", "3", "--json"]) == 0
     studio = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -155,6 +139,28 @@ def test_predict_py_runs_without_torch_and_agrees_with_transfer_predict(in_train
     assert unpacked.fast and not (folder / "exports").exists()
     first = bundled["predictions"][0]
     assert unpacked.predict(Path(first["file"]), 1)[0].label == first["label"]
+
+
+def run_without_torch(folder: Path, photos: Path, scratch: Path) -> dict:
+    """``python predict.py PHOTOS --top-k 3 --json`` in an unpacked bundle, where torch cannot be
+    imported and the studio is not on the path; its JSON answer."""
+    blocker = scratch / "no_torch"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class BlockTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked for this test')\n"
+        "sys.meta_path.insert(0, BlockTorch())\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(blocker)  # and not the checkout: predict.py must not need the studio either
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, cwd=folder, capture_output=True, text=True)
+    assert probe.returncode != 0 and "blocked" in probe.stderr
+    done = subprocess.run([sys.executable, "predict.py", str(photos), "--top-k", "3", "--json"], env=env, cwd=folder,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])

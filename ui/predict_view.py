@@ -144,10 +144,22 @@ def predictor_for(run: RunDir):
 
 
 def weights_version(run: RunDir) -> float:
+    """Changes with the weights, and when the served model changes (an int8 model made, or the
+    owner's choice of precision), so the cached predictor is loaded again."""
+    from transfer.serving.export import PRECISION_CHOICE_FILE, served_onnx
+
     try:
-        return run.weights_path.stat().st_mtime
+        version = run.weights_path.stat().st_mtime
     except FileNotFoundError:
         return 0.0
+    try:
+        served = served_onnx(run.path)
+    except TransferError:
+        served = None
+    for path in (served, run.path / PRECISION_CHOICE_FILE):
+        if path is not None and path.is_file():
+            version = max(version, path.stat().st_mtime)
+    return version
 
 
 # ----------------------------------------------------------------------------- predicting uploads

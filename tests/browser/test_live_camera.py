@@ -2,11 +2,13 @@
 picture; on the Predict page the live answer appears and keeps updating, computed in the
 browser (the websocket carries no frames: a few kilobytes in 10 s of live mode), and "Explain
 this frame" brings that one frame back with its heat map. The web page export, served by a
-plain HTTP server, answers test pictures as `transfer predict` does."""
+plain HTTP server, answers test pictures as `transfer predict` does, with the float32 model and
+with the smaller (int8) one."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import time
 
 import pytest
@@ -15,6 +17,7 @@ from PIL import Image
 from browsertools import wait_for_app
 from conftest import CHROMIUM_FLAGS, _chromium, _missing
 from test_predict_journey import finished_run  # noqa: F401 (a tiny finished run in the server's home)
+from transfer.core.runs import RunDir
 from transfer.serving.export import export_run
 from transfer.serving.predict import Predictor
 from transfer.serving.web_page import runtime_ready
@@ -104,10 +107,15 @@ def test_live_camera_answers_in_the_browser_and_sends_no_frames(studio, camera_b
         context.close()
 
 
-def test_web_page_export_answers_like_transfer_predict(camera_browser, trained_run_for_page, tmp_path, make_picture):
-    run = trained_run_for_page
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_web_page_export_answers_like_transfer_predict(camera_browser, trained_run_for_page, tmp_path, make_picture,
+                                                       precision):
+    run = RunDir(tmp_path / "run")  # a copy: the int8 model, once made, is what the run serves
+    shutil.copytree(trained_run_for_page.path, run.path, ignore=shutil.ignore_patterns("exports"))
     folder = tmp_path / "page"
-    export_run(run.path, "web", folder)
+    export_run(run.path, "web", folder, precision=precision)
+    if precision == "int8":  # transfer predict answers with the int8 model, the page carries the same file
+        assert (folder / "model.onnx").read_bytes() == export_run(run.path, "onnx", precision="int8").path.read_bytes()
     assert {"index.html", "model.onnx", "model.json", "ort"} <= {path.name for path in folder.iterdir()}
     pictures = write_pictures(tmp_path / "pictures", make_picture)
     predictor = Predictor.from_run(run.path)

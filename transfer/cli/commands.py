@@ -418,6 +418,9 @@ def add_export(sub) -> None:
                         "web: a static web page that runs the model in the browser")
     p.add_argument("--output", metavar="PATH", help="file or folder to write (default: kept in RUN_DIR/exports/); "
                                                     "for web, a folder unless PATH ends in .zip")
+    p.add_argument("--precision", choices=["float32", "int8"], default="float32",
+                   help="int8: the smaller model (onnx, bundle, web), checked against float32 on the validation "
+                        "pictures and refused with its figures when it answers differently")
     add_runs_dir_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
 
@@ -430,9 +433,12 @@ def cmd_export(args) -> int:
 
     run_path = Path(args.run)
     run_dir = run_path if (run_path / "model.json").is_file() else resolve_run(args.run, args.runs_dir)[0].path
-    result = export_run(run_dir, args.format, args.output)
+    result = export_run(run_dir, args.format, args.output, precision=args.precision)
     if args.json:
         print_json(result.to_dict())
+    elif result.check:
+        print(f"int8 {result.format} written to {result.path} ({human_size(result.bytes)}); "
+              f"{result.int8_check().summary()}.")
     else:
         print(f"{result.format} written to {result.path} ({human_size(result.bytes)}); probabilities within "
               f"{result.max_abs_diff:.1e} of the studio's on {result.checked_on} {result.check_inputs}.")

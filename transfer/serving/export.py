@@ -21,6 +21,14 @@ probabilities differ by more than :data:`MAX_ABS_DIFF` is refused with a sentenc
   in the visitor's browser, with dropped pictures and the live camera; a zip, or a folder when
   ``output`` does not end in ``.zip``.
 
+``precision="int8"`` gives the same formats (but TorchScript) with the smaller model of
+:mod:`transfer.serving.quantize`: quantized in the child process that exports, checked against
+the float32 model on the run's validation pictures, and refused with its figures when it would
+answer differently. An unpacked int8 bundle still holds ``model.onnx``, so its ``predict.py`` runs
+it unchanged. Where an int8 model passed its check the studio serves it (:func:`served_onnx`:
+the web server's predictions, demo links, the live camera) unless the owner keeps float32
+(:func:`keep_float32`).
+
 Finished exports are kept in the run folder (``exports/<weights stamp>/``, the stamp being the
 weights file's size and modification time), so asking again costs nothing and retrained weights
 are exported afresh. :func:`prediction_onnx` hands the checked ONNX file to the fast predictor.
@@ -33,7 +41,7 @@ import json
 import os
 import shutil
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from transfer.core.errors import TransferError
@@ -50,6 +58,9 @@ INPUT_NAME, OUTPUT_NAME, NOVELTY_NAME = "input", "probabilities", "novelty"
 EXPORTS_FOLDER = "exports"
 RECORD_FILE = "exports.json"
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+INT8_FILE = "model-int8.onnx"
+INT8_FORMATS = ("bundle", "onnx", "web")
+PRECISION_CHOICE_FILE = "precision.json"  # in the run folder: the owner's choice outlives retraining
 BUNDLE_REQUIREMENTS = "onnxruntime>=1.17\nnumpy>=1.24\npillow>=10.0\n"
 
 
@@ -67,16 +78,25 @@ class ExportResult:
     max_abs_diff: float
     checked_on: int  # how many pictures (or generated inputs) the check compared
     check_inputs: str  # "validation pictures" or "generated inputs" (the pictures were gone)
+    precision: str = "float32"
+    check: dict | None = None  # an int8 model's figures against float32 (transfer.serving.quantize.Int8Check)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "path": str(self.path)}
+
+    def int8_check(self):
+        from transfer.serving.quantize import Int8Check
+
+        return Int8Check.from_dict(self.check) if self.check else None
 
 
 # --------------------------------------------------------------------------- the public entry points
 
 
-def export_run(run_dir: Path | str, format: str, output: Path | str | None = None) -> ExportResult:
-    """Export a finished run as ``format`` (one of :data:`FORMATS`), checked against PyTorch.
+def export_run(run_dir: Path | str, format: str, output: Path | str | None = None,
+               precision: str = "float32") -> ExportResult:
+    """Export a finished run as ``format`` (one of :data:`FORMATS`), checked against PyTorch;
+    with ``precision="int8"`` the smaller model, checked against the float32 one.
 
     The export is made once per weights file and kept under the run's ``exports/`` folder;
     ``output`` (a file, or a folder to put it in) gets a copy. Raises :class:`ExportError` with a
@@ -84,18 +104,19 @@ def export_run(run_dir: Path | str, format: str, output: Path | str | None = Non
     """
     if format not in FORMATS:
         raise ExportError(f"Unknown export format '{format}': choose one of {', '.join(FORMATS)}.")
+    _require_precision(format, precision)
     run_dir = Path(run_dir)
-    result = cached_export(run_dir, format) or _export_and_record(run_dir, format)
+    result = cached_export(run_dir, format, precision) or _export_and_record(run_dir, format, precision)
     if output is not None and format == "web" and not str(output).lower().endswith(".zip"):
         return _unpack_page_to(result, output)
     return _copy_to(result, output) if output is not None else result
 
 
-def cached_export(run_dir: Path | str, format: str) -> ExportResult | None:
+def cached_export(run_dir: Path | str, format: str, precision: str = "float32") -> ExportResult | None:
     """The finished export of the run's current weights, or None when not made yet. A refused
     export raises its sentence again without redoing the work."""
     folder = exports_folder(Path(run_dir))
-    record = _read_record(folder).get(format)
+    record = _read_record(folder).get(_record_key(format, precision))
     if not record:
         return None
     if "error" in record:
@@ -104,18 +125,61 @@ def cached_export(run_dir: Path | str, format: str) -> ExportResult | None:
     if not path.is_file():
         return None
     return ExportResult(path, format, path.stat().st_size, record["max_abs_diff"], record["checked_on"],
-                        record["check_inputs"])
+                        record["check_inputs"], precision, record.get("check"))
+
+
+def _record_key(format: str, precision: str) -> str:
+    return format if precision == "float32" else f"{format}-{precision}"
+
+
+def _require_precision(format: str, precision: str) -> None:
+    if precision not in ("float32", "int8"):
+        raise ExportError(f"Unknown precision '{precision}': choose float32 or int8.")
+    if precision == "int8" and format not in INT8_FORMATS:
+        raise ExportError(f"The smaller (int8) model is offered as {', '.join(INT8_FORMATS)}; "
+                          f"export {format} in float32.")
+
+
+def served_onnx(folder: Path | str) -> Path | None:
+    """The ONNX file the studio serves for a run (the web server's predictions, demo links, the
+    live camera), without making anything: the int8 model when it was made and passed its check
+    and the owner did not keep float32, else the checked float32 export; None when neither is
+    made yet (or the model cannot be exported)."""
+    folder = Path(folder)
+    candidates = ["float32"] if keeps_float32(folder) else ["int8", "float32"]
+    for precision in candidates:
+        try:
+            result = cached_export(folder, "onnx", precision)
+        except ExportError:
+            continue  # a refused int8 model: the float32 one serves
+        if result is not None:
+            return result.path
+    return None
+
+
+def keeps_float32(run_dir: Path | str) -> bool:
+    """Whether the owner chose to serve the float32 model although an int8 one passed its check."""
+    try:
+        return json.loads((Path(run_dir) / PRECISION_CHOICE_FILE).read_text()).get("serve") == "float32"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def keep_float32(run_dir: Path | str, keep: bool) -> None:
+    """Record the owner's choice: serve float32 (``keep``) or the int8 model where it passed."""
+    atomic_write_json(Path(run_dir) / PRECISION_CHOICE_FILE, {"serve": "float32" if keep else "int8"})
 
 
 def prediction_onnx(folder: Path | str) -> Path | None:
     """The ONNX file the fast predictor runs for ``folder``: its own ``model.onnx`` (an unpacked
-    bundle or a frozen snapshot), else the run's checked export, made now when missing. None
-    when the model cannot be exported (the caller then predicts with PyTorch)."""
+    bundle or a frozen snapshot), else the run's served export (:func:`served_onnx`), else its
+    checked float32 export, made now. None when the model cannot be exported (the caller then
+    predicts with PyTorch)."""
     folder = Path(folder)
     if (folder / FILE_NAMES["onnx"]).is_file():
         return folder / FILE_NAMES["onnx"]
     try:
-        return export_run(folder, "onnx").path
+        return served_onnx(folder) or export_run(folder, "onnx").path
     except ExportError:
         return None
 
@@ -133,31 +197,35 @@ def exports_folder(run_dir: Path) -> Path:
 # --------------------------------------------------------------------------- making and recording
 
 
-def _export_and_record(run_dir: Path, format: str) -> ExportResult:
+def _export_and_record(run_dir: Path, format: str, precision: str = "float32") -> ExportResult:
     folder = exports_folder(run_dir)
+    key = _record_key(format, precision)
     try:
-        result = _make_export(run_dir, format, folder)
+        result = _make_export(run_dir, format, folder, precision)
     except ExportError as error:
-        _record(folder, format, {"error": str(error)})
+        _record(folder, key, {"error": str(error)})
         raise
-    _record(folder, format, {"file": result.path.name, "max_abs_diff": result.max_abs_diff,
-                             "checked_on": result.checked_on, "check_inputs": result.check_inputs})
+    _record(folder, key, {"file": result.path.name, "max_abs_diff": result.max_abs_diff,
+                          "checked_on": result.checked_on, "check_inputs": result.check_inputs,
+                          **({"check": result.check} if result.check else {})})
     return result
 
 
-def _make_export(run_dir: Path, format: str, folder: Path) -> ExportResult:
+def _make_export(run_dir: Path, format: str, folder: Path, precision: str = "float32") -> ExportResult:
     from transfer.serving.loading import load_run_model
 
     _remove_old_versions(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    suffix = "" if precision == "float32" else f"-{precision}"
     if format == "bundle":
-        onnx = export_run(run_dir, "onnx")
-        name = f"{run_dir.name}.zip"
-        atomic_write_bytes(folder / name, bundle_bytes(run_dir, onnx.path.read_bytes()))
-        return ExportResult(folder / name, format, (folder / name).stat().st_size, onnx.max_abs_diff, onnx.checked_on,
-                            onnx.check_inputs)
+        onnx = export_run(run_dir, "onnx", precision=precision)
+        name = f"{run_dir.name}{suffix}.zip"
+        atomic_write_bytes(folder / name, bundle_bytes(run_dir, onnx.path.read_bytes(), onnx.int8_check()))
+        return replace(onnx, path=folder / name, format=format, bytes=(folder / name).stat().st_size)
     if format == "web":
-        return _make_web_page(run_dir, folder)
+        return _make_web_page(run_dir, folder, precision)
+    if precision == "int8":
+        return _make_int8_onnx(run_dir, folder)
     from transfer.models.novelty import load_reference, scored_model
 
     loaded = load_run_model(run_dir)
@@ -215,11 +283,50 @@ def _copy_to(result: ExportResult, output: Path | str) -> ExportResult:
     except OSError as error:
         raise ExportError(f"The export could not be written to {target} ({error.strerror or error}); "
                           "choose another --output.") from None
-    return ExportResult(target, result.format, result.bytes, result.max_abs_diff, result.checked_on,
-                        result.check_inputs)
+    return replace(result, path=target)
 
 
-def _make_web_page(run_dir: Path, folder: Path) -> ExportResult:
+def _make_int8_onnx(run_dir: Path, folder: Path) -> ExportResult:
+    """The float32 export quantized (transfer.serving.quantize) and checked against it on the
+    run's validation pictures; refused with the figures when it answers differently."""
+    from transfer.core.runs import read_json
+    from transfer.models.model_io import read_model_info
+    from transfer.serving import quantize
+
+    float_export = export_run(run_dir, "onnx")
+    float_onnx = float_export.path.read_bytes()
+    info = read_model_info(run_dir)
+    config = read_json(run_dir / "config.json", {}) or {}
+    preparation = {**info["preprocessing"], "resize_size": _resize_size(info)}
+    try:
+        calibration, _ = quantize.prepared(quantize.calibration_images(run_dir, config), None, preparation)
+        pictures, truths = quantize.prepared(*quantize.validation_images(run_dir, config), preparation)
+        int8_onnx = quantize.quantized_onnx(float_onnx, calibration, INPUT_NAME)
+        check = quantize.check_int8(onnx_session(float_onnx), onnx_session(int8_onnx), pictures, truths,
+                                    info.get("novelty"), len(calibration), len(float_onnx), len(int8_onnx))
+    except quantize.QuantizeError as error:
+        raise ExportError(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - the quantizer's own failures become a sentence
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ExportError(f"This run's model could not be quantized to int8 ({first_line}); keep the float32 "
+                          "model.") from None
+    if not check.passed:
+        raise ExportError(check.refusal())
+    path = folder / INT8_FILE
+    atomic_write_bytes(path, int8_onnx)
+    return ExportResult(path, "onnx", len(int8_onnx), check.max_probability_diff, check.pictures,
+                        "validation pictures", "int8", check.to_dict())
+
+
+def _resize_size(info: dict) -> int:
+    from transfer.models.catalogue import Preprocessing
+
+    p = info["preprocessing"]
+    return Preprocessing(int(p["input_size"]), tuple(p["mean"]), tuple(p["std"]), p.get("interpolation", "bilinear"),
+                         float(p["crop_pct"])).resize_size
+
+
+def _make_web_page(run_dir: Path, folder: Path, precision: str = "float32") -> ExportResult:
     """The web page around the checked ONNX export (its check is the page's check: the page's
     own preparation of pictures is held to the studio's by tests/test_web_page.py, bit for bit,
     and by tests/browser/test_live_camera.py in chromium)."""
@@ -228,13 +335,13 @@ def _make_web_page(run_dir: Path, folder: Path) -> ExportResult:
 
     from transfer.analysis.trust import run_unsure_margin
 
-    onnx = export_run(run_dir, "onnx")
+    onnx = export_run(run_dir, "onnx", precision=precision)
     info = {**read_model_info(run_dir), "unsure_margin": run_unsure_margin(run_dir).margin}
-    name = f"{run_dir.name}-web.zip"
+    suffix = "" if precision == "float32" else f"-{precision}"
+    name = f"{run_dir.name}-web{suffix}.zip"
     title = "Classifier: " + ", ".join(info["classes"][:6]) + (" ..." if len(info["classes"]) > 6 else "")
     atomic_write_bytes(folder / name, web_page_zip(f"{run_dir.name}-web", onnx.path.read_bytes(), info, title))
-    return ExportResult(folder / name, "web", (folder / name).stat().st_size, onnx.max_abs_diff, onnx.checked_on,
-                        onnx.check_inputs)
+    return replace(onnx, path=folder / name, format="web", bytes=(folder / name).stat().st_size)
 
 
 def _unpack_page_to(result: ExportResult, output: Path | str) -> ExportResult:
@@ -247,7 +354,7 @@ def _unpack_page_to(result: ExportResult, output: Path | str) -> ExportResult:
         raise ExportError(f"The web page could not be written to {target} ({error.strerror or error}); "
                           "choose another --output.") from None
     size = sum(path.stat().st_size for path in target.rglob("*") if path.is_file())
-    return ExportResult(target, result.format, size, result.max_abs_diff, result.checked_on, result.check_inputs)
+    return replace(result, path=target, bytes=size)
 
 
 # --------------------------------------------------------------------------- the model formats
@@ -403,7 +510,7 @@ def _validation_tensors(run_dir: Path, preprocessing):
 # --------------------------------------------------------------------------- the bundle
 
 
-def bundle_bytes(run_dir: Path, onnx: bytes) -> bytes:
+def bundle_bytes(run_dir: Path, onnx: bytes, int8_check=None) -> bytes:
     """The zip: a folder named after the run holding everything needed to predict without torch."""
     from transfer.data import preparation as bundle_predict
     from transfer.models.model_io import MODEL_INFO_FILE, WEIGHTS_FILE, read_model_info
@@ -411,7 +518,8 @@ def bundle_bytes(run_dir: Path, onnx: bytes) -> bytes:
     info = read_model_info(run_dir)
     bundled_info = {**info, "weights": "model.safetensors",
                     "onnx": {"file": "model.onnx", "input": INPUT_NAME, "output": OUTPUT_NAME, "opset": ONNX_OPSET,
-                             **({"novelty_output": NOVELTY_NAME} if info.get("novelty") else {})}}
+                             **({"novelty_output": NOVELTY_NAME} if info.get("novelty") else {}),
+                             "precision": "int8" if int8_check else "float32"}}
     top = run_dir.name
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -421,16 +529,17 @@ def bundle_bytes(run_dir: Path, onnx: bytes) -> bytes:
             archive.write(run_dir / info["novelty"]["file"], f"{top}/{info['novelty']['file']}")
         archive.writestr(f"{top}/{MODEL_INFO_FILE}", json.dumps(bundled_info, indent=2) + "\n")
         archive.writestr(f"{top}/requirements.txt", BUNDLE_REQUIREMENTS)
-        archive.writestr(f"{top}/README.md", model_card(run_dir))
+        archive.writestr(f"{top}/README.md", model_card(run_dir, int8_check))
         archive.writestr(f"{top}/predict.py", Path(bundle_predict.__file__).read_text())
     return buffer.getvalue()
 
 
-def model_card(run_dir: Path) -> str:
-    """The bundle's README.md: what the model tells apart, from what data, how well, and its limits."""
+def model_card(run_dir: Path, int8_check=None) -> str:
+    """The bundle's README.md: what the model tells apart, from what data, how well, its
+    precision and its limits."""
     from transfer.serving.model_card import render_model_card
 
-    return render_model_card(run_dir)
+    return render_model_card(run_dir, int8_check)
 
 
 # --------------------------------------------------------------------------- exporting from a server
@@ -439,7 +548,8 @@ def model_card(run_dir: Path) -> str:
 EXPORT_TIMEOUT_SECONDS = 900
 
 
-def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPORT_TIMEOUT_SECONDS) -> ExportResult:
+def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPORT_TIMEOUT_SECONDS,
+                         precision: str = "float32") -> ExportResult:
     """:func:`export_run` in a child process (``transfer export --json``): a web server stays
     responsive and never holds the exporter's memory. The child runs at a lower CPU priority
     with a bounded thread count. Returns the cached result; raises :class:`ExportError`."""
@@ -447,10 +557,10 @@ def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPO
 
     from transfer.core.child import run_module
 
-    cached = cached_export(run_dir, format)
+    cached = cached_export(run_dir, format, precision)
     if cached is not None:
         return cached
-    arguments = ["export", str(Path(run_dir).resolve()), "--format", format, "--json"]
+    arguments = ["export", str(Path(run_dir).resolve()), "--format", format, "--precision", precision, "--json"]
     try:
         done = run_module("transfer.cli.commands", arguments, timeout=timeout, niced=True,
                           env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
@@ -463,6 +573,6 @@ def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPO
     if done.returncode != 0 or "path" not in answer:
         detail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
         raise ExportError(f"The {format} export stopped unexpectedly ({detail}); try again, or use `transfer export`.")
-    return cached_export(run_dir, format) or ExportResult(Path(answer["path"]), format, int(answer["bytes"]),
-                                                          float(answer["max_abs_diff"]), int(answer["checked_on"]),
-                                                          str(answer["check_inputs"]))
+    return cached_export(run_dir, format, precision) or ExportResult(
+        Path(answer["path"]), format, int(answer["bytes"]), float(answer["max_abs_diff"]), int(answer["checked_on"]),
+        str(answer["check_inputs"]), str(answer.get("precision", precision)), answer.get("check"))

@@ -17,7 +17,9 @@ from transfer.models.model_io import read_model_info
 from transfer.core.runs import RunDir
 
 
-def render_model_card(run_dir: Path | str) -> str:
+def render_model_card(run_dir: Path | str, int8_check=None) -> str:
+    """The card; ``int8_check`` (transfer.serving.quantize.Int8Check) for a bundle of the smaller
+    model, whose precision section then gives the check's figures."""
     run = RunDir(run_dir)
     info = read_model_info(run.path)
     classes = [str(name) for name in info["classes"]]
@@ -26,6 +28,7 @@ def render_model_card(run_dir: Path | str) -> str:
         _data_section(run, classes),
         _quality_section(run),
         _usage_section(info),
+        _precision_section(int8_check),
         _novelty_section(run, info),
         _limits_section(classes, bool(info.get("novelty"))),
     ]
@@ -132,6 +135,33 @@ The same model also runs inside a web browser: the studio's "Download as a web p
 `transfer export RUN_DIR --format web`) gives a folder with an `index.html` that classifies
 dropped pictures and the live camera on the visitor's device with onnxruntime-web, with the same
 preparation and answers; put it on any static file host (`python -m http.server` will do).
+"""
+
+
+def _precision_section(int8_check) -> str:
+    if int8_check is None:
+        return """
+## Precision
+
+float32: `model.onnx` computes with the trained weights as they are; its probabilities were checked
+against the studio's model on the run's validation pictures.
+"""
+    c = int8_check
+    unknown = "" if c.unknown_agreement is None else \
+        f"\n| same \"None of these\" decision (every strictness) | {c.unknown_agreement:.1%} |"
+    return f"""
+## Precision
+
+int8: `model.onnx` is the smaller model ({c.int8_bytes / 2**20:.1f} MB instead of {c.float_bytes / 2**20:.1f} MB):
+weights in int8 (per channel), activations in uint8 with ranges measured on {c.calibration_pictures}
+training pictures; the "None of these" computation stays in float32. Before it was offered it was
+checked against the float32 model on {c.pictures} validation pictures:
+
+| check | result |
+|---|---|
+| same top class as float32 | {c.top1_agreement:.1%} |
+| accuracy (float32 / int8) | {c.float_accuracy:.1%} / {c.int8_accuracy:.1%} |{unknown}
+| largest probability difference | {c.max_probability_diff:.3f} |
 """
 
 

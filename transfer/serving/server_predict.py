@@ -88,6 +88,7 @@ class ServerPredictor:
         self.novelty = novelty if isinstance(novelty, dict) and novelty.get("thresholds") else None
         self.scores_novelty = False
         self.session = None
+        self.precision = "float32"
         onnx_file = self.folder / ONNX_FILE
         if not onnx_file.is_file():
             onnx_file = checked_export(self.folder)
@@ -98,6 +99,9 @@ class ServerPredictor:
             self.input_name = self.session.get_inputs()[0].name
             # Exports of runs with a novelty reference answer "novelty" second (transfer.models.novelty).
             self.scores_novelty = [output.name for output in self.session.get_outputs()][1:2] == ["novelty"]
+            from transfer.serving.quantize import session_precision
+
+            self.precision = session_precision(self.session)  # "int8" where the smaller model serves
         self.fast = self.session is not None
 
     def prepare(self, source) -> np.ndarray:
@@ -183,15 +187,15 @@ def read_info(folder: Path) -> dict:
 
 
 def checked_export(folder: Path) -> Path | None:
-    """The run's checked ONNX export when a child process already made it (None when the model
+    """The run's checked ONNX export when a child process already made it: the int8 model where
+    it passed its check (and the owner did not keep float32), else float32 (None when the model
     cannot be exported, or no export exists yet)."""
-    from transfer.serving.export import ExportError, cached_export
+    from transfer.serving.export import ExportError, served_onnx
 
     try:
-        result = cached_export(folder, "onnx")
+        return served_onnx(folder)
     except ExportError:
         return None
-    return None if result is None else result.path
 
 
 # --------------------------------------------------------------------------- work done by children

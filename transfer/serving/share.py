@@ -419,10 +419,11 @@ def copy_exports(run: RunDir, folder: Path, with_bundle: bool) -> None:
     """Freeze the run's checked exports into the demo: ``model.onnx`` for fast predictions (a
     backbone that cannot be exported is predicted with PyTorch instead) and, for a demo that
     offers downloads, the bundle (then an export that fails is a sentence: no download is faked)."""
-    from transfer.serving.export import ExportError, export_run
+    from transfer.serving.export import ExportError, export_run, served_onnx
 
     try:
-        shutil.copy2(export_run(run.path, "onnx").path, folder / ONNX_FILE)
+        float32 = export_run(run.path, "onnx").path
+        shutil.copy2(served_onnx(run.path) or float32, folder / ONNX_FILE)  # int8 where it passed its check
         if with_bundle:
             copy_bundle_without_run_id(export_run(run.path, "bundle").path, folder / BUNDLE_FILE, run.id)
     except ExportError as error:
