@@ -21,7 +21,7 @@ from transfer.runtime.estimate import recommend_method
 from transfer.runtime.jobs import dispatch
 from transfer.core.live import RunEvents
 from transfer.core.runs import ACTIVE_STATES, FINISHED, QUEUED, find_run, list_runs
-from ui import charts, cleanup_view, reports, retrain_view, session
+from ui import charts, cleanup_view, head_fit_view, reports, retrain_view, session
 from ui.gpus_view import gpus_to_use
 from ui.sidebar import has_gpu
 
@@ -209,7 +209,7 @@ def live_view(run_id: str, was_active: bool) -> None:
         (st.error if state == "failed" else st.info)(status["message"])
     history = events.epoch_history()
     steps_now = events.steps_of_epoch(epoch + 1) if state == "running" else []
-    if history or steps_now:
+    if not head_fit_view.render(events.log, key=f"fit_{run.id}") and (history or steps_now):
         st.plotly_chart(charts.training_curves(history, steps_now), key=f"curves_{run.id}")
     if state in ACTIVE_STATES:
         if st.button("Stop", icon=":material/stop_circle:", key=f"stop_{run.id}", help="Stops after the current step; "

@@ -149,11 +149,14 @@ def test_finetuning_starts_from_a_linear_probe_head(tmp_path, tiny_dataset, monk
 
 
 def test_a_finished_run_has_everything_the_pages_read(tmp_path, tiny_dataset):
-    run = make_run(tmp_path, tiny_dataset, "features", epochs=3)
+    # A hidden layer: the head trains for epochs (a plain linear head is fit in closed form, below).
+    run = make_run(tmp_path, tiny_dataset, "features", epochs=3, hidden=8)
     train_run(run)
     status = run.status()
     assert status["state"] == FINISHED and status["epoch"] == 3
     assert 0.0 <= status["best_val_accuracy"] <= 1.0
+    assert status["val_total"] == 6 and status["val_correct"] == round(status["best_val_accuracy"] * 6)
+    assert "cv_accuracy" not in status  # no cross-validation in an epoch loop
     assert run.labels() == ["blue", "green", "red"]
 
     steps, epochs = run.events("step"), run.events("epoch")
@@ -177,6 +180,23 @@ def test_a_finished_run_has_everything_the_pages_read(tmp_path, tiny_dataset):
     assert labels == ["blue", "green", "red"] and prep.input_size == 32
     info = json.loads((run.path / MODEL_INFO_FILE).read_text())
     assert info["backbone"] == "efficientnet_lite0" and info["num_classes"] == 3
+
+
+def test_a_linear_feature_head_is_fit_once_and_says_what_it_chose(tmp_path, tiny_dataset):
+    run = make_run(tmp_path, tiny_dataset, "features", epochs=3)
+    train_run(run)
+    status = run.status()
+    assert status["state"] == FINISHED and status["epoch"] == 1 and status["epochs"] == 1
+    assert [e["epoch"] for e in run.events("epoch")] == [1] and not run.events("step")
+    fit = [e for e in run.events("info") if "head_fit" in e][0]
+    assert fit["head_fit"]["normalisation"] == "unit length" and fit["head_fit"]["C"] > 0
+    assert fit["head_fit"]["curve"][-1] <= fit["head_fit"]["curve"][0]
+    assert "does not apply" in fit["message"]  # --epochs 3 was asked for
+    # 8 training and 2 validation pictures per class: cross-validated over all 30 of them.
+    assert status["val_total"] == 6 and 0 <= status["val_correct"] <= 6
+    assert status["cv_total"] == 30 and status["cv_folds"] == 5
+    assert status["cv_accuracy"] == pytest.approx(status["cv_correct"] / 30)
+    assert fit["cv_correct"] == status["cv_correct"]
 
 
 def test_the_saved_model_reproduces_the_validation_predictions(tmp_path, tiny_dataset):
@@ -290,7 +310,7 @@ def test_cancel_keeps_the_last_finished_epoch(tmp_path, tiny_dataset, monkeypatc
 
 
 def test_resuming_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_dataset, monkeypatch):
-    straight = make_run(tmp_path, tiny_dataset, "features", epochs=4, seed=5)
+    straight = make_run(tmp_path, tiny_dataset, "features", epochs=4, seed=5, hidden=8)
     train_run(straight)
 
     original = Trainer.train_one_epoch
@@ -301,7 +321,7 @@ def test_resuming_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_d
         return original(self, epoch)
 
     monkeypatch.setattr(Trainer, "train_one_epoch", stop_in_epoch_three)
-    broken = make_run(tmp_path, tiny_dataset, "features", epochs=4, seed=5)
+    broken = make_run(tmp_path, tiny_dataset, "features", epochs=4, seed=5, hidden=8)
     with pytest.raises(Cancelled):
         train_run(broken)
     monkeypatch.setattr(Trainer, "train_one_epoch", original)

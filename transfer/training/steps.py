@@ -78,23 +78,22 @@ def fit_head_on_features(head: nn.Module, inputs: torch.Tensor, targets: torch.T
     from transfer.models.methods import METHODS
     from transfer.training.head_fit import fit_linear_head, fits_in_closed_form
 
-    if fits_in_closed_form(head):
-        fit = fit_linear_head(inputs, targets, head.out_features, seed=seed)
-        fit.load_into(head)
-        with torch.no_grad():
-            return float((head(inputs).argmax(1) == targets).float().mean())
-
-    settings = METHODS["features"].defaults
-    task = FeatureTask(head, inputs.unsqueeze(1), inputs[:0], inputs.device)
-    optimizer = torch.optim.AdamW([{"params": head.parameters(), "lr": settings["lr"], "base_lr": settings["lr"]}],
-                                  lr=settings["lr"], weight_decay=settings["weight_decay"])
-    parts = StepParts(task, optimizer, torch.amp.GradScaler("cpu", enabled=False), targets,
-                      torch.Generator().manual_seed(seed))
-    epochs, batch, n = settings["epochs"], settings["batch_size"], inputs.shape[0]
     threads = torch.get_num_threads()
     if single_thread:
-        torch.set_num_threads(1)  # a head's steps are tiny: see transfer.training.loop
+        torch.set_num_threads(1)  # a head's problem is tiny: see transfer.training.loop
     try:
+        if fits_in_closed_form(head):
+            fit_linear_head(inputs, targets, head.out_features, seed=seed).load_into(head)
+            with torch.no_grad():
+                return float((head(inputs).argmax(1) == targets).float().mean())
+        settings = METHODS["features"].defaults
+        task = FeatureTask(head, inputs.unsqueeze(1), inputs[:0], inputs.device)
+        optimizer = torch.optim.AdamW([{"params": head.parameters(), "lr": settings["lr"],
+                                        "base_lr": settings["lr"]}],
+                                      lr=settings["lr"], weight_decay=settings["weight_decay"])
+        parts = StepParts(task, optimizer, torch.amp.GradScaler("cpu", enabled=False), targets,
+                          torch.Generator().manual_seed(seed))
+        epochs, batch, n = settings["epochs"], settings["batch_size"], inputs.shape[0]
         task.train_mode(1)
         for epoch in range(epochs):
             order = torch.randperm(n, generator=parts.generator).to(inputs.device)
