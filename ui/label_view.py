@@ -186,7 +186,7 @@ def validation_corrections(run_config: dict, path: str, given: str, predicted: s
               width="stretch", help=f"The model is right and the label was wrong: the picture's label becomes "
                                     f"{predicted} (it was {given}).")
     st.selectbox("Relabel as another class", [c for c in classes if c not in (given, predicted)], index=None,
-                 key=f"{key}:actually", placeholder="relabel as another class", label_visibility="collapsed",
+                 key=f"{key}:actually", placeholder="other class", label_visibility="collapsed",
                  on_change=_correct_from, args=(key, f"{key}:actually", fix))
 
 
