@@ -106,7 +106,15 @@ def test_train_again_compares_both_runs_on_the_same_validation_pictures(own_sess
     assert any(f"run {name(run.id)} → run {name(new_id)}" in s.value for s in app.subheader)
     now = next(m for m in app.metric if m.label == "Accuracy now")
     assert now.value == f"{round(comparison.after_accuracy * comparison.pictures)} of {comparison.pictures}"
-    assert now.delta.endswith(" points")
+    change = round(100 * (comparison.after_accuracy - comparison.before_accuracy))
+    assert now.delta == (f"{change:+d} points" if change else "")  # in points; no arrow for no change
     said = " ".join(m.value for m in [*app.info, *app.success, *app.warning])
     assert f"On the same {comparison.pictures} validation pictures" in said and "chance alone would give" in said
     assert app.selectbox(key="show_run").value == new_id  # the picker follows the run the page shows
+    changed = comparison.wrong_to_right + comparison.right_to_wrong
+    assert len(app.image) >= min(len(changed), 12)  # the changed pictures are shown, not only named
+    from ui import retrain_view
+
+    answer = json.loads((run.path / PREDICTIONS_FILE).read_text())["predictions"][0]
+    thumbnail = retrain_view.change_picture(run.config, {"path": answer["path"], "sha256": answer["sha256"]})
+    assert thumbnail is not None and max(thumbnail.size) <= retrain_view.THUMBNAIL

@@ -14,6 +14,7 @@ from transfer.runtime.access import issue_session_token, session_dir
 from transfer.data.dataset import check_dataset
 from transfer.data.pool import add_files_pool, pool_pictures
 from transfer.core.runs import atomic_write_json
+from ui import label_view
 
 PAGE = "pages/data.py"
 
@@ -47,6 +48,10 @@ def test_label_assist_puts_pictures_into_the_working_copy(tiny_dataset, png):
     balance = " ".join(i.value for i in app.info)
     assert "Labelled pictures per class: blue 5, green 5, red 20. Label more of blue, green" in balance
     assert "guesses to be of the classes with the fewest labels" in balance
+    assert label_view.balance_sentence({"labelled_per_class": {"a": 4, "b": 3}, "evened": True},
+                                       []) == "Labelled pictures per class: b 3, a 4: the classes are even."
+    assert label_view.balance_sentence({"labelled_per_class": {"a": 4, "b": 2}, "evened": True},
+                                       [{"guess": "b"}]) == "Labelled pictures per class: b 3, a 4: the classes are even."
 
     next(b for b in app.button if b.label == "It is red (80%)").click().run()  # a right guess: one click
     assert not app.exception, app.exception

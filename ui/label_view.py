@@ -186,7 +186,7 @@ def validation_corrections(run_config: dict, path: str, given: str, predicted: s
               width="stretch", help=f"The model is right and the label was wrong: the picture's label becomes "
                                     f"{predicted} (it was {given}).")
     st.selectbox("Relabel as another class", [c for c in classes if c not in (given, predicted)], index=None,
-                 key=f"{key}:actually", placeholder="relabel as another class", label_visibility="collapsed",
+                 key=f"{key}:actually", placeholder="other class", label_visibility="collapsed",
                  on_change=_correct_from, args=(key, f"{key}:actually", fix))
 
 
@@ -377,8 +377,8 @@ def balance_sentence(result: dict, labelled_since: list[dict]) -> str:
     fewest = min(counts.values())
     short = [name for name, count in counts.items() if count == fewest]
     listing = ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda item: item[1]))
-    if not result.get("evened") and max(counts.values()) - fewest < 2:
-        return ""
+    if max(counts.values()) - fewest < 2:  # even (again): nothing to do about it
+        return f"Labelled pictures per class: {listing}: the classes are even." if result.get("evened") else ""
     evening = (" The suggestions put first the pictures the model guesses to be of the classes with the fewest "
                "labels, so that labelling evens the classes out." if result.get("evened") else "")
     return (f"Labelled pictures per class: {listing}. Label more of {', '.join(short)} before training again: "

@@ -13,12 +13,13 @@ from pathlib import Path
 import streamlit as st
 
 from transfer.analysis.compare import compare_runs
+from transfer.analysis.evaluate import ValPrediction, prediction_thumbnail
 from transfer.analysis.trust import Accuracy, paired_change, plural, run_accuracy, unpaired_change
 from transfer.training.config import TrainConfig
 from transfer.data.samples import Dataset
 from transfer.core.errors import TransferError
 from transfer.core.runs import FINISHED, atomic_write_json, find_run
-from ui import data_view, reports, session
+from ui import reports, session
 
 PAIRS_FILE = "retrained.json"  # {later run id: earlier run id}
 RUN_PARAM = "run"
@@ -154,20 +155,21 @@ def comparison_section(run) -> None:
     columns = st.columns(4)
     columns[0].metric("Accuracy before", before.headline(), help=before.describe())
     # Grey when chance alone could give the change: a red or green arrow would claim more than it can tell.
-    columns[1].metric("Accuracy now", after.headline(), delta=f"{change.points:+.0f} points",
+    columns[1].metric("Accuracy now", after.headline(), delta=f"{change.points:+.0f} points" if change.points else None,
                       delta_color="off" if change.within_chance else "normal", help=after.describe())
     columns[2].metric("Wrong → right", better)
     columns[3].metric("Right → wrong", worse)
+    said = change.describe()
     (st.info if change.within_chance else st.success if change.points > 0 else st.warning)(
-        f"On the same {plural(total, 'validation picture')}: {before.describe()} before, {after.describe()} now; "
-        f"{change.describe()}.")
+        f"On the same {plural(total, 'validation picture')}: {before.short()} right before, {after.describe()} "
+        f"now. {said[0].upper()}{said[1:]}.")
     cross_validated_comparison(earlier, run)
     if result["only_after"]:
         st.caption(f"{result['only_after']:,} of the new run's validation pictures are new and not counted.")
     for title, changes in (("Wrong → right", result["wrong_to_right"]), ("Right → wrong", result["right_to_wrong"])):
         if changes:
             st.markdown(f"**{title}**")
-            change_thumbnails(changes, key=title)
+            change_thumbnails(run, changes, key=title)
 
 
 def cross_validated_comparison(earlier, run) -> None:
@@ -185,15 +187,23 @@ def cross_validated_comparison(earlier, run) -> None:
                f"{then.describe()} before, {now.describe()} now; {unpaired_change(then, now).describe()}.")
 
 
-def change_thumbnails(changes: list[dict], key: str) -> None:
+@st.cache_data(max_entries=256, show_spinner=False)
+def change_picture(_config: dict, change: dict):
+    """A validation picture of the comparison: its file where the run found it, else its decoded copy."""
+    # Only the picture's path and content hash are read; the indices and probabilities do not matter here.
+    picture = prediction_thumbnail(_config, ValPrediction(change["path"], change["sha256"], 0, 0, ()), THUMBNAIL)
+    return None if picture is None else picture.convert("RGB")
+
+
+def change_thumbnails(run, changes: list[dict], key: str) -> None:
     """The pictures whose answer changed, each with its class and both answers under it."""
     shown = changes[:LISTED]
     for start in range(0, len(shown), COLUMNS):
         for column, change in zip(st.columns(COLUMNS), shown[start:start + COLUMNS]):
             with column:
-                array = data_view.thumbnail_array(change["path"], change["sha256"], THUMBNAIL)
-                if array is not None:
-                    st.image(array, width=THUMBNAIL)
+                picture = change_picture(run.config, change)
+                if picture is not None:
+                    st.image(picture, width=THUMBNAIL)
                 st.caption(f"{Path(change['path']).name}: is {change['label']}; "
                            f"said {change['before']}, now {change['after']}")
     if len(changes) > LISTED:
