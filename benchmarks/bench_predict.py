@@ -159,7 +159,8 @@ def served_copy(run: Path, onnx: Path, folder: Path) -> Path:
     import shutil
 
     folder.mkdir(parents=True)
-    for name in ("model.json", "labels.json"):
+    novelty = (json.loads((run / "model.json").read_text()).get("novelty") or {}).get("file")
+    for name in ("model.json", "labels.json", *([novelty] if novelty else [])):
         shutil.copyfile(run / name, folder / name)
     shutil.copyfile(onnx, folder / "model.onnx")
     return folder

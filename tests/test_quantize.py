@@ -21,7 +21,9 @@ from test_page_evaluate import TrainedSession, in_trained_home, trained  # noqa:
 from transfer.cli.commands import main
 from transfer.serving import quantize
 from transfer.serving.export import ExportError, cached_export, export_run, keep_float32, served_onnx
+from transfer.core.runs import RunDir
 from transfer.serving.server_predict import ServerPredictor
+from transfer.serving.share import copy_exports
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,15 @@ def test_int8_model_is_smaller_checked_cached_and_served(run_copy, capsys):
     assert served_onnx(run_copy) == float32.path and ServerPredictor(run_copy).precision == "float32"
     keep_float32(run_copy, False)
     assert served_onnx(run_copy) == again.path
+
+    snapshot = run_copy.parent / "snapshot"  # a demo link's frozen folder: float32 for browsers, int8 for the server
+    snapshot.mkdir()
+    copy_exports(RunDir(run_copy), snapshot, with_bundle=False)
+    assert (snapshot / "model.onnx").read_bytes() == float32.path.read_bytes()
+    assert (snapshot / "model-int8.onnx").read_bytes() == again.path.read_bytes()
+    for name in ("model.json", "labels.json"):
+        shutil.copyfile(run_copy / name, snapshot / name)
+    assert ServerPredictor(snapshot).precision == "int8"
 
 
 def test_a_model_calibrated_with_a_wrong_scale_is_refused_with_its_figures(run_copy, monkeypatch, capsys):

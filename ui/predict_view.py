@@ -135,6 +135,7 @@ class PictureResult:
     overlay: np.ndarray | None = None
     cam_note: str = ""
     error: str = ""
+    precision: str = "float32"  # "int8": answered by the smaller model (it passed its check)
 
 
 def digest(data: bytes) -> str:
@@ -153,7 +154,7 @@ def predict_picture(run_path: str, version: float, content_digest: str, name: st
     try:
         picture = np.asarray(thumbnail(_data, DISPLAY_PIXELS))
         prediction = predictor.predict(_data, top_k, unknown_threshold=strictness)[0]
-        result = PictureResult(name, picture, prediction.to_dict())
+        result = PictureResult(name, picture, prediction.to_dict(), precision=getattr(predictor, "precision", "float32"))
         if with_cam:  # Grad-CAM needs PyTorch: this server's explainer child makes it
             from transfer.serving.explainer import shared_explainer
 
@@ -201,6 +202,9 @@ def render_picture(result: PictureResult, show_cam: bool, key: str) -> None:
         columns[1].markdown(f"Prediction: **{prediction['label']}** ({prediction['probability']:.1%})")
     if prediction.get("novelty") is not None:
         columns[1].caption(f"Novelty {prediction['novelty']:.3f}: how unlike the training pictures it looks.")
+    if result.precision == "int8":
+        columns[1].caption("Answered by the smaller int8 model, checked against the full model on the validation "
+                           "pictures.")
     columns[1].plotly_chart(top_k_bars(prediction), key=f"topk_{key}")
     if show_cam:
         if result.overlay is not None:
