@@ -159,7 +159,8 @@ def served_copy(run: Path, onnx: Path, folder: Path) -> Path:
     import shutil
 
     folder.mkdir(parents=True)
-    for name in ("model.json", "labels.json"):
+    novelty = (json.loads((run / "model.json").read_text()).get("novelty") or {}).get("file")
+    for name in ("model.json", "labels.json", *([novelty] if novelty else [])):
         shutil.copyfile(run / name, folder / name)
     shutil.copyfile(onnx, folder / "model.onnx")
     return folder
@@ -184,7 +185,9 @@ def int8_comparison(run: Path, scratch: Path, unrelated: Path, calls: int) -> in
     predictors = {name: ServerPredictor(served_copy(run, result.path, scratch / name))
                   for name, result in (("float32", float32), ("int8", int8))}
     picture = open_image(pick_image(None, scratch))
+    prepared = predictors["float32"].prepare(picture)
     times = {name: [] for name in predictors}
+    model_times = {name: [] for name in predictors}  # the model alone, on the prepared picture
     for predictor in predictors.values():
         for _ in range(5):  # warm up: the first runs allocate
             predictor.predict(picture, 5)
@@ -193,20 +196,25 @@ def int8_comparison(run: Path, scratch: Path, unrelated: Path, calls: int) -> in
             started = time.perf_counter()
             predictor.predict(picture, 5)
             times[name].append((time.perf_counter() - started) * 1000.0)
+            started = time.perf_counter()
+            predictor.scores([prepared])
+            model_times[name].append((time.perf_counter() - started) * 1000.0)
     others = sorted(p for p in unrelated.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     decisions = {name: [row.unknown for row in predictor.predict(others, 1)] for name, predictor in predictors.items()}
     same_unknown = sum(a == b for a, b in zip(*decisions.values()))
     check = int8.check
     p50 = {name: percentile(values, 0.5) for name, values in times.items()}
+    model_p50 = {name: percentile(values, 0.5) for name, values in model_times.items()}
     print(f"run: {run}  cores: {os.cpu_count()}  load average before/after: {load_before:.1f} / "
           f"{os.getloadavg()[0]:.1f} (a shared machine: other processes inflate the latencies)")
     print(f"{'':<44}{'float32':>12}{'int8':>12}")
     print(f"{'size, MB':<44}{float32.bytes / 2**20:>12.1f}{int8.bytes / 2**20:>12.1f}")
     print(f"{'one decoded picture, p50 ms (server, ORT)':<44}{p50['float32']:>12.1f}{p50['int8']:>12.1f}")
     print(f"{'one decoded picture, min ms':<44}{min(times['float32']):>12.1f}{min(times['int8']):>12.1f}")
+    print(f"{'the model alone (prepared input), p50 ms':<44}{model_p50['float32']:>12.1f}{model_p50['int8']:>12.1f}")
     print(f"{'validation accuracy':<44}{check['float_accuracy']:>12.3f}{check['int8_accuracy']:>12.3f}")
     print(f"top-1 agreement on {check['pictures']} validation pictures: {check['top1_agreement']:.1%}; "
-          f""None of these" agreement: {check['unknown_agreement']}; largest probability difference "
+          f"\"None of these\" agreement: {check['unknown_agreement']}; largest probability difference "
           f"{check['max_probability_diff']:.3f}; calibrated on {check['calibration_pictures']} training pictures"
           + (f" in {made_seconds:.0f} s (quantizing and checking)" if made_seconds > 1 else ""))
     print(f"\"None of these\" agreement on {len(others)} unrelated pictures ({unrelated}): "
@@ -215,6 +223,8 @@ def int8_comparison(run: Path, scratch: Path, unrelated: Path, calls: int) -> in
     print(json.dumps({"benchmark": "predict_int8", "run": str(run), "float32_bytes": float32.bytes,
                       "int8_bytes": int8.bytes, "float32_p50_ms": round(p50["float32"], 2),
                       "int8_p50_ms": round(p50["int8"], 2), "speedup": round(p50["float32"] / p50["int8"], 2),
+                      "float32_model_p50_ms": round(model_p50["float32"], 2),
+                      "int8_model_p50_ms": round(model_p50["int8"], 2),
                       "check": check, "unrelated_pictures": len(others),
                       "unrelated_unknown_agreement": round(same_unknown / max(1, len(others)), 4),
                       "loadavg_before": round(load_before, 2)}))

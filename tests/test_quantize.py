@@ -14,12 +14,16 @@ import numpy as np
 import onnx
 import pytest
 
-from test_export import _copy_run, pictures, run_without_torch
+from apptools import open_app
 from pictures import write_class_folders
+from test_export import _copy_run, _model_buttons, pictures, run_without_torch
+from test_page_evaluate import TrainedSession, in_trained_home, trained  # noqa: F401 (fixtures)
 from transfer.cli.commands import main
 from transfer.serving import quantize
 from transfer.serving.export import ExportError, cached_export, export_run, keep_float32, served_onnx
+from transfer.core.runs import RunDir
 from transfer.serving.server_predict import ServerPredictor
+from transfer.serving.share import copy_exports
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +81,15 @@ def test_int8_model_is_smaller_checked_cached_and_served(run_copy, capsys):
     assert served_onnx(run_copy) == float32.path and ServerPredictor(run_copy).precision == "float32"
     keep_float32(run_copy, False)
     assert served_onnx(run_copy) == again.path
+
+    snapshot = run_copy.parent / "snapshot"  # a demo link's frozen folder: float32 for browsers, int8 for the server
+    snapshot.mkdir()
+    copy_exports(RunDir(run_copy), snapshot, with_bundle=False)
+    assert (snapshot / "model.onnx").read_bytes() == float32.path.read_bytes()
+    assert (snapshot / "model-int8.onnx").read_bytes() == again.path.read_bytes()
+    for name in ("model.json", "labels.json"):
+        shutil.copyfile(run_copy / name, snapshot / name)
+    assert ServerPredictor(snapshot).precision == "int8"
 
 
 def test_a_model_calibrated_with_a_wrong_scale_is_refused_with_its_figures(run_copy, monkeypatch, capsys):
@@ -149,3 +162,36 @@ def test_int8_bundle_runs_without_torch_and_answers_like_transfer_predict(run_co
 def test_torchscript_has_no_int8_model(run_copy):
     with pytest.raises(ExportError, match="int8"):
         export_run(run_copy, "torchscript", precision="int8")
+
+
+def test_downloads_panel_offers_the_smaller_model_with_its_figures_and_the_float32_choice(in_trained_home,
+                                                                                          monkeypatch):
+    trained = in_trained_home
+    run = trained.run.path
+    for limit, lenient in (("MIN_TOP1_AGREEMENT", 0.0), ("MAX_ACCURACY_LOSS", 1.0), ("MIN_UNKNOWN_AGREEMENT", 0.0)):
+        monkeypatch.setattr(quantize, limit, lenient)  # the shared run is barely trained: see run_copy
+    int8 = export_run(run, "onnx", precision="int8")
+    record = int8.path.parent / "exports.json"
+    try:
+        app = open_app("pages/evaluate.py", token=trained.token)
+        assert not app.exception
+        figures = [caption.value for caption in app.caption if "MB instead of" in caption.value]
+        assert len(figures) == 1 and "validation pictures" in figures[0] and "same top class" in figures[0]
+        labels = [button.label for button in app.button]
+        assert {"Prepare Bundle (zip), int8", "Prepare web page (zip), int8"} <= set(labels)
+        assert any(label.startswith("Download ONNX, int8 (") for label in _model_buttons(app))
+        assert served_onnx(run) == int8.path
+        app.checkbox(key="evaluate_export_keep_float32").check().run()
+        assert not app.exception and served_onnx(run) == cached_export(run, "onnx").path
+
+        entries = json.loads(record.read_text())
+        entries["onnx-int8"] = {"error": "The smaller (int8) model of this run was refused: made up for this test."}
+        record.write_text(json.dumps(entries))
+        app = open_app("pages/evaluate.py", token=trained.token)
+        assert any("made up for this test" in warning.value for warning in app.warning)
+    finally:  # the shared run serves float32 again for the other tests
+        entries = json.loads(record.read_text())
+        entries.pop("onnx-int8", None)
+        record.write_text(json.dumps(entries))
+        int8.path.unlink(missing_ok=True)
+        (run / "precision.json").unlink(missing_ok=True)

@@ -59,7 +59,7 @@ def smaller_model_section(run, key: str) -> None:
     for format, label, _, mime in CHOICES:
         if format in INT8_FORMATS:
             _offer(run, format, f"{label}, int8", mime, f"{key}_int8", precision="int8")
-    keep = st.checkbox("Keep float32 for predictions, demo links and the live camera", value=keeps_float32(run.path),
+    keep = st.checkbox("Keep float32 for predictions and demo links", value=keeps_float32(run.path),
                        key=f"{key}_keep_float32",
                        help="Without this, the studio answers with the smaller model where it passed its check.")
     if keep != keeps_float32(run.path):

@@ -31,13 +31,14 @@ COUNTER_BYTES = 4  # the component puts a click counter before the PNG, so every
 
 def model_files(folder: Path) -> tuple[Path, dict]:
     """The ONNX file and model.json the browser runs: a demo snapshot's own ``model.onnx``, or a
-    run's served export (the int8 model where it passed its check; else float32, made by a child
-    process on first use, never in the server)."""
-    from transfer.serving.export import export_in_subprocess, served_onnx
+    run's checked export (made by a child process on first use, never in the server). Always
+    float32: the int8 model answered the live camera more slowly in onnxruntime-web (measured
+    in chromium on Lite0: 2.3 against 3.5 to 4.6 answers a second), so it is not used here."""
+    from transfer.serving.export import export_in_subprocess
 
     onnx = folder / "model.onnx"
     if not onnx.is_file():
-        onnx = served_onnx(folder) or export_in_subprocess(folder, "onnx").path
+        onnx = export_in_subprocess(folder, "onnx").path
     try:
         info = json.loads((folder / "model.json").read_text())
     except (OSError, ValueError):
@@ -74,9 +75,6 @@ def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
         st.error(str(error), icon=":material/error:")
         return None
     size_mb = onnx.stat().st_size / 2**20
-    if onnx.name.endswith("-int8.onnx"):
-        st.caption(f"The smaller model (int8, {size_mb:.1f} MB) runs here; it answers like the full model, "
-                   "checked on the validation pictures.")
     if size_mb > MAX_MODEL_MB:
         st.warning(f"This model is too large to run in the browser ({size_mb:.0f} MB; the limit is {MAX_MODEL_MB} MB): "
                    "use the Pictures or Webcam tab, or train a smaller backbone such as EfficientNet-Lite0.", icon=":material/memory:")

@@ -176,6 +176,7 @@ class PictureResult:
     cam_note: str = ""
     error: str = ""
     top_k: int = 0  # classes to show (the prediction holds at least two, to tell an unsure answer)
+    precision: str = "float32"  # "int8": answered by the smaller model (it passed its check)
 
 
 def digest(data: bytes) -> str:
@@ -194,7 +195,8 @@ def predict_picture(run_path: str, version: float, content_digest: str, name: st
     try:
         picture = np.asarray(thumbnail(_data, DISPLAY_PIXELS))
         prediction = predictor.predict(_data, max(2, top_k), unknown_threshold=strictness)[0]
-        result = PictureResult(name, picture, prediction.to_dict(), top_k=top_k)
+        result = PictureResult(name, picture, prediction.to_dict(), top_k=top_k,
+                               precision=getattr(predictor, "precision", "float32"))
         if with_cam:  # Grad-CAM needs PyTorch: this server's explainer child makes it
             from transfer.serving.explainer import shared_explainer
 
@@ -250,6 +252,9 @@ def render_picture(result: PictureResult, show_cam: bool, key: str, unsure: Unsu
         prediction = {**prediction, "top_k": prediction["top_k"][:result.top_k]}
     if prediction.get("novelty") is not None:
         columns[1].caption(f"Novelty {prediction['novelty']:.3f}: how unlike the training pictures it looks.")
+    if result.precision == "int8":
+        columns[1].caption("Answered by the smaller int8 model, checked against the full model on the validation "
+                           "pictures.")
     columns[1].plotly_chart(top_k_bars(prediction), key=f"topk_{key}")
     if show_cam:
         if result.overlay is not None:

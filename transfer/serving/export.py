@@ -26,8 +26,9 @@ probabilities differ by more than :data:`MAX_ABS_DIFF` is refused with a sentenc
 the float32 model on the run's validation pictures, and refused with its figures when it would
 answer differently. An unpacked int8 bundle still holds ``model.onnx``, so its ``predict.py`` runs
 it unchanged. Where an int8 model passed its check the studio serves it (:func:`served_onnx`:
-the web server's predictions, demo links, the live camera) unless the owner keeps float32
-(:func:`keep_float32`).
+the web server's predictions, demo links, `transfer predict`) unless the owner keeps float32
+(:func:`keep_float32`). The live camera keeps float32: in onnxruntime-web the int8 model was
+slower (see ui/live_view.py); the int8 web page is offered for its size.
 
 Finished exports are kept in the run folder (``exports/<weights stamp>/``, the stamp being the
 weights file's size and modification time), so asking again costs nothing and retrained weights
@@ -141,8 +142,8 @@ def _require_precision(format: str, precision: str) -> None:
 
 
 def served_onnx(folder: Path | str) -> Path | None:
-    """The ONNX file the studio serves for a run (the web server's predictions, demo links, the
-    live camera), without making anything: the int8 model when it was made and passed its check
+    """The ONNX file the studio serves for a run (the web server's predictions, demo links,
+    `transfer predict`), without making anything: the int8 model when it was made and passed its check
     and the owner did not keep float32, else the checked float32 export; None when neither is
     made yet (or the model cannot be exported)."""
     folder = Path(folder)
@@ -176,8 +177,9 @@ def prediction_onnx(folder: Path | str) -> Path | None:
     checked float32 export, made now. None when the model cannot be exported (the caller then
     predicts with PyTorch)."""
     folder = Path(folder)
-    if (folder / FILE_NAMES["onnx"]).is_file():
-        return folder / FILE_NAMES["onnx"]
+    for name in (INT8_FILE, FILE_NAMES["onnx"]):  # a demo snapshot holds both when the int8 model passed
+        if (folder / name).is_file():
+            return folder / name
     try:
         return served_onnx(folder) or export_run(folder, "onnx").path
     except ExportError:

@@ -32,7 +32,7 @@ from transfer.models.catalogue import Preprocessing
 from transfer.core.errors import TransferError
 from transfer.data.images import open_image
 
-MODEL_INFO_FILE, ONNX_FILE = "model.json", "model.onnx"
+MODEL_INFO_FILE, ONNX_FILE, INT8_FILE = "model.json", "model.onnx", "model-int8.onnx"
 CHILD_TIMEOUT_SECONDS = 900
 BATCH = 32
 
@@ -89,8 +89,9 @@ class ServerPredictor:
         self.scores_novelty = False
         self.session = None
         self.precision = "float32"
-        onnx_file = self.folder / ONNX_FILE
-        if not onnx_file.is_file():
+        # A demo snapshot holds the int8 model beside the float32 one when it passed its check.
+        onnx_file = next((self.folder / name for name in (INT8_FILE, ONNX_FILE) if (self.folder / name).is_file()), None)
+        if onnx_file is None:
             onnx_file = checked_export(self.folder)
         if onnx_file is not None:
             from transfer.serving.export import onnx_session

@@ -40,6 +40,7 @@ USAGE_FILE = "usage.json"
 OWNER_FILE = "demos.json"  # in a session's workspace (or the command line's folder): the tokens it created
 BUNDLE_FILE = "bundle.zip"
 ONNX_FILE = "model.onnx"  # the name transfer.serving.predict looks for in a folder: the fast path
+INT8_ONNX_FILE = "model-int8.onnx"  # the smaller model, when it passed its check: the server answers with it
 MODEL_FILES = ("model.json", "model.safetensors", LABELS_FILE)
 NOVELTY_FILE = "novelty.safetensors"  # transfer.models.novelty's reference: copied when the run has one
 
@@ -321,7 +322,7 @@ class DemoStore:
         if demo.revoked_at is None:
             demo.revoked_at = self.clock()
             atomic_write_json(demo.folder / DEMO_FILE, demo.record())
-        for name in (*MODEL_FILES, NOVELTY_FILE, ONNX_FILE, BUNDLE_FILE):
+        for name in (*MODEL_FILES, NOVELTY_FILE, ONNX_FILE, INT8_ONNX_FILE, BUNDLE_FILE):
             (demo.folder / name).unlink(missing_ok=True)
         shutil.rmtree(demo.folder / COLLECTED_FOLDER, ignore_errors=True)
         return demo
@@ -422,8 +423,10 @@ def copy_exports(run: RunDir, folder: Path, with_bundle: bool) -> None:
     from transfer.serving.export import ExportError, export_run, served_onnx
 
     try:
-        float32 = export_run(run.path, "onnx").path
-        shutil.copy2(served_onnx(run.path) or float32, folder / ONNX_FILE)  # int8 where it passed its check
+        shutil.copy2(export_run(run.path, "onnx").path, folder / ONNX_FILE)  # float32, for the visitor's browser
+        served = served_onnx(run.path)
+        if served is not None and served.name == INT8_ONNX_FILE:
+            shutil.copy2(served, folder / INT8_ONNX_FILE)
         if with_bundle:
             copy_bundle_without_run_id(export_run(run.path, "bundle").path, folder / BUNDLE_FILE, run.id)
     except ExportError as error:
