@@ -20,7 +20,7 @@ from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS
 from transfer.core.runs import RunDir
 from transfer.serving.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable
-from ui import live_view, predict_view
+from ui import live_view, predict_view, upload_guard
 
 DEMO_PARAM = "demo"
 PICTURE_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
@@ -41,6 +41,7 @@ def render() -> None:
     except DemoUnavailable:
         show_invalid()
         return
+    upload_guard.admit(upload_guard.DEMO)  # a valid link only: its pictures, within a demo's small budget
     introduction = st.empty()  # on screen while the model loads, taken back if it cannot load
     with introduction.container():
         st.title(demo.title)
