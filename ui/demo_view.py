@@ -17,12 +17,13 @@ import streamlit as st
 
 from transfer.serving import demo_collect
 from transfer.core.errors import TransferError
-from transfer.data.images import IMAGE_EXTENSIONS
+from transfer.data.images import IMAGE_EXTENSIONS, ImageError, check_pixel_count
 from transfer.core.runs import RunDir
 from transfer.serving.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable
 from ui import live_view, predict_view, upload_guard
 
 DEMO_PARAM = "demo"
+DEMO_MAX_PIXELS = 16_000_000  # owners' pages take 64 MP; a stranger's picture costs the server at most 48 MB decoded
 PICTURE_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 _ADMITTED = "demo_admitted_pictures"  # digests of this visitor's pictures already counted
 
@@ -109,10 +110,19 @@ def options(classes: int) -> tuple[int, bool]:
 
 def show_picture(store: DemoStore, token: str, snapshot: RunDir, name: str, data: bytes, top_k: int, show_cam: bool,
                  key: str, strictness: str = "normal") -> None:
+    try:  # before counting or decoding anything: a visitor's picture is smaller than an owner's
+        check_pixel_count(data, DEMO_MAX_PIXELS)
+    except ImageError as error:
+        st.warning(f"{name}: this demo takes pictures up to {DEMO_MAX_PIXELS // 1_000_000} megapixels "
+                   f"({error.detail}); send a smaller one.", icon=":material/photo_size_select_large:")
+        return
     content = predict_view.digest(data)
+    # Counted by content alone, as the server's work is cached: a new name or another number of
+    # classes shown is neither counted nor computed again.
     if not admitted(store, token, name, content, len(data)):
         return
-    demo_collect.keep_picture(store.open(token), data)
+    with predict_view.DECODE_SLOTS:  # checking a picture to collect decodes it too
+        demo_collect.keep_picture(store.open(token), data)
     result = predict_view.predict_picture(str(snapshot.path), predict_view.weights_version(snapshot), content, name,
                                           data, top_k, show_cam, strictness)
     predict_view.render_picture(result, show_cam, key=key)
