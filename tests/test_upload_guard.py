@@ -7,15 +7,9 @@ studio's session still uploads.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import time
-import urllib.request
-import uuid
-
 import pytest
 
-from browser.browsertools import free_port, start_studio, stop_studio
+from browser.browsertools import free_port, put_upload, start_studio, stop_studio, streamlit_session
 from ui.upload_guard import DEMO, STUDIO, UploadBudget, UploadRefused
 
 MB = 2**20
@@ -60,68 +54,6 @@ def test_each_session_and_the_whole_server_hold_at_most_their_limits():
 # --------------------------------------------------------------------------- a real server
 
 
-@contextlib.contextmanager
-def _session(url: str):
-    """A Streamlit session of the studio page as a browser opens it (no password typed), alive
-    while in the block: its id and the XSRF cookie."""
-    from streamlit.proto.BackMsg_pb2 import BackMsg
-    from websockets.sync.client import connect
-
-    with urllib.request.urlopen(url + "/_stcore/health") as response:  # sets the XSRF cookie
-        cookies = response.headers.get_all("Set-Cookie") or []
-    xsrf = next(c.split(";")[0].split("=", 1)[1] for c in cookies if c.startswith("_streamlit_xsrf="))
-    socket_url = url.replace("http://", "ws://") + "/_stcore/stream"
-    with connect(socket_url, subprotocols=["streamlit", xsrf], max_size=None,
-                 additional_headers={"Cookie": f"_streamlit_xsrf={xsrf}"}) as connection:
-        rerun = BackMsg()
-        rerun.rerun_script.query_string = ""
-        rerun.rerun_script.page_script_hash = ""
-        connection.send(rerun.SerializeToString())
-        yield _wait_for_first_run(connection), xsrf
-
-
-def _wait_for_first_run(connection) -> str:
-    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
-
-    session_id, deadline = None, time.monotonic() + 60
-    while time.monotonic() < deadline:
-        message = ForwardMsg()
-        message.ParseFromString(connection.recv(timeout=60))
-        if message.WhichOneof("type") == "new_session":
-            session_id = message.new_session.initialize.session_id
-        if message.WhichOneof("type") == "script_finished" and session_id:
-            return session_id
-    raise AssertionError("the page did not finish its first run within 60 s")
-
-
-def _put(url: str, session_id: str, xsrf: str, size: int) -> int | None:
-    """PUT a file of ``size`` zero bytes to the upload route; its status, or None when the server
-    closed the connection before answering in full."""
-    boundary = uuid.uuid4().hex
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.zip\"\r\n"
-            "Content-Type: application/zip\r\n\r\n").encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    host, port = url.removeprefix("http://").split(":")
-    request = (f"PUT /_stcore/upload_file/{session_id}/{uuid.uuid4()} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-               f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-               f"Content-Length: {len(head) + size + len(tail)}\r\nX-Xsrftoken: {xsrf}\r\n"
-               f"Cookie: _streamlit_xsrf={xsrf}\r\n\r\n").encode()
-    with socket.create_connection((host, int(port)), timeout=60) as connection:
-        try:
-            connection.sendall(request + head)
-            chunk = bytes(MB)
-            for _ in range(size // MB):
-                connection.sendall(chunk)
-            connection.sendall(tail)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused before the body: the server stopped reading
-        try:
-            answer = connection.recv(200)
-        except (ConnectionResetError, TimeoutError):
-            return None
-    return int(answer.split()[1]) if answer.startswith(b"HTTP/1.1") else None
-
-
 def _peak_memory_mb(pid: int) -> float:
     """The process's peak resident memory so far (VmHWM), in MB."""
     with open(f"/proc/{pid}/status") as status:
@@ -150,9 +82,9 @@ LOCKED_UPLOADS, LOCKED_UPLOAD_MB, MEMORY_BOUND_MB = 3, 100, 40
 @pytest.mark.slow
 def test_a_locked_page_cannot_make_the_real_server_keep_upload_bytes(server):
     process, url = server({"TRANSFER_PASSWORD": "correct horse"})
-    with _session(url) as (session_id, xsrf):
+    with streamlit_session(url) as (session_id, xsrf, _):
         before = _peak_memory_mb(process.pid)
-        answers = [_put(url, session_id, xsrf, LOCKED_UPLOAD_MB * MB) for _ in range(LOCKED_UPLOADS)]
+        answers = [put_upload(url, session_id, xsrf, LOCKED_UPLOAD_MB * MB) for _ in range(LOCKED_UPLOADS)]
         grown = _peak_memory_mb(process.pid) - before
     assert 204 not in answers and 200 not in answers, answers
     # Without the guard each body is kept: the peak grows by 300 MB and stays.
@@ -162,5 +94,5 @@ def test_a_locked_page_cannot_make_the_real_server_keep_upload_bytes(server):
 @pytest.mark.slow
 def test_an_open_studio_page_still_uploads(server):
     _process, url = server({})
-    with _session(url) as (session_id, xsrf):
-        assert _put(url, session_id, xsrf, 2 * MB) == 204
+    with streamlit_session(url) as (session_id, xsrf, _):
+        assert put_upload(url, session_id, xsrf, 2 * MB) == 204

@@ -63,10 +63,9 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
             return
     try:
         with st.spinner("Freezing a checked copy of the model for the demo ..."):
-            prepare_exports(run, allow_download)
             token, demo = store.create(run.path, title=title, description=description, expires=expiry,
                                        allow_download=allow_download, owner_record=record,
-                                       strictness=strictness)
+                                       strictness=strictness, exports_in_child=True)
             if collect:
                 demo_collect.enable(demo.folder)
     except TransferError as error:
@@ -74,18 +73,6 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         return
     st.session_state[_LAST_LINK] = {run.id: demo_link(base_url(), token)}
     st.rerun()  # the list below now holds the new demo
-
-
-def prepare_exports(run: RunDir, with_bundle: bool) -> None:
-    """Make the exports a demo copies in a child process (transfer.serving.export), not in the web server;
-    the demo then finds them ready. A refusal is recorded there and said by ``DemoStore.create``."""
-    from transfer.serving.export import export_in_subprocess
-
-    for format in ("onnx", "bundle") if with_bundle else ("onnx",):
-        try:
-            export_in_subprocess(run.path, format)
-        except TransferError:
-            return
 
 
 def demo_list(store: DemoStore, owned: list) -> None:

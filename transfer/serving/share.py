@@ -199,11 +199,13 @@ class DemoStore:
 
     def create(self, run_dir: Path | str, *, title: str = "", description: str = "", expires: str | None = "7d",
                allow_download: bool = False, owner_record: Path | None = None,
-               strictness: str = "normal") -> tuple[str, Demo]:
+               strictness: str = "normal", exports_in_child: bool = False) -> tuple[str, Demo]:
         """Snapshot a finished run's model into a new demo; returns ``(token, demo)``.
 
         The snapshot is assembled in a hidden folder and renamed into place, so a half-copied
         demo is never served. ``owner_record`` (a ``demos.json``) gets the token appended.
+        ``exports_in_child`` (the web server) makes missing exports in a child process only:
+        an export that fails or takes too long there is never retried in this process.
         """
         from transfer.models.novelty import STRICTNESS
 
@@ -227,7 +229,7 @@ class DemoStore:
                 shutil.copy2(run.path / name, staging / name)
             if (run.path / NOVELTY_FILE).is_file():
                 shutil.copy2(run.path / NOVELTY_FILE, staging / NOVELTY_FILE)
-            copy_exports(run, staging, allow_download)
+            copy_exports(run, staging, allow_download, exports_in_child)
             atomic_write_json(staging / DEMO_FILE, demo.record())
             atomic_write_json(staging / USAGE_FILE, {"pictures_tried": 0, "recent": []})
             os.replace(staging, self.root / demo.digest)
@@ -406,16 +408,18 @@ def public_base_url(default: str = "http://localhost:8501") -> str:
     return (os.environ.get("TRANSFER_PUBLIC_URL") or default).strip().rstrip("/")
 
 
-def copy_exports(run: RunDir, folder: Path, with_bundle: bool) -> None:
+def copy_exports(run: RunDir, folder: Path, with_bundle: bool, in_child: bool = False) -> None:
     """Freeze the run's checked exports into the demo: ``model.onnx`` for fast predictions (a
     backbone that cannot be exported is predicted with PyTorch instead) and, for a demo that
-    offers downloads, the bundle (then an export that fails is a sentence: no download is faked)."""
-    from transfer.serving.export import ExportError, export_run
+    offers downloads, the bundle (then an export that fails is a sentence: no download is faked).
+    ``in_child``: exports are made by a ``transfer export`` child, so this process never loads torch."""
+    from transfer.serving.export import ExportError, export_in_subprocess, export_run
 
+    export = export_in_subprocess if in_child else export_run
     try:
-        shutil.copy2(export_run(run.path, "onnx").path, folder / ONNX_FILE)
+        shutil.copy2(export(run.path, "onnx").path, folder / ONNX_FILE)
         if with_bundle:
-            copy_bundle_without_run_id(export_run(run.path, "bundle").path, folder / BUNDLE_FILE, run.id)
+            copy_bundle_without_run_id(export(run.path, "bundle").path, folder / BUNDLE_FILE, run.id)
     except ExportError as error:
         if with_bundle:
             raise ShareError(f"{error} The demo can still be shared without the download.") from None
