@@ -4,14 +4,21 @@ revoked."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import zipfile
 
+import numpy as np
 import pytest
 
 from test_page_evaluate import trained  # noqa: F401 (the shared tiny finished run)
+from test_page_predict import encoded
 from test_share import exported, run  # noqa: F401
 from transfer.serving import export, share
+from transfer.serving.server_predict import ServerPredictor
 from transfer.serving.share import DemoStore, ShareError
+from transfer.serving.web_page import browser_info
+from ui import live_view
 
 
 @pytest.fixture
@@ -35,3 +42,42 @@ def test_a_demo_made_by_the_web_server_never_exports_in_its_own_process(run_with
     token, demo = DemoStore().create(run_without_exports.path, exports_in_child=True)
     assert not (demo.folder / share.ONNX_FILE).exists()  # predicted by a child process instead
     assert DemoStore().open(token).title
+
+
+def output_names(path) -> list[str]:
+    return [output.name for output in export.onnx_session(path).get_outputs()]
+
+
+def bundle_entries(path) -> dict:
+    with zipfile.ZipFile(path) as archive:
+        return {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
+
+
+def test_a_demo_hands_out_no_novelty_reference_unless_its_owner_says_so(run):
+    assert (run.path / share.NOVELTY_FILE).is_file()
+    token, demo = DemoStore().create(run.path, allow_download=True)
+    assert output_names(demo.folder / share.ONNX_FILE) == ["probabilities", "novelty"]  # stays on the server
+    sent, info = live_view.model_files(demo.folder)  # what the live camera sends to every visitor
+    assert sent.name == share.LIVE_ONNX_FILE and output_names(sent) == ["probabilities"]
+    assert "novelty" not in browser_info(info)
+    bundle = bundle_entries(demo.bundle_path)
+    assert share.NOVELTY_FILE not in bundle and "novelty" not in json.loads(bundle["model.json"])
+    assert output_names(bundle["model.onnx"]) == ["probabilities"]
+
+    # The classes visitors' devices compute are the server's, and "None of these" is judged on the
+    # server from the snapshot exactly as from the run itself.
+    size = int(info["preprocessing"]["input_size"])
+    inputs = np.random.default_rng(0).normal(size=(4, 3, size, size)).astype(np.float32)
+    on_device = export.onnx_session(sent).run(None, {"input": inputs})[0]
+    on_server = export.onnx_session(demo.folder / share.ONNX_FILE).run(None, {"input": inputs})[0]
+    assert np.abs(on_device - on_server).max() <= 1e-6
+    pictures = [encoded("red", 3), encoded("blue", 4), encoded("green", 5)]
+    from_demo = ServerPredictor(demo.folder).predict(pictures, 3)
+    from_run = ServerPredictor(run.path).predict(pictures, 3)
+    assert [(p.labels, p.unknown) for p in from_demo] == [(p.labels, p.unknown) for p in from_run]
+    assert all(a.novelty == pytest.approx(b.novelty, abs=1e-6) for a, b in zip(from_demo, from_run))
+
+    _, shared = DemoStore().create(run.path, allow_download=True, include_reference=True)
+    assert not (shared.folder / share.LIVE_ONNX_FILE).exists()
+    assert output_names(live_view.model_files(shared.folder)[0]) == ["probabilities", "novelty"]
+    assert share.NOVELTY_FILE in bundle_entries(shared.bundle_path)

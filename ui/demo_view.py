@@ -76,6 +76,9 @@ def render() -> None:
             show_picture(store, token, snapshot, "webcam picture", photo.getvalue(), top_k, show_cam, "webcam",
                          demo.strictness)
     with live_tab:  # classified in the visitor's browser: costs this server nothing per frame
+        if predict_view.has_novelty(snapshot) and not demo.include_reference:
+            st.caption("The live camera names classes only: \"None of these\" is judged on this server, for the "
+                       "pictures you send and the frames you ask to explain.")
         frame = live_view.live_section(snapshot.path, top_k, "demo_live", strictness=demo.strictness)
         if frame is not None:  # "Explain this frame" counts as one picture tried
             show_picture(store, token, snapshot, "explained camera frame", frame, top_k, True, "live", demo.strictness)

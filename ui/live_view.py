@@ -30,18 +30,23 @@ COUNTER_BYTES = 4  # the component puts a click counter before the PNG, so every
 
 
 def model_files(folder: Path) -> tuple[Path, dict]:
-    """The ONNX file and model.json the browser runs: a demo snapshot's own ``model.onnx``, or a
-    run's checked export (made by a child process on first use, never in the server)."""
-    from transfer.serving.export import export_in_subprocess
+    """The ONNX file and model.json the browser runs: a demo snapshot's ``live.onnx`` (without the
+    novelty reference) or own ``model.onnx``, or a run's checked export (made by a child process on
+    first use, never in the server)."""
+    from transfer.serving.export import export_in_subprocess, without_reference
+    from transfer.serving.share import LIVE_ONNX_FILE
 
     onnx = folder / "model.onnx"
-    if not onnx.is_file():
+    kept_on_server = (folder / LIVE_ONNX_FILE).is_file()  # a demo whose owner keeps the reference here
+    if kept_on_server:
+        onnx = folder / LIVE_ONNX_FILE
+    elif not onnx.is_file():
         onnx = export_in_subprocess(folder, "onnx").path
     try:
         info = json.loads((folder / "model.json").read_text())
     except (OSError, ValueError):
         raise TransferError("This model's description (model.json) cannot be read; train the model again.") from None
-    return onnx, info
+    return onnx, without_reference(info) if kept_on_server else info
 
 
 def opaque_id(onnx: Path) -> str:

@@ -51,10 +51,16 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         allow_download = st.checkbox("Visitors may download the model (bundle zip)", key="share_download",
                                      help="The bundle holds the model (ONNX and safetensors), its model card and "
                                           "a predict.py that runs without this studio.")
-        strictness = "normal"
+        strictness, include_reference = "normal", False
         if predict_view.has_novelty(run):
             strictness = st.radio(predict_view.STRICTNESS_QUESTION, list(STRICTNESS), index=1, horizontal=True,
                                   key="share_strictness", help=predict_view.STRICTNESS_HELP)
+            include_reference = st.checkbox(
+                "Send the \"None of these\" reference to visitors' devices", key="share_reference",
+                help="Off by default. The reference holds what the model saw in your training pictures; with it, "
+                     "anyone could test whether a given photo was one of them. Off, visitors' live camera and the "
+                     "bundle answer with classes only, and \"None of these\" is judged on this server for the "
+                     "pictures they send.")
         collect = st.checkbox("Keep the pictures visitors try, for me to label", key="share_collect",
                               help="Off by default. The demo page tells visitors before they drop anything; at most "
                                    "a few hundred pictures are kept, and revoking the link deletes them. They appear "
@@ -65,7 +71,8 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         with st.spinner("Freezing a checked copy of the model for the demo ..."):
             token, demo = store.create(run.path, title=title, description=description, expires=expiry,
                                        allow_download=allow_download, owner_record=record,
-                                       strictness=strictness, exports_in_child=True)
+                                       strictness=strictness, exports_in_child=True,
+                                       include_reference=include_reference)
             if collect:
                 demo_collect.enable(demo.folder)
     except TransferError as error:

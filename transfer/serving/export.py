@@ -21,6 +21,12 @@ probabilities differ by more than :data:`MAX_ABS_DIFF` is refused with a sentenc
   in the visitor's browser, with dropped pictures and the live camera; a zip, or a folder when
   ``output`` does not end in ``.zip``.
 
+The novelty reference (the backbone features of up to 2,048 training pictures, behind "None of
+these") would let whoever holds the file test whether a given photo was among the training
+pictures. ``include_reference`` says whether an export carries it: by default the owner's ONNX,
+TorchScript and bundle do, and a web page (made to be handed to strangers) does not. Without it
+the model answers classes only; "None of these" is judged where the reference stays.
+
 Finished exports are kept in the run folder (``exports/<weights stamp>/``, the stamp being the
 weights file's size and modification time), so asking again costs nothing and retrained weights
 are exported afresh. :func:`prediction_onnx` hands the checked ONNX file to the fast predictor.
@@ -50,6 +56,7 @@ INPUT_NAME, OUTPUT_NAME, NOVELTY_NAME = "input", "probabilities", "novelty"
 EXPORTS_FOLDER = "exports"
 RECORD_FILE = "exports.json"
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+WITHOUT_REFERENCE = "-without-reference"  # the record key and file name of an export left without it
 BUNDLE_REQUIREMENTS = "onnxruntime>=1.17\nnumpy>=1.24\npillow>=10.0\n"
 
 
@@ -75,27 +82,46 @@ class ExportResult:
 # --------------------------------------------------------------------------- the public entry points
 
 
-def export_run(run_dir: Path | str, format: str, output: Path | str | None = None) -> ExportResult:
+def export_run(run_dir: Path | str, format: str, output: Path | str | None = None, *,
+               include_reference: bool | None = None) -> ExportResult:
     """Export a finished run as ``format`` (one of :data:`FORMATS`), checked against PyTorch.
 
     The export is made once per weights file and kept under the run's ``exports/`` folder;
     ``output`` (a file, or a folder to put it in) gets a copy. Raises :class:`ExportError` with a
     sentence when the run has no model, the backbone cannot be exported, or the check fails.
+    ``include_reference``: whether the novelty reference goes along (default: see
+    :func:`reference_included`).
     """
     if format not in FORMATS:
         raise ExportError(f"Unknown export format '{format}': choose one of {', '.join(FORMATS)}.")
     run_dir = Path(run_dir)
-    result = cached_export(run_dir, format) or _export_and_record(run_dir, format)
+    include = reference_included(format, include_reference)
+    result = cached_export(run_dir, format, include) or _export_and_record(run_dir, format, include)
     if output is not None and format == "web" and not str(output).lower().endswith(".zip"):
         return _unpack_page_to(result, output)
     return _copy_to(result, output) if output is not None else result
 
 
-def cached_export(run_dir: Path | str, format: str) -> ExportResult | None:
+def reference_included(format: str, include_reference: bool | None = None) -> bool:
+    """Whether an export carries the novelty reference: as asked, else every format but the web
+    page, which exists to be given away."""
+    return format != "web" if include_reference is None else bool(include_reference)
+
+
+def _variant(format: str, include: bool) -> str:
+    return format if include else format + WITHOUT_REFERENCE
+
+
+def _variant_name(name: str, include: bool) -> str:
+    path = Path(name)
+    return name if include else f"{path.stem}{WITHOUT_REFERENCE}{path.suffix}"
+
+
+def cached_export(run_dir: Path | str, format: str, include_reference: bool | None = None) -> ExportResult | None:
     """The finished export of the run's current weights, or None when not made yet. A refused
     export raises its sentence again without redoing the work."""
     folder = exports_folder(Path(run_dir))
-    record = _read_record(folder).get(format)
+    record = _read_record(folder).get(_variant(format, reference_included(format, include_reference)))
     if not record:
         return None
     if "error" in record:
@@ -133,36 +159,36 @@ def exports_folder(run_dir: Path) -> Path:
 # --------------------------------------------------------------------------- making and recording
 
 
-def _export_and_record(run_dir: Path, format: str) -> ExportResult:
+def _export_and_record(run_dir: Path, format: str, include: bool) -> ExportResult:
     folder = exports_folder(run_dir)
     try:
-        result = _make_export(run_dir, format, folder)
+        result = _make_export(run_dir, format, folder, include)
     except ExportError as error:
-        _record(folder, format, {"error": str(error)})
+        _record(folder, _variant(format, include), {"error": str(error)})
         raise
-    _record(folder, format, {"file": result.path.name, "max_abs_diff": result.max_abs_diff,
+    _record(folder, _variant(format, include), {"file": result.path.name, "max_abs_diff": result.max_abs_diff,
                              "checked_on": result.checked_on, "check_inputs": result.check_inputs})
     return result
 
 
-def _make_export(run_dir: Path, format: str, folder: Path) -> ExportResult:
+def _make_export(run_dir: Path, format: str, folder: Path, include: bool = True) -> ExportResult:
     from transfer.serving.loading import load_run_model
 
     _remove_old_versions(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if format == "bundle":
-        onnx = export_run(run_dir, "onnx")
-        name = f"{run_dir.name}.zip"
-        atomic_write_bytes(folder / name, bundle_bytes(run_dir, onnx.path.read_bytes()))
+        onnx = export_run(run_dir, "onnx", include_reference=include)
+        name = _variant_name(f"{run_dir.name}.zip", include)
+        atomic_write_bytes(folder / name, bundle_bytes(run_dir, onnx.path.read_bytes(), include))
         return ExportResult(folder / name, format, (folder / name).stat().st_size, onnx.max_abs_diff, onnx.checked_on,
                             onnx.check_inputs)
     if format == "web":
-        return _make_web_page(run_dir, folder)
+        return _make_web_page(run_dir, folder, include)
     from transfer.models.novelty import load_reference, scored_model
 
     loaded = load_run_model(run_dir)
     inputs, source = check_inputs(run_dir, loaded.preprocessing)
-    reference = load_reference(run_dir)
+    reference = load_reference(run_dir) if include else None
     wrapped = probability_model(loaded.model) if reference is None else scored_model(loaded.model, reference)
     outputs = [OUTPUT_NAME] if reference is None else [OUTPUT_NAME, NOVELTY_NAME]
     data = onnx_bytes(wrapped, loaded.preprocessing.input_size, loaded.backbone, outputs) if format == "onnx" \
@@ -173,7 +199,7 @@ def _make_export(run_dir: Path, format: str, folder: Path) -> ExportResult:
             f"The {format} export of this run was refused: its class probabilities differ from the studio's "
             f"by up to {difference:.2g} on {len(inputs)} {source} (the limit is {MAX_ABS_DIFF:g}). "
             "Predict with the studio or the safetensors weights instead.")
-    path = folder / FILE_NAMES[format]
+    path = folder / _variant_name(FILE_NAMES[format], include)
     atomic_write_bytes(path, data)
     return ExportResult(path, format, len(data), float(difference), len(inputs), source)
 
@@ -219,16 +245,16 @@ def _copy_to(result: ExportResult, output: Path | str) -> ExportResult:
                         result.check_inputs)
 
 
-def _make_web_page(run_dir: Path, folder: Path) -> ExportResult:
+def _make_web_page(run_dir: Path, folder: Path, include: bool) -> ExportResult:
     """The web page around the checked ONNX export (its check is the page's check: the page's
     own preparation of pictures is held to the studio's by tests/test_web_page.py, bit for bit,
     and by tests/browser/test_live_camera.py in chromium)."""
     from transfer.models.model_io import read_model_info
     from transfer.serving.web_page import web_page_zip
 
-    onnx = export_run(run_dir, "onnx")
-    info = read_model_info(run_dir)
-    name = f"{run_dir.name}-web.zip"
+    onnx = export_run(run_dir, "onnx", include_reference=include)
+    info = read_model_info(run_dir) if include else without_reference(read_model_info(run_dir))
+    name = _variant_name(f"{run_dir.name}-web.zip", include)
     title = "Classifier: " + ", ".join(info["classes"][:6]) + (" ..." if len(info["classes"]) > 6 else "")
     atomic_write_bytes(folder / name, web_page_zip(f"{run_dir.name}-web", onnx.path.read_bytes(), info, title))
     return ExportResult(folder / name, "web", (folder / name).stat().st_size, onnx.max_abs_diff, onnx.checked_on,
@@ -401,12 +427,18 @@ def _validation_tensors(run_dir: Path, preprocessing):
 # --------------------------------------------------------------------------- the bundle
 
 
-def bundle_bytes(run_dir: Path, onnx: bytes) -> bytes:
+def without_reference(info: dict) -> dict:
+    """``model.json`` for a model handed out without its novelty reference: nothing of it, so
+    readers predict classes only."""
+    return {key: value for key, value in info.items() if key != "novelty"}
+
+
+def bundle_bytes(run_dir: Path, onnx: bytes, include_reference: bool = True) -> bytes:
     """The zip: a folder named after the run holding everything needed to predict without torch."""
     from transfer.data import preparation as bundle_predict
     from transfer.models.model_io import MODEL_INFO_FILE, WEIGHTS_FILE, read_model_info
 
-    info = read_model_info(run_dir)
+    info = read_model_info(run_dir) if include_reference else without_reference(read_model_info(run_dir))
     bundled_info = {**info, "weights": "model.safetensors",
                     "onnx": {"file": "model.onnx", "input": INPUT_NAME, "output": OUTPUT_NAME, "opset": ONNX_OPSET,
                              **({"novelty_output": NOVELTY_NAME} if info.get("novelty") else {})}}
@@ -437,7 +469,8 @@ def model_card(run_dir: Path) -> str:
 EXPORT_TIMEOUT_SECONDS = 900
 
 
-def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPORT_TIMEOUT_SECONDS) -> ExportResult:
+def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPORT_TIMEOUT_SECONDS, *,
+                         include_reference: bool | None = None) -> ExportResult:
     """:func:`export_run` in a child process (``transfer export --json``): a web server stays
     responsive and never holds the exporter's memory. The child runs at a lower CPU priority
     with a bounded thread count. Returns the cached result; raises :class:`ExportError`."""
@@ -445,10 +478,12 @@ def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPO
 
     from transfer.core.child import run_module
 
-    cached = cached_export(run_dir, format)
+    include = reference_included(format, include_reference)
+    cached = cached_export(run_dir, format, include)
     if cached is not None:
         return cached
-    arguments = ["export", str(Path(run_dir).resolve()), "--format", format, "--json"]
+    arguments = ["export", str(Path(run_dir).resolve()), "--format", format, "--json",
+                 "--include-reference" if include else "--no-include-reference"]
     try:
         done = run_module("transfer.cli.commands", arguments, timeout=timeout, niced=True,
                           env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
@@ -461,6 +496,6 @@ def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPO
     if done.returncode != 0 or "path" not in answer:
         detail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
         raise ExportError(f"The {format} export stopped unexpectedly ({detail}); try again, or use `transfer export`.")
-    return cached_export(run_dir, format) or ExportResult(Path(answer["path"]), format, int(answer["bytes"]),
+    return cached_export(run_dir, format, include) or ExportResult(Path(answer["path"]), format, int(answer["bytes"]),
                                                           float(answer["max_abs_diff"]), int(answer["checked_on"]),
                                                           str(answer["check_inputs"]))

@@ -40,6 +40,9 @@ USAGE_FILE = "usage.json"
 OWNER_FILE = "demos.json"  # in a session's workspace (or the command line's folder): the tokens it created
 BUNDLE_FILE = "bundle.zip"
 ONNX_FILE = "model.onnx"  # the name transfer.serving.predict looks for in a folder: the fast path
+# What a demo's live camera sends to visitors' browsers when the owner keeps the novelty reference
+# on the server (the default): the same model without it, so it answers classes only.
+LIVE_ONNX_FILE = "live.onnx"
 MODEL_FILES = ("model.json", "model.safetensors", LABELS_FILE)
 NOVELTY_FILE = "novelty.safetensors"  # transfer.models.novelty's reference: copied when the run has one
 
@@ -138,6 +141,7 @@ class Demo:
     pictures_tried: int = 0
     folder: Path | None = None
     strictness: str = "normal"  # when the demo says "None of these" (transfer.models.novelty.STRICTNESS)
+    include_reference: bool = False  # whether visitors' devices get the novelty reference (live camera, bundle)
 
     @property
     def id(self) -> str:
@@ -199,13 +203,17 @@ class DemoStore:
 
     def create(self, run_dir: Path | str, *, title: str = "", description: str = "", expires: str | None = "7d",
                allow_download: bool = False, owner_record: Path | None = None,
-               strictness: str = "normal", exports_in_child: bool = False) -> tuple[str, Demo]:
+               strictness: str = "normal", exports_in_child: bool = False,
+               include_reference: bool = False) -> tuple[str, Demo]:
         """Snapshot a finished run's model into a new demo; returns ``(token, demo)``.
 
         The snapshot is assembled in a hidden folder and renamed into place, so a half-copied
         demo is never served. ``owner_record`` (a ``demos.json``) gets the token appended.
         ``exports_in_child`` (the web server) makes missing exports in a child process only:
         an export that fails or takes too long there is never retried in this process.
+        ``include_reference``: whether what reaches visitors' devices (the live camera's model, the
+        bundle) carries the novelty reference. Without it (the default) "None of these" is judged
+        on this server only, from the snapshot's own ``model.onnx``, which is never sent.
         """
         from transfer.models.novelty import STRICTNESS
 
@@ -220,7 +228,7 @@ class DemoStore:
                     description=_clean(description, MAX_DESCRIPTION_CHARS), run_id=run.id, classes=classes,
                     val_accuracy=run.status().get("best_val_accuracy"), created_at=now,
                     expires_at=None if expires_in is None else now + expires_in, allow_download=bool(allow_download),
-                    strictness=strictness)
+                    strictness=strictness, include_reference=bool(include_reference))
         self._ensure_root()
         staging = self.root / f".new-{demo.digest}"
         try:
@@ -229,7 +237,7 @@ class DemoStore:
                 shutil.copy2(run.path / name, staging / name)
             if (run.path / NOVELTY_FILE).is_file():
                 shutil.copy2(run.path / NOVELTY_FILE, staging / NOVELTY_FILE)
-            copy_exports(run, staging, allow_download, exports_in_child)
+            copy_exports(run, staging, allow_download, exports_in_child, bool(include_reference))
             atomic_write_json(staging / DEMO_FILE, demo.record())
             atomic_write_json(staging / USAGE_FILE, {"pictures_tried": 0, "recent": []})
             os.replace(staging, self.root / demo.digest)
@@ -314,7 +322,7 @@ class DemoStore:
         if demo.revoked_at is None:
             demo.revoked_at = self.clock()
             atomic_write_json(demo.folder / DEMO_FILE, demo.record())
-        for name in (*MODEL_FILES, NOVELTY_FILE, ONNX_FILE, BUNDLE_FILE):
+        for name in (*MODEL_FILES, NOVELTY_FILE, ONNX_FILE, LIVE_ONNX_FILE, BUNDLE_FILE):
             (demo.folder / name).unlink(missing_ok=True)
         shutil.rmtree(demo.folder / COLLECTED_FOLDER, ignore_errors=True)
         return demo
@@ -408,18 +416,24 @@ def public_base_url(default: str = "http://localhost:8501") -> str:
     return (os.environ.get("TRANSFER_PUBLIC_URL") or default).strip().rstrip("/")
 
 
-def copy_exports(run: RunDir, folder: Path, with_bundle: bool, in_child: bool = False) -> None:
+def copy_exports(run: RunDir, folder: Path, with_bundle: bool, in_child: bool = False,
+                 include_reference: bool = False) -> None:
     """Freeze the run's checked exports into the demo: ``model.onnx`` for fast predictions (a
     backbone that cannot be exported is predicted with PyTorch instead) and, for a demo that
     offers downloads, the bundle (then an export that fails is a sentence: no download is faked).
-    ``in_child``: exports are made by a ``transfer export`` child, so this process never loads torch."""
+    ``in_child``: exports are made by a ``transfer export`` child, so this process never loads torch.
+    Without ``include_reference`` the live camera's ``live.onnx`` and the bundle leave the novelty
+    reference out (for a run that has none, ``model.onnx`` is already that model)."""
     from transfer.serving.export import ExportError, export_in_subprocess, export_run
 
     export = export_in_subprocess if in_child else export_run
     try:
         shutil.copy2(export(run.path, "onnx").path, folder / ONNX_FILE)
+        if not include_reference and (run.path / NOVELTY_FILE).is_file():
+            shutil.copy2(export(run.path, "onnx", include_reference=False).path, folder / LIVE_ONNX_FILE)
         if with_bundle:
-            copy_bundle_without_run_id(export(run.path, "bundle").path, folder / BUNDLE_FILE, run.id)
+            bundle = export(run.path, "bundle", include_reference=include_reference).path
+            copy_bundle_without_run_id(bundle, folder / BUNDLE_FILE, run.id)
     except ExportError as error:
         if with_bundle:
             raise ShareError(f"{error} The demo can still be shared without the download.") from None
