@@ -14,6 +14,8 @@ import pytest
 from test_page_evaluate import trained  # noqa: F401 (the shared tiny finished run)
 from test_page_predict import encoded
 from test_share import exported, run  # noqa: F401
+from transfer.core.quota import DiskQuota, folder_bytes
+from transfer.runtime import gc
 from transfer.serving import export, share
 from transfer.serving.server_predict import ServerPredictor
 from transfer.serving.share import DemoStore, ShareError
@@ -81,3 +83,42 @@ def test_a_demo_hands_out_no_novelty_reference_unless_its_owner_says_so(run):
     assert not (shared.folder / share.LIVE_ONNX_FILE).exists()
     assert output_names(live_view.model_files(shared.folder)[0]) == ["probabilities", "novelty"]
     assert share.NOVELTY_FILE in bundle_entries(shared.bundle_path)
+
+
+def test_an_owner_has_a_capped_number_of_live_demos_within_the_quota(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_DEMOS_PER_OWNER", "2")
+    record = tmp_path / "owner" / share.OWNER_FILE
+    store = DemoStore()
+    first, _ = store.create(run.path, owner_record=record)
+    store.create(run.path, owner_record=record)
+    with pytest.raises(ShareError, match="already have 2 live demo links"):
+        store.create(run.path, owner_record=record)
+    store.revoke(first)
+    store.create(run.path, owner_record=record)  # a revoked demo frees its place
+
+    tight = DiskQuota(tmp_path / "owner", folder_bytes(tmp_path / "owner") + 1000)
+    monkeypatch.setenv("TRANSFER_DEMOS_PER_OWNER", "10")
+    before = len(store.list())
+    with pytest.raises(ShareError, match="quota.*Your demos count too"):
+        store.create(run.path, owner_record=record, quota=tight)
+    assert len(store.list()) == before  # nothing half-made is left
+
+
+def test_gc_collects_expired_demos_and_deleting_a_session_revokes_its_demos(run, transfer_home):
+    workspace = transfer_home / "sessions" / "someone"
+    workspace.mkdir(parents=True)
+    record = workspace / share.OWNER_FILE
+    store = DemoStore()
+    expiring, _ = store.create(run.path, expires="1h", owner_record=record)
+    forever, kept = store.create(run.path, expires="never", owner_record=record)
+    later = DemoStore(clock=lambda: store.clock() + 7200)
+    collected = gc.collect(max_idle_days=365, home=transfer_home, now=later.clock())
+    ended = later.find(expiring)
+    assert collected.demos_collected == [ended.id]
+    assert not (ended.folder / "model.safetensors").exists() and ended.state(later.clock()) == "expired"
+    assert (kept.folder / "model.safetensors").exists()  # a live demo is never touched
+
+    gc.delete_session(workspace)
+    with pytest.raises(share.DemoUnavailable):
+        DemoStore().open(forever)
+    assert not (kept.folder / "model.safetensors").exists()

@@ -17,6 +17,7 @@ from transfer.serving import demo_collect
 from transfer.core.errors import TransferError
 from transfer.models.novelty import STRICTNESS
 from transfer.core.runs import RunDir
+from transfer.core.quota import DiskQuota
 from transfer.serving.share import (EXPIRY_CHOICES, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, OWNER_FILE, DemoStore,
                             default_title, demo_link, public_base_url)
 from ui import predict_view, session
@@ -72,7 +73,8 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
             token, demo = store.create(run.path, title=title, description=description, expires=expiry,
                                        allow_download=allow_download, owner_record=record,
                                        strictness=strictness, exports_in_child=True,
-                                       include_reference=include_reference)
+                                       include_reference=include_reference,
+                                       quota=DiskQuota.for_session(session.workspace()))
             if collect:
                 demo_collect.enable(demo.folder)
     except TransferError as error:

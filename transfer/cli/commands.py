@@ -349,7 +349,9 @@ def cmd_gc(args) -> int:
           f"{'to delete' if result.dry_run else 'deleted'}, least recently used first")
     print(f"stored starting weights no run uses: {len(result.weights_removed)} "
           f"{'to delete' if result.dry_run else 'deleted'}")
-    print(f"{verb} {result.bytes_freed / 1e6:.1f} MB in all; shared demos and active runs are never touched.")
+    print(f"expired demos whose model files and kept pictures were deleted: {len(result.demos_collected)} "
+          f"{'to collect' if result.dry_run else 'collected'}")
+    print(f"{verb} {result.bytes_freed / 1e6:.1f} MB in all; live demos and active runs are never touched.")
     return 0
 
 

@@ -62,6 +62,8 @@ MAX_DESCRIPTION_CHARS = 2000
 # Limits for strangers, each overridable by an environment variable of the same name.
 DEFAULT_PICTURES_PER_MINUTE = 30
 DEFAULT_MAX_PICTURE_MB = 10
+# Limits for owners: live demos per owner (each a copy of a model, served to anyone with the link).
+DEFAULT_DEMOS_PER_OWNER = 10
 COLLECTED_FOLDER = "collected"  # visitors' pictures kept for the owner (transfer.serving.demo_collect)
 RATE_WINDOW_SECONDS = 60.0
 
@@ -204,7 +206,7 @@ class DemoStore:
     def create(self, run_dir: Path | str, *, title: str = "", description: str = "", expires: str | None = "7d",
                allow_download: bool = False, owner_record: Path | None = None,
                strictness: str = "normal", exports_in_child: bool = False,
-               include_reference: bool = False) -> tuple[str, Demo]:
+               include_reference: bool = False, quota=None) -> tuple[str, Demo]:
         """Snapshot a finished run's model into a new demo; returns ``(token, demo)``.
 
         The snapshot is assembled in a hidden folder and renamed into place, so a half-copied
@@ -214,6 +216,8 @@ class DemoStore:
         ``include_reference``: whether what reaches visitors' devices (the live camera's model, the
         bundle) carries the novelty reference. Without it (the default) "None of these" is judged
         on this server only, from the snapshot's own ``model.onnx``, which is never sent.
+        An owner has at most ``TRANSFER_DEMOS_PER_OWNER`` live demos, and their files count against
+        ``quota`` (the owner's transfer.core.quota.DiskQuota) with what the owner stores.
         """
         from transfer.models.novelty import STRICTNESS
 
@@ -222,6 +226,7 @@ class DemoStore:
         run = RunDir(run_dir)
         classes = self._check_run(run)
         expires_in = parse_expiry(expires)
+        self._check_owner_limits(owner_record)
         now = self.clock()
         token = new_token()
         demo = Demo(digest=token_digest(token), title=_clean(title, MAX_TITLE_CHARS) or default_title(classes),
@@ -238,6 +243,8 @@ class DemoStore:
             if (run.path / NOVELTY_FILE).is_file():
                 shutil.copy2(run.path / NOVELTY_FILE, staging / NOVELTY_FILE)
             copy_exports(run, staging, allow_download, exports_in_child, bool(include_reference))
+            if quota is not None and owner_record is not None:
+                self._check_quota(quota, owner_record, staging)
             atomic_write_json(staging / DEMO_FILE, demo.record())
             atomic_write_json(staging / USAGE_FILE, {"pictures_tried": 0, "recent": []})
             os.replace(staging, self.root / demo.digest)
@@ -251,6 +258,25 @@ class DemoStore:
         if owner_record is not None:
             remember_token(owner_record, token)
         return token, demo
+
+    def _check_owner_limits(self, owner_record: Path | None) -> None:
+        if owner_record is None:
+            return
+        limit = int(_limit_from_env("TRANSFER_DEMOS_PER_OWNER", DEFAULT_DEMOS_PER_OWNER))
+        live = [demo for _, demo in self.owned(owner_record) if demo.state(self.clock()) == "live"]
+        if len(live) >= limit:
+            raise ShareError(f"You already have {len(live)} live demo links, the most one owner may have; revoke "
+                             "one you no longer need, then share again.")
+
+    def _check_quota(self, quota, owner_record: Path, staging: Path) -> None:
+        from transfer.core.quota import QuotaExceeded, folder_bytes
+
+        needed = folder_bytes(staging)
+        held = sum(folder_bytes(demo.folder) for _, demo in self.owned(owner_record))
+        try:
+            quota.check(needed + held)
+        except QuotaExceeded as refused:
+            raise ShareError(f"{refused} (Your demos count too: they hold {_size(held)}.)") from None
 
     def _check_run(self, run: RunDir) -> list[str]:
         if not run.exists():
@@ -322,10 +348,37 @@ class DemoStore:
         if demo.revoked_at is None:
             demo.revoked_at = self.clock()
             atomic_write_json(demo.folder / DEMO_FILE, demo.record())
+        self.revoke_files(demo)
+        return demo
+
+    @staticmethod
+    def revoke_files(demo: Demo) -> None:
         for name in (*MODEL_FILES, NOVELTY_FILE, ONNX_FILE, LIVE_ONNX_FILE, BUNDLE_FILE):
             (demo.folder / name).unlink(missing_ok=True)
         shutil.rmtree(demo.folder / COLLECTED_FOLDER, ignore_errors=True)
-        return demo
+
+    def revoke_demos_of_owner(self, owner_record: Path) -> int:
+        """Revoke every live demo an owner's record names (the owner is being deleted: nobody could
+        revoke them afterwards); the number revoked."""
+        revoked = 0
+        for token, demo in self.owned(Path(owner_record)):
+            if demo.state(self.clock()) == "live":
+                self.revoke(token)
+                revoked += 1
+        return revoked
+
+    def collect_ended(self) -> list[Demo]:
+        """Delete the model files and kept pictures of demos that expired (revoking already did
+        that); their records stay, so owners still see them as expired. The demos collected."""
+        ended = []
+        for demo in self.list():
+            if demo.state(self.clock()) == "expired" and self.holds_files(demo):
+                self.revoke_files(demo)
+                ended.append(demo)
+        return ended
+
+    def holds_files(self, demo: Demo) -> bool:
+        return any((demo.folder / name).exists() for name in (*MODEL_FILES, ONNX_FILE, COLLECTED_FOLDER))
 
     # ----------------------------------------------------------------- visitors' pictures
 
@@ -353,6 +406,12 @@ class DemoStore:
 
 
 # --------------------------------------------------------------------------- owners' records
+
+
+def revoke_demos_of_owner(owner_record: Path | str) -> int:
+    """Revoke the live demos whose tokens an owner's record (``demos.json``) holds, before the owner
+    (a session, a project) is deleted; the number revoked."""
+    return DemoStore().revoke_demos_of_owner(Path(owner_record))
 
 
 def remember_token(record: Path, token: str) -> None:
