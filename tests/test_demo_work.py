@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -93,3 +94,25 @@ def test_pictures_are_decoded_in_the_web_server_a_few_at_a_time(owner, monkeypat
     for thread in threads:
         thread.join()
     assert most[0] == 2  # TRANSFER_SERVER_DECODES unset: two at a time
+
+
+def test_reruns_of_a_demo_read_neither_its_bundle_nor_its_live_model_again(owner, monkeypatch, tmp_path):
+    from test_page_live import live_views, open_live
+    from transfer.serving import web_page
+
+    placeholders = tmp_path / "ort"  # onnxruntime-web's files as installed: AppTest runs no browser
+    placeholders.mkdir()
+    for name in web_page.RUNTIME_FILES:
+        (placeholders / name).write_bytes(b"placeholder")
+    monkeypatch.setattr(web_page, "RUNTIME_FOLDER", placeholders)
+    token, demo = DemoStore().create(owner[1].path, allow_download=True)
+    reads = []
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or original(self))
+    app = open_live(open_demo(token))
+    assert live_views(app)
+    for _ in range(3):
+        app.run()
+    assert not app.exception
+    assert "bundle.zip" not in reads  # read when a visitor clicks the download, not on every rerun
+    assert reads.count("live.onnx") <= 1  # once per model version for the whole server

@@ -153,7 +153,8 @@ def offer_download(demo) -> None:
     if bundle is None:
         return
     st.divider()
-    st.download_button("Download the model (bundle zip)", bundle.read_bytes(), file_name=f"{bundle_name(demo)}.zip",
+    # Read only when the visitor clicks, not on every rerun of the page.
+    st.download_button("Download the model (bundle zip)", lambda: bundle.read_bytes(), file_name=f"{bundle_name(demo)}.zip",
                        mime="application/zip", icon=":material/download:", on_click="ignore", key="demo_bundle",
                        help="The model with a predict.py that runs without this studio.")
 

@@ -55,6 +55,13 @@ def opaque_id(onnx: Path) -> str:
     return hashlib.sha256(f"{onnx.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:24]
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def model_bytes(path: str, model_id: str) -> bytes:
+    """The model file the browser runs, read once per version (``model_id``) for every open live
+    view of this server, not on each rerun."""
+    return Path(path).read_bytes()
+
+
 def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
                  strictness: str | None = None) -> bytes | None:
     """The "Live camera" button and, once pressed, the camera view. Returns the PNG of a frame
@@ -82,8 +89,9 @@ def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
         st.warning(f"This model is too large to run in the browser ({size_mb:.0f} MB; the limit is {MAX_MODEL_MB} MB): "
                    "use the Pictures or Webcam tab, or train a smaller backbone such as EfficientNet-Lite0.", icon=":material/memory:")
         return None
-    value = _live_camera(model=onnx.read_bytes(), info=browser_info(info, strictness=strictness),
-                         model_id=opaque_id(onnx), top_k=top_k, explain=explain, autostart=True, key=f"{key}_view",
+    model_id = opaque_id(onnx)
+    value = _live_camera(model=model_bytes(str(onnx), model_id), info=browser_info(info, strictness=strictness),
+                         model_id=model_id, top_k=top_k, explain=explain, autostart=True, key=f"{key}_view",
                          default=None, height=FRAME_HEIGHT)
     if isinstance(value, (bytes, bytearray)) and len(value) > COUNTER_BYTES:
         return bytes(value[COUNTER_BYTES:])
