@@ -81,7 +81,8 @@ def test_a_demo_visitor_gets_only_the_demos_model_and_an_explained_frame_counts(
     token, demo = DemoStore().create(run.path, title="Colours")
     app = open_live(open_demo(token))
     views = live_views(app)
-    assert len(views) == 1 and sent_model(views[0]) == (demo.folder / "model.onnx").read_bytes()
+    # The demo's model without the novelty reference (its model.onnx with it stays on the server).
+    assert len(views) == 1 and sent_model(views[0]) == (demo.folder / "live.onnx").read_bytes()
     monkeypatch.setattr(live_view, "_live_camera", lambda **arguments: b"\x00\x00\x00\x02" + png_frame())
     app.run()
     assert not app.exception and "explained camera frame" in all_text(app)
@@ -105,7 +106,7 @@ def test_download_as_a_web_page_is_prepared_once_then_offered(owner):
     assert not app.exception
     downloads = [button.proto.label for button in app.get("download_button")]
     assert any(label.startswith("Download as a web page (") for label in downloads), downloads
-    assert cached_export(run.path, "web").path.name == f"{run.id}-web.zip"
+    assert cached_export(run.path, "web").path.name == f"{run.id}-web-without-reference.zip"
 
 
 def test_a_model_too_large_for_the_browser_is_not_sent(owner, runtime, monkeypatch):

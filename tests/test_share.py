@@ -65,8 +65,9 @@ def test_a_demo_is_a_snapshot_named_by_the_tokens_hash(store, run, transfer_home
     token, demo = store.create(run.path, title="Colours", description="Try **it**", expires="7d")
     assert re.fullmatch(r"[A-Za-z0-9_-]+", token) and len(token) * 6 >= 128  # URL-safe, >= 128 random bits
     assert demo.folder == transfer_home / "demos" / share.token_digest(token)
-    assert sorted(p.name for p in demo.folder.iterdir()) == ["demo.json", "labels.json", "model.json", "model.onnx",
-                                                            "model.safetensors", "novelty.safetensors", "usage.json"]
+    assert sorted(p.name for p in demo.folder.iterdir()) == ["demo.json", "labels.json", "live.onnx", "model.json",
+                                                            "model.onnx", "model.safetensors", "novelty.safetensors",
+                                                            "usage.json"]
     # Nothing on disk under demos/ names or contains the token: a listing or a backup reveals no link.
     for path in (transfer_home / "demos").rglob("*"):
         assert token not in path.name

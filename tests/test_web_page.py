@@ -80,8 +80,10 @@ def test_export_web_writes_a_complete_page_folder_or_zip(exported, tmp_path, cap
     assert {"index.html", "model.onnx", "model.json", *web_page.PAGE_FILES} <= names
     assert {f"ort/{name}" for name in web_page.RUNTIME_FILES} <= names
     assert answer["bytes"] == sum((folder / name).stat().st_size for name in names)
-    assert (folder / "model.onnx").read_bytes() == cached_export(run.path, "onnx").path.read_bytes()
+    # A page is made to be given away: it leaves the novelty reference out unless asked.
+    assert (folder / "model.onnx").read_bytes() == cached_export(run.path, "onnx", include_reference=False).path.read_bytes()
     info = json.loads((folder / "model.json").read_text())
+    assert "novelty" not in info
     assert info["classes"] == run.labels() and info["onnx"]["output"] == "probabilities"
     page_text = "".join((folder / name).read_text() for name in ("index.html", "model.json"))
     assert str(run.path) not in page_text and "colours" not in page_text  # nothing of the owner's data
@@ -96,7 +98,7 @@ def test_without_the_runtime_the_web_export_says_what_to_do_and_is_not_remembere
     run = tmp_path / exported.run.id  # a copy whose checked ONNX export is kept, but no web page yet
     shutil.copytree(exported.run.path, run)
     for record in run.glob("exports/*/exports.json"):
-        record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "web"}))
+        record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if not k.startswith("web")}))
     monkeypatch.setattr(web_page, "RUNTIME_FOLDER", tmp_path / "missing")
     with pytest.raises(web_page.WebRuntimeMissing, match="npm"):
         export_run(run, "web")

@@ -139,10 +139,10 @@ def delete_session_control() -> None:
     st.caption(f"This session's uploads, runs and settings stay on this machine until you delete them {kept}.")
     _notice_here(key)
     question = ("Delete everything this session stored (uploads, runs, models, settings) for good? "
-                "Running runs must be stopped first. Demo links already shared keep working.")
+                "Running runs must be stopped first. Its demo links stop working too.")
     if _confirmed(key, "Delete all of this session's data", question):
         def action() -> int:
-            freed = gc.delete_session(session.workspace())
+            freed = gc.delete_session(session.workspace())  # revokes the session's live demos first
             for name in [name for name in st.session_state if str(name).startswith("confirm_delete:")]:
                 del st.session_state[name]
             return freed

@@ -18,12 +18,13 @@ import streamlit as st
 from transfer.analysis.trust import Accuracy, UnsureMargin
 from transfer.serving import demo_collect
 from transfer.core.errors import TransferError
-from transfer.data.images import IMAGE_EXTENSIONS
+from transfer.data.images import IMAGE_EXTENSIONS, ImageError, check_pixel_count
 from transfer.core.runs import RunDir
 from transfer.serving.share import INVALID_LINK, DemoLimitReached, DemoStore, DemoUnavailable
-from ui import live_view, predict_view
+from ui import live_view, predict_view, upload_guard
 
 DEMO_PARAM = "demo"
+DEMO_MAX_PIXELS = 16_000_000  # owners' pages take 64 MP; a stranger's picture costs the server at most 48 MB decoded
 PICTURE_TYPES = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 _ADMITTED = "demo_admitted_pictures"  # digests of this visitor's pictures already counted
 
@@ -42,6 +43,7 @@ def render() -> None:
     except DemoUnavailable:
         show_invalid()
         return
+    upload_guard.admit(upload_guard.DEMO)  # a valid link only: its pictures, within a demo's small budget
     introduction = st.empty()  # on screen while the model loads, taken back if it cannot load
     with introduction.container():
         st.title(demo.title)
@@ -75,6 +77,9 @@ def render() -> None:
             show_picture(store, token, snapshot, "webcam picture", photo.getvalue(), top_k, show_cam, "webcam",
                          demo.strictness)
     with live_tab:  # classified in the visitor's browser: costs this server nothing per frame
+        if predict_view.has_novelty(snapshot) and not demo.include_reference:
+            st.caption("The live camera names classes only: \"None of these\" is judged on this server, for the "
+                       "pictures you send and the frames you ask to explain.")
         frame = live_view.live_section(snapshot.path, top_k, "demo_live", strictness=demo.strictness)
         if frame is not None:  # "Explain this frame" counts as one picture tried
             show_picture(store, token, snapshot, "explained camera frame", frame, top_k, True, "live", demo.strictness)
@@ -115,10 +120,19 @@ def options(classes: int) -> tuple[int, bool]:
 
 def show_picture(store: DemoStore, token: str, snapshot: RunDir, name: str, data: bytes, top_k: int, show_cam: bool,
                  key: str, strictness: str = "normal") -> None:
+    try:  # before counting or decoding anything: a visitor's picture is smaller than an owner's
+        check_pixel_count(data, DEMO_MAX_PIXELS)
+    except ImageError as error:
+        st.warning(f"{name}: this demo takes pictures up to {DEMO_MAX_PIXELS // 1_000_000} megapixels "
+                   f"({error.detail}); send a smaller one.", icon=":material/photo_size_select_large:")
+        return
     content = predict_view.digest(data)
+    # Counted by content alone, as the server's work is cached: a new name or another number of
+    # classes shown is neither counted nor computed again.
     if not admitted(store, token, name, content, len(data)):
         return
-    demo_collect.keep_picture(store.open(token), data)
+    with predict_view.DECODE_SLOTS:  # checking a picture to collect decodes it too
+        demo_collect.keep_picture(store.open(token), data)
     result = predict_view.predict_picture(str(snapshot.path), predict_view.weights_version(snapshot), content, name,
                                           data, top_k, show_cam, strictness)
     demo = store.open(token)
@@ -148,7 +162,8 @@ def offer_download(demo) -> None:
     if bundle is None:
         return
     st.divider()
-    st.download_button("Download the model (bundle zip)", bundle.read_bytes(), file_name=f"{bundle_name(demo)}.zip",
+    # Read only when the visitor clicks, not on every rerun of the page.
+    st.download_button("Download the model (bundle zip)", lambda: bundle.read_bytes(), file_name=f"{bundle_name(demo)}.zip",
                        mime="application/zip", icon=":material/download:", on_click="ignore", key="demo_bundle",
                        help="The model with a predict.py that runs without this studio.")
 

@@ -17,6 +17,7 @@ import streamlit as st
 import streamlit.components.v1 as components
 
 from transfer.runtime import access
+from ui import upload_guard
 
 _UNLOCKED = "studio_unlocked"
 _FIELD = "studio_password"
@@ -56,7 +57,15 @@ def _password_check(password: str) -> access.PasswordCheck:
 
 
 def unlocked() -> bool:
-    """True when this session may use the studio: no password is set, or this browser typed it."""
+    """True when this session may use the studio: no password is set, or this browser typed it.
+    Only then may the session upload files (a locked page makes the server keep no upload)."""
+    if _is_unlocked():
+        upload_guard.admit(upload_guard.STUDIO)
+        return True
+    return False
+
+
+def _is_unlocked() -> bool:
     if access.configured_password() is None:
         return True
     if st.session_state.get(_UNLOCKED):

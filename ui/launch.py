@@ -7,6 +7,8 @@ Three things happen before Streamlit starts:
 - The server starts in the app's own folder, whatever folder the command was given in (a checkout,
   or the installed ``transfer_studio`` package of ``transfer studio``): Streamlit reads its
   settings from ``.streamlit/config.toml`` there.
+- Uploads are let in only from sessions the pages admitted, within a memory budget
+  (see ``ui.upload_guard``).
 - Streamlit is told that app.py builds the navigation, so that a link into a page as the first
   visit after a start shows the studio, not Streamlit's raw list of ``pages/`` files
   (see ``ui.pages_mode``).
@@ -52,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from streamlit.web import cli
 
+    from ui import upload_guard
     from ui.pages_mode import declare_own_navigation
 
     declare_own_navigation()
+    upload_guard.install()  # before Streamlit builds its server: no upload from a session not let in
     os.chdir(APP.parent)  # Streamlit reads .streamlit/config.toml from the folder it starts in
     start_warm_worker()
 

@@ -30,26 +30,38 @@ COUNTER_BYTES = 4  # the component puts a click counter before the PNG, so every
 
 
 def model_files(folder: Path) -> tuple[Path, dict]:
-    """The ONNX file and model.json the browser runs: a demo snapshot's own ``model.onnx``, or a
-    run's checked export (made by a child process on first use, never in the server). Always
-    float32: the int8 model answered the live camera more slowly in onnxruntime-web (measured
-    in chromium on Lite0: 2.3 against 3.5 to 4.6 answers a second), so it is not used here."""
-    from transfer.serving.export import export_in_subprocess
+    """The ONNX file and model.json the browser runs: a demo snapshot's ``live.onnx`` (without the
+    novelty reference) or own ``model.onnx``, or a run's checked export (made by a child process on
+    first use, never in the server). Always float32: the int8 model answered the live camera more
+    slowly in onnxruntime-web (measured in chromium on Lite0: 2.3 against 3.5 to 4.6 answers a
+    second), so it is not used here."""
+    from transfer.serving.export import export_in_subprocess, without_reference
+    from transfer.serving.share import LIVE_ONNX_FILE
 
     onnx = folder / "model.onnx"
-    if not onnx.is_file():
+    kept_on_server = (folder / LIVE_ONNX_FILE).is_file()  # a demo whose owner keeps the reference here
+    if kept_on_server:
+        onnx = folder / LIVE_ONNX_FILE
+    elif not onnx.is_file():
         onnx = export_in_subprocess(folder, "onnx").path
     try:
         info = json.loads((folder / "model.json").read_text())
     except (OSError, ValueError):
         raise TransferError("This model's description (model.json) cannot be read; train the model again.") from None
-    return onnx, info
+    return onnx, without_reference(info) if kept_on_server else info
 
 
 def opaque_id(onnx: Path) -> str:
     """Names this version of the model for the browser without telling it any path."""
     stat = onnx.stat()
     return hashlib.sha256(f"{onnx.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def model_bytes(path: str, model_id: str) -> bytes:
+    """The model file the browser runs, read once per version (``model_id``) for every open live
+    view of this server, not on each rerun."""
+    return Path(path).read_bytes()
 
 
 def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
@@ -80,8 +92,9 @@ def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
                    "use the Pictures or Webcam tab, or train a smaller backbone such as EfficientNet-Lite0.", icon=":material/memory:")
         return None
     info = {**info, "unsure_margin": unsure_margin_of(folder)}
-    value = _live_camera(model=onnx.read_bytes(), info=browser_info(info, strictness=strictness),
-                         model_id=opaque_id(onnx), top_k=top_k, explain=explain, autostart=True, key=f"{key}_view",
+    model_id = opaque_id(onnx)
+    value = _live_camera(model=model_bytes(str(onnx), model_id), info=browser_info(info, strictness=strictness),
+                         model_id=model_id, top_k=top_k, explain=explain, autostart=True, key=f"{key}_view",
                          default=None, height=FRAME_HEIGHT)
     if isinstance(value, (bytes, bytearray)) and len(value) > COUNTER_BYTES:
         return bytes(value[COUNTER_BYTES:])

@@ -5,7 +5,9 @@ class, top-k bars)."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import os
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,10 @@ from ui import session
 
 RUN_PARAM = "run"  # the same query parameter as the Train page, so links carry the chosen run over
 DISPLAY_PIXELS = 480  # longest side of an uploaded picture as shown on the page
+# A 64-megapixel picture takes about 200 MB while it is decoded: however many visitors drop
+# pictures at once, only this many are decoded in the web server at the same time.
+DECODE_SLOTS_ENV = "TRANSFER_SERVER_DECODES"
+DECODE_SLOTS = threading.BoundedSemaphore(max(1, int(os.environ.get(DECODE_SLOTS_ENV, "") or 2)))
 STRICTNESS_QUESTION = "How sure must it be that a picture belongs to a class?"
 STRICTNESS_HELP = ("Pictures that look unlike every class the model learned are answered \"None of these\". "
                    "Relaxed, normal and strict let through about "
@@ -183,28 +189,52 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def predict_picture(run_path: str, version: float, content_digest: str, name: str, _data: bytes, top_k: int,
+def predict_picture(run_path: str, version: float, content_digest: str, name: str, data: bytes, top_k: int,
                     with_cam: bool, strictness: str = "normal") -> PictureResult:
     """Top-k (and Grad-CAM when asked) of one uploaded picture, and whether it is "None of these"
-    at ``strictness``; cached per run, content and options, so a rerun of the page (any click)
-    predicts nothing again."""
+    at ``strictness``. What the server computes is cached by the picture's content only: the full
+    ranking once per run, content and strictness, the heat map once per run and content; the
+    file's name and the number of classes shown are applied here. So a rerun, a new name or a
+    moved "Classes to show" slider computes nothing again."""
+    ranked = rank_picture(run_path, version, content_digest, data, strictness)
+    result = replace(ranked, name=name, error=_sentence(name, ranked.error) if ranked.error else "")
+    if result.error:
+        return result
+    # two classes at least, to tell an unsure answer; render_picture shows ``top_k`` of them
+    result.prediction = {**ranked.prediction, "top_k": ranked.prediction["top_k"][:max(2, top_k)]}
+    result.top_k = max(1, top_k)
+    if with_cam:
+        result.overlay, result.cam_note = explain_picture(run_path, version, content_digest, data)
+    return result
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def rank_picture(run_path: str, version: float, content_digest: str, _data: bytes,
+                 strictness: str = "normal") -> PictureResult:
+    """The thumbnail and every class of one picture, most likely first (no name: the error, if
+    any, is the reason alone). Decoding waits for one of the server's few decode slots."""
     from transfer.data.images import thumbnail
 
     predictor = _load_predictor(run_path, version)
     try:
-        picture = np.asarray(thumbnail(_data, DISPLAY_PIXELS))
-        prediction = predictor.predict(_data, max(2, top_k), unknown_threshold=strictness)[0]
-        result = PictureResult(name, picture, prediction.to_dict(), top_k=top_k,
-                               precision=getattr(predictor, "precision", "float32"))
-        if with_cam:  # Grad-CAM needs PyTorch: this server's explainer child makes it
-            from transfer.serving.explainer import shared_explainer
-
-            heat_map = shared_explainer().explain(run_path, _data)
-            result.overlay, result.cam_note = heat_map.overlay, heat_map.note
+        with DECODE_SLOTS:
+            picture = np.asarray(thumbnail(_data, DISPLAY_PIXELS))
+            prediction = predictor.predict(_data, len(predictor.labels), unknown_threshold=strictness)[0]
     except (TransferError, OSError, ValueError) as error:
-        return PictureResult(name, error=_sentence(name, error))
-    return result
+        return PictureResult("", error=_reason(error))
+    return PictureResult("", picture, prediction.to_dict(), precision=getattr(predictor, "precision", "float32"))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def explain_picture(run_path: str, version: float, content_digest: str, _data: bytes) -> tuple:
+    """The Grad-CAM overlay and its note for one picture (this server's explainer child makes it)."""
+    from transfer.serving.explainer import shared_explainer
+
+    try:
+        heat_map = shared_explainer().explain(run_path, _data)
+    except (TransferError, OSError, ValueError) as error:
+        return None, _reason(error)
+    return heat_map.overlay, heat_map.note
 
 
 @st.cache_data(max_entries=16, show_spinner="Predicting every picture in the zip ...")
@@ -221,11 +251,15 @@ def predict_zip(run_path: str, version: float, content_digest: str, _data: bytes
         return None, _sentence("The zip", error)
 
 
-def _sentence(name: str, error: Exception) -> str:
+def _reason(error: Exception) -> str:
     text = str(error).strip() or "it is not a picture Transfer Studio can read"
     if not isinstance(error, TransferError):
         text = f"it could not be read ({text}); try saving it again as JPEG or PNG."
-    return f"{name} cannot be used: {text}"
+    return text
+
+
+def _sentence(name: str, error: Exception | str) -> str:
+    return f"{name} cannot be used: {error if isinstance(error, str) else _reason(error)}"
 
 
 def render_picture(result: PictureResult, show_cam: bool, key: str, unsure: UnsureMargin | None = None) -> None:

@@ -17,6 +17,7 @@ from transfer.serving import demo_collect
 from transfer.core.errors import TransferError
 from transfer.models.novelty import STRICTNESS
 from transfer.core.runs import RunDir
+from transfer.core.quota import DiskQuota
 from transfer.serving.share import (EXPIRY_CHOICES, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, OWNER_FILE, DemoStore,
                             default_title, demo_link, public_base_url)
 from ui import predict_view, session
@@ -51,10 +52,16 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         allow_download = st.checkbox("Visitors may download the model (bundle zip)", key="share_download",
                                      help="The bundle holds the model (ONNX and safetensors), its model card and "
                                           "a predict.py that runs without this studio.")
-        strictness = "normal"
+        strictness, include_reference = "normal", False
         if predict_view.has_novelty(run):
             strictness = st.radio(predict_view.STRICTNESS_QUESTION, list(STRICTNESS), index=1, horizontal=True,
                                   key="share_strictness", help=predict_view.STRICTNESS_HELP)
+            include_reference = st.checkbox(
+                "Send the \"None of these\" reference to visitors' devices", key="share_reference",
+                help="Off by default. The reference holds what the model saw in your training pictures; with it, "
+                     "anyone could test whether a given photo was one of them. Off, visitors' live camera and the "
+                     "bundle answer with classes only, and \"None of these\" is judged on this server for the "
+                     "pictures they send.")
         collect = st.checkbox("Keep the pictures visitors try, for me to label", key="share_collect",
                               help="Off by default. The demo page tells visitors before they drop anything; at most "
                                    "a few hundred pictures are kept, and revoking the link deletes them. They appear "
@@ -63,10 +70,11 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
             return
     try:
         with st.spinner("Freezing a checked copy of the model for the demo ..."):
-            prepare_exports(run, allow_download)
             token, demo = store.create(run.path, title=title, description=description, expires=expiry,
                                        allow_download=allow_download, owner_record=record,
-                                       strictness=strictness)
+                                       strictness=strictness, exports_in_child=True,
+                                       include_reference=include_reference,
+                                       quota=DiskQuota.for_session(session.workspace()))
             if collect:
                 demo_collect.enable(demo.folder)
     except TransferError as error:
@@ -74,18 +82,6 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
         return
     st.session_state[_LAST_LINK] = {run.id: demo_link(base_url(), token)}
     st.rerun()  # the list below now holds the new demo
-
-
-def prepare_exports(run: RunDir, with_bundle: bool) -> None:
-    """Make the exports a demo copies in a child process (transfer.serving.export), not in the web server;
-    the demo then finds them ready. A refusal is recorded there and said by ``DemoStore.create``."""
-    from transfer.serving.export import export_in_subprocess
-
-    for format in ("onnx", "bundle") if with_bundle else ("onnx",):
-        try:
-            export_in_subprocess(run.path, format)
-        except TransferError:
-            return
 
 
 def demo_list(store: DemoStore, owned: list) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,3 +75,77 @@ def stop_studio(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+# --------------------------------------------------------------------------- a client without a browser
+
+MB = 2**20
+
+
+@contextlib.contextmanager
+def streamlit_session(url: str, query: str = ""):
+    """A Streamlit session of the page at ``?query`` as a browser opens it (no password typed),
+    alive while in the block: its id, the XSRF cookie and the open websocket."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from websockets.sync.client import connect
+
+    with urllib.request.urlopen(url + "/_stcore/health") as response:  # sets the XSRF cookie
+        cookies = response.headers.get_all("Set-Cookie") or []
+    xsrf = next(c.split(";")[0].split("=", 1)[1] for c in cookies if c.startswith("_streamlit_xsrf="))
+    socket_url = url.replace("http://", "ws://") + "/_stcore/stream"
+    with connect(socket_url, subprotocols=["streamlit", xsrf], max_size=None,
+                 additional_headers={"Cookie": f"_streamlit_xsrf={xsrf}"}) as connection:
+        rerun = BackMsg()
+        rerun.rerun_script.query_string = query
+        rerun.rerun_script.page_script_hash = ""
+        connection.send(rerun.SerializeToString())
+        yield wait_for_run(connection), xsrf, connection
+
+
+def wait_for_run(connection, elements: list | None = None) -> str:
+    """Read the server's messages until the page's run has finished; its session id. The new
+    elements it drew are appended to ``elements``."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    session_id, deadline = None, time.monotonic() + 60
+    while time.monotonic() < deadline:
+        message = ForwardMsg()
+        message.ParseFromString(connection.recv(timeout=60))
+        if message.WhichOneof("type") == "delta" and elements is not None:
+            elements.append(message.delta.new_element)
+        if message.WhichOneof("type") == "new_session":
+            session_id = message.new_session.initialize.session_id
+        if message.WhichOneof("type") == "script_finished" and (session_id or elements is not None):
+            return session_id
+    raise AssertionError("the page did not finish its run within 60 s")
+
+
+def put_upload(url: str, session_id: str, xsrf: str, size: int, data: bytes | None = None,
+               file_id: str | None = None, name: str = "upload.zip") -> int | None:
+    """PUT a file (``data``, else ``size`` zero bytes) to Streamlit's upload route, as the page's
+    uploader does; its status, or None when the server closed the connection before answering."""
+    boundary = uuid.uuid4().hex
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    host, port = url.removeprefix("http://").split(":")
+    request = (f"PUT /_stcore/upload_file/{session_id}/{file_id or uuid.uuid4()} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+               f"Content-Length: {len(head) + (len(data) if data is not None else size) + len(tail)}\r\nX-Xsrftoken: {xsrf}\r\n"
+               f"Cookie: _streamlit_xsrf={xsrf}\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        try:
+            connection.sendall(request + head)
+            if data is not None:
+                connection.sendall(data)
+            else:
+                for _ in range(size // MB):
+                    connection.sendall(bytes(MB))
+            connection.sendall(tail)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the body: the server stopped reading
+        try:
+            answer = connection.recv(200)
+        except (ConnectionResetError, TimeoutError):
+            return None
+    return int(answer.split()[1]) if answer.startswith(b"HTTP/1.1") else None

@@ -349,7 +349,9 @@ def cmd_gc(args) -> int:
           f"{'to delete' if result.dry_run else 'deleted'}, least recently used first")
     print(f"stored starting weights no run uses: {len(result.weights_removed)} "
           f"{'to delete' if result.dry_run else 'deleted'}")
-    print(f"{verb} {result.bytes_freed / 1e6:.1f} MB in all; shared demos and active runs are never touched.")
+    print(f"expired demos whose model files and kept pictures were deleted: {len(result.demos_collected)} "
+          f"{'to collect' if result.dry_run else 'collected'}")
+    print(f"{verb} {result.bytes_freed / 1e6:.1f} MB in all; live demos and active runs are never touched.")
     return 0
 
 
@@ -421,6 +423,9 @@ def add_export(sub) -> None:
     p.add_argument("--precision", choices=["float32", "int8"], default="float32",
                    help="int8: the smaller model (onnx, bundle, web), checked against float32 on the validation "
                         "pictures and refused with its figures when it answers differently")
+    p.add_argument("--include-reference", action=argparse.BooleanOptionalAction, default=None,
+                   help="carry the \"None of these\" reference (features of training pictures; whoever has the "
+                        "file can test whether a photo was one of them); default: yes, except for web")
     add_runs_dir_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
 
@@ -433,7 +438,8 @@ def cmd_export(args) -> int:
 
     run_path = Path(args.run)
     run_dir = run_path if (run_path / "model.json").is_file() else resolve_run(args.run, args.runs_dir)[0].path
-    result = export_run(run_dir, args.format, args.output, precision=args.precision)
+    result = export_run(run_dir, args.format, args.output, precision=args.precision,
+                        include_reference=args.include_reference)
     if args.json:
         print_json(result.to_dict())
     elif result.check:
@@ -694,6 +700,9 @@ def add_share(sub) -> None:
     p.add_argument("--strictness", choices=("relaxed", "normal", "strict"), default="normal",
                    help="when the demo answers 'None of these' (keeps about 99/95/90%% of pictures like the "
                         "training ones; default normal)")
+    p.add_argument("--include-reference", action="store_true",
+                   help="send the 'None of these' reference to visitors' devices (live camera, bundle); without "
+                        "it they answer classes only and 'None of these' is judged on this server")
     p.add_argument("--list", action="store_true", help="list the demos on this machine")
     p.add_argument("--revoke", metavar="TOKEN", help="end a demo now (its token, or its id from --list)")
     add_runs_dir_argument(p)
@@ -718,7 +727,7 @@ def cmd_share(args) -> int:
     run, _ = resolve_run(args.run, args.runs_dir)
     token, demo = store.create(run.path, title=args.title, description=args.description, expires=args.expires,
                                allow_download=args.allow_download, owner_record=share.command_line_record(),
-                               strictness=args.strictness)
+                               strictness=args.strictness, include_reference=args.include_reference)
     link = share.demo_link(share.public_base_url(), token)
     if args.json:
         print_json({"token": token, "link": link, **demo.to_dict(store.clock())})

@@ -100,6 +100,18 @@ def inspect_image(source: Path | str | bytes | BinaryIO, max_pixels: int = DEFAU
     return info
 
 
+def check_pixel_count(source: bytes, max_pixels: int) -> None:
+    """Raise ImageError when the picture's header declares more than ``max_pixels`` (nothing is
+    decoded: a cheap first check before the work a picture costs)."""
+    try:
+        with Image.open(io.BytesIO(source), formats=_safe_formats()) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - not a picture: the full decode later says why
+        return
+    if width * height > max_pixels:
+        raise ImageError(TOO_MANY_PIXELS, f"{width} x {height} pixels, the limit is {max_pixels:,}")
+
+
 def thumbnail(source: Path | str | bytes | BinaryIO, size: int = 128, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """A small RGB copy whose longer side is at most ``size`` pixels (for grids of pictures)."""
     image = open_image(source, max_pixels, min_short_side=size)

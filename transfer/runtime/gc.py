@@ -8,9 +8,10 @@ is alive is never deleted: it must be stopped first.
 (idle: the newest modification time of anything in the session) and shrinks the caches under
 ``TRANSFER_HOME/cache`` to a given size, least recently used first, and sweeps each runs
 folder's store of starting weights (``.weights``) of the files no run of that folder names any
-more (their runs were deleted) once they are a day old. It never touches the
-shared demos (``TRANSFER_HOME/demos``), the queue, or a session with a live run, and it
-spares cache entries a live run reads or that were used in the last hour.
+more (their runs were deleted) once they are a day old. It deletes the model files of expired
+demos (their records stay). It never touches a live demo (``TRANSFER_HOME/demos``), the
+queue, or a session with a live run, and it spares cache entries a live run reads or that
+were used in the last hour. A deleted session's live demos are revoked first.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def delete_upload(uploads_dir: Path, upload_id: str, runs_dir: Path | None = Non
 
 def delete_session(workspace: Path) -> int:
     """Delete everything a browser session stored (uploads, runs, settings); the bytes freed.
+    Its live demos are revoked first (see :func:`revoke_session_demos`).
 
     Refused while one of its runs is queued or running: stop them first.
     """
@@ -137,7 +139,16 @@ def delete_session(workspace: Path) -> int:
             f"{len(live)} run(s) of this session are still queued or running ({names}); "
             "stop them on the Train page first, then delete the session's data."
         )
+    revoke_session_demos(workspace)
     return remove_tree(workspace)
+
+
+def revoke_session_demos(workspace: Path) -> int:
+    """Revoke the live demos a session created: once its list of them is deleted nobody could
+    revoke them, and one that never expires would keep collecting visitors' pictures."""
+    from transfer.serving.share import OWNER_FILE, revoke_demos_of_owner
+
+    return revoke_demos_of_owner(Path(workspace) / OWNER_FILE)
 
 
 # --------------------------------------------------------------------------- collecting
@@ -156,6 +167,7 @@ class Collected:
     cache_bytes_before: int = 0
     cache_bytes_after: int = 0
     weights_removed: list[dict] = field(default_factory=list)
+    demos_collected: list[str] = field(default_factory=list)  # ids of expired demos whose files were deleted
     bytes_freed: int = 0
 
     def to_dict(self) -> dict:
@@ -196,6 +208,7 @@ def collect(max_idle_days: float | None = None, max_cache_gb: float | None = Non
     result = Collected(dry_run, max_idle_days, int(max_cache_gb * 1e9))
     _collect_sessions(home / SESSIONS_FOLDER, result, now - max_idle_days * 86400, dry_run)
     _collect_caches(home, result, now, dry_run)
+    _collect_ended_demos(home, result, now, dry_run)
     for runs_dir in [*sorted((home / SESSIONS_FOLDER).glob("*/runs")), *(runs_dirs or [])]:
         _collect_weights_store(Path(runs_dir), result, now, dry_run)
     return result
@@ -248,10 +261,24 @@ def _collect_sessions(sessions: Path, result: Collected, idle_before: float, dry
             continue
         size = folder_bytes(workspace)
         if not dry_run:
+            revoke_session_demos(workspace)
             remove_tree(workspace)
         result.sessions_removed.append({"session": workspace.name[:6] + "…", "bytes": size,
                                         "idle_days": round((time.time() - last_used) / 86400, 1)})
         result.bytes_freed += size
+
+
+def _collect_ended_demos(home: Path, result: Collected, now: float, dry_run: bool) -> None:
+    from transfer.serving.share import DEMOS_FOLDER, DemoStore
+
+    store = DemoStore(home / DEMOS_FOLDER, clock=lambda: now)
+    if not store.root.is_dir():
+        return
+    if dry_run:
+        ended = [d for d in store.list() if d.state(store.clock()) == "expired" and store.holds_files(d)]
+    else:
+        ended = store.collect_ended()
+    result.demos_collected += [demo.id for demo in ended]
 
 
 def newest_mtime(folder: Path) -> float:

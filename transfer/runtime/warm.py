@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer.core.runs import lock_is_held
+from transfer.core.runs import atomic_write_json, lock_is_held
 
 WARM_ENV = "TRANSFER_WARM_WORKER"
 STUDIO_LOCK = "studio.lock"
@@ -53,6 +53,13 @@ CODE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding trans
 ANSWER_SECONDS = 5.0
 # Unix socket paths are limited to 108 bytes; a longer queue folder simply goes without.
 MAX_SOCKET_PATH = 100
+# Each start imports torch and loads the backbones (seconds, about 1 GB): a fork server that dies
+# before it is warm is started again only after a wait that doubles with each such failure.
+STARTS_FILE = "warm-starts.json"
+FIRST_RETRY_SECONDS = 10.0
+MAX_RETRY_SECONDS = 900.0
+
+_started: list[subprocess.Popen] = []  # fork servers this process started, reaped once they exit
 
 _studio_lock_fd: int | None = None
 
@@ -95,13 +102,51 @@ def server_alive(queue: Path) -> bool:
     return lock_is_held(queue / SERVER_LOCK)
 
 
-def keep_alive(queue: Path) -> bool:
+def keep_alive(queue: Path, now: float | None = None) -> bool:
     """Start a fork server when a studio runs and none lives (it died, or was never started);
-    True when one was started. Cheap enough for every dispatch: two lock probes."""
+    True when one was started. Cheap enough for every dispatch: two lock probes. Never for a
+    queue folder whose socket path is too long, and after a start that never got warm only
+    once its wait is over (:func:`retry_wait`)."""
+    _reap_started()
     if not enabled() or not studio_running(queue) or server_alive(queue):
         return False
+    if len(str(queue / SOCKET_NAME)) > MAX_SOCKET_PATH:
+        return False  # it could never listen: every run starts a fresh interpreter instead
+    now = time.time() if now is None else now
+    starts = _read_starts(queue)
+    if now - starts["last"] < retry_wait(starts["failed"]):
+        return False
+    _write_starts(queue, {"failed": starts["failed"] + 1, "last": now})  # counts as failed until warm
     start_server(queue)
     return True
+
+
+def retry_wait(failed_starts: int) -> float:
+    """Seconds to wait before starting again after ``failed_starts`` starts in a row never got warm."""
+    return 0.0 if failed_starts <= 0 else min(MAX_RETRY_SECONDS, FIRST_RETRY_SECONDS * 2 ** (failed_starts - 1))
+
+
+def record_warm(queue: Path) -> None:
+    """Called by the fork server once it listens: the starts so far succeeded."""
+    _write_starts(queue, {"failed": 0, "last": time.time()})
+
+
+def _read_starts(queue: Path) -> dict:
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        data = json.loads((queue / STARTS_FILE).read_text())
+        return {"failed": int(data.get("failed", 0)), "last": float(data.get("last", 0.0))}
+    return {"failed": 0, "last": 0.0}
+
+
+def _write_starts(queue: Path, starts: dict) -> None:
+    with contextlib.suppress(OSError):
+        atomic_write_json(queue / STARTS_FILE, starts)
+
+
+def _reap_started() -> None:
+    """Collect the exit status of fork servers this process started that have ended, so none
+    lingers as a zombie."""
+    _started[:] = [process for process in _started if process.poll() is None]
 
 
 def start_server(queue: Path) -> subprocess.Popen:
@@ -110,9 +155,11 @@ def start_server(queue: Path) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [CODE_ROOT, environment.get("PYTHONPATH")]))
     with open(queue / SERVER_LOG, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", SERVER_MODULE, str(queue)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=environment, close_fds=True)
+        process = subprocess.Popen([sys.executable, "-m", SERVER_MODULE, str(queue)], stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=environment, close_fds=True)
+    _started.append(process)
+    return process
 
 
 # --------------------------------------------------------------------------- the dispatcher's side

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get(PRELOAD_ENV, "").strip().lower() != "none":
         preload()
     listener = listen(queue / warm.SOCKET_NAME)
+    warm.record_warm(queue)
     log(f"warm after {time.monotonic() - started:.1f} s; listening")
     try:
         serve(listener, queue)

@@ -30,6 +30,12 @@ the web server's predictions, demo links, `transfer predict`) unless the owner k
 (:func:`keep_float32`). The live camera keeps float32: in onnxruntime-web the int8 model was
 slower (see ui/live_view.py); the int8 web page is offered for its size.
 
+The novelty reference (the backbone features of up to 2,048 training pictures, behind "None of
+these") would let whoever holds the file test whether a given photo was among the training
+pictures. ``include_reference`` says whether an export carries it: by default the owner's ONNX,
+TorchScript and bundle do, and a web page (made to be handed to strangers) does not. Without it
+the model answers classes only; "None of these" is judged where the reference stays.
+
 Finished exports are kept in the run folder (``exports/<weights stamp>/``, the stamp being the
 weights file's size and modification time), so asking again costs nothing and retrained weights
 are exported afresh. :func:`prediction_onnx` hands the checked ONNX file to the fast predictor.
@@ -62,6 +68,7 @@ FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 INT8_FILE = "model-int8.onnx"
 INT8_FORMATS = ("bundle", "onnx", "web")
 PRECISION_CHOICE_FILE = "precision.json"  # in the run folder: the owner's choice outlives retraining
+WITHOUT_REFERENCE = "-without-reference"  # the record key and file name of an export left without it
 BUNDLE_REQUIREMENTS = "onnxruntime>=1.17\nnumpy>=1.24\npillow>=10.0\n"
 
 
@@ -95,29 +102,45 @@ class ExportResult:
 
 
 def export_run(run_dir: Path | str, format: str, output: Path | str | None = None,
-               precision: str = "float32") -> ExportResult:
+               precision: str = "float32", *, include_reference: bool | None = None) -> ExportResult:
     """Export a finished run as ``format`` (one of :data:`FORMATS`), checked against PyTorch;
     with ``precision="int8"`` the smaller model, checked against the float32 one.
 
     The export is made once per weights file and kept under the run's ``exports/`` folder;
     ``output`` (a file, or a folder to put it in) gets a copy. Raises :class:`ExportError` with a
     sentence when the run has no model, the backbone cannot be exported, or the check fails.
+    ``include_reference``: whether the novelty reference goes along (default: see
+    :func:`reference_included`).
     """
     if format not in FORMATS:
         raise ExportError(f"Unknown export format '{format}': choose one of {', '.join(FORMATS)}.")
     _require_precision(format, precision)
     run_dir = Path(run_dir)
-    result = cached_export(run_dir, format, precision) or _export_and_record(run_dir, format, precision)
+    include = reference_included(format, include_reference)
+    result = (cached_export(run_dir, format, precision, include)
+              or _export_and_record(run_dir, format, precision, include))
     if output is not None and format == "web" and not str(output).lower().endswith(".zip"):
         return _unpack_page_to(result, output)
     return _copy_to(result, output) if output is not None else result
 
 
-def cached_export(run_dir: Path | str, format: str, precision: str = "float32") -> ExportResult | None:
+def reference_included(format: str, include_reference: bool | None = None) -> bool:
+    """Whether an export carries the novelty reference: as asked, else every format but the web
+    page, which exists to be given away."""
+    return format != "web" if include_reference is None else bool(include_reference)
+
+
+def _variant_name(name: str, include: bool) -> str:
+    path = Path(name)
+    return name if include else f"{path.stem}{WITHOUT_REFERENCE}{path.suffix}"
+
+
+def cached_export(run_dir: Path | str, format: str, precision: str = "float32",
+                  include_reference: bool | None = None) -> ExportResult | None:
     """The finished export of the run's current weights, or None when not made yet. A refused
     export raises its sentence again without redoing the work."""
     folder = exports_folder(Path(run_dir))
-    record = _read_record(folder).get(_record_key(format, precision))
+    record = _read_record(folder).get(_record_key(format, precision, reference_included(format, include_reference)))
     if not record:
         return None
     if "error" in record:
@@ -129,8 +152,9 @@ def cached_export(run_dir: Path | str, format: str, precision: str = "float32") 
                         record["check_inputs"], precision, record.get("check"))
 
 
-def _record_key(format: str, precision: str) -> str:
-    return format if precision == "float32" else f"{format}-{precision}"
+def _record_key(format: str, precision: str, include: bool = True) -> str:
+    key = format if precision == "float32" else f"{format}-{precision}"
+    return key if include else key + WITHOUT_REFERENCE
 
 
 def _require_precision(format: str, precision: str) -> None:
@@ -199,11 +223,11 @@ def exports_folder(run_dir: Path) -> Path:
 # --------------------------------------------------------------------------- making and recording
 
 
-def _export_and_record(run_dir: Path, format: str, precision: str = "float32") -> ExportResult:
+def _export_and_record(run_dir: Path, format: str, precision: str, include: bool) -> ExportResult:
     folder = exports_folder(run_dir)
-    key = _record_key(format, precision)
+    key = _record_key(format, precision, include)
     try:
-        result = _make_export(run_dir, format, folder, precision)
+        result = _make_export(run_dir, format, folder, precision, include)
     except ExportError as error:
         _record(folder, key, {"error": str(error)})
         raise
@@ -213,26 +237,27 @@ def _export_and_record(run_dir: Path, format: str, precision: str = "float32") -
     return result
 
 
-def _make_export(run_dir: Path, format: str, folder: Path, precision: str = "float32") -> ExportResult:
+def _make_export(run_dir: Path, format: str, folder: Path, precision: str = "float32",
+                 include: bool = True) -> ExportResult:
     from transfer.serving.loading import load_run_model
 
     _remove_old_versions(folder)
     folder.mkdir(parents=True, exist_ok=True)
     suffix = "" if precision == "float32" else f"-{precision}"
     if format == "bundle":
-        onnx = export_run(run_dir, "onnx", precision=precision)
-        name = f"{run_dir.name}{suffix}.zip"
-        atomic_write_bytes(folder / name, bundle_bytes(run_dir, onnx.path.read_bytes(), onnx.int8_check()))
+        onnx = export_run(run_dir, "onnx", precision=precision, include_reference=include)
+        name = _variant_name(f"{run_dir.name}{suffix}.zip", include)
+        atomic_write_bytes(folder / name, bundle_bytes(run_dir, onnx.path.read_bytes(), onnx.int8_check(), include))
         return replace(onnx, path=folder / name, format=format, bytes=(folder / name).stat().st_size)
     if format == "web":
-        return _make_web_page(run_dir, folder, precision)
+        return _make_web_page(run_dir, folder, precision, include)
     if precision == "int8":
-        return _make_int8_onnx(run_dir, folder)
+        return _make_int8_onnx(run_dir, folder, include)
     from transfer.models.novelty import load_reference, scored_model
 
     loaded = load_run_model(run_dir)
     inputs, source = check_inputs(run_dir, loaded.preprocessing)
-    reference = load_reference(run_dir)
+    reference = load_reference(run_dir) if include else None
     wrapped = probability_model(loaded.model) if reference is None else scored_model(loaded.model, reference)
     outputs = [OUTPUT_NAME] if reference is None else [OUTPUT_NAME, NOVELTY_NAME]
     data = onnx_bytes(wrapped, loaded.preprocessing.input_size, loaded.backbone, outputs) if format == "onnx" \
@@ -243,7 +268,7 @@ def _make_export(run_dir: Path, format: str, folder: Path, precision: str = "flo
             f"The {format} export of this run was refused: its class probabilities differ from the studio's "
             f"by up to {difference:.2g} on {len(inputs)} {source} (the limit is {MAX_ABS_DIFF:g}). "
             "Predict with the studio or the safetensors weights instead.")
-    path = folder / FILE_NAMES[format]
+    path = folder / _variant_name(FILE_NAMES[format], include)
     atomic_write_bytes(path, data)
     return ExportResult(path, format, len(data), float(difference), len(inputs), source)
 
@@ -288,16 +313,16 @@ def _copy_to(result: ExportResult, output: Path | str) -> ExportResult:
     return replace(result, path=target)
 
 
-def _make_int8_onnx(run_dir: Path, folder: Path) -> ExportResult:
+def _make_int8_onnx(run_dir: Path, folder: Path, include: bool = True) -> ExportResult:
     """The float32 export quantized (transfer.serving.quantize) and checked against it on the
     run's validation pictures; refused with the figures when it answers differently."""
     from transfer.core.runs import read_json
     from transfer.models.model_io import read_model_info
     from transfer.serving import quantize
 
-    float_export = export_run(run_dir, "onnx")
+    float_export = export_run(run_dir, "onnx", include_reference=include)
     float_onnx = float_export.path.read_bytes()
-    info = read_model_info(run_dir)
+    info = read_model_info(run_dir) if include else without_reference(read_model_info(run_dir))
     config = read_json(run_dir / "config.json", {}) or {}
     preparation = {**info["preprocessing"], "resize_size": _resize_size(info)}
     try:
@@ -314,7 +339,7 @@ def _make_int8_onnx(run_dir: Path, folder: Path) -> ExportResult:
                           "model.") from None
     if not check.passed:
         raise ExportError(check.refusal())
-    path = folder / INT8_FILE
+    path = folder / _variant_name(INT8_FILE, include)
     atomic_write_bytes(path, int8_onnx)
     return ExportResult(path, "onnx", len(int8_onnx), check.max_probability_diff, check.pictures,
                         "validation pictures", "int8", check.to_dict())
@@ -328,7 +353,7 @@ def _resize_size(info: dict) -> int:
                          float(p["crop_pct"])).resize_size
 
 
-def _make_web_page(run_dir: Path, folder: Path, precision: str = "float32") -> ExportResult:
+def _make_web_page(run_dir: Path, folder: Path, precision: str = "float32", include: bool = False) -> ExportResult:
     """The web page around the checked ONNX export (its check is the page's check: the page's
     own preparation of pictures is held to the studio's by tests/test_web_page.py, bit for bit,
     and by tests/browser/test_live_camera.py in chromium)."""
@@ -337,10 +362,11 @@ def _make_web_page(run_dir: Path, folder: Path, precision: str = "float32") -> E
 
     from transfer.analysis.trust import run_unsure_margin
 
-    onnx = export_run(run_dir, "onnx", precision=precision)
-    info = {**read_model_info(run_dir), "unsure_margin": run_unsure_margin(run_dir).margin}
+    onnx = export_run(run_dir, "onnx", precision=precision, include_reference=include)
+    info = read_model_info(run_dir) if include else without_reference(read_model_info(run_dir))
+    info = {**info, "unsure_margin": run_unsure_margin(run_dir).margin}
     suffix = "" if precision == "float32" else f"-{precision}"
-    name = f"{run_dir.name}-web{suffix}.zip"
+    name = _variant_name(f"{run_dir.name}-web{suffix}.zip", include)
     title = "Classifier: " + ", ".join(info["classes"][:6]) + (" ..." if len(info["classes"]) > 6 else "")
     atomic_write_bytes(folder / name, web_page_zip(f"{run_dir.name}-web", onnx.path.read_bytes(), info, title))
     return replace(onnx, path=folder / name, format="web", bytes=(folder / name).stat().st_size)
@@ -512,12 +538,18 @@ def _validation_tensors(run_dir: Path, preprocessing):
 # --------------------------------------------------------------------------- the bundle
 
 
-def bundle_bytes(run_dir: Path, onnx: bytes, int8_check=None) -> bytes:
+def without_reference(info: dict) -> dict:
+    """``model.json`` for a model handed out without its novelty reference: nothing of it, so
+    readers predict classes only."""
+    return {key: value for key, value in info.items() if key != "novelty"}
+
+
+def bundle_bytes(run_dir: Path, onnx: bytes, int8_check=None, include_reference: bool = True) -> bytes:
     """The zip: a folder named after the run holding everything needed to predict without torch."""
     from transfer.data import preparation as bundle_predict
     from transfer.models.model_io import MODEL_INFO_FILE, WEIGHTS_FILE, read_model_info
 
-    info = read_model_info(run_dir)
+    info = read_model_info(run_dir) if include_reference else without_reference(read_model_info(run_dir))
     bundled_info = {**info, "weights": "model.safetensors",
                     "onnx": {"file": "model.onnx", "input": INPUT_NAME, "output": OUTPUT_NAME, "opset": ONNX_OPSET,
                              **({"novelty_output": NOVELTY_NAME} if info.get("novelty") else {}),
@@ -551,7 +583,7 @@ EXPORT_TIMEOUT_SECONDS = 900
 
 
 def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPORT_TIMEOUT_SECONDS,
-                         precision: str = "float32") -> ExportResult:
+                         precision: str = "float32", *, include_reference: bool | None = None) -> ExportResult:
     """:func:`export_run` in a child process (``transfer export --json``): a web server stays
     responsive and never holds the exporter's memory. The child runs at a lower CPU priority
     with a bounded thread count. Returns the cached result; raises :class:`ExportError`."""
@@ -559,10 +591,12 @@ def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPO
 
     from transfer.core.child import run_module
 
-    cached = cached_export(run_dir, format, precision)
+    include = reference_included(format, include_reference)
+    cached = cached_export(run_dir, format, precision, include)
     if cached is not None:
         return cached
-    arguments = ["export", str(Path(run_dir).resolve()), "--format", format, "--precision", precision, "--json"]
+    arguments = ["export", str(Path(run_dir).resolve()), "--format", format, "--precision", precision, "--json",
+                 "--include-reference" if include else "--no-include-reference"]
     try:
         done = run_module("transfer.cli.commands", arguments, timeout=timeout, niced=True,
                           env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
@@ -575,6 +609,6 @@ def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPO
     if done.returncode != 0 or "path" not in answer:
         detail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
         raise ExportError(f"The {format} export stopped unexpectedly ({detail}); try again, or use `transfer export`.")
-    return cached_export(run_dir, format, precision) or ExportResult(
+    return cached_export(run_dir, format, precision, include) or ExportResult(
         Path(answer["path"]), format, int(answer["bytes"]), float(answer["max_abs_diff"]), int(answer["checked_on"]),
         str(answer["check_inputs"]), str(answer.get("precision", precision)), answer.get("check"))

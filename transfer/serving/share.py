@@ -41,6 +41,9 @@ OWNER_FILE = "demos.json"  # in a session's workspace (or the command line's fol
 BUNDLE_FILE = "bundle.zip"
 ONNX_FILE = "model.onnx"  # the name transfer.serving.predict looks for in a folder: the fast path
 INT8_ONNX_FILE = "model-int8.onnx"  # the smaller model, when it passed its check: the server answers with it
+# What a demo's live camera sends to visitors' browsers when the owner keeps the novelty reference
+# on the server (the default): the same model without it, so it answers classes only.
+LIVE_ONNX_FILE = "live.onnx"
 MODEL_FILES = ("model.json", "model.safetensors", LABELS_FILE)
 NOVELTY_FILE = "novelty.safetensors"  # transfer.models.novelty's reference: copied when the run has one
 
@@ -60,6 +63,8 @@ MAX_DESCRIPTION_CHARS = 2000
 # Limits for strangers, each overridable by an environment variable of the same name.
 DEFAULT_PICTURES_PER_MINUTE = 30
 DEFAULT_MAX_PICTURE_MB = 10
+# Limits for owners: live demos per owner (each a copy of a model, served to anyone with the link).
+DEFAULT_DEMOS_PER_OWNER = 10
 COLLECTED_FOLDER = "collected"  # visitors' pictures kept for the owner (transfer.serving.demo_collect)
 RATE_WINDOW_SECONDS = 60.0
 
@@ -143,6 +148,7 @@ class Demo:
     val_total: int | None = None
     unsure_margin: float | None = None  # below it an answer reads "not sure: a or b", measured on validation answers
     unsure_how: str = ""
+    include_reference: bool = False  # whether visitors' devices get the novelty reference (live camera, bundle)
 
     @property
     def id(self) -> str:
@@ -204,11 +210,19 @@ class DemoStore:
 
     def create(self, run_dir: Path | str, *, title: str = "", description: str = "", expires: str | None = "7d",
                allow_download: bool = False, owner_record: Path | None = None,
-               strictness: str = "normal") -> tuple[str, Demo]:
+               strictness: str = "normal", exports_in_child: bool = False,
+               include_reference: bool = False, quota=None) -> tuple[str, Demo]:
         """Snapshot a finished run's model into a new demo; returns ``(token, demo)``.
 
         The snapshot is assembled in a hidden folder and renamed into place, so a half-copied
         demo is never served. ``owner_record`` (a ``demos.json``) gets the token appended.
+        ``exports_in_child`` (the web server) makes missing exports in a child process only:
+        an export that fails or takes too long there is never retried in this process.
+        ``include_reference``: whether what reaches visitors' devices (the live camera's model, the
+        bundle) carries the novelty reference. Without it (the default) "None of these" is judged
+        on this server only, from the snapshot's own ``model.onnx``, which is never sent.
+        An owner has at most ``TRANSFER_DEMOS_PER_OWNER`` live demos, and their files count against
+        ``quota`` (the owner's transfer.core.quota.DiskQuota) with what the owner stores.
         """
         from transfer.analysis.trust import run_accuracy, run_unsure_margin
         from transfer.models.novelty import STRICTNESS
@@ -218,13 +232,14 @@ class DemoStore:
         run = RunDir(run_dir)
         classes = self._check_run(run)
         expires_in = parse_expiry(expires)
+        self._check_owner_limits(owner_record)
         now = self.clock()
         token = new_token()
         demo = Demo(digest=token_digest(token), title=_clean(title, MAX_TITLE_CHARS) or default_title(classes),
                     description=_clean(description, MAX_DESCRIPTION_CHARS), run_id=run.id, classes=classes,
                     val_accuracy=run.status().get("best_val_accuracy"), created_at=now,
                     expires_at=None if expires_in is None else now + expires_in, allow_download=bool(allow_download),
-                    strictness=strictness)
+                    strictness=strictness, include_reference=bool(include_reference))
         accuracy, unsure = run_accuracy(run.path), run_unsure_margin(run.path)
         if accuracy is not None:
             demo.val_correct, demo.val_total = accuracy.correct, accuracy.total
@@ -237,7 +252,9 @@ class DemoStore:
                 shutil.copy2(run.path / name, staging / name)
             if (run.path / NOVELTY_FILE).is_file():
                 shutil.copy2(run.path / NOVELTY_FILE, staging / NOVELTY_FILE)
-            copy_exports(run, staging, allow_download)
+            copy_exports(run, staging, allow_download, exports_in_child, bool(include_reference))
+            if quota is not None and owner_record is not None:
+                self._check_quota(quota, owner_record, staging)
             atomic_write_json(staging / DEMO_FILE, demo.record())
             atomic_write_json(staging / USAGE_FILE, {"pictures_tried": 0, "recent": []})
             os.replace(staging, self.root / demo.digest)
@@ -251,6 +268,25 @@ class DemoStore:
         if owner_record is not None:
             remember_token(owner_record, token)
         return token, demo
+
+    def _check_owner_limits(self, owner_record: Path | None) -> None:
+        if owner_record is None:
+            return
+        limit = int(_limit_from_env("TRANSFER_DEMOS_PER_OWNER", DEFAULT_DEMOS_PER_OWNER))
+        live = [demo for _, demo in self.owned(owner_record) if demo.state(self.clock()) == "live"]
+        if len(live) >= limit:
+            raise ShareError(f"You already have {len(live)} live demo links, the most one owner may have; revoke "
+                             "one you no longer need, then share again.")
+
+    def _check_quota(self, quota, owner_record: Path, staging: Path) -> None:
+        from transfer.core.quota import QuotaExceeded, folder_bytes
+
+        needed = folder_bytes(staging)
+        held = sum(folder_bytes(demo.folder) for _, demo in self.owned(owner_record))
+        try:
+            quota.check(needed + held)
+        except QuotaExceeded as refused:
+            raise ShareError(f"{refused} (Your demos count too: they hold {_size(held)}.)") from None
 
     def _check_run(self, run: RunDir) -> list[str]:
         if not run.exists():
@@ -322,10 +358,37 @@ class DemoStore:
         if demo.revoked_at is None:
             demo.revoked_at = self.clock()
             atomic_write_json(demo.folder / DEMO_FILE, demo.record())
-        for name in (*MODEL_FILES, NOVELTY_FILE, ONNX_FILE, INT8_ONNX_FILE, BUNDLE_FILE):
+        self.revoke_files(demo)
+        return demo
+
+    @staticmethod
+    def revoke_files(demo: Demo) -> None:
+        for name in (*MODEL_FILES, NOVELTY_FILE, ONNX_FILE, INT8_ONNX_FILE, LIVE_ONNX_FILE, BUNDLE_FILE):
             (demo.folder / name).unlink(missing_ok=True)
         shutil.rmtree(demo.folder / COLLECTED_FOLDER, ignore_errors=True)
-        return demo
+
+    def revoke_demos_of_owner(self, owner_record: Path) -> int:
+        """Revoke every live demo an owner's record names (the owner is being deleted: nobody could
+        revoke them afterwards); the number revoked."""
+        revoked = 0
+        for token, demo in self.owned(Path(owner_record)):
+            if demo.state(self.clock()) == "live":
+                self.revoke(token)
+                revoked += 1
+        return revoked
+
+    def collect_ended(self) -> list[Demo]:
+        """Delete the model files and kept pictures of demos that expired (revoking already did
+        that); their records stay, so owners still see them as expired. The demos collected."""
+        ended = []
+        for demo in self.list():
+            if demo.state(self.clock()) == "expired" and self.holds_files(demo):
+                self.revoke_files(demo)
+                ended.append(demo)
+        return ended
+
+    def holds_files(self, demo: Demo) -> bool:
+        return any((demo.folder / name).exists() for name in (*MODEL_FILES, ONNX_FILE, COLLECTED_FOLDER))
 
     # ----------------------------------------------------------------- visitors' pictures
 
@@ -353,6 +416,12 @@ class DemoStore:
 
 
 # --------------------------------------------------------------------------- owners' records
+
+
+def revoke_demos_of_owner(owner_record: Path | str) -> int:
+    """Revoke the live demos whose tokens an owner's record (``demos.json``) holds, before the owner
+    (a session, a project) is deleted; the number revoked."""
+    return DemoStore().revoke_demos_of_owner(Path(owner_record))
 
 
 def remember_token(record: Path, token: str) -> None:
@@ -416,19 +485,27 @@ def public_base_url(default: str = "http://localhost:8501") -> str:
     return (os.environ.get("TRANSFER_PUBLIC_URL") or default).strip().rstrip("/")
 
 
-def copy_exports(run: RunDir, folder: Path, with_bundle: bool) -> None:
+def copy_exports(run: RunDir, folder: Path, with_bundle: bool, in_child: bool = False,
+                 include_reference: bool = False) -> None:
     """Freeze the run's checked exports into the demo: ``model.onnx`` for fast predictions (a
     backbone that cannot be exported is predicted with PyTorch instead) and, for a demo that
-    offers downloads, the bundle (then an export that fails is a sentence: no download is faked)."""
-    from transfer.serving.export import ExportError, export_run, served_onnx
+    offers downloads, the bundle (then an export that fails is a sentence: no download is faked).
+    ``in_child``: exports are made by a ``transfer export`` child, so this process never loads torch.
+    Without ``include_reference`` the live camera's ``live.onnx`` and the bundle leave the novelty
+    reference out (for a run that has none, ``model.onnx`` is already that model)."""
+    from transfer.serving.export import ExportError, export_in_subprocess, export_run, served_onnx
 
+    export = export_in_subprocess if in_child else export_run
     try:
-        shutil.copy2(export_run(run.path, "onnx").path, folder / ONNX_FILE)  # float32, for the visitor's browser
+        shutil.copy2(export(run.path, "onnx").path, folder / ONNX_FILE)  # float32, answered on this server
         served = served_onnx(run.path)
         if served is not None and served.name == INT8_ONNX_FILE:
             shutil.copy2(served, folder / INT8_ONNX_FILE)
+        if not include_reference and (run.path / NOVELTY_FILE).is_file():
+            shutil.copy2(export(run.path, "onnx", include_reference=False).path, folder / LIVE_ONNX_FILE)
         if with_bundle:
-            copy_bundle_without_run_id(export_run(run.path, "bundle").path, folder / BUNDLE_FILE, run.id)
+            bundle = export(run.path, "bundle", include_reference=include_reference).path
+            copy_bundle_without_run_id(bundle, folder / BUNDLE_FILE, run.id)
     except ExportError as error:
         if with_bundle:
             raise ShareError(f"{error} The demo can still be shared without the download.") from None

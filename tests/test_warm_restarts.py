@@ -1,0 +1,58 @@
+"""The fork server is not restarted in a loop: never for a socket path too long to listen on,
+after a start that never got warm only once a doubling wait is over, and its exit is reaped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from transfer.runtime import warm
+
+
+@pytest.fixture
+def starts(monkeypatch):
+    """The queue as a studio sees it with no fork server alive; records each start."""
+    started = []
+    monkeypatch.setattr(warm, "studio_running", lambda queue: True)
+    monkeypatch.setattr(warm, "server_alive", lambda queue: False)
+    monkeypatch.setattr(warm, "start_server", lambda queue: started.append(queue))
+    return started
+
+
+def test_a_queue_whose_socket_path_is_too_long_never_starts_a_fork_server(tmp_path, starts):
+    queue = tmp_path / ("q" * (warm.MAX_SOCKET_PATH - len(str(tmp_path)) + 1))
+    queue.mkdir()
+    assert len(str(queue / warm.SOCKET_NAME)) > warm.MAX_SOCKET_PATH
+    assert warm.keep_alive(queue) is False and starts == []
+
+
+def test_a_fork_server_that_dies_before_it_is_warm_is_started_again_after_a_doubling_wait(tmp_path, starts):
+    now = 1_000_000.0
+    assert warm.keep_alive(tmp_path, now=now)  # the first start is at once
+    assert not warm.keep_alive(tmp_path, now=now + 1)  # it died while warming up: every dispatch waits
+    assert not warm.keep_alive(tmp_path, now=now + warm.FIRST_RETRY_SECONDS - 1)
+    assert warm.keep_alive(tmp_path, now=now + warm.FIRST_RETRY_SECONDS)
+    second = now + warm.FIRST_RETRY_SECONDS
+    assert not warm.keep_alive(tmp_path, now=second + 2 * warm.FIRST_RETRY_SECONDS - 1)
+    assert warm.keep_alive(tmp_path, now=second + 2 * warm.FIRST_RETRY_SECONDS)
+    assert len(starts) == 3
+    warm.record_warm(tmp_path)  # one got warm (and died later): the next start is at once again
+    assert warm.keep_alive(tmp_path, now=time.time())
+    assert warm.retry_wait(30) == warm.MAX_RETRY_SECONDS
+
+
+def test_a_dead_fork_server_started_by_this_process_is_reaped(tmp_path, monkeypatch):
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    monkeypatch.setattr(warm, "_started", [process])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(f"/proc/{process.pid}/stat") as stat:
+            if stat.read().split()[2] == "Z":  # exited, not yet reaped
+                break
+        time.sleep(0.05)
+    monkeypatch.setattr(warm, "studio_running", lambda queue: False)
+    warm.keep_alive(tmp_path)
+    assert process.returncode == 0 and warm._started == []
