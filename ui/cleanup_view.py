@@ -1,4 +1,4 @@
-"""Deleting from the pages: a run, an upload, or everything this browser session stored.
+"""Deleting from the pages: a run or an upload (a whole project is deleted on Home, ``ui.projects_view``).
 
 Every delete asks first ("Delete for good" / "Keep it"); the work is done by
 :mod:`transfer.runtime.gc`, which refuses, with a sentence, to delete a run that is still training.
@@ -119,28 +119,3 @@ def _upload_row(key: str, item) -> None:
             return freed
 
         _delete(key, action, f"Deleted {item.name}")
-
-
-# --------------------------------------------------------------------------- the whole session
-
-
-def delete_session_control() -> None:
-    """Delete every upload, run and setting of this browser session, after a confirmation."""
-    key = "session"
-    st.subheader("Your data")
-    try:
-        kept = f"or until it has not been used for {gc.default_max_idle_days():g} days"
-    except TransferError:
-        kept = "or until the administrator's clean-up removes it"
-    st.caption(f"This session's uploads, runs and settings stay on this machine until you delete them {kept}.")
-    _notice_here(key)
-    question = ("Delete everything this session stored (uploads, runs, models, settings) for good? "
-                "Running runs must be stopped first. Demo links already shared keep working.")
-    if _confirmed(key, "Delete all of this session's data", question):
-        def action() -> int:
-            freed = gc.delete_session(session.workspace())
-            for name in [name for name in st.session_state if str(name).startswith("confirm_delete:")]:
-                del st.session_state[name]
-            return freed
-
-        _delete(key, action, "Deleted all of this session's data")

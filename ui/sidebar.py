@@ -1,10 +1,11 @@
-"""The sidebar every page shares: device, chosen data set, and the active training job."""
+"""The sidebar every page shares: the open project (and a switcher), device, chosen data set,
+and the active training job."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import session
+from ui import projects_view, session
 
 
 @st.cache_resource
@@ -23,6 +24,7 @@ def has_gpu() -> bool:
 
 def render() -> None:
     with st.sidebar:
+        projects_view.sidebar_switcher()
         st.caption(f"Device: **{device_description()}**")
         dataset = session.chosen_dataset()
         st.caption(f"Data set: **{dataset['name']}**" if dataset else "Data set: none chosen yet")

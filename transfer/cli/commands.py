@@ -320,9 +320,10 @@ def _print_check_report(report, max_skipped: int) -> None:
 
 
 def add_gc(sub) -> None:
-    p = sub.add_parser("gc", help="delete browser sessions idle for long and shrink the caches (least recently used first)")
+    p = sub.add_parser("gc", help="remove empty project folders, shrink the caches (least recently used first)")
     p.add_argument("--max-idle-days", type=float, default=None,
-                   help="delete sessions unused for longer than this (default $TRANSFER_GC_MAX_IDLE_DAYS or 30)")
+                   help="also delete projects unused for longer than this (default $TRANSFER_GC_MAX_IDLE_DAYS; "
+                        "unset: projects are kept until deleted)")
     p.add_argument("--max-cache-gb", type=float, default=None,
                    help="shrink TRANSFER_HOME/cache to this size (default $TRANSFER_GC_MAX_CACHE_GB or 20)")
     p.add_argument("--runs-dir", action="append", default=[], metavar="DIR",
@@ -341,9 +342,14 @@ def cmd_gc(args) -> int:
         print_json(result.to_dict())
         return 0
     verb = "would free" if result.dry_run else "freed"
-    print(f"sessions idle over {result.max_idle_days:g} days: {len(result.sessions_removed)} "
-          f"{'to delete' if result.dry_run else 'deleted'}"
-          + (f", {len(result.sessions_kept_running)} kept (a run is active)" if result.sessions_kept_running else ""))
+    if result.max_idle_days is None:
+        print("projects: kept until deleted (no idle limit set)")
+    else:
+        print(f"projects idle over {result.max_idle_days:g} days: {len(result.sessions_removed)} "
+              f"{'to delete' if result.dry_run else 'deleted'}"
+              + (f", {len(result.sessions_kept_running)} kept (a run is active)" if result.sessions_kept_running else ""))
+    print(f"empty folders of visits that made nothing: {result.empty_folders_removed} "
+          f"{'to delete' if result.dry_run else 'deleted'}")
     print(f"caches: {result.cache_bytes_before / 1e9:.2f} GB -> {result.cache_bytes_after / 1e9:.2f} GB "
           f"(limit {result.max_cache_bytes / 1e9:g} GB), {len(result.cache_entries_removed)} entries "
           f"{'to delete' if result.dry_run else 'deleted'}, least recently used first")
