@@ -137,3 +137,20 @@ def test_with_a_password_a_browser_sees_only_the_projects_it_created_or_opened(t
     assert stranger.query_params["s"] not in (first, second)
     assert "Colours" not in project_texts(stranger) and "Shades" not in project_texts(stranger)
     assert json.loads(json.dumps(projects.browser_projects(key))) == [first]
+
+
+def test_save_a_project_as_a_file_and_open_it_from_home(two_projects, tmp_path):
+    first, _ = two_projects
+    app = open_app(token=first)
+    app.button(key=f"save:{first}").click().run()
+    assert not app.exception, app.exception
+    [download] = app.get("download_button")
+    assert "Colours.transfer.zip" in download.proto.label
+    saved = next(projects.projects_root().parent.glob("cache/project-files/*/Colours.transfer.zip"))
+    app.file_uploader(key="project_file").set_value(("Colours.transfer.zip", saved.read_bytes(), "application/zip")).run()
+    assert not app.exception, app.exception
+    assert any("Opened Colours as a new project, with 1 finished run" in s.value for s in app.success)
+    opened = [p for p in projects.list_projects() if p.name == "Colours" and p.id != first]
+    assert opened and app.query_params["s"] == opened[0].id and open_now(app) == "**Colours** · open now"
+    app.file_uploader(key="project_file").set_value(("bad.zip", b"not a zip", "application/zip")).run()
+    assert any("not a readable zip" in e.value for e in app.error)

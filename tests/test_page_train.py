@@ -88,7 +88,8 @@ def test_start_watch_and_finish_a_run(configured_session):
     app.run()
     assert not app.exception, app.exception
     headers = " ".join(h.value for h in app.subheader)
-    assert run_id in headers and "finished" in headers
+    assert "Lite0 feature transfer, " in headers and "finished" in headers  # the run's readable name
+    assert any(run_id in c.value for c in app.caption), "the id is still shown, small"
     assert app.metric[0].value.endswith("%") and app.metric[1].value != "–"
     assert len(app.get("plotly_chart")) >= 1
     assert any("This session's runs" in h.value for h in app.subheader)

@@ -8,7 +8,9 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save as save_safetensors
 
 from transfer.core.runs import FINISHED, RunDir
 from transfer.runtime import access, gc, projects
@@ -21,6 +23,7 @@ def finished_run(runs_dir: Path, accuracy: float, dataset_root: Path | None = No
                                    "dataset": {"root": str(dataset_root or runs_dir)}})
     run.update_status(state=FINISHED, best_val_accuracy=accuracy, val_accuracy=accuracy)
     run.write_labels(["blue", "green", "red"])
+    run.weights_path.write_bytes(save_safetensors({"head.weight": np.zeros((3, 4), dtype=np.float32)}))
     return run
 
 

@@ -13,6 +13,7 @@ import streamlit as st
 from transfer.runtime import gc
 from transfer.data import uploads
 from transfer.core.errors import TransferError
+from transfer.models.run_names import run_name
 from transfer.core.quota import DiskQuota, QuotaExceeded, human_size
 from ui import session
 
@@ -73,13 +74,13 @@ def delete_run_control(run) -> None:
     if state in ("queued", "running"):
         st.caption("Stop this run to be able to delete it.")
         return
-    question = (f"Delete run `{run.id}` for good? Its model, checkpoint and curves are removed; "
+    question = (f"Delete the run {run_name(run)} for good? Its model, checkpoint and curves are removed; "
                 "demo links already shared keep working.")
     if _confirmed(f"{key}:{run.id}", "Delete this run", question,
                   help="Removes the run's folder: model, checkpoint, history."):
         if st.query_params.get(_RUN_PARAM) == run.id:
             del st.query_params[_RUN_PARAM]
-        _delete(key, lambda: gc.delete_run(session.runs_dir(), run.id), f"Deleted run {run.id}")
+        _delete(key, lambda: gc.delete_run(session.runs_dir(), run.id), f"Deleted the run {run_name(run)}")
 
 
 # --------------------------------------------------------------------------- uploads

@@ -10,6 +10,7 @@ import streamlit as st
 from transfer.core.errors import TransferError
 from transfer.serving.export import ExportError, cached_export, export_in_subprocess
 from transfer.core.quota import human_size
+from transfer.models.run_names import file_stem, run_name
 
 #: (format, button label, what it is for, mime type)
 CHOICES = (
@@ -59,7 +60,7 @@ def _offer(run, format: str, label: str, mime: str, key: str) -> None:
     path = result.path
     text = "Download as a web page" if format == "web" else f"Download {label}"
     st.download_button(f"{text} ({human_size(result.bytes)})", lambda: path.read_bytes(),
-                       file_name=path.name if format != "bundle" else f"{run.id}.zip", mime=mime, icon=":material/download:",
+                       file_name=path.name if format != "bundle" else f"{file_stem(run_name(run))}.zip", mime=mime, icon=":material/download:",
                        on_click="ignore", key=f"{button_key}_download",
                        help=f"largest difference from the studio: {result.max_abs_diff:.1e} "
                             f"({result.checked_on} {result.check_inputs})")

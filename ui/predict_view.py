@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from transfer.core.errors import TransferError
+from transfer.models.run_names import distinct_labels, run_name
 from transfer.models.novelty import NOT_AVAILABLE, STRICTNESS, describe_answer, novelty_info
 from transfer.core.runs import FINISHED, RunDir, find_run, list_runs
 from ui import session
@@ -31,10 +32,10 @@ STRICTNESS_HELP = ("Pictures that look unlike every class the model learned are 
 
 
 def run_label(run: RunDir) -> str:
-    summary = run.summary()
-    accuracy = summary.get("best_val_accuracy")
+    """``Lite0 feature transfer, 6 Dec 21:42 · 94.1%``: the run's readable name and best accuracy."""
+    accuracy = run.status().get("best_val_accuracy")
     shown = f"{accuracy:.1%}" if isinstance(accuracy, (int, float)) else "–"
-    return f"{summary.get('method')} · {summary.get('backbone')} · {shown} · {run.id}"
+    return f"{run_name(run)} · {shown}"
 
 
 def choose_finished_run(key: str) -> RunDir | None:
@@ -63,8 +64,9 @@ def choose_finished_run(key: str) -> RunDir | None:
         return None
     ids = [run.id for run in finished]
     by_id = {run.id: run for run in finished}
+    labels = distinct_labels(finished, run_label)
     chosen = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in by_id else 0,
-                          format_func=lambda run_id: run_label(by_id[run_id]), key=key,
+                          format_func=labels.get, key=key,
                           on_change=_link_to_chosen, args=(key,),
                           help="Only finished runs of this browser session are listed.")
     if not keep_link:

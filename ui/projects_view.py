@@ -9,17 +9,20 @@ decided by :mod:`ui.project_memory`.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import streamlit as st
 
 from transfer.core.errors import TransferError
 from transfer.core.quota import human_size
 from transfer.runtime import access, projects
+from transfer.runtime.project_files import open_project_file, save_in_child
 from ui import project_memory, session
 
 _NOTICE = "projects_notice"
 _RENAMING = "projects_renaming"
 _DELETING = "projects_deleting"
+_SAVED = "projects_saved_files"  # {project id: the file just saved}
 
 
 def listed_projects() -> list[projects.Project]:
@@ -58,6 +61,7 @@ def your_projects() -> None:
     st.subheader("Your projects")
     _show_notice()
     _new_project_form()
+    _open_file_form()
     current = session.session_token()
     listed = listed_projects()
     if not any(projects.holds_work(p.path) for p in listed):
@@ -84,6 +88,23 @@ def _new_project_form() -> None:
                                placeholder="e.g. Cats and dogs")
         button_column.form_submit_button("New project", icon=":material/add:", type="primary",
                                          on_click=_act, args=(_create,))
+
+
+def _open_file_form() -> None:
+    with st.expander("Open a project file", icon=":material/upload_file:"):
+        st.caption("A file saved with \"Save as a file\" on this studio or another: it opens as a new project "
+                   "with its data, corrections, settings and finished runs.")
+        st.file_uploader("Project file", type=["zip"], key="project_file", on_change=_act, args=(_open_file,))
+
+
+def _open_file() -> None:
+    uploaded = st.session_state.get("project_file")
+    if uploaded is None:
+        return
+    opened = open_project_file(uploaded.getvalue())
+    session.switch_project(opened.project.id)
+    _notify("success", f"Opened {opened.project.name} as a new project, with {opened.runs} finished "
+                       f"run{'s' if opened.runs != 1 else ''}; it is open now.")
 
 
 def _create() -> None:
@@ -139,14 +160,32 @@ def _actions(project: projects.Project, is_open: bool, where) -> None:
     if st.session_state.get(_DELETING) == key:
         _delete_question(project, is_open, where)
         return
-    buttons = where.columns(4)
+    buttons = where.columns(5)
     if not is_open:
         buttons[0].button("Open", key=f"open:{key}", icon=":material/folder_open:",
                           on_click=session.switch_project, args=(key,))
     buttons[1].button("Rename", key=f"rename:{key}", icon=":material/edit:", on_click=_set, args=(_RENAMING, key))
     buttons[2].button("Duplicate", key=f"duplicate:{key}", icon=":material/content_copy:",
                       on_click=_act, args=(_duplicate, key))
-    buttons[3].button("Delete", key=f"delete:{key}", icon=":material/delete:", on_click=_set, args=(_DELETING, key))
+    buttons[3].button("Save as a file", key=f"save:{key}", icon=":material/download:", on_click=_act,
+                      args=(_save, key), help="One file with the data, corrections, settings and finished runs, "
+                                              "to keep or to open on another studio.")
+    buttons[4].button("Delete", key=f"delete:{key}", icon=":material/delete:", on_click=_set, args=(_DELETING, key))
+    _offer_saved_file(key, where)
+
+
+def _save(project_id: str) -> None:
+    st.session_state[_SAVED] = {**st.session_state.get(_SAVED, {}), project_id: str(save_in_child(project_id))}
+
+
+def _offer_saved_file(project_id: str, where) -> None:
+    saved = st.session_state.get(_SAVED, {}).get(project_id)
+    if not saved or not Path(saved).is_file():
+        return
+    with open(saved, "rb") as handle:
+        where.download_button(f"Download {Path(saved).name} ({human_size(Path(saved).stat().st_size)})", handle.read(),
+                              file_name=Path(saved).name, mime="application/zip", key=f"download:{project_id}",
+                              icon=":material/download:", type="primary")
 
 
 def _duplicate(project_id: str) -> None:

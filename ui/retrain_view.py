@@ -17,6 +17,7 @@ from transfer.training.config import TrainConfig
 from transfer.data.samples import Dataset
 from transfer.core.errors import TransferError
 from transfer.core.runs import FINISHED, atomic_write_json, find_run
+from transfer.models.run_names import run_name
 from ui import reports, session
 
 PAIRS_FILE = "retrained.json"  # {later run id: earlier run id}
@@ -117,7 +118,7 @@ def comparison_section(run) -> None:
         earlier = find_run(session.runs_dir(), earlier_id)
     except TransferError:
         return
-    st.subheader(f"Trained again: run `{earlier.id}` → run `{run.id}`")
+    st.subheader(f"Trained again: {run_name(earlier)} → {run_name(run)}")
     if run.state != FINISHED:
         st.caption("The side-by-side comparison appears here when this run finishes.")
         return
