@@ -243,5 +243,6 @@ def test_a_trained_project_predicts_and_evaluates_the_same_after_the_round_trip(
         assert np.allclose(new.probabilities, old.probabilities, atol=1e-6, rtol=0)
         assert old.novelty == pytest.approx(new.novelty, abs=1e-6) if old.novelty is not None else new.novelty is None
     old_eval, new_eval = load_evaluation(run.path), load_evaluation(copy.path)
-    assert new_eval.accuracy == old_eval.accuracy and new_eval.macro_f1 == old_eval.macro_f1
-    assert (new_eval.confusion() == old_eval.confusion()).all()
+    assert new_eval.accuracy == old_eval.accuracy and new_eval.macro_f1() == old_eval.macro_f1()
+    assert (new_eval.confusion() == old_eval.confusion()).all() and new_eval.per_class() == old_eval.per_class()
+    assert new_eval.predictions == old_eval.predictions

@@ -64,7 +64,7 @@ def test_pool_to_labels_to_train_again(studio, page, tmp_path):
     page.get_by_role("button", name="Start training").click()
     page.wait_for_url(re.compile(r"run=[\w.-]+"), timeout=30_000)
     first_run = re.search(r"run=([\w.-]+)", page.url).group(1)
-    page.get_by_role("heading", name=re.compile(rf"{first_run}: finished")).wait_for(timeout=300_000)
+    page.get_by_role("heading", name=re.compile(r"feature transfer, .*: finished")).wait_for(timeout=300_000)
 
     open_page(page, studio, "data", token)
     for _ in range(24):

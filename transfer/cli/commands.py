@@ -752,8 +752,10 @@ def cmd_share(args) -> int:
             print(f"demo {demo.id} ({demo.title}) is revoked: its link no longer works.")
         return 0
     run, _ = resolve_run(args.run, args.runs_dir)
+    # A project's demo links are recorded with it, so deleting the project revokes them.
+    owner = Path(args.runs_dir).parent / share.OWNER_FILE if args.project else share.command_line_record()
     token, demo = store.create(run.path, title=args.title, description=args.description, expires=args.expires,
-                               allow_download=args.allow_download, owner_record=share.command_line_record(),
+                               allow_download=args.allow_download, owner_record=owner,
                                strictness=args.strictness)
     link = share.demo_link(share.public_base_url(), token)
     if args.json:

@@ -57,7 +57,8 @@ WEB_GC_INTERVAL_SECONDS = 3600.0
 _STAMP_FILE = "gc.json"
 logger = logging.getLogger(__name__)
 _TRASH_PREFIX = ".deleting-"
-PROJECT_MANIFEST = "project.json"  # a project's name and dates (transfer.runtime.projects)
+PROJECT_MANIFEST = "project.json"
+OPENING_PREFIX = ".opening-"  # a project file being unpacked (transfer.runtime.project_files)  # a project's name and dates (transfer.runtime.projects)
 #: A project folder that never held work is kept this long (its visitor may still be on the page).
 EMPTY_PROJECT_GRACE_SECONDS = 86400.0
 
@@ -259,6 +260,10 @@ def _collect_sessions(sessions: Path, result: Collected, idle_before: float | No
     for workspace in sorted(sessions.iterdir()) if sessions.is_dir() else []:
         if workspace.name.startswith(_TRASH_PREFIX):  # left behind by a delete that was interrupted
             if not dry_run:
+                shutil.rmtree(workspace, ignore_errors=True)
+            continue
+        if workspace.name.startswith(OPENING_PREFIX):  # a project file whose opening was cut off (a crash)
+            if now - newest_mtime(workspace) >= EMPTY_PROJECT_GRACE_SECONDS and not dry_run:
                 shutil.rmtree(workspace, ignore_errors=True)
             continue
         if not workspace.is_dir():

@@ -49,7 +49,7 @@ from transfer.data.archives import ZipLimits
 from transfer.data.dataset import demo_dataset_path
 from transfer.data.images import IMAGE_EXTENSIONS
 from transfer.runtime import access, projects
-from transfer.runtime.gc import remove_tree
+from transfer.runtime.gc import OPENING_PREFIX, remove_tree
 from transfer.serving.share import OWNER_FILE
 
 FORMAT = "transfer-project"
@@ -59,7 +59,6 @@ PROJECT_PREFIX = "project/"
 DATA_PREFIX = "data/"
 IMPORTED_DATA_FOLDER = "imported_data"
 SUFFIX = ".transfer.zip"
-OPENING_PREFIX = ".opening-"
 MODEL_CARD_FILE = "model_card.md"
 #: What a finished run carries into the file (weights only as safetensors; no checkpoint.pt).
 RUN_FILES = (CONFIG_FILE, STATUS_FILE, EVENTS_FILE, LABELS_FILE, NAME_FILE, "model.safetensors", "model.json",
