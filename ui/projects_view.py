@@ -122,8 +122,27 @@ def _act(action, *args) -> None:
         _notify("error", str(error))
 
 
+@st.cache_data(ttl=20, max_entries=1000, show_spinner=False)
+def _summary(project_id: str, changed: tuple) -> projects.ProjectSummary:
+    """A project's line, counted again when its data set, runs or manifest change (or after 20 s:
+    corrections inside the data set's folders)."""
+    return projects.summarise(projects.read_project(project_id))
+
+
+def _changes(project: projects.Project) -> tuple:
+    return tuple(_mtime(project.path / name) for name in (projects.DATASET_FILE, projects.MANIFEST_FILE,
+                                                          projects.RUNS_FOLDER))
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _project_card(project: projects.Project, *, is_open: bool) -> None:
-    summary = projects.summarise(project)
+    summary = _summary(project.id, _changes(project))
     with st.container(border=True):
         picture, words = st.columns([1, 5])
         if summary.thumbnail:

@@ -109,9 +109,12 @@ def test_a_returning_person_finds_the_project_and_its_run(playwright, tmp_path, 
 
         page.goto(f"{studio}/predict")  # no link: the project opened last is continued
         wait_for_app(page)
-        page.get_by_text(re.compile(r"Lite0 feature transfer, .* · \d+\.\d%")).first.wait_for(timeout=60_000)
-        assert "There is no finished run" not in page.inner_text("body")
+        picker = page.locator('[data-testid="stSelectbox"]').first
+        picker.wait_for(timeout=60_000)
         person.shot(page, "3-predict-next-day")
+        assert "There is no finished run" not in page.inner_text("body")
+        shown = picker.inner_text() + " ".join(field.input_value() for field in picker.locator("input").all())
+        assert re.search(r"Lite0 feature transfer, .* · \d+\.\d%", shown), shown
         person.close()
     finally:
         if person.context is not None:
