@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import struct
 import time
 import zipfile
