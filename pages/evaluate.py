@@ -12,7 +12,7 @@ import streamlit as st
 from transfer.analysis.evaluate import PREDICTIONS_FILE, EvaluationNotReady, load_evaluation, prediction_thumbnail
 from transfer.analysis.trust import Accuracy, run_accuracy
 from transfer.models.novelty import NOT_AVAILABLE, novelty_info, validation_novelty
-from ui import audit_view, charts, cleanup_view, export_view, label_view, predict_view, session, share_view
+from ui import audit_view, charts, cleanup_view, export_view, label_view, predict_view, run_name_view, session, share_view
 
 GALLERY_SIZE = 12
 GALLERY_COLUMNS = 6
@@ -162,3 +162,5 @@ if run is not None:
     export_view.download_section(run, "evaluate_export")
     share_view.render(run)
 cleanup_view.delete_run_control(run)
+if run is not None:
+    run_name_view.rename_control(run)

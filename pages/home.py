@@ -1,12 +1,14 @@
-"""Home: what the studio does, how the three transfer methods differ, and where to start."""
+"""Home: your projects (open, rename, duplicate, delete, start a new one), then what the studio
+does, how the three transfer methods differ, and where to start."""
 
 import streamlit as st
 
 from transfer.models.catalogue import METHODS
-from ui import cleanup_view, pages_mode
+from ui import pages_mode, projects_view
 
-pages_mode.run_through_app_py()  # this page has no workspace to ask for, so it asks itself
+pages_mode.run_through_app_py()  # a link straight to this file on a server not started by ./studio app
 st.title("Transfer Studio")
+projects_view.your_projects()
 st.markdown(
     "Teach a computer to tell your pictures apart (cats from dogs, good parts from faulty "
     "ones, healthy leaves from sick ones) without writing code. The studio starts from a "
@@ -37,4 +39,3 @@ st.info(
     "More than 80 torchvision models and the timm library can be used too; their weights are "
     "downloaded once when this machine is online, then kept."
 )
-cleanup_view.delete_session_control()

@@ -21,7 +21,8 @@ from transfer.runtime.estimate import recommend_method
 from transfer.runtime.jobs import dispatch
 from transfer.core.live import RunEvents
 from transfer.core.runs import ACTIVE_STATES, FINISHED, QUEUED, find_run, list_runs
-from ui import charts, cleanup_view, head_fit_view, reports, retrain_view, session
+from transfer.models.run_names import distinct_labels, run_name
+from ui import charts, cleanup_view, head_fit_view, reports, retrain_view, run_name_view, session
 from ui.gpus_view import gpus_to_use
 from ui.sidebar import has_gpu
 
@@ -172,8 +173,8 @@ def live_view(run_id: str, was_active: bool) -> None:
     state = status["state"]
     if was_active and state not in ACTIVE_STATES:
         st.rerun()  # the run ended: draw the page once more, without the timer
-    st.subheader(f"{STATE_ICONS.get(state, '')} Run {retrain_view.run_name(run.id)}: {state}")
-    st.caption(f"{run.config.get('method')} · {run.config.get('backbone')}")
+    st.subheader(f"{STATE_ICONS.get(state, '')} {run_name(run)}: {state}")
+    st.caption(f"{run.config.get('method')} · {run.config.get('backbone')} · run `{run.id}`")
     epochs = status.get("epochs") or run.config.get("epochs") or 1
     epoch, step, steps = status.get("epoch") or 0, status.get("step") or 0, status.get("steps") or 0
     events = events_of(run)
@@ -265,6 +266,7 @@ if run is not None:
         st.fragment(live_view, **ticking(LIVE_SECONDS, shown_active))(run.id, shown_active)
         retrain_view.render(run)
         cleanup_view.delete_run_control(run)
+        run_name_view.rename_control(run)
 
 
 # ----------------------------------------------------------------------------- runs and comparison
@@ -278,19 +280,21 @@ def runs_table(was_active: bool) -> None:
         st.rerun()
     st.subheader("This session's runs")
     rows = []
+    names = distinct_labels(runs)
     for item in runs:
         summary = item.summary()
         accuracy = run_accuracy(item.path, item.status())
-        rows.append({"run": summary["id"], "state": summary["state"],
+        rows.append({"run": names[item.id], "id": summary["id"], "state": summary["state"],
                      "method": summary["method"], "backbone": summary["backbone"],
                      "validation accuracy": accuracy.short() if accuracy else "–",
                      "training time": duration(summary["seconds"])})
     st.dataframe(rows, hide_index=True, width="stretch")
-    ids = [r["run"] for r in rows]
+    ids = [r["id"] for r in rows]
     # The picker follows the run the page shows (a new run, a link, Train again), not the last pick.
     if run is not None and run.id in ids and st.session_state.get("show_run_follows") != run.id:
         st.session_state["show_run"] = st.session_state["show_run_follows"] = run.id
-    chosen = st.selectbox("Show run", ids, index=ids.index(run.id) if run and run.id in ids else 0, key="show_run")
+    chosen = st.selectbox("Show run", ids, index=ids.index(run.id) if run and run.id in ids else 0, key="show_run",
+                          format_func=names.get)
     if run is None or chosen != run.id:
         if st.button("Show", key="show_button"):
             st.query_params[RUN_PARAM] = chosen
@@ -303,7 +307,7 @@ def comparison_view(runs) -> None:
     if len(ended_or_running) < 2:
         return
     st.subheader("Compare runs")
-    labels = {r.id: f"{r.config.get('method')} · {r.config.get('backbone')} · {r.id[-6:]}" for r in ended_or_running}
+    labels = distinct_labels(ended_or_running)
     default = [i for i in session.last_comparison() if i in labels] or list(labels)[:3]
     picked = st.multiselect("Runs to overlay", list(labels), default=default, format_func=labels.get, key="compare_pick")
     if not picked:

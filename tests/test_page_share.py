@@ -18,6 +18,8 @@ from transfer.serving import share
 from transfer.serving.predict import Predictor
 from transfer.core.runs import RunDir
 from transfer.serving.share import INVALID_LINK, DemoStore
+from transfer.models.run_names import run_name
+from transfer.runtime.access import issue_session_token
 
 
 def new_session_token() -> str:
@@ -76,7 +78,7 @@ def test_owner_creates_lists_and_revokes_a_demo_on_the_predict_page(owner, monke
     assert (demo.title, demo.description, demo.run_id) == ("Colour guesser", "Drop a *colour*.", run.id)
     assert demo.expires_at - demo.created_at == pytest.approx(86400)
     text = all_text(app)
-    assert "**Colour guesser**" in text and f"run `{run.id}`" in text and "0 pictures tried" in text
+    assert "**Colour guesser**" in text and f"run {run_name(run)}" in text and "0 pictures tried" in text
 
     app.button(key=f"revoke_{demo.id}").click().run()
     assert not app.exception
@@ -90,7 +92,9 @@ def test_the_evaluate_page_shares_too_and_lists_the_sessions_demos(owner):
     app = open_app("pages/evaluate.py", token=session_token)
     create_demo(app, "From Evaluate")
     assert len(links(app)) == 2  # the new link, and the same link in the list
-    other = open_app("pages/evaluate.py")  # another session sees none of them
+    # another project sees none of them (a visit without a link would continue this project: on a
+    # studio without a password every project is the one person's)
+    other = open_app("pages/evaluate.py", token=issue_session_token())
     assert "From Evaluate" not in all_text(other)
 
 

@@ -97,7 +97,8 @@ def test_start_watch_and_finish_a_run(configured_session):
     app.run()
     assert not app.exception, app.exception
     headers = " ".join(h.value for h in app.subheader)
-    assert run_id.replace("-", "\u2011") in headers and "finished" in headers  # the id never breaks mid-word
+    assert "Lite0 feature transfer, " in headers and "finished" in headers  # the run's readable name
+    assert any(run_id in c.value for c in app.caption), "the id is still shown, small"
     validation = sum(row["val"] for row in check_counts(workspace))
     assert app.metric[0].value.endswith(f" of {validation}") and app.metric[1].value != "–"  # a count, not 80.0 %
     assert any(c.value.startswith(f"Validation accuracy: ") and f"of {validation} (" in c.value for c in app.caption)

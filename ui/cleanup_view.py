@@ -1,4 +1,4 @@
-"""Deleting from the pages: a run, an upload, or everything this browser session stored.
+"""Deleting from the pages: a run or an upload (a whole project is deleted on Home, ``ui.projects_view``).
 
 Every delete asks first ("Delete for good" / "Keep it"); the work is done by
 :mod:`transfer.runtime.gc`, which refuses, with a sentence, to delete a run that is still training.
@@ -14,6 +14,7 @@ from transfer.runtime import gc
 from transfer.data import uploads
 from transfer.core.errors import TransferError
 from transfer.analysis.trust import plural
+from transfer.models.run_names import run_name
 from transfer.core.quota import DiskQuota, QuotaExceeded, human_size
 from ui import session
 
@@ -74,13 +75,13 @@ def delete_run_control(run) -> None:
     if state in ("queued", "running"):
         st.caption("Stop this run to be able to delete it.")
         return
-    question = (f"Delete run `{run.id}` for good? Its model, checkpoint and curves are removed; "
+    question = (f"Delete the run {run_name(run)} for good? Its model, checkpoint and curves are removed; "
                 "demo links already shared keep working.")
     if _confirmed(f"{key}:{run.id}", "Delete this run", question,
                   help="Removes the run's folder: model, checkpoint, history."):
         if st.query_params.get(_RUN_PARAM) == run.id:
             del st.query_params[_RUN_PARAM]
-        _delete(key, lambda: gc.delete_run(session.runs_dir(), run.id), f"Deleted run {run.id}")
+        _delete(key, lambda: gc.delete_run(session.runs_dir(), run.id), f"Deleted the run {run_name(run)}")
 
 
 # --------------------------------------------------------------------------- uploads
@@ -123,28 +124,3 @@ def _upload_row(key: str, item) -> None:
             return freed
 
         _delete(key, action, f"Deleted {item.name}")
-
-
-# --------------------------------------------------------------------------- the whole session
-
-
-def delete_session_control() -> None:
-    """Delete every upload, run and setting of this browser session, after a confirmation."""
-    key = "session"
-    st.subheader("Your data")
-    try:
-        kept = f"or until it has not been used for {gc.default_max_idle_days():g} days"
-    except TransferError:
-        kept = "or until the administrator's clean-up removes it"
-    st.caption(f"This session's uploads, runs and settings stay on this machine until you delete them {kept}.")
-    _notice_here(key)
-    question = ("Delete everything this session stored (uploads, runs, models, settings) for good? "
-                "Running runs must be stopped first. Its demo links stop working too.")
-    if _confirmed(key, "Delete all of this session's data", question):
-        def action() -> int:
-            freed = gc.delete_session(session.workspace())  # revokes the session's live demos first
-            for name in [name for name in st.session_state if str(name).startswith("confirm_delete:")]:
-                del st.session_state[name]
-            return freed
-
-        _delete(key, action, "Deleted all of this session's data")

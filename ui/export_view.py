@@ -12,6 +12,7 @@ from transfer.core.errors import TransferError
 from transfer.serving.export import (INT8_FORMATS, ExportError, cached_export, export_in_subprocess, keep_float32,
                                      keeps_float32)
 from transfer.core.quota import human_size
+from transfer.models.run_names import file_stem, run_name
 
 #: (format, button label, what it is for, mime type)
 CHOICES = (
@@ -89,8 +90,8 @@ def _offer(run, format: str, label: str, mime: str, key: str, precision: str = "
     path = result.path
     text = "Download as a web page" if format == "web" else f"Download {label}"
     st.download_button(f"{text} ({human_size(result.bytes)})", lambda: path.read_bytes(),
-                       file_name=path.name if format != "bundle" else f"{run.id}{_suffix(precision)}.zip", mime=mime,
-                       icon=":material/download:",
+                       file_name=path.name if format != "bundle" else f"{file_stem(run_name(run))}{_suffix(precision)}.zip",
+                       mime=mime, icon=":material/download:",
                        on_click="ignore", key=f"{button_key}_download",
                        help=f"largest difference from the {'float32 model' if result.check else 'studio'}: "
                             f"{result.max_abs_diff:.1e} ({result.checked_on} {result.check_inputs})")

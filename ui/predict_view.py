@@ -16,6 +16,7 @@ import streamlit as st
 
 from transfer.analysis.trust import UnsureMargin, describe_unsure, run_accuracy, run_unsure_margin, unsure_pair
 from transfer.core.errors import TransferError
+from transfer.models.run_names import distinct_labels, run_name
 from transfer.models.novelty import NOT_AVAILABLE, STRICTNESS, describe_answer, novelty_info
 from transfer.core.runs import FINISHED, RunDir, find_run, list_runs
 from ui import session
@@ -38,10 +39,11 @@ STRICTNESS_HELP = ("Pictures that look unlike every class the model learned are 
 
 
 def run_label(run: RunDir) -> str:
-    summary = run.summary()
+    """``Lite0 feature transfer, 6 Dec 21:42 · 47 of 50 (94 %)``: the run's readable name and its validation
+    accuracy as a count."""
     accuracy = run_accuracy(run.path)
     shown = accuracy.short() if accuracy else "–"
-    return f"{summary.get('method')} · {summary.get('backbone')} · {shown} · {run.id}"
+    return f"{run_name(run)} · {shown}"
 
 
 def choose_finished_run(key: str) -> RunDir | None:
@@ -72,8 +74,8 @@ def choose_finished_run(key: str) -> RunDir | None:
     by_id = {run.id: run for run in finished}
     best = best_run_of_current_data(finished)
     default = wanted if wanted in by_id else best.id if best else ids[0]
-    chosen = st.selectbox("Run", ids, index=ids.index(default),
-                          format_func=lambda run_id: run_label(by_id[run_id]), key=key,
+    labels = distinct_labels(finished, run_label)
+    chosen = st.selectbox("Run", ids, index=ids.index(default), format_func=labels.get, key=key,
                           on_change=_link_to_chosen, args=(key,),
                           help="Only finished runs of this browser session are listed.")
     if best is not None and chosen == best.id and len(finished) > 1:

@@ -19,6 +19,7 @@ from transfer.training.config import TrainConfig
 from transfer.data.samples import Dataset
 from transfer.core.errors import TransferError
 from transfer.core.runs import FINISHED, atomic_write_json, find_run
+from transfer.models.run_names import run_name
 from ui import reports, session
 
 PAIRS_FILE = "retrained.json"  # {later run id: earlier run id}
@@ -79,7 +80,7 @@ def changed_data(run) -> tuple[Dataset, str] | None:
 def offer(run, dataset: Dataset, changes: str) -> None:
     """The Train page's one primary action once the data set changed: train again and compare."""
     with st.container(border=True):
-        st.markdown(f"**The data set changed since run {run_name(run.id)}:** {changes}. Train again with the same "
+        st.markdown(f"**The data set changed since {run_name(run)}:** {changes}. Train again with the same "
                     "settings to see, on the same validation pictures, whether it helped.")
         from_weights = False
         if run.config.get("method") == "finetune":
@@ -95,11 +96,6 @@ def render(run) -> None:
     if run is None:
         return
     comparison_section(run)
-
-
-def run_name(run_id: str) -> str:
-    """A run's id that never breaks across lines: its hyphens are non-breaking ones."""
-    return run_id.replace("-", "\u2011")
 
 
 def train_again(run, dataset: Dataset, from_weights: bool) -> None:
@@ -136,7 +132,7 @@ def comparison_section(run) -> None:
         earlier = find_run(session.runs_dir(), earlier_id)
     except TransferError:
         return
-    st.subheader(f"Trained again: run {run_name(earlier.id)} → run {run_name(run.id)}")
+    st.subheader(f"Trained again: {run_name(earlier)} → {run_name(run)}")
     if run.state != FINISHED:
         st.caption("The side-by-side comparison appears here when this run finishes.")
         return

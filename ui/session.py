@@ -1,9 +1,10 @@
-"""Each browser session works in a private workspace folder named by an unguessable token.
+"""Each browser session works in one project: a private folder named by an unguessable token.
 
 The token travels in the page URL (``?s=<token>``), so a refreshed or reopened tab finds its
 data set and runs again, while another session, without the token, can never see them. Tokens
-are issued and signed by the server (``transfer.runtime.access``): one it did not issue is ignored and
-a new session starts, so nobody can hand out a link to a workspace they plan to read later.
+are issued and signed by the server (``transfer.runtime.access``): one it did not issue is ignored,
+so nobody can hand out a link to a workspace they plan to read later. A visit without a link
+continues the project this browser opened last (``ui.project_memory``); Home opens the others.
 """
 
 from __future__ import annotations
@@ -15,23 +16,44 @@ import streamlit as st
 
 from transfer.runtime import access
 from transfer.core.runs import atomic_write_json
-from ui import gate, pages_mode
+from ui import gate, pages_mode, project_memory
 
 SESSION_PARAM = "s"
+_TOKEN = "session_token"
+_REMEMBERED = "session_token_remembered"
+#: Session state that belongs to the browser, not to the open project: kept when switching.
+_BROWSER_STATE_PREFIXES = ("studio_", "project_browser_")
 
 
 def session_token() -> str:
-    """This browser session's token, issued on first use and kept in the URL."""
-    token = st.session_state.get("session_token")
+    """This browser session's project token: from the link, else the project this browser
+    opened last, else a new one; kept in the URL."""
+    token = st.session_state.get(_TOKEN)
     if token is None:
         pages_mode.run_through_app_py()  # a link into a page on a server not started by ./studio app
         gate.require_unlocked()  # no workspace for anyone who has not typed the password
         from_url = st.query_params.get(SESSION_PARAM)
-        token = from_url if access.is_issued_token(from_url) else access.issue_session_token()
-        st.session_state["session_token"] = token
+        token = from_url if access.is_issued_token(from_url) else None
+        token = token or project_memory.project_to_open() or access.issue_session_token()
+        st.session_state[_TOKEN] = token
     if st.query_params.get(SESSION_PARAM) != token:
         st.query_params[SESSION_PARAM] = token
+    if st.session_state.get(_REMEMBERED) != token:
+        st.session_state[_REMEMBERED] = token
+        project_memory.remember(token)
     return token
+
+
+def switch_project(token: str) -> None:
+    """Open the project ``token`` in this browser session (from a button's callback): what the
+    pages kept for the previous project is dropped, the browser's own state stays."""
+    for name in list(st.session_state):
+        if not str(name).startswith(_BROWSER_STATE_PREFIXES):
+            del st.session_state[name]
+    for name in [name for name in st.query_params if name != SESSION_PARAM]:
+        del st.query_params[name]
+    st.session_state[_TOKEN] = token
+    st.query_params[SESSION_PARAM] = token
 
 
 def workspace() -> Path:

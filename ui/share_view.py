@@ -16,8 +16,9 @@ import streamlit as st
 from transfer.serving import demo_collect
 from transfer.core.errors import TransferError
 from transfer.models.novelty import STRICTNESS
-from transfer.core.runs import RunDir
+from transfer.core.runs import RunDir, find_run
 from transfer.core.quota import DiskQuota
+from transfer.models.run_names import run_name
 from transfer.serving.share import (EXPIRY_CHOICES, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, OWNER_FILE, DemoStore,
                             default_title, demo_link, public_base_url)
 from ui import predict_view, session
@@ -84,6 +85,14 @@ def share_form(store: DemoStore, run: RunDir, record) -> None:
     st.rerun()  # the list below now holds the new demo
 
 
+def _run_shown(run_id: str) -> str:
+    """The run's readable name while it is in this project, else its id (the demo keeps its own copy)."""
+    try:
+        return run_name(find_run(session.runs_dir(), run_id))
+    except TransferError:
+        return f"`{run_id}`"
+
+
 def demo_list(store: DemoStore, owned: list) -> None:
     if not owned:
         return
@@ -93,7 +102,7 @@ def demo_list(store: DemoStore, owned: list) -> None:
         state = demo.state(now)
         columns = st.columns([3, 2, 2, 2, 1, 1.2])
         columns[0].markdown(f"**{demo.title}**" + ("" if state == "live" else f"  \n_{state}_"))
-        columns[1].caption(f"run `{demo.run_id}`")
+        columns[1].caption(f"run {_run_shown(demo.run_id)}")
         columns[2].caption(f"created {_when(demo.created_at)}")
         columns[3].caption("never expires" if demo.expires_at is None else
                            f"{'expired' if state == 'expired' else 'expires'} {_when(demo.expires_at)}")

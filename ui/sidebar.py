@@ -1,10 +1,12 @@
-"""The sidebar every page shares: device, chosen data set, and the active training job."""
+"""The sidebar every page shares: the open project (and a switcher), device, chosen data set,
+and the active training job."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import session
+from transfer.models.run_names import run_name
+from ui import projects_view, session
 
 
 @st.cache_resource
@@ -23,6 +25,7 @@ def has_gpu() -> bool:
 
 def render() -> None:
     with st.sidebar:
+        projects_view.sidebar_switcher()
         st.caption(f"Device: **{device_description()}**")
         dataset = session.chosen_dataset()
         st.caption(f"Data set: **{dataset['name']}**" if dataset else "Data set: none chosen yet")
@@ -47,9 +50,9 @@ def _active_job() -> None:
     status = run.status()
     if status.get("state") == "queued":
         place = status.get("queue_position")
-        st.caption(f"Run `{run.id[-6:]}` is waiting" + (f" (place {place} in the queue)." if place else "."))
+        st.caption(f"{run_name(run)} is waiting" + (f" (place {place} in the queue)." if place else "."))
         return
     epochs = status.get("epochs") or run.config.get("epochs") or 1
     step, steps = status.get("step") or 0, status.get("steps") or 0
     fraction = min(1.0, ((status.get("epoch") or 0) + (step / steps if steps else 0)) / epochs)
-    st.progress(fraction, text=f"Training `{run.id[-6:]}`: epoch {status.get('epoch') or 0}/{epochs}")
+    st.progress(fraction, text=f"Training {run_name(run)}: epoch {status.get('epoch') or 0}/{epochs}")

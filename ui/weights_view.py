@@ -19,6 +19,7 @@ from transfer.core.child import run_module
 from transfer.core.errors import TransferError
 from transfer.core.quota import DiskQuota
 from transfer.core.runs import FINISHED, list_runs
+from transfer.models.run_names import distinct_labels, run_name
 from ui import session
 
 SOURCE_KEY = "weights_source"
@@ -97,7 +98,7 @@ def _run_weights(backbone: str, current: dict | None) -> dict | None:
     if not runs:
         st.caption(f"No finished run of this session was trained from {backbone} yet.")
         return None
-    labels = {run.id: _run_label(run) for run in runs}
+    labels = distinct_labels(runs, _run_label)
     ids = list(labels)
     wanted = (current or {}).get("run")
     picked = st.selectbox("Run to start from", ids, index=ids.index(wanted) if wanted in ids else 0,
@@ -119,7 +120,7 @@ def _run_weights(backbone: str, current: dict | None) -> dict | None:
 def _run_label(run) -> str:
     best = run.status().get("best_val_accuracy")
     accuracy = f"{best:.1%}" if isinstance(best, (int, float)) else "–"
-    return f"{run.config.get('method')} · best {accuracy} · {run.id}"
+    return f"{run_name(run)} · best {accuracy}"
 
 
 def _show_report(spec: dict, backbone: str, num_classes: int, draft: dict) -> bool:

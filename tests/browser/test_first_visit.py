@@ -95,7 +95,8 @@ def test_after_a_restart_the_link_of_a_running_run_finds_it_first_thing(servers,
         page.goto(f"{url}/train?run={run.id}&s={token}")
         wait_for_app(page)
         assert navigation_labels(page) == STUDIO_NAVIGATION
-        page.get_by_role("heading", name=re.compile(rf"Run {run.id}: running")).wait_for(timeout=60_000)
+        page.get_by_role("heading", name=re.compile(r": running$")).wait_for(timeout=60_000)  # headed by its name
+        page.get_by_text(f"run {run.id}", exact=False).first.wait_for(timeout=30_000)
         assert f"s={token}" in page.url and f"run={run.id}" in page.url
     finally:
         manager.cancel(run.id)

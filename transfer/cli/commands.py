@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from transfer.core.errors import TransferError
@@ -75,6 +76,16 @@ _EPOCH_FIELDS = (("loss", "loss {:.4f}"), ("accuracy", "acc {:.3f}"), ("val_loss
 def add_runs_dir_argument(parser) -> None:
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
                         help=f"folder holding the runs (default ./{DEFAULT_RUNS_DIR})")
+    parser.add_argument("--project", metavar="NAME",
+                        help="use the runs of this studio project (its name or id) instead of --runs-dir")
+
+
+def use_project_runs(args) -> None:
+    """``--project NAME``: the command works on that project's runs folder."""
+    if getattr(args, "project", None):
+        from transfer.runtime.projects import find_project
+
+        args.runs_dir = str(find_project(args.project).runs_dir)
 
 
 def resolve_run(arg: str, runs_dir: str):
@@ -146,9 +157,17 @@ def _format_accuracy(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
+def named_summary(run) -> dict:
+    """A run's summary with its readable name (``transfer runs``, the result of ``train``)."""
+    from transfer.models.run_names import run_name
+
+    return {"name": run_name(run), **run.summary()}
+
+
 def _summary_row(summary: dict) -> dict:
     epochs = summary.get("epochs")
     return {
+        "name": summary.get("name") or "-",
         "id": summary["id"],
         "state": summary["state"] + (f" #{summary['queue_position']}" if summary.get("queue_position") else ""),
         "method": summary.get("method") or "-",
@@ -165,7 +184,8 @@ def print_run_result(summary: dict, as_json: bool) -> None:
     if as_json:
         print_json(summary)
         return
-    line = (f"run {summary['id']} {summary['state']}: epoch {summary.get('epoch') or 0}/{summary.get('epochs')}, "
+    named = f"{summary['name']!r} ({summary['id']})" if summary.get("name") else summary["id"]
+    line = (f"run {named} {summary['state']}: epoch {summary.get('epoch') or 0}/{summary.get('epochs')}, "
             f"best val accuracy {_format_accuracy(summary.get('best_val_accuracy'))}, "
             f"last {_format_accuracy(summary.get('val_accuracy'))}")
     if summary.get("seconds") is not None:
@@ -185,14 +205,34 @@ def add_runs(sub) -> None:
 def cmd_runs(args) -> int:
     from transfer.runtime.jobs import JobManager
 
-    summaries = [run.summary() for run in JobManager(args.runs_dir).list()]
+    summaries = [named_summary(run) for run in JobManager(args.runs_dir).list()]
     if args.json:
         print_json({"runs_dir": os.path.abspath(args.runs_dir), "runs": summaries})
     elif not summaries:
         print(f"No runs in {args.runs_dir} yet; `transfer train DATA` starts one.")
     else:
         print_table([_summary_row(s) for s in summaries],
-                    ["id", "state", "method", "backbone", "epoch", "best", "last", "seconds", "created"])
+                    ["name", "id", "state", "method", "backbone", "epoch", "best", "last", "seconds", "created"])
+    return 0
+
+
+def add_rename_run(sub) -> None:
+    p = sub.add_parser("rename-run", help="give a run a name people can read (its id stays the same)")
+    p.add_argument("run", metavar="RUN", help="run id inside --runs-dir, or a run folder")
+    p.add_argument("name", help="the new name, e.g. \"Lite0 on the May photos\"")
+    add_runs_dir_argument(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_rename_run(args) -> int:
+    from transfer.models.run_names import rename_run
+
+    run, _ = resolve_run(args.run, args.runs_dir)
+    name = rename_run(run, args.name)
+    if args.json:
+        print_json({"id": run.id, "name": name, "run_dir": str(run.path)})
+    else:
+        print(f"Run {run.id} is now called {name!r}.")
     return 0
 
 
@@ -320,9 +360,10 @@ def _print_check_report(report, max_skipped: int) -> None:
 
 
 def add_gc(sub) -> None:
-    p = sub.add_parser("gc", help="delete browser sessions idle for long and shrink the caches (least recently used first)")
+    p = sub.add_parser("gc", help="remove empty project folders, shrink the caches (least recently used first)")
     p.add_argument("--max-idle-days", type=float, default=None,
-                   help="delete sessions unused for longer than this (default $TRANSFER_GC_MAX_IDLE_DAYS or 30)")
+                   help="also delete projects unused for longer than this (default $TRANSFER_GC_MAX_IDLE_DAYS; "
+                        "unset: projects are kept until deleted)")
     p.add_argument("--max-cache-gb", type=float, default=None,
                    help="shrink TRANSFER_HOME/cache to this size (default $TRANSFER_GC_MAX_CACHE_GB or 20)")
     p.add_argument("--runs-dir", action="append", default=[], metavar="DIR",
@@ -341,9 +382,14 @@ def cmd_gc(args) -> int:
         print_json(result.to_dict())
         return 0
     verb = "would free" if result.dry_run else "freed"
-    print(f"sessions idle over {result.max_idle_days:g} days: {len(result.sessions_removed)} "
-          f"{'to delete' if result.dry_run else 'deleted'}"
-          + (f", {len(result.sessions_kept_running)} kept (a run is active)" if result.sessions_kept_running else ""))
+    if result.max_idle_days is None:
+        print("projects: kept until deleted (no idle limit set)")
+    else:
+        print(f"projects idle over {result.max_idle_days:g} days: {len(result.sessions_removed)} "
+              f"{'to delete' if result.dry_run else 'deleted'}"
+              + (f", {len(result.sessions_kept_running)} kept (a run is active)" if result.sessions_kept_running else ""))
+    print(f"empty folders of visits that made nothing: {result.empty_folders_removed} "
+          f"{'to delete' if result.dry_run else 'deleted'}")
     print(f"caches: {result.cache_bytes_before / 1e9:.2f} GB -> {result.cache_bytes_after / 1e9:.2f} GB "
           f"(limit {result.max_cache_bytes / 1e9:g} GB), {len(result.cache_entries_removed)} entries "
           f"{'to delete' if result.dry_run else 'deleted'}, least recently used first")
@@ -555,7 +601,7 @@ def cmd_train(args) -> int:
     if args.json:
         print_json(result)
     else:
-        print_run_result(run.summary(), False)
+        print_run_result(named_summary(run), False)
     return 0 if status["state"] == "finished" else 1
 
 
@@ -588,12 +634,14 @@ OUTCOME_KEYS = ("val_correct", "val_total", "cv_accuracy", "cv_correct", "cv_tot
 
 def train_result(run, status: dict, seconds: float) -> dict:
     """The JSON summary of a finished ``transfer train``."""
+    from transfer.models.run_names import run_name
     from transfer.models.weights import record
 
     config = run.config
     return {
         "run_dir": str(run.path),
         "run_id": run.id,
+        "name": run_name(run),
         "state": status["state"],
         "message": status.get("message"),
         "method": config.get("method"),
@@ -725,8 +773,10 @@ def cmd_share(args) -> int:
             print(f"demo {demo.id} ({demo.title}) is revoked: its link no longer works.")
         return 0
     run, _ = resolve_run(args.run, args.runs_dir)
+    # A project's demo links are recorded with it, so deleting the project revokes them.
+    owner = Path(args.runs_dir).parent / share.OWNER_FILE if args.project else share.command_line_record()
     token, demo = store.create(run.path, title=args.title, description=args.description, expires=args.expires,
-                               allow_download=args.allow_download, owner_record=share.command_line_record(),
+                               allow_download=args.allow_download, owner_record=owner,
                                strictness=args.strictness, include_reference=args.include_reference)
     link = share.demo_link(share.public_base_url(), token)
     if args.json:
@@ -878,6 +928,102 @@ def cmd_suggest(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- projects
+
+
+def add_project(sub) -> None:
+    p = sub.add_parser("project", help="list, save as a file, open, rename or delete the studio's projects")
+    actions = p.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="every project of this studio (TRANSFER_HOME)")
+    save = actions.add_parser("save", help="save a project as one file (data, corrections, settings, finished runs)")
+    save.add_argument("name", metavar="NAME", help="the project's name or id")
+    save.add_argument("--output", help="the file to write (default ./NAME.transfer.zip)")
+    opening = actions.add_parser("open", help="bring a project file in as a new project")
+    opening.add_argument("file", metavar="FILE")
+    rename = actions.add_parser("rename", help="give a project a new name")
+    rename.add_argument("name", metavar="NAME", help="the project's name or id")
+    rename.add_argument("new_name", metavar="NEW_NAME")
+    delete = actions.add_parser("delete", help="delete a project with everything in it (and revoke its demo links)")
+    delete.add_argument("name", metavar="NAME", help="the project's name or id")
+    delete.add_argument("--yes", action="store_true", help="delete without asking")
+    for action in (listing, save, opening, rename, delete):
+        action.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_project(args) -> int:
+    from transfer.runtime import projects
+
+    if args.action == "list":
+        return _project_list(args)
+    if args.action == "open":
+        return _project_open(args)
+    project = projects.find_project(args.name)
+    if args.action == "save":
+        return _project_save(args, project)
+    if args.action == "rename":
+        renamed = projects.rename_project(project.id, args.new_name)
+        _say(args, {"id": renamed.id, "name": renamed.name}, f"Project {project.name!r} is now called {renamed.name!r}.")
+        return 0
+    if not args.yes and not _confirmed_on_terminal(f"Delete the project {project.name!r} with everything in it? [y/N] "):
+        raise UserError(f"The project {project.name!r} was not deleted; add --yes to delete it without asking.")
+    freed = projects.delete_project(project.id)
+    _say(args, {"id": project.id, "name": project.name, "bytes_freed": freed},
+         f"Deleted the project {project.name!r} ({freed / 1e6:.1f} MB freed).")
+    return 0
+
+
+def _say(args, answer: dict, sentence: str) -> None:
+    if args.json:
+        print_json(answer)
+    else:
+        print(sentence)
+
+
+def _confirmed_on_terminal(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    return input(question).strip().lower() in ("y", "yes")
+
+
+def _project_list(args) -> int:
+    from transfer.runtime import projects
+
+    summaries = [projects.summarise(project).to_dict() for project in projects.list_projects()]
+    if args.json:
+        print_json({"projects": summaries})
+    elif not summaries:
+        print("No projects yet; the web app (`transfer studio`) starts one, `transfer project open FILE` brings one in.")
+    else:
+        print_table([{"name": s["name"], "id": s["id"][:8] + "…", "classes": s["classes"], "pictures": s["pictures"],
+                      "runs": s["runs"], "best": _format_accuracy(s["best_accuracy"]),
+                      "last opened": time.strftime("%Y-%m-%d %H:%M", time.localtime(s["last_opened"]))}
+                     for s in summaries], ["name", "id", "classes", "pictures", "runs", "best", "last opened"])
+    return 0
+
+
+def _project_save(args, project) -> int:
+    from transfer.runtime.project_files import SUFFIX, save_project
+
+    stem = "-".join("".join(ch if ch.isalnum() else " " for ch in project.name).split())[:60] or "project"
+    saved = save_project(project.id, args.output or f"{stem}{SUFFIX}")
+    _say(args, {"id": project.id, "name": project.name, "path": str(saved.path.resolve()), "bytes": saved.bytes,
+                "parts": saved.parts, "runs": saved.runs, "seconds": round(saved.seconds, 3)},
+         f"Saved {project.name!r} ({saved.runs} finished run(s), {saved.bytes / 1e6:.1f} MB) to {saved.path}.")
+    return 0
+
+
+def _project_open(args) -> int:
+    from transfer.runtime.project_files import open_project_file
+
+    opened = open_project_file(args.file)
+    project = opened.project
+    _say(args, {"id": project.id, "name": project.name, "runs_dir": str(project.runs_dir), "bytes": opened.bytes,
+                "parts": opened.parts, "runs": opened.runs, "seconds": round(opened.seconds, 3)},
+         f"Opened {project.name!r} as a new project ({opened.runs} finished run(s)); "
+         f"`transfer runs --project {project.id}` lists its runs.")
+    return 0
+
+
 # --------------------------------------------------------------------------- dispatch
 
 COMMANDS = {
@@ -887,6 +1033,7 @@ COMMANDS = {
     "weights": (add_weights, cmd_weights),
     "check": (add_check, cmd_check),
     "runs": (add_runs, cmd_runs),
+    "rename-run": (add_rename_run, cmd_rename_run),
     "cancel": (add_cancel, cmd_cancel),
     "resume": (add_resume, cmd_resume),
     "predict": (add_predict, cmd_predict),
@@ -896,6 +1043,7 @@ COMMANDS = {
     "audit": (add_audit, cmd_audit),
     "studio": (add_studio, cmd_studio),
     "suggest": (add_suggest, cmd_suggest),
+    "project": (add_project, cmd_project),
 }
 
 
@@ -911,6 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _, run = COMMANDS[args.command]
     try:
+        use_project_runs(args)
         return run(args)
     except UserError as error:
         _report_error(args, str(error))

@@ -7,6 +7,8 @@ reader never sees half a file and a crash never leaves a corrupt one)::
     status.json        where the run stands: state, epoch, accuracy, pid, times, queue position
     events.jsonl       one JSON object per line: step, epoch, info, warning, end
     labels.json        {"classes": [...]} in the model's output order
+    name.json          {"name": ...}: the name a person gave the run (else one is made from its
+                       config, see transfer.models.run_names); the id stays the folder's name
     model.safetensors  the weights of the best (or last) finished epoch
     checkpoint.pt      what a resumed run continues from (read with weights_only=True)
     cancel             present when someone asked the run to stop
@@ -55,6 +57,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 RANK_OUTCOME_FILE = "rank-outcome.json"  # a distributed run's rank 0 says how it ended
 CANCEL_FILE = "cancel"
 LOG_FILE = "worker.log"
+NAME_FILE = "name.json"
 WORKER_LOCK_FILE = ".worker.lock"
 _STATUS_LOCK_FILE = ".status.lock"
 
@@ -374,6 +377,16 @@ class RunDir:
         if isinstance(data, dict) and isinstance(data.get("classes"), list):
             return data["classes"]
         return None
+
+    @property
+    def given_name(self) -> str | None:
+        """The name a person gave this run, or None."""
+        data = read_json(self.path / NAME_FILE)
+        name = data.get("name") if isinstance(data, dict) else None
+        return name if isinstance(name, str) and name.strip() else None
+
+    def set_name(self, name: str) -> None:
+        atomic_write_json(self.path / NAME_FILE, {"name": name})
 
     @property
     def weights_path(self) -> Path:

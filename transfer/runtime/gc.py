@@ -4,8 +4,11 @@ Deleting is done in two steps: the folder is first renamed to a hidden name besi
 atomic step, so no page or worker ever sees half of it), then removed. A run whose worker
 is alive is never deleted: it must be stopped first.
 
-:func:`collect` (``transfer gc``) removes browser sessions idle longer than a given age
-(idle: the newest modification time of anything in the session) and shrinks the caches under
+:func:`collect` (``transfer gc``) never removes a project that holds work (a run, an upload, a
+labelled picture, a chosen data set, a name) unless an operator sets an idle limit
+(``TRANSFER_GC_MAX_IDLE_DAYS`` or ``--max-idle-days``): then projects idle longer than it (idle:
+the newest modification time of anything in the project) are removed. Folders that never held
+work (a visitor who opened a page and left) are removed once a day old. It shrinks the caches under
 ``TRANSFER_HOME/cache`` to a given size, least recently used first, and sweeps each runs
 folder's store of starting weights (``.weights``) of the files no run of that folder names any
 more (their runs were deleted) once they are a day old. It deletes the model files of expired
@@ -41,7 +44,6 @@ SESSIONS_FOLDER = "sessions"
 CACHE_FOLDER = "cache"
 MAX_IDLE_DAYS_ENV = "TRANSFER_GC_MAX_IDLE_DAYS"
 MAX_CACHE_GB_ENV = "TRANSFER_GC_MAX_CACHE_GB"
-DEFAULT_MAX_IDLE_DAYS = 30.0
 DEFAULT_MAX_CACHE_GB = 20.0
 #: A cache entry used this recently may be in use right now (a run reading it, an unpack).
 CACHE_GRACE_SECONDS = 3600.0
@@ -56,6 +58,10 @@ WEB_GC_INTERVAL_SECONDS = 3600.0
 _STAMP_FILE = "gc.json"
 logger = logging.getLogger(__name__)
 _TRASH_PREFIX = ".deleting-"
+PROJECT_MANIFEST = "project.json"
+OPENING_PREFIX = ".opening-"  # a project file being unpacked (transfer.runtime.project_files)  # a project's name and dates (transfer.runtime.projects)
+#: A project folder that never held work is kept this long (its visitor may still be on the page).
+EMPTY_PROJECT_GRACE_SECONDS = 86400.0
 
 
 class CleanupRefused(TransferError):
@@ -159,10 +165,11 @@ class Collected:
     """What :func:`collect` removed (or would remove, in a dry run), and what it spared."""
 
     dry_run: bool
-    max_idle_days: float
+    max_idle_days: float | None  # None: projects that hold work are kept however long unused
     max_cache_bytes: int
     sessions_removed: list[dict] = field(default_factory=list)
     sessions_kept_running: list[str] = field(default_factory=list)
+    empty_folders_removed: int = 0
     cache_entries_removed: list[dict] = field(default_factory=list)
     cache_bytes_before: int = 0
     cache_bytes_after: int = 0
@@ -174,19 +181,20 @@ class Collected:
         return asdict(self)
 
 
-def _env_number(name: str, default: float) -> float:
+def _env_number(name: str, default: float | None) -> float | None:
     raw = os.environ.get(name, "").strip()
     try:
         value = float(raw) if raw else default
     except ValueError:
         value = -1.0
-    if value < 0:
+    if value is not None and value < 0:
         raise CleanupRefused(f"{name} must be a number of at least 0, not {raw!r}; fix the setting.")
     return value
 
 
-def default_max_idle_days() -> float:
-    return _env_number(MAX_IDLE_DAYS_ENV, DEFAULT_MAX_IDLE_DAYS)
+def default_max_idle_days() -> float | None:
+    """The operator's idle limit for projects, or None (the default): projects are kept until deleted."""
+    return _env_number(MAX_IDLE_DAYS_ENV, None)
 
 
 def default_max_cache_gb() -> float:
@@ -196,17 +204,18 @@ def default_max_cache_gb() -> float:
 def collect(max_idle_days: float | None = None, max_cache_gb: float | None = None, *,
             dry_run: bool = False, now: float | None = None, home: Path | None = None,
             runs_dirs: list[Path] | None = None) -> Collected:
-    """Remove idle sessions, shrink the caches of ``home`` (default TRANSFER_HOME) and sweep the
-    weights stores of its sessions and of ``runs_dirs`` (a terminal's runs folders); see the
-    module's description."""
+    """Remove empty project folders (and, with an idle limit, idle projects), shrink the caches
+    of ``home`` (default TRANSFER_HOME) and sweep the weights stores of its projects and of
+    ``runs_dirs`` (a terminal's runs folders); see the module's description."""
     home = paths.home() if home is None else Path(home)
     max_idle_days = default_max_idle_days() if max_idle_days is None else max_idle_days
     max_cache_gb = default_max_cache_gb() if max_cache_gb is None else max_cache_gb
-    if max_idle_days < 0 or max_cache_gb < 0:
+    if (max_idle_days is not None and max_idle_days < 0) or max_cache_gb < 0:
         raise CleanupRefused("The idle age and the cache size must be 0 or more.")
     now = time.time() if now is None else now
     result = Collected(dry_run, max_idle_days, int(max_cache_gb * 1e9))
-    _collect_sessions(home / SESSIONS_FOLDER, result, now - max_idle_days * 86400, dry_run)
+    idle_before = None if max_idle_days is None else now - max_idle_days * 86400
+    _collect_sessions(home / SESSIONS_FOLDER, result, idle_before, now, dry_run)
     _collect_caches(home, result, now, dry_run)
     _collect_ended_demos(home, result, now, dry_run)
     for runs_dir in [*sorted((home / SESSIONS_FOLDER).glob("*/runs")), *(runs_dirs or [])]:
@@ -245,16 +254,41 @@ def _weights_named_by_runs(runs_dir: Path) -> set[str]:
     return named
 
 
-def _collect_sessions(sessions: Path, result: Collected, idle_before: float, dry_run: bool) -> None:
+def holds_work(workspace: Path) -> bool:
+    """Whether a project folder holds something a person made: a run, an upload or a labelled
+    picture, a chosen data set, or a name given on purpose."""
+    workspace = Path(workspace)
+    if (workspace / "dataset.json").is_file() or list_runs(workspace / "runs"):
+        return True
+    if (read_json(workspace / PROJECT_MANIFEST, default={}) or {}).get("named"):
+        return True
+    for _directory, _subdirs, files in os.walk(workspace / "uploads"):
+        if any(not name.startswith(".") for name in files):
+            return True
+    return False
+
+
+def _collect_sessions(sessions: Path, result: Collected, idle_before: float | None, now: float,
+                      dry_run: bool) -> None:
     for workspace in sorted(sessions.iterdir()) if sessions.is_dir() else []:
         if workspace.name.startswith(_TRASH_PREFIX):  # left behind by a delete that was interrupted
             if not dry_run:
                 shutil.rmtree(workspace, ignore_errors=True)
             continue
+        if workspace.name.startswith(OPENING_PREFIX):  # a project file whose opening was cut off (a crash)
+            if now - newest_mtime(workspace) >= EMPTY_PROJECT_GRACE_SECONDS and not dry_run:
+                shutil.rmtree(workspace, ignore_errors=True)
+            continue
         if not workspace.is_dir():
             continue
         last_used = newest_mtime(workspace)
-        if last_used >= idle_before:
+        if not holds_work(workspace):
+            if now - last_used >= EMPTY_PROJECT_GRACE_SECONDS and not live_runs_under(workspace):
+                if not dry_run:
+                    remove_tree(workspace)
+                result.empty_folders_removed += 1
+            continue
+        if idle_before is None or last_used >= idle_before:
             continue
         if live_runs_under(workspace):
             result.sessions_kept_running.append(workspace.name)
