@@ -416,7 +416,11 @@ def test_transfer_train_json(tmp_path, tiny_dataset, capsys):
     assert code == 0
     for key in ("run_dir", "method", "backbone", "epochs", "val_accuracy", "best_val_accuracy", "seconds"):
         assert key in result
-    assert result["method"] == "features" and result["backbone"] == "efficientnet_lite0" and result["epochs"] == 2
+    # The linear head is fit once, whatever --epochs says.
+    assert result["method"] == "features" and result["backbone"] == "efficientnet_lite0" and result["epochs"] == 1
+    assert result["epochs_planned"] == 2
+    assert result["val_total"] == 6 and result["cv_total"] == 30 and result["cv_folds"] == 5
+    assert result["cv_accuracy"] == pytest.approx(result["cv_correct"] / 30)
     assert Path(result["run_dir"], "model.safetensors").is_file()
 
 

@@ -79,6 +79,7 @@ class Trainer:
                 self.epochs(start_epoch)
         except Cancelled:
             self.write_outputs()
+            self.reporter.status(**self.validation_counts())  # of the kept weights, as a finished run's
             raise
         finally:
             torch.set_num_threads(threads)
