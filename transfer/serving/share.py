@@ -65,6 +65,7 @@ DEFAULT_MAX_PICTURE_MB = 10
 # Limits for owners: live demos per owner (each a copy of a model, served to anyone with the link).
 DEFAULT_DEMOS_PER_OWNER = 10
 COLLECTED_FOLDER = "collected"  # visitors' pictures kept for the owner (transfer.serving.demo_collect)
+COLLECT_LOCK = ".collect.lock"  # held while a visitor's picture is kept, and while the demo is revoked
 RATE_WINDOW_SECONDS = 60.0
 
 
@@ -345,10 +346,11 @@ class DemoStore:
     def revoke(self, token_or_id: str) -> Demo:
         """End a demo now: its link stops working and its model files are deleted."""
         demo = self.find(token_or_id)
-        if demo.revoked_at is None:
-            demo.revoked_at = self.clock()
-            atomic_write_json(demo.folder / DEMO_FILE, demo.record())
-        self.revoke_files(demo)
+        with file_lock(demo.folder / COLLECT_LOCK):  # no picture is kept after this (demo_collect re-checks)
+            if demo.revoked_at is None:
+                demo.revoked_at = self.clock()
+                atomic_write_json(demo.folder / DEMO_FILE, demo.record())
+            self.revoke_files(demo)
         return demo
 
     @staticmethod

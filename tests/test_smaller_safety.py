@@ -1,0 +1,41 @@
+"""Smaller holes a stranger could use: password guessing from rotating addresses, a page zip
+naming parent folders, and a picture kept by a demo revoked a moment before."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from test_access import FakeClock
+from transfer.runtime.access import PasswordCheck
+from transfer.serving import web_page
+
+
+def test_ipv6_addresses_of_one_64_network_share_one_wait():
+    clock = FakeClock()
+    check = PasswordCheck("pw", first_delay=0.5, max_delay=8, sleep=clock.sleep, clock=clock)
+    for host in range(1, 5):  # a new address of the same /64 for every guess
+        assert not check.attempt(f"2001:db8:1:2::{host:x}", "guess")
+    assert clock.slept == [0.5, 1.0, 2.0, 4.0]
+    assert not check.attempt("2001:db8:1:3::1", "guess") and clock.slept[-1] == 0.5  # another /64
+
+
+def test_past_the_server_wide_budget_every_wrong_guess_waits_the_longest():
+    clock = FakeClock()
+    check = PasswordCheck("pw", first_delay=0.5, max_delay=8, max_clients=2, server_budget=5,
+                          sleep=clock.sleep, clock=clock)
+    for client in range(12):  # a new address for every guess, also overflowing the tracked clients
+        assert not check.attempt(f"10.0.0.{client}", "guess")
+    assert clock.slept[:5] == [0.5] * 5 and clock.slept[5:] == [8] * 7
+    assert check.attempt("10.0.0.99", "pw")  # the right password still opens at once
+
+
+def test_a_page_zip_naming_a_parent_folder_is_refused(tmp_path):
+    archive = tmp_path / "page.zip"
+    with zipfile.ZipFile(archive, "w") as page:
+        page.writestr("page/index.html", "<html></html>")
+        page.writestr("page/../../outside.txt", "not here")
+    with pytest.raises(OSError, match="outside its folder"):
+        web_page.unpack_page(archive, tmp_path / "unpacked")
+    assert not (tmp_path / "outside.txt").exists()
