@@ -39,3 +39,29 @@ def test_a_page_zip_naming_a_parent_folder_is_refused(tmp_path):
     with pytest.raises(OSError, match="outside its folder"):
         web_page.unpack_page(archive, tmp_path / "unpacked")
     assert not (tmp_path / "outside.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["with\x00nul", "tab\there", "__MACOSX", "bell\x07", ".hidden", "a/b"])
+def test_a_new_class_follows_the_upload_rules_for_names(tmp_path, png, name):
+    from transfer.core.errors import TransferError
+    from transfer.data.working_copy import WorkingCopy
+
+    copy = WorkingCopy(tmp_path / "copy")
+    copy.start_empty()
+    with pytest.raises(TransferError, match="cannot be a class name"):
+        copy.add(png(0, 1), name, name="picture.png")
+    assert [path.name for path in copy.data.rglob("*") if path.is_file()] == []
+
+
+def test_a_data_set_with_more_classes_than_the_cap_is_refused_with_a_sentence(tmp_path, png, monkeypatch):
+    from transfer.data import report
+    from transfer.data.dataset import check_dataset
+
+    monkeypatch.setattr(report, "MAX_CLASSES", 3)
+    for index in range(4):
+        folder = tmp_path / "data" / f"class{index}"
+        folder.mkdir(parents=True)
+        for picture in range(2):
+            (folder / f"{picture}.png").write_bytes(png(index, picture))
+    checked = check_dataset(tmp_path / "data")
+    assert any("Found 4 classes; the studio trains at most 3" in error for error in checked.errors)

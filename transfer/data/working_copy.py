@@ -241,8 +241,15 @@ def split_for_new_label(train_count: int, val_count: int) -> str:
 
 
 def _check_class_name(label: str) -> None:
-    if not label or label.startswith(".") or Path(label).name != label or label.lower() in _SPLIT_FOLDERS:
-        raise WorkingCopyError(f"'{label}' cannot be a class name; use letters or digits, for example 'cat'.")
+    """The upload rules for class names: a plain folder name, no control characters (a NUL would
+    be an uncaught error, others unreadable), nothing skipped when a data set is read (``__MACOSX``,
+    hidden names), not a split folder's name."""
+    unusable = (not label or label.startswith(".") or Path(label).name != label or len(label) > 100
+                or label.lower() in _SPLIT_FOLDERS or label.lower() == "__macosx"
+                or any(ord(ch) < 32 or ord(ch) == 127 for ch in label))
+    if unusable:
+        shown = "".join(ch if ch.isprintable() else "?" for ch in (label or ""))[:100]
+        raise WorkingCopyError(f"'{shown}' cannot be a class name; use letters or digits, for example 'cat'.")
 
 
 def _relative(path: Path, root: Path) -> Path:
