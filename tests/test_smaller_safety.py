@@ -65,3 +65,29 @@ def test_a_data_set_with_more_classes_than_the_cap_is_refused_with_a_sentence(tm
             (folder / f"{picture}.png").write_bytes(png(index, picture))
     checked = check_dataset(tmp_path / "data")
     assert any("Found 4 classes; the studio trains at most 3" in error for error in checked.errors)
+
+
+def test_two_tabs_adding_at_once_keep_both_edits(tmp_path, png, monkeypatch):
+    import threading
+    import time
+
+    from transfer.data import working_copy
+    from transfer.data.working_copy import WorkingCopy
+
+    copy = WorkingCopy(tmp_path / "copy")
+    copy.start_empty()
+    original = working_copy.atomic_write_json
+
+    def slow_write(path, obj):  # widens the window between reading the edits and writing them back
+        time.sleep(0.2)
+        original(path, obj)
+
+    monkeypatch.setattr(working_copy, "atomic_write_json", slow_write)
+    tabs = [threading.Thread(target=WorkingCopy(tmp_path / "copy").add, args=(png(0, index), "red"),
+                             kwargs={"name": f"tab{index}.png"}) for index in range(2)]
+    for tab in tabs:
+        tab.start()
+    for tab in tabs:
+        tab.join()
+    assert sorted(edit["path"] for edit in WorkingCopy(tmp_path / "copy").edits) == ["red/tab0.png", "red/tab1.png"]
+    assert len(set(working_copy.read_pinned_splits(copy.data))) == 2
