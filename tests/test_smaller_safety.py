@@ -91,3 +91,31 @@ def test_two_tabs_adding_at_once_keep_both_edits(tmp_path, png, monkeypatch):
         tab.join()
     assert sorted(edit["path"] for edit in WorkingCopy(tmp_path / "copy").edits) == ["red/tab0.png", "red/tab1.png"]
     assert len(set(working_copy.read_pinned_splits(copy.data))) == 2
+
+
+def test_a_demo_bundle_names_neither_the_source_run_nor_the_uploaded_weights(tmp_path):
+    import json
+
+    from transfer.serving.share import copy_bundle_without_run_id
+
+    source = tmp_path / "run-7.zip"
+    info = {"classes": ["a", "b"], "initial_weights": {"run": "run-3", "file": "my-secret-model.pt"}}
+    with zipfile.ZipFile(source, "w") as bundle:
+        bundle.writestr("run-7/model.json", json.dumps(info))
+    copy_bundle_without_run_id(source, tmp_path / "bundle.zip", "run-7")
+    with zipfile.ZipFile(tmp_path / "bundle.zip") as bundle:
+        text = bundle.read("model/model.json").decode()
+    assert json.loads(text) == {"classes": ["a", "b"]} and "secret" not in text
+
+
+def test_the_explainers_sentence_names_no_server_path(monkeypatch):
+    from transfer.serving import explainer
+
+    worker = explainer.Explainer()
+    monkeypatch.setattr(worker, "_exchange", lambda request: {
+        "error": "The heat map could not be made (FileNotFoundError: [Errno 2] No such file or directory: "
+                 "'/srv/studio/sessions/Ab12/runs/run-1/model.safetensors')."})
+    with pytest.raises(explainer.ExplainError) as raised:
+        worker.explain("/srv/studio/sessions/Ab12/runs/run-1", b"picture")
+    assert "/srv" not in str(raised.value) and "sessions" not in str(raised.value)
+    assert "could not be made" in str(raised.value)

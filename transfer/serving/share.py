@@ -460,8 +460,18 @@ def copy_bundle_without_run_id(source: Path, target: Path, run_id: str, name: st
             data = original.read(entry)
             if entry.filename.endswith(".md"):
                 data = data.replace(f"run `{run_id}`".encode(), b"a shared demo").replace(run_id.encode(), b"model")
+            if entry.filename.endswith("/model.json"):  # the source run and the uploaded file's name
+                data = _without_initial_weights(data)
             entry.filename = entry.filename.replace(run_id, name, 1)
             copy.writestr(entry, data, compress_type=entry.compress_type)
+
+
+def _without_initial_weights(model_json: bytes) -> bytes:
+    import json
+
+    info = json.loads(model_json)
+    info.pop("initial_weights", None)
+    return (json.dumps(info, indent=2) + "\n").encode()
 
 
 def _size(count: int) -> str:
