@@ -119,3 +119,16 @@ def test_the_explainers_sentence_names_no_server_path(monkeypatch):
         worker.explain("/srv/studio/sessions/Ab12/runs/run-1", b"picture")
     assert "/srv" not in str(raised.value) and "sessions" not in str(raised.value)
     assert "could not be made" in str(raised.value)
+
+
+def test_a_workers_log_names_its_run_not_the_sessions_folder(tmp_path, monkeypatch):
+    from test_jobs import WAIT, demo
+    from transfer.runtime.jobs import JobManager
+
+    monkeypatch.setenv("TRANSFER_HOME", str(tmp_path / "home"))
+    runs = tmp_path / "home" / "sessions" / "SessionTokenXYZ" / "runs"
+    manager = JobManager(runs)
+    run = manager.submit(demo(epochs=1, epoch_seconds=0.05))
+    assert manager.wait(run, timeout=WAIT)["state"] == "finished"
+    log = run.log_path.read_text()
+    assert f"running run {run.id}" in log and "SessionTokenXYZ" not in log
