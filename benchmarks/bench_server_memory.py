@@ -218,10 +218,17 @@ def main() -> None:
 
         run = RunDir(make_run(home / "runs" / "bench-run"))
         run.update_status(state="finished")
-        token, _ = DemoStore().create(run.path, title="Bench demo")
+        token, demo = DemoStore().create(run.path, title="Bench demo")
         picture = big_png(args.megapixels)
         rows = []
+        record = demo.folder / "demo.json"
+        own_record = record.read_text()
         for label, checkout in ([("before", args.compare)] if args.compare else []) + [("this checkout", ROOT)]:
+            # An older checkout refuses a demo record with fields it does not know: it gets one without.
+            fields = json.loads(own_record)
+            if checkout != ROOT:
+                fields.pop("include_reference", None)
+            record.write_text(json.dumps(fields))
             attack = upload_attack(checkout, home, args.bodies, args.body_mb, ceiling_mb)
             crowd = demo_visitors(checkout, home, token, args.visitors, picture, ceiling_mb)
             rows.append({"checkout": label, "path": str(checkout), "upload_attack": attack, "demo_visitors": crowd})
