@@ -122,3 +122,14 @@ def test_gc_collects_expired_demos_and_deleting_a_session_revokes_its_demos(run,
     with pytest.raises(share.DemoUnavailable):
         DemoStore().open(forever)
     assert not (kept.folder / "model.safetensors").exists()
+
+
+def test_a_picture_arriving_after_its_demo_was_revoked_is_not_kept(run):
+    from transfer.serving import demo_collect
+
+    token, demo = DemoStore().create(run.path)
+    demo_collect.enable(demo.folder)
+    opened_by_visitor = DemoStore().open(token)  # the page opened the demo a moment before
+    DemoStore().revoke(token)
+    assert not demo_collect.keep_picture(opened_by_visitor, encoded("red", 9))
+    assert not (demo.folder / share.COLLECTED_FOLDER).exists()

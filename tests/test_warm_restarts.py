@@ -56,3 +56,16 @@ def test_a_dead_fork_server_started_by_this_process_is_reaped(tmp_path, monkeypa
     monkeypatch.setattr(warm, "studio_running", lambda queue: False)
     warm.keep_alive(tmp_path)
     assert process.returncode == 0 and warm._started == []
+
+
+def test_a_run_whose_environment_changes_import_time_settings_is_not_forked(monkeypatch):
+    from transfer.runtime import warm_server
+
+    monkeypatch.setattr(warm_server, "_import_env", {"HF_HUB_OFFLINE": "1"})
+    request = {"run_dir": "/somewhere/run-1", "code": warm.CODE_ROOT, "executable": sys.executable, "slots": 1,
+               "env": {"HF_HUB_OFFLINE": "1", "TRANSFER_HOME": "/elsewhere"}}
+    assert warm_server.refuse(request, [5, 6]) == ""
+    request["env"]["HF_HUB_OFFLINE"] = "0"  # the fork would keep the server's offline setting
+    assert "HF_HUB_OFFLINE" in warm_server.refuse(request, [5, 6])
+    request["env"] = {"TORCH_HOME": "/my/cache"}
+    assert "TORCH_HOME" in warm_server.refuse(request, [5, 6])

@@ -168,3 +168,23 @@ def write_pictures(folder, make_picture):
     make_picture(0, 964, (500, 70)).save(folder / "strip.png")
     made.append(folder / "strip.png")
     return made
+
+
+def test_a_picture_chosen_while_the_web_pages_model_loads_is_answered_once_it_has(camera_browser,
+                                                                                  trained_run_for_page, tmp_path,
+                                                                                  make_picture):
+    folder = tmp_path / "page"
+    export_run(trained_run_for_page.path, "web", folder)
+    picture = tmp_path / "early.png"
+    make_picture(0, 970, (120, 90)).save(picture)
+    page = camera_browser.new_page()
+    try:
+        with serve_folder(folder, slow_file="model.onnx", delay=4.0) as url:
+            page.goto(url)
+            page.wait_for_selector("#files", state="attached")
+            assert not page.locator("#result").text_content().startswith("Ready")  # still loading
+            answer = answer_for(page, picture, timeout_ms=120_000)
+            assert answer["label"] == Predictor.from_run(trained_run_for_page.path).predict(picture, 1)[0].label
+            assert "cannot be used" not in page.locator("#pictures").text_content()
+    finally:
+        page.close()

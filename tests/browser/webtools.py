@@ -9,6 +9,7 @@ import http.server
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -44,14 +45,23 @@ def y4m_from_picture(picture: Path, target: Path, width: int = 640, height: int 
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    slow_file, delay = "", 0.0  # one file answered only after a delay (a large model on a slow line)
+
     def log_message(self, format, *args):  # noqa: A002 - the standard library's name
         pass
 
+    def do_GET(self):
+        if self.slow_file and self.path.lstrip("/").split("?")[0] == self.slow_file:
+            time.sleep(self.delay)
+        super().do_GET()
+
 
 @contextlib.contextmanager
-def serve_folder(folder: Path):
-    """``python -m http.server`` in ``folder`` (on a free port, in a thread); yields the URL."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
+def serve_folder(folder: Path, slow_file: str = "", delay: float = 0.0):
+    """``python -m http.server`` in ``folder`` (on a free port, in a thread); yields the URL.
+    ``slow_file`` is sent only ``delay`` seconds after it is asked for."""
+    quiet = type("Handler", (_QuietHandler,), {"slow_file": slow_file, "delay": delay})
+    handler = functools.partial(quiet, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

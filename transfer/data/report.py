@@ -19,6 +19,9 @@ SMALL_IMAGE_PIXELS = 32
 
 #: Largest/smallest class ratio above which imbalance is worth a warning.
 IMBALANCE_WARNING_RATIO = 3.0
+# Every page that shows a model draws a classes x classes grid (the confusion matrix) and a row per
+# class: far past what anyone labels by hand, a data set is refused rather than drawn.
+MAX_CLASSES = 1000
 
 
 # Reasons a file is left out, besides the picture reasons of transfer.data.images.
@@ -238,6 +241,11 @@ def _report_blocking(report: Report, reads: list[ReadPicture]) -> None:
             "No readable picture was found; give a folder (or .zip) with one sub-folder per class, "
             "each holding JPEG or PNG pictures."
         )
+        return
+    if len(report.classes) > MAX_CLASSES:
+        report.errors.append(
+            f"Found {len(report.classes):,} classes; the studio trains at most {MAX_CLASSES:,}. Check that each "
+            "sub-folder is a class (not one folder per picture), or merge classes.")
         return
     if len(report.classes) < 2:
         found = f"only one class ({report.classes[0]})" if report.classes else "no class"

@@ -20,6 +20,7 @@ change and runs before and after compare on the same ones. Pointing the session'
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -30,11 +31,28 @@ from transfer.data.discovery import VAL_FOLDER_NAMES
 from transfer.data.samples import TRAIN, VAL, Dataset
 from transfer.data.splits import PINNED_SPLITS, read_pinned_splits
 from transfer.core.errors import TransferError
-from transfer.core.runs import atomic_write_bytes, atomic_write_json, read_json
+from transfer.core.runs import atomic_write_bytes, atomic_write_json, file_lock, read_json
 
 STATE_FILE = "state.json"
 MOVE, REMOVE, KEEP, ADD = "move", "remove", "keep", "add"
 _SPLIT_FOLDERS = {TRAIN, *VAL_FOLDER_NAMES}
+
+
+EDIT_LOCK = ".edit.lock"
+
+
+def one_edit_at_a_time(method):
+    """Each edit reads, changes and writes the copy's JSON files under the copy's lock, so two tabs
+    (or two server processes) editing at once cannot lose each other's edits."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        if not self.folder.is_dir():
+            return method(self, *args, **kwargs)  # no copy yet: the method says so
+        with file_lock(self.folder / EDIT_LOCK):
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class WorkingCopyError(TransferError):
@@ -99,6 +117,7 @@ class WorkingCopy:
 
     # ------------------------------------------------------------------ fixes
 
+    @one_edit_at_a_time
     def move(self, path: str, new_label: str, *, label: str, sha256: str = "") -> dict:
         """File the picture at ``path`` (relative to the data root) under ``new_label`` instead."""
         source = self._existing(path)
@@ -112,6 +131,7 @@ class WorkingCopy:
         return self._record({"action": MOVE, "path": path, "to": target.relative_to(self.data).as_posix(),
                              "label": label, "new_label": new_label, "sha256": sha256})
 
+    @one_edit_at_a_time
     def remove(self, path: str, *, label: str, sha256: str = "") -> dict:
         """Take the picture at ``path`` out of the data set (kept aside, so it can come back)."""
         source = self._existing(path)
@@ -122,11 +142,13 @@ class WorkingCopy:
         return self._record({"action": REMOVE, "path": path, "to": target.relative_to(self.folder).as_posix(),
                              "label": label, "new_label": None, "sha256": sha256}, number)
 
+    @one_edit_at_a_time
     def keep(self, path: str, *, label: str, sha256: str = "") -> dict:
         """Note that the picture at ``path`` was looked at and is right as it is."""
         return self._record({"action": KEEP, "path": path, "to": path, "label": label, "new_label": label,
                              "sha256": sha256})
 
+    @one_edit_at_a_time
     def add(self, picture: Path | bytes, label: str, *, name: str, split: str = TRAIN, origin: str = "") -> dict:
         """Add a picture from outside the data set (a file, or the bytes of one) under ``label``.
 
@@ -153,6 +175,7 @@ class WorkingCopy:
         return self._record({"action": ADD, "path": relative, "to": relative, "label": None, "new_label": label,
                              "sha256": sha256, "split": split, "origin": origin})
 
+    @one_edit_at_a_time
     def freeze_split(self, dataset: Dataset) -> None:
         """Fix every picture of ``dataset`` (this copy, checked) on its current side of the split.
 
@@ -177,6 +200,7 @@ class WorkingCopy:
             return []
         return [TRAIN] if split != VAL else [val_folder]
 
+    @one_edit_at_a_time
     def undo(self, edit_id: int) -> dict:
         """Reverse one edit: the picture goes back where it was."""
         state = self.state
@@ -241,8 +265,15 @@ def split_for_new_label(train_count: int, val_count: int) -> str:
 
 
 def _check_class_name(label: str) -> None:
-    if not label or label.startswith(".") or Path(label).name != label or label.lower() in _SPLIT_FOLDERS:
-        raise WorkingCopyError(f"'{label}' cannot be a class name; use letters or digits, for example 'cat'.")
+    """The upload rules for class names: a plain folder name, no control characters (a NUL would
+    be an uncaught error, others unreadable), nothing skipped when a data set is read (``__MACOSX``,
+    hidden names), not a split folder's name."""
+    unusable = (not label or label.startswith(".") or Path(label).name != label or len(label) > 100
+                or label.lower() in _SPLIT_FOLDERS or label.lower() == "__macosx"
+                or any(ord(ch) < 32 or ord(ch) == 127 for ch in label))
+    if unusable:
+        shown = "".join(ch if ch.isprintable() else "?" for ch in (label or ""))[:100]
+        raise WorkingCopyError(f"'{shown}' cannot be a class name; use letters or digits, for example 'cat'.")
 
 
 def _relative(path: Path, root: Path) -> Path:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 
 from transfer.core import paths
@@ -70,14 +71,20 @@ class PasswordCheck:
     The wait doubles with every failure in a row (``first_delay`` up to ``max_delay`` seconds) and
     attempts of one client are answered one at a time, so opening many tabs does not multiply the
     guessing rate. Failures are forgotten after ``forget_after`` seconds without one, or on success.
+    An IPv6 client is its /64 network (one machine gets a whole /64 to pick addresses from). Past
+    ``server_budget`` failures from everyone within ``forget_after`` seconds, every wrong guess
+    waits ``max_delay`` and they are answered one at a time server-wide, so rotating addresses or
+    flooding the list of clients does not reset the wait.
     """
 
     def __init__(self, password: str, *, first_delay: float = 0.5, max_delay: float = 8.0,
-                 forget_after: float = 900.0, max_clients: int = 10_000, sleep=time.sleep,
-                 clock=time.monotonic):
+                 forget_after: float = 900.0, max_clients: int = 10_000, server_budget: int = 100,
+                 sleep=time.sleep, clock=time.monotonic):
         self._digest = hashlib.sha256(password.encode()).digest()
         self.first_delay, self.max_delay, self.forget_after = first_delay, max_delay, forget_after
-        self.max_clients = max_clients
+        self.max_clients, self.server_budget = max_clients, server_budget
+        self._recent_failures: deque[float] = deque(maxlen=server_budget + 1)  # every client's, newest last
+        self._server_turn = threading.Lock()
         self._sleep, self._clock = sleep, clock
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # client -> (count, last)
         self._client_locks: dict[str, threading.Lock] = {}
@@ -85,16 +92,30 @@ class PasswordCheck:
 
     def attempt(self, client: str, guess: str) -> bool:
         """True when ``guess`` is the password. A wrong guess returns only after the client's wait."""
+        client = guessing_key(client)
         with self._client_lock(client):
             # Comparing digests keeps the time independent of both contents and lengths.
             right = hmac.compare_digest(hashlib.sha256(guess.encode()).digest(), self._digest)
             if right:
                 self._forget(client)
                 return True
-            self._sleep(self._record_failure(client))
+            wait = self._record_failure(client)
+            if self._over_server_budget():
+                with self._server_turn:
+                    self._sleep(self.max_delay)
+            else:
+                self._sleep(wait)
             return False
 
+    def _over_server_budget(self) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._recent_failures.append(now)
+            recent = [t for t in self._recent_failures if now - t < self.forget_after]
+            return len(recent) > self.server_budget
+
     def failures(self, client: str) -> int:
+        client = guessing_key(client)
         with self._lock:
             count, last = self._failures.get(client, (0, 0.0))
             return count if self._clock() - last < self.forget_after else 0
@@ -117,6 +138,19 @@ class PasswordCheck:
             if len(self._client_locks) > self.max_clients:
                 self._client_locks.clear()  # only in-flight attempts lose their turn order
             return self._client_locks.setdefault(client, threading.Lock())
+
+
+def guessing_key(client: str) -> str:
+    """The key a client's failures are counted under: an IPv6 address's /64 network, else the client."""
+    try:
+        address = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return client
+    if address.version == 4:
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{address}/64", strict=False))
 
 
 def guessing_client(connection_address: str | None, headers, env: dict | None = None) -> str:

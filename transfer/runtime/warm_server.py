@@ -40,6 +40,12 @@ POLL_SECONDS = 0.5
 MAX_REQUEST_BYTES = 256 * 1024
 MAX_FDS = 64
 
+# Settings libraries read once, when imported (huggingface_hub's HF_HUB_OFFLINE, torch's and timm's
+# cache folders, ...): a fork keeps the values this server imported with, so a run whose command
+# was given other values is refused here and starts as a fresh interpreter instead.
+IMPORT_TIME_PREFIXES = ("HF_", "HUGGINGFACE_", "TORCH_", "PYTORCH_", "TIMM_", "XDG_CACHE_HOME")
+_import_env: dict[str, str] = {}
+
 # This process's hold on warm.lock; a forked worker lets go of its copy, so that a fork server
 # that died is seen as dead (and replaced) even while its workers still train.
 _server_lock: int | None = None
@@ -52,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if _server_lock is None:
         return 0  # another fork server looks after this queue
     lower_priority()
+    global _import_env
+    _import_env = import_time_settings(os.environ)
     log(f"fork server {os.getpid()} warming up")
     started = time.monotonic()
     if os.environ.get(PRELOAD_ENV, "").strip().lower() != "none":
@@ -143,7 +151,7 @@ def answer_request(connection: socket.socket, listener: socket.socket) -> None:
             connection.sendall(json.dumps({"error": refusal}).encode() + b"\n")
             return
         pid = fork_worker(request, fds, listener, connection)
-        log(f"forked worker {pid} for {request['run_dir']}")
+        log(f"forked worker {pid} for run {Path(request['run_dir']).name}")  # not the session's folder
         connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
     except (OSError, ValueError) as error:
         log(f"could not answer a request: {error}")
@@ -160,7 +168,16 @@ def refuse(request, fds: list[int]) -> str:
         return "the caller runs other code than this fork server"
     if len(fds) != 1 + int(request.get("slots") or 0) or len(fds) < 2:
         return "the run lock and its slots must come with the request"
+    differing = sorted(set(import_time_settings(request.get("env") or {}).items()) ^ set(_import_env.items()))
+    if differing:
+        names = ", ".join(sorted({name for name, _ in differing}))
+        return f"the run's environment sets {names} otherwise than when this server imported its libraries"
     return ""
+
+
+def import_time_settings(environment) -> dict[str, str]:
+    return {str(name): str(value) for name, value in environment.items()
+            if str(name).startswith(IMPORT_TIME_PREFIXES)}
 
 
 def fork_worker(request: dict, fds: list[int], listener: socket.socket, connection: socket.socket) -> int:

@@ -81,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
 
     run = RunDir(args.run_dir)
     if not run.exists():
-        print(f"{run.path} is not a run folder", file=sys.stderr)
+        # Logs name a run by its id, never by its folder: the folder names the browser session.
+        print(f"{run.path.name} is not a run folder", file=sys.stderr)
         return 2
     lock = args.lock_fd if args.lock_fd is not None else lock_with_retry(run.worker_lock_path, WORKER_LOCK_WAIT_SECONDS)
     if lock is None:
-        print(f"another worker is already looking after {run.path}; exiting", file=sys.stderr)
+        print(f"another worker is already looking after run {run.path.name}; exiting", file=sys.stderr)
         return 0
     slots = args.slot_fd or []
     try:
@@ -116,7 +117,7 @@ def train_in_slot(run: RunDir, held_fds: tuple[int, ...] = ()) -> int:
                              queue_position=None, message="Running.")
     if started is None:  # cancelled between leaving the queue and starting
         return 0
-    print(f"{time.strftime('%H:%M:%S')} worker {os.getpid()} running {run.path}", flush=True)
+    print(f"{time.strftime('%H:%M:%S')} worker {os.getpid()} running run {run.path.name}", flush=True)
     if is_distributed(run.config):
         return run_distributed(run, held_fds)
     return run_job(run)

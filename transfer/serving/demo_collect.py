@@ -18,7 +18,7 @@ from pathlib import Path
 from transfer.data.images import ImageError, inspect_image
 from transfer.core.quota import folder_bytes
 from transfer.core.runs import atomic_write_bytes, atomic_write_json, file_lock, read_json
-from transfer.serving.share import COLLECTED_FOLDER
+from transfer.serving.share import COLLECT_LOCK, COLLECTED_FOLDER, DEMO_FILE
 
 COLLECT_FILE = "collect.json"
 DEFAULT_MAX_PICTURES = 500
@@ -70,9 +70,11 @@ def keep_picture(demo, data: bytes) -> bool:
     except ImageError:
         return False  # the page says why it cannot be used; nothing to keep
     folder = collected_folder(demo)
-    folder.mkdir(exist_ok=True)
     target = folder / (hashlib.sha256(data).hexdigest() + _EXTENSIONS.get(info.format, ".png"))
-    with file_lock(Path(demo.folder) / ".collect.lock"):
+    with file_lock(Path(demo.folder) / COLLECT_LOCK):
+        if _revoked(demo):  # revoked while this picture was on its way: revoking holds this lock
+            return False
+        folder.mkdir(exist_ok=True)
         if target.exists():
             return True
         if collected_count(demo) >= int(settings.get("max_pictures", 0)):
@@ -84,3 +86,8 @@ def keep_picture(demo, data: bytes) -> bool:
         except OSError:
             return False  # a full disk costs the owner a picture, never the visitor an answer
     return True
+
+
+def _revoked(demo) -> bool:
+    record = read_json(Path(demo.folder) / DEMO_FILE)
+    return not isinstance(record, dict) or record.get("revoked_at") is not None

@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -69,7 +70,7 @@ class Explainer:
             from PIL import Image
 
             overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["overlay_png"]))).convert("RGB"))
-        return HeatMap(overlay, str(answer.get("note", "")), str(answer.get("label", "")))
+        return HeatMap(overlay, without_paths(str(answer.get("note", ""))), str(answer.get("label", "")))
 
     def layer(self, folder: Path | str) -> tuple[bool, str]:
         """Whether the model of ``folder`` has a layer Grad-CAM can use, and which (or why not)."""
@@ -98,7 +99,7 @@ class Explainer:
                                            "try again in a moment.") from None
                     continue
                 if "error" in answer:
-                    raise ExplainError(str(answer["error"]))
+                    raise ExplainError(without_paths(str(answer["error"])))
                 return answer
         raise AssertionError("unreachable")
 
@@ -157,6 +158,15 @@ def shared_explainer() -> Explainer:
 
 
 # --------------------------------------------------------------------------- inside the child
+
+
+# Two or more path components: what a traceback's text names of the server's folders.
+_SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s'\"(),:;/\\]+){2,}[/\\]?")
+
+
+def without_paths(text: str) -> str:
+    """The explainer's sentence as a visitor may read it: no folder or file of this server named."""
+    return _SERVER_PATH.sub("(a file on the server)", text)
 
 
 def serve(requests, answers) -> None:

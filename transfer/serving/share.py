@@ -66,6 +66,7 @@ DEFAULT_MAX_PICTURE_MB = 10
 # Limits for owners: live demos per owner (each a copy of a model, served to anyone with the link).
 DEFAULT_DEMOS_PER_OWNER = 10
 COLLECTED_FOLDER = "collected"  # visitors' pictures kept for the owner (transfer.serving.demo_collect)
+COLLECT_LOCK = ".collect.lock"  # held while a visitor's picture is kept, and while the demo is revoked
 RATE_WINDOW_SECONDS = 60.0
 
 
@@ -355,10 +356,11 @@ class DemoStore:
     def revoke(self, token_or_id: str) -> Demo:
         """End a demo now: its link stops working and its model files are deleted."""
         demo = self.find(token_or_id)
-        if demo.revoked_at is None:
-            demo.revoked_at = self.clock()
-            atomic_write_json(demo.folder / DEMO_FILE, demo.record())
-        self.revoke_files(demo)
+        with file_lock(demo.folder / COLLECT_LOCK):  # no picture is kept after this (demo_collect re-checks)
+            if demo.revoked_at is None:
+                demo.revoked_at = self.clock()
+                atomic_write_json(demo.folder / DEMO_FILE, demo.record())
+            self.revoke_files(demo)
         return demo
 
     @staticmethod
@@ -468,8 +470,18 @@ def copy_bundle_without_run_id(source: Path, target: Path, run_id: str, name: st
             data = original.read(entry)
             if entry.filename.endswith(".md"):
                 data = data.replace(f"run `{run_id}`".encode(), b"a shared demo").replace(run_id.encode(), b"model")
+            if entry.filename.endswith("/model.json"):  # the source run and the uploaded file's name
+                data = _without_initial_weights(data)
             entry.filename = entry.filename.replace(run_id, name, 1)
             copy.writestr(entry, data, compress_type=entry.compress_type)
+
+
+def _without_initial_weights(model_json: bytes) -> bytes:
+    import json
+
+    info = json.loads(model_json)
+    info.pop("initial_weights", None)
+    return (json.dumps(info, indent=2) + "\n").encode()
 
 
 def _size(count: int) -> str:

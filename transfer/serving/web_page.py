@@ -109,10 +109,14 @@ def web_page_zip(folder_name: str, onnx: bytes, info: dict, title: str = "") -> 
 
 
 def unpack_page(zip_path: Path, target: Path) -> Path:
-    """Unpack a web page export into the folder ``target`` (created; files directly inside)."""
+    """Unpack a web page export into the folder ``target`` (created; files directly inside).
+    An entry naming a parent folder (``..``) or an absolute path is refused, whatever made the zip."""
     with zipfile.ZipFile(zip_path) as archive:
         for entry in archive.infolist():
-            relative = Path(*Path(entry.filename).parts[1:])
+            parts = Path(entry.filename).parts
+            if ".." in parts or entry.filename.startswith(("/", "\\")):
+                raise OSError(f"the page's zip names a file outside its folder ({entry.filename!r})")
+            relative = Path(*parts[1:])
             if entry.is_dir() or not relative.parts:
                 continue
             destination = target / relative

@@ -31,13 +31,29 @@ async function classifyFiles(files) {
     name.textContent = file.name;
     row.append(image, bars);
     $("pictures").prepend(row);
+    // A picture chosen while the model is still loading waits for it, then is answered.
+    bars.textContent = classifier ? "" : "Waiting for the model to load ...";
     try {
-      const answer = await classifier.classify(await pictureFromFile(file, classifier.preprocessing));
+      await ready;
+    } catch (error) {
+      bars.textContent = `${file.name} cannot be answered: the model could not be loaded (see above).`;
+      continue;
+    }
+    let picture;
+    try {
+      picture = await pictureFromFile(file, classifier.preprocessing);
+    } catch (error) {
+      bars.textContent = `${file.name} cannot be used: it is not a picture this browser can read; try JPEG or PNG.`;
+      continue;
+    }
+    try {
+      const answer = await classifier.classify(picture);
+      bars.textContent = "";
       renderAnswer(bars, answer, TOP_K);
       bars.prepend(name);
       publishAnswer($("result"), answer, file.name);
     } catch (error) {
-      bars.textContent = `${file.name} cannot be used: it is not a picture this browser can read; try JPEG or PNG.`;
+      bars.textContent = `${file.name} could not be classified (${error.message || error}).`;
     }
   }
 }
@@ -80,7 +96,8 @@ $("pause").addEventListener("click", () => {
   $("pause").textContent = camera.paused ? "Resume" : "Pause";
 });
 
-main().catch((error) => {
+const ready = main();
+ready.catch((error) => {
   $("result").textContent = "";
   $("problem").textContent = `The model could not be loaded (${error.message || error}). Serve this folder over http (for example \`python -m http.server\` in it) rather than opening index.html as a file.`;
 });
