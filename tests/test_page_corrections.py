@@ -19,6 +19,7 @@ from transfer.data.dataset import check_dataset
 from transfer.analysis.evaluate import PREDICTIONS_FILE
 from transfer.runtime.jobs import JobManager
 from transfer.core.runs import RunDir, atomic_write_json
+from transfer.models.run_names import run_name
 
 
 @pytest.fixture
@@ -102,8 +103,8 @@ def test_train_again_compares_both_runs_on_the_same_validation_pictures(own_sess
     assert not app.exception, app.exception
     labels = [m.label for m in app.metric]
     assert {"Accuracy before", "Accuracy now", "Wrong → right", "Right → wrong"} <= set(labels)
-    name = lambda run_id: run_id.replace("-", "\u2011")
-    assert any(f"run {name(run.id)} → run {name(new_id)}" in s.value for s in app.subheader)
+    names = f"{run_name(run)} → {run_name(RunDir(workspace / 'runs' / new_id))}"
+    assert any(names in s.value for s in app.subheader)
     now = next(m for m in app.metric if m.label == "Accuracy now")
     assert now.value == f"{round(comparison.after_accuracy * comparison.pictures)} of {comparison.pictures}"
     change = round(100 * (comparison.after_accuracy - comparison.before_accuracy))
