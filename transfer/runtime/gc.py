@@ -142,8 +142,9 @@ def delete_session(workspace: Path) -> int:
     if live:
         names = ", ".join(run.id for run in live[:3])
         raise CleanupRefused(
-            f"{len(live)} run(s) of this session are still queued or running ({names}); "
-            "stop them on the Train page first, then delete the session's data."
+            f"{len(live)} {'run' if len(live) == 1 else 'runs'} of this project "
+            f"{'is' if len(live) == 1 else 'are'} still queued or running ({names}); "
+            "stop them on the Train page first, then delete the project."
         )
     revoke_session_demos(workspace)
     return remove_tree(workspace)

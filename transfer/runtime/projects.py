@@ -218,19 +218,10 @@ def mark_opened(project_id: str) -> None:
 
 
 def delete_project(project_id: str) -> int:
-    """Delete a project with everything in it and revoke its demo links; the bytes freed.
-    Refused while one of its runs is queued or running."""
-    from transfer.serving.share import OWNER_FILE, DemoStore
-
-    project = read_project(project_id)
-    owned = DemoStore().owned(project.path / OWNER_FILE)
-    freed = delete_session(project.path)
-    for token, _demo in owned:
-        try:
-            DemoStore().revoke(token)
-        except TransferError:
-            pass  # already revoked or expired
-    return freed
+    """Delete a project with everything in it, its live demo links revoked first (see
+    :func:`transfer.runtime.gc.delete_session`); the bytes freed. Refused while one of its runs is
+    queued or running."""
+    return delete_session(read_project(project_id).path)
 
 
 def duplicate_project(project_id: str, name: str | None = None) -> Project:
