@@ -128,6 +128,8 @@ def test_a_demo_visitor_gets_only_the_demos_model_and_an_explained_frame_counts(
     views = live_views(app)
     # The demo's model without the novelty reference (its model.onnx with it stays on the server).
     assert len(views) == 1 and sent_model(views[0]) == (demo.folder / "live.onnx").read_bytes()
+    app.run()  # a rerun passes only the model's id
+    assert not app.exception and not sends_bytes(app)
     monkeypatch.setattr(live_view, "_live_camera", lambda **arguments: b"\x00\x00\x00\x02" + png_frame())
     app.run()
     assert not app.exception and "explained camera frame" in all_text(app)
