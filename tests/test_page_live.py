@@ -29,6 +29,17 @@ def sent_model(view) -> bytes:
     return next(arg.bytes for arg in view.proto.special_args if arg.key == "model")
 
 
+def sends_bytes(app) -> bool:
+    """Whether this run's live view carries the model's bytes (not only its id)."""
+    (view,) = live_views(app)
+    return any(arg.key == "model" for arg in view.proto.special_args)
+
+
+def model_id_of(app) -> str:
+    (view,) = live_views(app)
+    return json.loads(view.proto.json_args)["model_id"]
+
+
 def open_live(app):
     next(button for button in app.button if button.label == "Live camera").click().run()
     assert not app.exception
@@ -68,6 +79,40 @@ def test_the_live_camera_button_sends_the_runs_own_model_and_closes(owner, runti
     assert not live_views(app)
 
 
+def test_the_model_is_sent_on_the_first_render_only_and_again_when_the_view_asks(owner, runtime, monkeypatch):
+    token, run = owner
+    answers = {"value": None}  # what the browser's view returns: nothing yet, or a request for the model
+    real_view = live_view._live_camera
+
+    def view_in_browser(**arguments):
+        real_view(**arguments)
+        return answers["value"]
+
+    monkeypatch.setattr(live_view, "_live_camera", view_in_browser)
+    app = open_live(open_app("pages/predict.py", token=token))
+    assert sends_bytes(app)
+    model_id = model_id_of(app)
+    for _ in range(2):  # later reruns pass only the id: no model bytes to hash, copy or send
+        app.run()
+        assert not app.exception and not sends_bytes(app) and model_id_of(app) == model_id
+        assert json.loads(live_views(app)[0].proto.json_args)["model"] is None
+    answers["value"] = {"model_id": model_id, "request": "a view drawn anew"}
+    app.run()  # the request's own run sends the bytes once, in the run right after it
+    assert not app.exception and sends_bytes(app)
+    assert sent_model(live_views(app)[0]) == cached_export(run.path, "onnx").path.read_bytes()
+    app.run()  # the same request, still the view's value, is not answered twice
+    assert not sends_bytes(app)
+    answers["value"] = {"model_id": model_id, "request": "drawn anew once more"}
+    app.run()
+    assert sends_bytes(app)
+    answers["value"] = {"model_id": "some other model", "request": "a stale view"}
+    app.run()
+    assert not sends_bytes(app)
+    next(button for button in app.button if button.label == "Close the live camera").click().run()
+    open_live(app)  # a view opened again starts without the model, so it gets the bytes
+    assert sends_bytes(app)
+
+
 def test_explain_this_frame_shows_the_frame_and_its_heat_map(owner, runtime, monkeypatch):
     token, _ = owner
     monkeypatch.setattr(live_view, "_live_camera", lambda **arguments: b"\x00\x00\x00\x01" + png_frame())
@@ -83,6 +128,8 @@ def test_a_demo_visitor_gets_only_the_demos_model_and_an_explained_frame_counts(
     views = live_views(app)
     # The demo's model without the novelty reference (its model.onnx with it stays on the server).
     assert len(views) == 1 and sent_model(views[0]) == (demo.folder / "live.onnx").read_bytes()
+    app.run()  # a rerun passes only the model's id
+    assert not app.exception and not sends_bytes(app)
     monkeypatch.setattr(live_view, "_live_camera", lambda **arguments: b"\x00\x00\x00\x02" + png_frame())
     app.run()
     assert not app.exception and "explained camera frame" in all_text(app)

@@ -3,10 +3,12 @@
 The "Live camera" button opens a camera view (a Streamlit component whose files are
 ``transfer/serving/web_assets``, served by the studio itself) that classifies frames one after another
 with onnxruntime-web on the run's checked ONNX export, and shows class bars and how many
-pictures a second it manages. No frame leaves the device: the server sends the model once (the
-bytes travel as a component argument, so no URL exists that another session could fetch; later
-reruns send only a reference to the same message) and then does nothing while the camera runs.
-"Explain this frame" sends that one frame back, and the page shows it with the usual Grad-CAM.
+pictures a second it manages. No frame leaves the device: the server sends the model once per
+page (the bytes travel as a component argument, so no URL exists that another session could
+fetch) and then does nothing while the camera runs. Later reruns pass only the model's opaque id;
+a view that was drawn anew without the model (after a page switch, say) asks for it, and the
+next run sends the bytes again. "Explain this frame" sends that one frame back, and the page
+shows it with the usual Grad-CAM.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
         return None
     if st.button("Close the live camera", key=f"{key}_stop", icon=":material/stop_circle:"):
         st.session_state[opened] = False
+        st.session_state.pop(f"{key}_sent", None)  # a view opened later starts without the model
         st.rerun()
     try:
         require_runtime()
@@ -93,12 +96,32 @@ def live_section(folder: Path, top_k: int, key: str, explain: bool = True,
         return None
     info = {**info, "unsure_margin": unsure_margin_of(folder)}
     model_id = opaque_id(onnx)
-    value = _live_camera(model=model_bytes(str(onnx), model_id), info=browser_info(info, strictness=strictness),
-                         model_id=model_id, top_k=top_k, explain=explain, autostart=True, key=f"{key}_view",
-                         default=None, height=FRAME_HEIGHT)
+    sent = f"{key}_sent"
+    sending = st.session_state.get(sent) != model_id
+    model = model_bytes(str(onnx), model_id) if sending else None
+    value = _live_camera(model=model, info=browser_info(info, strictness=strictness), model_id=model_id,
+                         top_k=top_k, explain=explain, autostart=True, key=f"{key}_view", default=None,
+                         height=FRAME_HEIGHT)
+    st.session_state[sent] = model_id
+    if is_new_request(value, model_id, key) and not sending:
+        st.session_state.pop(sent)  # the view was drawn anew and lost the model: send it on the next run
+        st.rerun()
     if isinstance(value, (bytes, bytearray)) and len(value) > COUNTER_BYTES:
         return bytes(value[COUNTER_BYTES:])
     return None
+
+
+def is_new_request(value, model_id: str, key: str) -> bool:
+    """Whether the view asks for this model and that request was not answered yet. The view's value
+    is either the explained frame (bytes) or such a request ({"model_id", "request"}, the latter a
+    random id, so a request stays news until handled even though the value stays until the next)."""
+    if not isinstance(value, dict) or value.get("model_id") != model_id:
+        return False
+    answered = f"{key}_answered"
+    if st.session_state.get(answered) == value.get("request"):
+        return False
+    st.session_state[answered] = value.get("request")
+    return True
 
 
 def unsure_margin_of(folder) -> float | None:

@@ -1,7 +1,9 @@
 """The live camera in a real browser: chromium's fake camera plays a video made from a test
 picture; on the Predict page the live answer appears and keeps updating, computed in the
 browser (the websocket carries no frames: a few kilobytes in 10 s of live mode), and "Explain
-this frame" brings that one frame back with its heat map. The web page export, served by a
+this frame" brings that one frame back with its heat map. The model reaches the page once: the
+rerun after "Explain this frame" carries only its id and the view answers on; after a visit to
+another page the view, drawn anew, asks for the model, gets it and answers. The web page export, served by a
 plain HTTP server, answers test pictures as `transfer predict` does, with the float32 model and
 with the smaller (int8) one."""
 
@@ -18,7 +20,7 @@ from browsertools import wait_for_app
 from conftest import CHROMIUM_FLAGS, _chromium, _missing
 from test_predict_journey import finished_run  # noqa: F401 (a tiny finished run in the server's home)
 from transfer.core.runs import RunDir
-from transfer.serving.export import export_run
+from transfer.serving.export import cached_export, export_run
 from transfer.serving.predict import Predictor
 from transfer.serving.web_page import runtime_ready
 from webtools import answer_for, fake_camera_flags, serve_folder, wait_until_ready, y4m_from_picture
@@ -70,8 +72,13 @@ def test_live_camera_answers_in_the_browser_and_sends_no_frames(studio, camera_b
     context = camera_browser.new_context(viewport={"width": 1400, "height": 1100})
     page = context.new_page()
     page.set_default_timeout(60_000)
-    sent = []
-    page.on("websocket", lambda socket: socket.on("framesent", lambda payload: sent.append(len(payload))))
+    sent, received = [], []
+
+    def watch(socket):
+        socket.on("framesent", lambda payload: sent.append(len(payload)))
+        socket.on("framereceived", lambda payload: received.append(len(payload)))
+
+    page.on("websocket", watch)
     try:
         page.goto(f"{studio}/predict?s={token}")
         wait_for_app(page)
@@ -100,9 +107,27 @@ def test_live_camera_answers_in_the_browser_and_sends_no_frames(studio, camera_b
         frame.get_by_role("button", name="Resume").click()
         wait_for_more_answers(frame, answers_so_far(frame))
 
+        model_size = cached_export(run.path, "onnx").path.stat().st_size
+        assert sum(received) >= model_size  # the model came inside the page's messages
+
+        received_before = sum(received)
         frame.get_by_role("button", name="Explain this frame").click()
         page.get_by_text("explained camera frame").wait_for(timeout=240_000)
         page.get_by_text("Where the model looked", exact=False).first.wait_for(timeout=240_000)
+        wait_for_more_answers(frame, answers_so_far(frame))  # the view kept its model through the rerun
+        assert sum(received) - received_before < model_size / 2, "the rerun sent the model again"
+
+        received_before = sum(received)
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Evaluate").click()
+        page.wait_for_url(re.compile("/evaluate"))
+        wait_for_app(page)
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Predict").click()
+        page.wait_for_url(re.compile("/predict"))
+        page.get_by_role("tab", name=re.compile("Live camera")).click()
+        frame = live_frame(page)
+        frame.locator("#result[data-count]").wait_for(timeout=120_000)  # asked for the model, got it, answers
+        wait_for_more_answers(frame, answers_so_far(frame))
+        assert sum(received) - received_before >= model_size
     finally:
         context.close()
 

@@ -1,11 +1,13 @@
 // The Streamlit side of the live camera view (ui/live_view.py declares it). The page sends the
-// model's bytes and model.json once (later reruns send only a reference to them); frames stay
-// here. The only thing sent back is one PNG frame when the visitor asks to explain it.
+// model's bytes once; later reruns pass only its id (and model.json). A view drawn anew that gets
+// an id without the bytes asks for them, and the page sends them on its next run. Frames stay
+// here. What goes back: one PNG frame when the visitor asks to explain it (bytes), or the request
+// for the model (a small object).
 import { openClassifier } from "./classify.js";
 import { LiveCamera, cameraProblem, publishAnswer, renderAnswer } from "./live.js";
 
 const $ = (id) => document.getElementById(id);
-let classifier = null, camera = null, modelId = null, topK = 3, explainCount = 0;
+let classifier = null, camera = null, modelId = null, asked = null, topK = 3, explainCount = 0;
 
 function send(type, data) {
   window.parent.postMessage({ isStreamlitMessage: true, type, ...data }, "*");
@@ -24,6 +26,10 @@ async function onRender(args) {
   topK = args.top_k || 3;
   $("explain").hidden = !args.explain;
   if (args.model_id === modelId) return;
+  if (!args.model) {
+    askForModel(args.model_id);
+    return;
+  }
   modelId = args.model_id;
   if (camera) camera.stop();
   try {
@@ -44,6 +50,15 @@ async function onRender(args) {
   $("result").textContent = "Ready: press Start camera.";
   if (args.autostart) await startCamera();
   fitHeight();
+}
+
+/** Asks the page for the model this view lacks, once per model; the random id makes the request
+ * news to the page even if an earlier request is still the component's value. */
+function askForModel(id) {
+  if (asked === id) return;
+  asked = id;
+  const value = { model_id: id, request: crypto.randomUUID ? crypto.randomUUID() : String(Math.random()) };
+  send("streamlit:setComponentValue", { value, dataType: "json" });
 }
 
 async function startCamera() {
