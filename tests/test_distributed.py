@@ -181,4 +181,5 @@ def test_finetuning_on_two_ranks_resumes_after_a_rank_is_killed(tmp_path, tiny_d
     one = make_run(tmp_path / "one", data, "finetune", epochs=epochs, augmentation="none", batch_size=23)
     train_run(one)
     val_pictures = len(probabilities(one))
-    assert abs(status["best_val_accuracy"] - one.status()["best_val_accuracy"]) <= 2 / val_pictures
+    # Accuracies are stored rounded to 6 decimals: two pictures' worth may read as 0.333334 of 6.
+    assert abs(status["best_val_accuracy"] - one.status()["best_val_accuracy"]) <= 2 / val_pictures + 1e-5

@@ -366,10 +366,11 @@ def test_two_cpu_processes_fine_tune_through_the_command_line(home, tiny_dataset
     assert result["state"] == "finished" and result["world_size"] == 2 and result["epochs"] == 1, story
     assert 0.0 <= result["val_accuracy"] <= 1.0, story
     assert run.config["world_size"] == 2 and run.config["method"] == "finetune"
+    # Rank 0 marks the run finished itself (the command returns then); its outcome file and the
+    # worker's end event follow a moment later.
+    assert wait_until(lambda: run.events("end"), "the worker's end event")[0]["state"] == "finished"
     for name in ("config.json", "status.json", "events.jsonl", "labels.json", "model.safetensors", "model.json",
                  "checkpoint.pt", launch.RANK_OUTCOME_FILE):
         assert (run.path / name).is_file(), name
-    # Rank 0 marks the run finished itself; the worker's end event follows a moment later.
-    assert wait_until(lambda: run.events("end"), "the worker's end event")[0]["state"] == "finished"
     assert [e["epoch"] for e in run.epoch_history()] == [1]  # one run folder, written once per epoch
     assert list_runs(home / "runs") == [run]

@@ -36,7 +36,7 @@ def confident_run(tmp_path_factory) -> Path:
         patch.setenv("TRANSFER_HOME", str(root / "home"))
         assert main(["train", str(data), "--method", "features", "--epochs", "15", "--image-size", "64",
                      "--runs-dir", str(root / "runs")]) == 0
-    return next((root / "runs").iterdir())
+    return next(path for path in (root / "runs").iterdir() if (path / "config.json").is_file())
 
 
 @pytest.fixture
@@ -90,6 +90,30 @@ def test_int8_model_is_smaller_checked_cached_and_served(run_copy, capsys):
     for name in ("model.json", "labels.json"):
         shutil.copyfile(run_copy / name, snapshot / name)
     assert ServerPredictor(snapshot).precision == "int8"
+
+
+def test_the_int8_model_without_the_reference_answers_exactly_as_the_served_one(run_copy):
+    """A web page or a demo's live camera gets the checked int8 model with its "None of these" part
+    cut out: no trace of the training pictures' features, and the very same class answers."""
+    from transfer.serving.export import onnx_session
+
+    served = export_run(run_copy, "onnx", precision="int8")
+    handed_out = export_run(run_copy, "onnx", precision="int8", include_reference=False)
+    assert handed_out.path != served.path and handed_out.check == served.check
+    model = onnx.load(handed_out.path)
+    assert [output.name for output in model.graph.output] == ["probabilities"]
+    reference = {tensor.name for tensor in onnx.load(served.path).graph.initializer} - \
+        {tensor.name for tensor in model.graph.initializer}
+    assert reference, "the reference's tensors are gone"
+    batch = np.random.default_rng(0).normal(size=(4, *quantize_input_shape(model))).astype(np.float32)
+    with_reference = onnx_session(served.path.read_bytes()).run(["probabilities"], {"input": batch})[0]
+    without = onnx_session(handed_out.path.read_bytes()).run(["probabilities"], {"input": batch})[0]
+    assert np.array_equal(with_reference, without)
+
+
+def quantize_input_shape(model) -> tuple[int, int, int]:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return tuple(int(dim.dim_value) for dim in dims[1:])
 
 
 def test_a_model_calibrated_with_a_wrong_scale_is_refused_with_its_figures(run_copy, monkeypatch, capsys):

@@ -231,8 +231,9 @@ def test_a_run_from_weights_resumes_from_its_stored_copy(tmp_path, tiny_dataset,
     from transfer.training.run import Trainer, train_run
 
     spec = store_file(resnet18_file, tmp_path / "runs").to_dict()
+    # A hidden layer, so the head trains for epochs (a plain linear head is fit at once).
     config = TrainConfig.for_method("features", dataset=str(tiny_dataset), backbone="resnet18", epochs=2,
-                                    image_size=32, device="cpu", batch_size=16, initial_weights=spec)
+                                    image_size=32, device="cpu", batch_size=16, initial_weights=spec, hidden=8)
     run = RunDir.create(tmp_path / "runs", config.to_dict())
     original = Trainer.train_one_epoch
 

@@ -42,7 +42,8 @@ def run_label(run: RunDir) -> str:
     """``Lite0 feature transfer, 6 Dec 21:42 · 47 of 50 (94 %)``: the run's readable name and its validation
     accuracy as a count."""
     accuracy = run_accuracy(run.path)
-    shown = accuracy.short() if accuracy else "–"
+    best = run.status().get("best_val_accuracy")
+    shown = accuracy.short() if accuracy else f"{best:.1%}" if isinstance(best, (int, float)) else "–"
     return f"{run_name(run)} · {shown}"
 
 

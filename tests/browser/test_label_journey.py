@@ -73,7 +73,7 @@ def test_pool_to_labels_to_train_again(studio, page, tmp_path):
         label_first_suggestion(page, counts, wanted=4)
 
     open_page(page, studio, "train", token + f"&run={first_run}")
-    page.get_by_text("The data set changed since run", exact=False).wait_for(timeout=60_000)
+    page.get_by_text("The data set changed since", exact=False).wait_for(timeout=60_000)
     page.get_by_role("button", name="Train again and compare").click()
     page.get_by_role("heading", name=re.compile(r"Trained again")).wait_for(timeout=60_000)
     page.get_by_text("Accuracy before").wait_for(timeout=300_000)

@@ -114,7 +114,7 @@ def test_a_returning_person_finds_the_project_and_its_run(playwright, tmp_path, 
         person.shot(page, "3-predict-next-day")
         assert "There is no finished run" not in page.inner_text("body")
         shown = picker.inner_text() + " ".join(field.input_value() for field in picker.locator("input").all())
-        assert re.search(r"Lite0 feature transfer, .* · \d+\.\d%", shown), shown
+        assert re.search(r"Lite0 feature transfer, .* · \d+ of \d+ \(\d+ %\)", shown), shown
         person.close()
     finally:
         if person.context is not None:

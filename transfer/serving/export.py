@@ -315,11 +315,19 @@ def _copy_to(result: ExportResult, output: Path | str) -> ExportResult:
 
 def _make_int8_onnx(run_dir: Path, folder: Path, include: bool = True) -> ExportResult:
     """The float32 export quantized (transfer.serving.quantize) and checked against it on the
-    run's validation pictures; refused with the figures when it answers differently."""
+    run's validation pictures; refused with the figures when it answers differently. Without the
+    novelty reference it is the checked int8 model with that part cut out, so its classes are
+    exactly those the studio answers with."""
     from transfer.core.runs import read_json
     from transfer.models.model_io import read_model_info
     from transfer.serving import quantize
 
+    if not include:
+        served = export_run(run_dir, "onnx", precision="int8", include_reference=True)
+        data = quantize.without_novelty(served.path.read_bytes())
+        path = folder / _variant_name(INT8_FILE, include)
+        atomic_write_bytes(path, data)
+        return replace(served, path=path, bytes=len(data))
     float_export = export_run(run_dir, "onnx", include_reference=include)
     float_onnx = float_export.path.read_bytes()
     info = read_model_info(run_dir) if include else without_reference(read_model_info(run_dir))

@@ -169,6 +169,32 @@ def novelty_only_nodes(model) -> list[str]:
     return sorted(feeding[NOVELTY_OUTPUT] - others)
 
 
+def without_novelty(model_bytes: bytes) -> bytes:
+    """The same model with its ``novelty`` output, the nodes that only feed it and the tensors
+    only they read (the reference of training pictures' features) removed: class answers stay
+    bit for bit those of the model it came from, and nothing of the reference is left."""
+    import onnx
+
+    model = onnx.load_from_string(model_bytes)
+    if NOVELTY_OUTPUT not in [output.name for output in model.graph.output]:
+        return model_bytes
+    dropped = set(novelty_only_nodes(model))
+    kept_nodes = [node for node in model.graph.node if node.name not in dropped]
+    read = {name for node in kept_nodes for name in node.input}
+    kept_outputs = [output for output in model.graph.output if output.name != NOVELTY_OUTPUT]
+    kept_initializers = [tensor for tensor in model.graph.initializer if tensor.name in read]
+    del model.graph.node[:]
+    model.graph.node.extend(kept_nodes)
+    del model.graph.output[:]
+    model.graph.output.extend(kept_outputs)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept_initializers)
+    kept_values = [value for value in model.graph.value_info if value.name in read]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept_values)
+    return model.SerializeToString()
+
+
 def _ancestors(model, output: str) -> set[str]:
     producer = {tensor: node for node in model.graph.node for tensor in node.output}
     seen, wanted = set(), [output]
