@@ -106,8 +106,11 @@ with settings_area:
         trained = ""
         if config.method == "finetune":
             trained = f" (the last {config.train_blocks} blocks)" if config.train_blocks is not None else " (every block)"
-        st.markdown(f"**{METHODS[config.method].title}** of **{config.backbone}**{trained} for {config.epochs} epochs, "
-                    f"batch {config.batch_size}, learning rate {config.lr:g}."
+        if config.method == "features" and config.hidden is None and not config.dropout:
+            how = ": the new head is fit to its optimum on the cached features (no epochs needed)."
+        else:
+            how = f" for {config.epochs} epochs, batch {config.batch_size}, learning rate {config.lr:g}."
+        st.markdown(f"**{METHODS[config.method].title}** of **{config.backbone}**{trained}{how}"
                     + (f" Starting from your weights **{config.initial_weights['name']}**." if config.initial_weights else ""))
         if defaults:
             st.caption("These are the default settings for this data set; Configure changes them if you like.")
@@ -194,7 +197,8 @@ def live_view(run_id: str, was_active: bool) -> None:
         if state == "running" and latest.get("images_per_s"):
             label += f", {latest['images_per_s']:.0f} pictures/s"
         if state == FINISHED:  # a run that stopped early on purpose is finished too: its bar is full
-            done, label = 1.0, f"Finished: {label.lower()}"
+            fitted = head_fit_view.fit_event(events.log) is not None  # one fit, not epochs
+            done, label = 1.0, "Finished: the head was fit to its optimum" if fitted else f"Finished: {label.lower()}"
         st.progress(min(1.0, done), text=label)
     accuracy = run_accuracy(run.path, status)
     metrics = st.columns(3)

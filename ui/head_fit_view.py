@@ -26,7 +26,7 @@ def describe_choices(fit: dict) -> list[str]:
     """One sentence per choice the fit made, in the Train page's words."""
     weights = fit.get("class_weights") or []
     even = bool(weights) and max(weights) - min(weights) < 1e-3
-    lines = [f"Features scaled to unit length ({fit.get('normalisation', 'unit length')}).",
+    lines = [f"Features scaled to {fit.get('normalisation', 'unit length')} before the fit.",
              "Classes are even: every picture weighs the same." if even else
              "Classes weighted so that each counts the same: " + ", ".join(f"{w:.2f}" for w in weights) + "."]
     search = fit.get("strength_cv")
@@ -55,11 +55,6 @@ def render(events: list[dict], key: str) -> bool:
     fit = event["head_fit"]
     st.markdown("**The head was fit to its optimum** (feature transfer: no epochs needed).")
     st.markdown("\n".join(f"- {line}" for line in describe_choices(fit)))
-    if event.get("cv_total"):
-        st.metric("Cross-validated accuracy, all labelled pictures", f"{event['cv_accuracy']:.1%}",
-                  help=f"{event['cv_correct']} of {event['cv_total']} pictures right, each predicted by a head "
-                       f"that never saw it ({event['cv_folds']} folds over training and validation pictures): "
-                       "steadier than the small validation split alone.")
-    if fit.get("curve"):
+    if fit.get("curve"):  # the cross-validated accuracy is shown with the run's other figures, above
         st.plotly_chart(curve_figure(fit["curve"]), key=key)
     return True

@@ -91,7 +91,11 @@ class Reporter:
         if not self.writes:
             return
         status = self.run.status()
-        message = (f"Finished: best validation accuracy {best.accuracy:.3f} at epoch {best.epoch}."
-                   if best.epoch else "Finished.")
+        message = "Finished."
+        if outcome.get("val_total"):
+            message = (f"Finished: {outcome['val_correct']} of {outcome['val_total']} validation pictures right"
+                       + (f" (best epoch {best.epoch})." if (status.get("epochs") or self.epochs) > 1 else "."))
+        elif best.epoch:
+            message = f"Finished: best validation accuracy {best.accuracy:.3f} at epoch {best.epoch}."
         self.status(state=FINISHED, ended_at=time.time(), eta=0, step=None, message=message,
                                epochs=status.get("epochs", self.epochs), **outcome)
