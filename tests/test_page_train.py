@@ -102,11 +102,13 @@ def test_start_watch_and_finish_a_run(configured_session):
     validation = sum(row["val"] for row in check_counts(workspace))
     assert app.metric[0].value.endswith(f" of {validation}") and app.metric[1].value != "–"  # a count, not 80.0 %
     assert any(c.value.startswith(f"Validation accuracy: ") and f"of {validation} (" in c.value for c in app.caption)
-    assert app.get("progress")[0].proto.value == 100 and app.get("progress")[0].proto.text.startswith("Finished")
+    bar = app.get("progress")[0].proto
+    assert bar.value == 100 and bar.text == "Finished: the head was fit to its optimum"  # a fit, not epochs
     training_time = app.metric[2].value
     assert training_time.endswith(" s")
     table = app.dataframe[0].value
     assert table["training time"].tolist() == [training_time]  # one duration everywhere
+    assert any("fit to its optimum on the cached features" in m.value for m in app.markdown)  # no epochs to promise
     assert table["validation accuracy"][0].endswith("%)") and f" of {validation} (" in table["validation accuracy"][0]
     assert len(app.get("plotly_chart")) >= 1
     assert any("This session's runs" in h.value for h in app.subheader)
