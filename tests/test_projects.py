@@ -128,3 +128,9 @@ def test_a_browser_knows_only_the_projects_it_opened():
     assert projects.browser_projects("a-key-this-studio-never-issued") == []
     assert projects.last_opened_project(projects.browser_projects(key)).id == mine.id
     assert theirs.id not in projects.browser_projects(key)
+
+
+def test_a_zips_lone_enclosing_folder_is_not_counted_as_a_class(tmp_path, write_class_folders):
+    write_class_folders(tmp_path / "upload" / "start", {"red": 2, "green": 3})  # start.zip held start/red, start/green
+    classes, pictures = projects.count_pictures(tmp_path / "upload")
+    assert sorted(classes) == ["green", "red"] and pictures == 5

@@ -155,12 +155,13 @@ def _project_card(project: projects.Project, *, is_open: bool) -> None:
 
 
 def describe(summary: projects.ProjectSummary) -> str:
-    """``2 classes · 240 pictures · 3 runs, best 94.1% · last opened 6 Dec 2026 21:42``."""
+    """``2 classes · 240 pictures · 3 runs, best 226 of 240 (94 %) · last opened 6 Dec 2026 21:42``."""
     parts = [f"{summary.classes} class{'es' if summary.classes != 1 else ''} · "
              f"{summary.pictures} picture{'s' if summary.pictures != 1 else ''}" if summary.dataset
              else "no data set yet"]
     if summary.runs:
-        best = f", best {summary.best_accuracy:.1%}" if summary.best_accuracy is not None else ""
+        shown = summary.best_shown or (f"{summary.best_accuracy:.1%}" if summary.best_accuracy is not None else "")
+        best = f", best {shown}" if shown else ""
         parts.append(f"{summary.runs} run{'s' if summary.runs != 1 else ''}{best}")
     parts.append(f"last opened {projects.day_label(summary.last_opened)} "
                  f"{time.strftime('%H:%M', time.localtime(summary.last_opened))}")

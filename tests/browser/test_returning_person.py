@@ -101,7 +101,7 @@ def test_a_returning_person_finds_the_project_and_its_run(playwright, tmp_path, 
         page = person.open()
         go(page, studio)
         assert "Your projects" in page.inner_text("body")
-        card = page.get_by_text(re.compile(r"4 classes · \d+ pictures · 1 run, best \d+\.\d%"))
+        card = page.get_by_text(re.compile(r"4 classes · \d+ pictures · 1 run, best \d+ of \d+ \(\d+ %\)"))
         card.wait_for(timeout=60_000)
         sidebar(page).get_by_text(re.compile(r"Project: Untitled project, ")).wait_for()
         sidebar(page).get_by_text("Data set: demo data", exact=False).wait_for()

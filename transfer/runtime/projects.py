@@ -32,6 +32,7 @@ from pathlib import Path
 from transfer.core import paths
 from transfer.core.errors import TransferError
 from transfer.core.runs import FINISHED, atomic_write_json, list_runs, read_json
+from transfer.data.discovery import find_data_root
 from transfer.data.images import IMAGE_EXTENSIONS
 from transfer.runtime import access
 from transfer.runtime.gc import PROJECT_MANIFEST as MANIFEST_FILE
@@ -320,6 +321,7 @@ class ProjectSummary:
     finished_runs: int
     best_accuracy: float | None
     thumbnail: str | None
+    best_shown: str | None = None  # the best run's accuracy as a count, "27 of 29 (93 %)", when it is known
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -329,20 +331,26 @@ def summarise(project: Project) -> ProjectSummary:
     """One line of Home's list: the data set's classes and pictures, the runs and the best accuracy."""
     choice = read_json(project.path / DATASET_FILE, default={}) or {}
     source = choice.get("source") if isinstance(choice, dict) else None
+    from transfer.analysis.trust import run_accuracy
+
     classes, pictures = count_pictures(Path(source)) if source and Path(source).is_dir() else ({}, 0)
     runs = list_runs(project.runs_dir)
     finished = [run for run in runs if run.state == FINISHED]
-    accuracies = [a for a in (run.status().get("best_val_accuracy") for run in finished) if isinstance(a, (int, float))]
+    scored = [(a, run) for run in finished
+              if isinstance(a := run.status().get("best_val_accuracy"), (int, float))]
+    best, best_run = max(scored, key=lambda pair: pair[0]) if scored else (None, None)
+    counted = run_accuracy(best_run.path) if best_run is not None else None
     thumbnail = _thumbnail_for(project, classes)
     return ProjectSummary(project.id, project.name, project.created, project.last_opened,
                           choice.get("name") if isinstance(choice, dict) else None, len(classes), pictures,
-                          len(runs), len(finished), max(accuracies) if accuracies else None,
-                          str(thumbnail) if thumbnail else None)
+                          len(runs), len(finished), best, str(thumbnail) if thumbnail else None,
+                          counted.short() if counted else None)
 
 
 def count_pictures(source: Path) -> tuple[dict[str, list[Path]], int]:
     """A data set folder's classes (each with its pictures, sorted) and picture count, by file
     name only (Home's summary; the data report checks the pictures themselves)."""
+    source = find_data_root(source)  # a zip's lone enclosing folder is not a class
     splits = [child for child in _children(source) if child.is_dir() and child.name.lower() in
               ("train", "val", "valid", "validation", "test")]
     roots = splits or [source]
