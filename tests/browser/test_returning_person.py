@@ -130,11 +130,7 @@ def test_behind_a_password_another_profile_sees_none_of_them(playwright, tmp_pat
     owner = Profile(playwright, tmp_path / "owner", shots)
     stranger = Profile(playwright, tmp_path / "stranger", shots)
     try:
-        page = owner.open()
-        page.goto(studio)
-        wait_for_app(page)
-        page.locator('input[type="password"]').fill("correct horse")
-        page.locator('input[type="password"]').press("Enter")
+        page = unlocked(owner.open(), studio)
         page.get_by_role("heading", name="Transfer Studio").wait_for(timeout=60_000)
         use_demo_data(page, studio)
         owner.close()
@@ -147,11 +143,7 @@ def test_behind_a_password_another_profile_sees_none_of_them(playwright, tmp_pat
         owner.shot(page, "4-password-owner-next-day")
         owner.close()
 
-        page = stranger.open()
-        page.goto(studio)
-        wait_for_app(page)
-        page.locator('input[type="password"]').fill("correct horse")
-        page.locator('input[type="password"]').press("Enter")
+        page = unlocked(stranger.open(), studio)
         page.get_by_role("heading", name="Your projects").wait_for(timeout=60_000)
         wait_for_app(page)
         body = page.inner_text("body")
@@ -164,3 +156,12 @@ def test_behind_a_password_another_profile_sees_none_of_them(playwright, tmp_pat
             if profile.context is not None:
                 profile.close()
         stop_studio(server)
+
+
+def unlocked(page, studio: str):
+    """A fresh browser at the studio's address, past its password page."""
+    page.goto(studio)
+    wait_for_app(page)
+    page.locator('input[type="password"]').fill("correct horse")
+    page.locator('input[type="password"]').press("Enter")
+    return page
