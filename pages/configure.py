@@ -14,8 +14,8 @@ from transfer.runtime.estimate import (
     request_measurement,
     stored_forward_seconds,
 )
-from transfer.core.runs import ACTIVE_STATES, FINISHED, RunDir
-from ui import charts, jobs_view, reports, session, weights_view
+from transfer.core.runs import ACTIVE_STATES
+from ui import jobs_view, lr_finder_view, reports, session, weights_view
 from ui.gpus_view import gpus_to_use
 from ui.sidebar import has_gpu
 
@@ -97,66 +97,23 @@ if draft.get("method") == method:  # keep what the user set for this method befo
     defaults.update({k: v for k, v in draft.items() if v is not None})
 
 
-def setting(name: str, fallback=None):
-    return defaults.get(name, fallback)
-
-
-def start_lr_finder(method: str, backbone: str, image_size: int, batch_size: int) -> None:
-    """Queue the range test as a job of this session; the page follows it without waiting."""
-    try:
-        trial = TrainConfig.for_method(method, dataset=dataset.to_dict(), backbone=backbone,
-                                       image_size=image_size, batch_size=batch_size)
-        job = jobs_view.session_jobs_manager().submit({"job": "lr_find", "train": trial.to_dict(), "steps": 60})
-    except TransferError as error:
-        st.error(str(error))
-        return
-    st.session_state["lr_job"] = str(job.path)
-    st.session_state.pop("lr_found", None)
-
-
-def show_lr_finder(method: str, lr_key: str, left, right) -> None:
-    """The finder's progress while it runs, then its curve and a button to use its suggestion."""
-    from transfer.training.lr_find import lr_find_result
-
-    job_path = st.session_state.get("lr_job")
-    if job_path:
-        job = RunDir(job_path)
-        status = job.status()
-        if status["state"] in ACTIVE_STATES:
-            with right:
-                jobs_view.follow_job(job, "Trying learning rates from 1e-7 to 10", key="lr_progress")
-            return
-        del st.session_state["lr_job"]
-        result = lr_find_result(job) if status["state"] == FINISHED else None
-        if result is None:
-            st.error(status.get("message") or "The learning-rate finder stopped unexpectedly.")
-        else:
-            st.session_state["lr_found"] = result
-    found = st.session_state.get("lr_found")
-    if found and found["method"] == method:
-        right.plotly_chart(charts.lr_finder_curve(found["lrs"], found["losses"], found["suggestion"]),
-                           key="lr_curve")
-        left.button(f"Use {found['suggestion']:.1e}", key="use_lr", on_click=st.session_state.__setitem__,
-                    args=(lr_key, min(1.0, max(1e-6, float(f"{found['suggestion']:.1e}")))))
-
-
 with st.expander("Advanced settings", expanded=False):
     st.caption("The defaults suit the method; change them only if you know why.")
     left, middle, right = st.columns(3)
-    epochs = left.number_input("Epochs", 1, 500, int(setting("epochs", 10)), key=f"epochs_{method}",
+    epochs = left.number_input("Epochs", 1, 500, int(defaults.get("epochs", 10)), key=f"epochs_{method}",
                                help="How many times training goes through all pictures.")
-    batch_size = middle.number_input("Batch size", 1, 1024, int(setting("batch_size", 32)), key=f"batch_{method}",
+    batch_size = middle.number_input("Batch size", 1, 1024, int(defaults.get("batch_size", 32)), key=f"batch_{method}",
                                      help="Pictures per step; a CUDA out-of-memory error halves it automatically.")
     lr_key = f"lr_{method}"
     if lr_key not in st.session_state:
-        st.session_state[lr_key] = float(setting("lr", 1e-3))
+        st.session_state[lr_key] = float(defaults.get("lr", 1e-3))
     lr = right.number_input("Learning rate", 1e-6, 1.0, format="%.5f", key=lr_key,
                             help="How big each learning step is; the finder below suggests one.")
-    optimizer = left.selectbox("Optimizer", OPTIMIZERS, OPTIMIZERS.index(setting("optimizer", "adamw")),
+    optimizer = left.selectbox("Optimizer", OPTIMIZERS, OPTIMIZERS.index(defaults.get("optimizer", "adamw")),
                                key=f"optimizer_{method}")
-    schedule = middle.selectbox("Learning-rate schedule", SCHEDULES, SCHEDULES.index(setting("schedule", "onecycle")),
+    schedule = middle.selectbox("Learning-rate schedule", SCHEDULES, SCHEDULES.index(defaults.get("schedule", "onecycle")),
                                 key=f"schedule_{method}", help="One-cycle and cosine both warm up, then decay.")
-    augmentation = right.selectbox("Augmentation", AUGMENTATIONS, AUGMENTATIONS.index(setting("augmentation", "light")),
+    augmentation = right.selectbox("Augmentation", AUGMENTATIONS, AUGMENTATIONS.index(defaults.get("augmentation", "light")),
                                    key=f"augmentation_{method}",
                                    help="Random crops, flips (and colour changes for 'strong') so the model "
                                         "does not learn the pictures by heart.")
@@ -166,18 +123,18 @@ with st.expander("Advanced settings", expanded=False):
                                        help=f"{backbone} takes only {entry.preprocessing.input_size} px pictures.")
     else:
         image_size = left.number_input("Image size (pixels)", 32, 1024,
-                                       int(setting("image_size") or entry.preprocessing.input_size),
+                                       int(defaults.get("image_size") or entry.preprocessing.input_size),
                                        key=f"image_size_{method}_{backbone}",
                                        help=f"{backbone} was pretrained at {entry.preprocessing.input_size} px.")
-    seed = middle.number_input("Seed", 0, 2**31 - 1, int(setting("seed", 0)), key=f"seed_{method}",
+    seed = middle.number_input("Seed", 0, 2**31 - 1, int(defaults.get("seed", 0)), key=f"seed_{method}",
                                help="The same seed gives the same result on the CPU.")
     stop_early = right.checkbox("Stop early when validation loss stops improving",
-                                value=setting("early_stopping_patience") is not None, key=f"early_{method}")
-    patience = right.number_input("Patience (epochs)", 1, 100, int(setting("early_stopping_patience") or 3),
+                                value=defaults.get("early_stopping_patience") is not None, key=f"early_{method}")
+    patience = right.number_input("Patience (epochs)", 1, 100, int(defaults.get("early_stopping_patience") or 3),
                                   key=f"patience_{method}", disabled=not stop_early)
-    label_smoothing = left.slider("Label smoothing", 0.0, 0.5, float(setting("label_smoothing", 0.0)), 0.05,
+    label_smoothing = left.slider("Label smoothing", 0.0, 0.5, float(defaults.get("label_smoothing", 0.0)), 0.05,
                                   key=f"smoothing_{method}")
-    weight_decay = middle.number_input("Weight decay", 0.0, 1.0, float(setting("weight_decay", 1e-4)),
+    weight_decay = middle.number_input("Weight decay", 0.0, 1.0, float(defaults.get("weight_decay", 1e-4)),
                                        format="%.5f", key=f"wd_{method}")
     preview_samples = [samples[0] for samples in dataset.by_class("train").values() if samples][:4]
     if preview_samples:
@@ -194,25 +151,25 @@ with st.expander("Advanced settings", expanded=False):
     extra: dict = {}
     if method == "features":
         extra["feature_views"] = right.number_input(
-            "Views per picture", 1, 16, int(setting("feature_views", 1)), key="views",
+            "Views per picture", 1, 16, int(defaults.get("feature_views", 1)), key="views",
             help="The centre crop plus augmented copies; each is computed once and cached.")
     if method == "finetune":
         from ui.blocks import block_count
 
         blocks = block_count(backbone)
-        everything = right.checkbox("Fine-tune every block", value=setting("train_blocks") is None, key="all_blocks")
+        everything = right.checkbox("Fine-tune every block", value=defaults.get("train_blocks") is None, key="all_blocks")
         extra["train_blocks"] = None if everything else right.slider(
-            "Blocks to fine-tune (from the top)", 0, blocks, min(blocks, int(setting("train_blocks") or 2)),
+            "Blocks to fine-tune (from the top)", 0, blocks, min(blocks, int(defaults.get("train_blocks") or 2)),
             key="train_blocks", help=f"{backbone} has {blocks} blocks; earlier ones stay frozen.")
         extra["head_only_epochs"] = left.number_input(
-            "Head-only epochs first", 0, max(0, int(epochs) - 1), min(int(setting("head_only_epochs", 0)), int(epochs) - 1),
+            "Head-only epochs first", 0, max(0, int(epochs) - 1), min(int(defaults.get("head_only_epochs", 0)), int(epochs) - 1),
             key="head_only", help="Train the new head alone for a while before unfreezing the backbone.")
 
     finder_left, finder_right = st.columns([1, 2])
     if finder_left.button("Find a learning rate", icon=":material/search:", key="lr_find",
                           help="A short range test (about 60 steps) in a separate process, as fastai's lr_find."):
-        start_lr_finder(method, backbone, int(image_size), int(batch_size))
-    show_lr_finder(method, lr_key, finder_left, finder_right)
+        lr_finder_view.start_finder(dataset, method, backbone, int(image_size), int(batch_size))
+    lr_finder_view.show_finder(method, lr_key, finder_left, finder_right)
 
 try:
     config = TrainConfig.for_method(

@@ -9,96 +9,23 @@ data set (:class:`transfer.data.working_copy.WorkingCopy`), never to the user's 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from transfer.analysis.audit import ERROR_FILE, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
+from transfer.analysis.audit import RUN_MAP_FOLDER
 from transfer.core.errors import TransferError
-from transfer.core.runs import atomic_write_json, read_json
 from transfer.data.working_copy import ADD, MOVE, REMOVE, WorkingCopy
-from ui import data_view, session
+from ui import data_view, jobs_view, session
 
-JOB_FILE = "job.json"
 GALLERY_LIMIT = 12
 GALLERY_COLUMNS = 4
 THUMBNAIL = 120
-_PHASES = {"features": "Computing features", "heads": "Judging every picture with heads that never saw it",
-           "map": "Drawing the map"}
 _KINDS = {"leakage": "in training and validation (leakage)", "label_conflict": "under two classes",
           "within_class": "twice in one class"}
 _PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC",
             "#EECA3B"]
-
-
-# --------------------------------------------------------------------------- jobs in their own process
-
-
-def start_job(folder: Path, arguments: list[str], *, job: str = "audit", **details) -> None:
-    """Queue an ``audit`` job (``python -m transfer.analysis.audit ARGUMENTS``) or a ``suggest`` job
-    (``transfer.analysis.suggest``), writing into ``folder`` (cleared first), as a job of this
-    session: a worker runs it when the machine's queue lets it, like training."""
-    from ui import jobs_view
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in (RESULT_FILE, ERROR_FILE, PROGRESS_FILE, JOB_FILE):
-        (folder / name).unlink(missing_ok=True)
-    try:
-        run = jobs_view.session_jobs_manager().submit({"job": job, "arguments": arguments})
-    except TransferError as error:  # the session's helper jobs are full: say so where the result goes
-        atomic_write_json(folder / ERROR_FILE, {"error": str(error)})
-        return
-    atomic_write_json(folder / JOB_FILE, {**details, "run": str(run.path), "started": time.time()})
-
-
-def job_state(folder: Path) -> str:
-    """``idle`` (never started), ``running`` (or waiting in the queue), ``done``, ``failed`` or
-    ``stopped`` (its worker died, or it ended without a word)."""
-    from transfer.runtime.jobs import worker_alive
-    from transfer.core.runs import ACTIVE_STATES, RunDir
-
-    if (folder / RESULT_FILE).is_file():
-        return "done"
-    if (folder / ERROR_FILE).is_file():
-        return "failed"
-    job = read_json(folder / JOB_FILE, None)
-    if not isinstance(job, dict) or not job.get("run"):
-        return "idle"
-    run = RunDir(job["run"])
-    if run.exists() and run.state in ACTIVE_STATES and worker_alive(run):
-        return "running"
-    return "stopped"
-
-
-@st.fragment(run_every=1.0)
-def job_progress(folder: str) -> None:
-    """A progress bar that follows the job and reruns the page once it has ended."""
-    folder_path = Path(folder)
-    if job_state(folder_path) != "running":
-        st.rerun()
-    progress = read_json(folder_path / PROGRESS_FILE, None) or {}
-    done, total = int(progress.get("done") or 0), int(progress.get("total") or 0)
-    phase = _PHASES.get(progress.get("phase"), "Waiting for the machine, then starting")
-    text = f"{phase}: {done}/{total}" if total else f"{phase} ..."
-    st.progress(min(1.0, done / total) if total else 0.0, text=text)
-
-
-def job_outcome(folder: Path, start_label: str, start) -> dict | None:
-    """The job's result when done; otherwise its progress, error or a button that starts it."""
-    state = job_state(folder)
-    if state == "running":
-        job_progress(str(folder))
-        return None
-    if state == "failed":
-        st.error((read_json(folder / ERROR_FILE, None) or {}).get("error", "The check stopped unexpectedly."))
-    elif state == "stopped":
-        st.warning("The last check stopped before it finished; start it again.")
-    if state == "done":
-        return read_json(folder / RESULT_FILE, None)
-    st.button(start_label, on_click=start, type="primary", icon=":material/search:", key=f"start:{folder.name}")
-    return None
 
 
 # --------------------------------------------------------------------------- the feature map
@@ -133,8 +60,9 @@ def run_feature_map_section(run) -> None:
     st.subheader("Feature map")
     st.caption("Each validation picture placed by what the backbone sees in it (t-SNE): pictures that look alike "
                "to the network lie close. Dots are right answers, crosses wrong ones.")
-    folder = Path(run.path) / RUN_MAP_FOLDER
-    result = job_outcome(folder, "Draw the feature map", lambda: start_job(folder, ["run-map", str(run.path)]))
+    job = jobs_view.side_job(Path(run.path) / RUN_MAP_FOLDER)
+    result = jobs_view.job_outcome(job, "Draw the feature map",
+                                   lambda: job.start({"job": "audit", "arguments": ["run-map", str(run.path)]}))
     if result:
         st.plotly_chart(feature_map_figure(result["points"], marked="correct"), key="run_feature_map")
 
@@ -150,10 +78,15 @@ def working_copy() -> WorkingCopy:
     return WorkingCopy(audit_folder() / "working_copy")
 
 
+def audit_job():
+    """The session's label audit, as a side job."""
+    return jobs_view.side_job(audit_folder() / "job")
+
+
 def start_audit(choice: dict) -> None:
-    start_job(audit_folder() / "job", ["dataset", str(choice["source"]), str(audit_folder() / "job"),
-                                       "--val-fraction", str(choice["val_fraction"]),
-                                       "--split-seed", str(choice["seed"])], source=str(choice["source"]))
+    arguments = ["dataset", str(choice["source"]), str(audit_folder() / "job"),
+                 "--val-fraction", str(choice["val_fraction"]), "--split-seed", str(choice["seed"])]
+    audit_job().start({"job": "audit", "arguments": arguments}, source=str(choice["source"]))
 
 
 def check_labels_section(choice: dict, report) -> None:
@@ -169,12 +102,11 @@ def check_labels_section(choice: dict, report) -> None:
         if copy.edits and str(choice["source"]) == str(copy.data):
             show_changes(copy)  # labelled pictures of a data set still too small to check
         return
-    folder = audit_folder() / "job"
-    job = read_json(folder / JOB_FILE, None) or {}
-    if job and not _same_data(job.get("source"), choice["source"], copy):
-        for name in (RESULT_FILE, ERROR_FILE, JOB_FILE):  # an audit of another data set
-            (folder / name).unlink(missing_ok=True)
-    result = job_outcome(folder, "Check the labels", lambda: start_audit(choice))
+    job = audit_job()
+    audited = job.details()
+    if audited and not _same_data(audited.get("source"), choice["source"], copy):
+        job.forget()  # an audit of another data set
+    result = jobs_view.job_outcome(job, "Check the labels", lambda: start_audit(choice))
     if result:
         st.button("Check again", on_click=start_audit, args=(choice,), icon=":material/refresh:", key="audit_again")
         show_findings(result, choice, report, copy)

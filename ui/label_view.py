@@ -22,7 +22,7 @@ from transfer.analysis.trust import plural
 from transfer.core.quota import DiskQuota, human_size
 from transfer.core.runs import FINISHED, list_runs, read_json
 from transfer.data.working_copy import WorkingCopy, WorkingCopyError, split_for_new_label
-from ui import audit_view, data_view, reports, session
+from ui import audit_view, data_view, jobs_view, reports, session
 
 SUGGESTIONS = 200  # computed per request; shown a page at a time
 PAGE_SIZE = 8
@@ -293,8 +293,9 @@ def demo_pools() -> list[pools.Pool]:
 # --------------------------------------------------------------------------- suggestions and label assist
 
 
-def suggestion_folder(pool: pools.Pool) -> Path:
-    return session.workspace() / "suggest" / pool.id
+def suggestion_job(pool: pools.Pool):
+    """The pool's suggestions, as a side job of the session."""
+    return jobs_view.side_job(session.workspace() / "suggest" / pool.id)
 
 
 def newest_finished_run() -> Path | None:
@@ -306,7 +307,8 @@ def newest_finished_run() -> Path | None:
 
 
 def start_suggestions(pool: pools.Pool) -> None:
-    folder = suggestion_folder(pool)
+    job = suggestion_job(pool)
+    folder = job.folder
     arguments = [str(pool.path), str(folder), "--count", str(SUGGESTIONS)]
     choice = session.chosen_dataset()
     if choice is not None:
@@ -316,15 +318,16 @@ def start_suggestions(pool: pools.Pool) -> None:
         arguments += ["--run", str(run)]
     (folder / "skipped.json").unlink(missing_ok=True)
     st.session_state[f"suggestion_page:{pool.id}"] = 0
-    audit_view.start_job(folder, arguments, job="suggest", model_run=str(run) if run else None)
+    job.start({"job": "suggest", "arguments": arguments}, model_run=str(run) if run else None)
 
 
 def label_assist(pool: pools.Pool) -> None:
-    folder = suggestion_folder(pool)
-    result = audit_view.job_outcome(folder, "Suggest what to label first", lambda: start_suggestions(pool))
+    suggestions = suggestion_job(pool)
+    folder = suggestions.folder
+    result = jobs_view.job_outcome(suggestions, "Suggest what to label first", lambda: start_suggestions(pool))
     if not result:
         return
-    job = read_json(folder / audit_view.JOB_FILE, None) or {}
+    job = suggestions.details()
     labelled = set(audit_view.working_copy().added()) if audit_view.working_copy().exists() else set()
     skipped = set(read_json(folder / "skipped.json", None) or [])
     waiting = [s for s in result["suggestions"] if s["sha256"] not in labelled | skipped]
@@ -433,6 +436,6 @@ def _label(pool: pools.Pool, suggestion: dict, label: str) -> None:
 def _skip(pool: pools.Pool, suggestion: dict) -> None:
     from transfer.core.runs import atomic_write_json
 
-    path = suggestion_folder(pool) / "skipped.json"
+    path = suggestion_job(pool).folder / "skipped.json"
     skipped = read_json(path, None) or []
     atomic_write_json(path, [*skipped, suggestion["sha256"]])

@@ -121,11 +121,3 @@ def lr_find_job(run) -> None:
     atomic_write_json(run.path / RESULT_FILE, {**result.to_dict(), "method": config.method,
                                                "backbone": config.backbone})
     run.update_status(message=f"Suggested learning rate {result.suggestion:.1e}.")
-
-
-def lr_find_result(run) -> dict | None:
-    """What :func:`lr_find_job` found for ``run``, once it has finished."""
-    from transfer.core.runs import read_json
-
-    result = read_json(run.path / RESULT_FILE)
-    return result if isinstance(result, dict) and "suggestion" in result else None
