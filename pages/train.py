@@ -1,36 +1,19 @@
 """Train: start runs, watch them live, stop them, and compare the three methods on one chart.
 
-Training happens in worker processes; this page only reads run folders, and the live views
-read only the events appended since their last look. Leaving the page, closing the tab or
-refreshing never stops a run, and ``?run=<id>`` in the URL brings the page back to the run it
-was showing. Once a data set is chosen the page starts runs with the default settings; a
-visit to Configure is optional.
+Training happens in worker processes; this page only reads run folders (see ui.train_view).
+Leaving the page, closing the tab or refreshing never stops a run, and ``?run=<id>`` in the URL
+brings the page back to the run it was showing. Once a data set is chosen the page starts runs
+with the default settings; a visit to Configure is optional.
 """
 
 from __future__ import annotations
 
-import time
-
 import streamlit as st
 
-from transfer.analysis.trust import run_accuracy
-from transfer.models.catalogue import METHODS, get_backbone
-from transfer.training.config import TrainConfig
 from transfer.core.errors import TransferError
-from transfer.runtime.estimate import recommend_method
-from transfer.runtime.jobs import dispatch
-from transfer.core.live import RunEvents
-from transfer.core.runs import ACTIVE_STATES, FINISHED, QUEUED, find_run, list_runs
-from transfer.models.run_names import distinct_labels, run_name
-from ui import charts, cleanup_view, head_fit_view, reports, retrain_view, run_name_view, session
-from ui.gpus_view import gpus_to_use
-from ui.sidebar import has_gpu
-
-RUN_PARAM = "run"
-_PHASES = {"decode": "Reading pictures", "features": "Computing features once"}
-STATE_ICONS = {"queued": ":material/hourglass_empty:", "running": ":material/directions_run:",
-               "finished": ":material/check_circle:", "failed": ":material/cancel:", "cancelled": ":material/stop_circle:",
-               "interrupted": ":material/warning:"}
+from transfer.core.runs import ACTIVE_STATES, list_runs
+from ui import cleanup_view, retrain_view, run_name_view, session, train_view
+from ui.train_view import LIVE_SECONDS, RUN_PARAM, TABLE_SECONDS, ticking
 
 st.title("Train")
 manager = session.job_manager()
@@ -41,296 +24,43 @@ manager = session.job_manager()
 # reject an update addressed past the end of the page).
 settings_area, live_area, runs_area = st.container(), st.container(), st.container()
 
-
-# ----------------------------------------------------------------------------- starting runs
-
-
-def shown_run():
-    runs = list_runs(session.runs_dir())
-    wanted = st.query_params.get(RUN_PARAM)
-    if wanted:
-        try:
-            return find_run(session.runs_dir(), wanted)
-        except TransferError:
-            st.warning("The run in this link does not belong to this session (or no longer exists).")
-    return runs[0] if runs else None
-
-
-def chosen_config() -> tuple[TrainConfig | None, bool]:
-    """The settings from the Configure page (or, when it was not visited, the defaults with
-    the method recommended for this data set) applied to the chosen data set and its split;
-    and whether they are the defaults."""
-    choice = session.chosen_dataset()
-    if choice is None:
-        return None, False
-    report = reports.chosen_report(choice)
-    if not report.ok or report.dataset is None:
-        st.error("The chosen data set has problems to fix first: " + " ".join(report.errors))
-        return None, False
-    dataset = report.dataset.to_dict()
-    draft = session.draft_config()
-    if not draft:
-        method = recommend_method(len(report.dataset.train), len(report.dataset.classes), has_gpu()).method
-        return TrainConfig.for_method(method, dataset=dataset), True
-    settings = {k: v for k, v in draft.items() if k != "dataset_name"}
-    return TrainConfig.from_dict({**settings, "dataset": dataset}), False
-
-
-def start(configs: list[TrainConfig]) -> None:
-    try:
-        runs = manager.submit_all([config.validate().to_dict() for config in configs])
-    except TransferError as error:  # the session's limit of queued runs, a full disk ...
-        st.error(str(error))
-        return
-    st.query_params[RUN_PARAM] = runs[0].id
-    if len(runs) > 1:
-        session.remember_comparison([run.id for run in runs])
-    st.rerun()
-
-
 with settings_area:
-    run = shown_run()
+    run = train_view.shown_run()
     changed = retrain_view.changed_data(run)
     if changed:
         retrain_view.offer(run, *changed)
+    line_area, gpus_area = st.container(), st.container()
     try:
-        config, defaults = chosen_config()
+        config, defaults = train_view.chosen_config(gpus_area)
     except TransferError as error:
         st.error(str(error))
         config, defaults = None, False
 
     if config is None:
-        st.info("Choose a data set first; the default settings are a good start.")
-        st.page_link("pages/data.py", label="Go to Data", icon=":material/folder_open:")
+        line_area.info("Choose a data set first; the default settings are a good start.")
+        line_area.page_link("pages/data.py", label="Go to Data", icon=":material/folder_open:")
     else:
-        trained = ""
-        if config.method == "finetune":
-            trained = f" (the last {config.train_blocks} blocks)" if config.train_blocks is not None else " (every block)"
-        if config.method == "features" and config.hidden is None and not config.dropout:
-            how = ": the new head is fit to its optimum on the cached features (no epochs needed)."
-        else:
-            how = f" for {config.epochs} epochs, batch {config.batch_size}, learning rate {config.lr:g}."
-        st.markdown(f"**{METHODS[config.method].title}** of **{config.backbone}**{trained}{how}"
-                    + (f" Starting from your weights **{config.initial_weights['name']}**." if config.initial_weights else ""))
+        line_area.markdown(train_view.settings_line(config))
         if defaults:
-            st.caption("These are the default settings for this data set; Configure changes them if you like.")
-        config.nproc_per_node = gpus_to_use(config.nproc_per_node, key="gpus")
+            line_area.caption("These are the default settings for this data set; Configure changes them if you like.")
         left, right = st.columns(2)
         # Once the data set changed since the shown run, training again and comparing is the one primary action.
         if left.button("Start training", type="secondary" if changed else "primary", icon=":material/rocket_launch:"):
-            start([config])
+            train_view.start(manager, [config])
         if right.button("Compare the three methods", icon=":material/balance:",
                         help="Trains feature transfer, fine-tuning and training from scratch on the same "
                              "pictures and split, one after another, each with its own default settings."):
-            shared = {"dataset": config.dataset, "backbone": config.backbone, "seed": config.seed,
-                      "nproc_per_node": config.nproc_per_node}
-            # An image size chosen on Configure applies to all three; otherwise each method keeps its
-            # own default (scratch trains smaller pictures, which keeps the comparison short).
-            if config.image_size not in (None, get_backbone(config.backbone).preprocessing.input_size):
-                shared["image_size"] = config.image_size
-            start([TrainConfig.for_method(name, **shared, initial_weights=None if name == "scratch" else config.initial_weights)
-                   for name in METHODS])
-
-
-# ----------------------------------------------------------------------------- the shown run
-
-
-def events_of(run) -> RunEvents:
-    """The run's events as of now; each call reads only what was appended since the last."""
-    followed = st.session_state.setdefault("run_events", {})
-    key = str(run.path)
-    if key not in followed:
-        followed[key] = RunEvents(run.path)
-    return followed[key].update()
-
-
-QUEUE_CHECK_SECONDS = 5.0
-
-
-def keep_queue_moving(run) -> None:
-    """Now and then, notice a dead worker and let the queue move on (a worker that was killed
-    cannot hand its slot on by itself)."""
-    last = st.session_state.get("queue_checked_at", 0.0)
-    if time.monotonic() - last < QUEUE_CHECK_SECONDS:
-        return
-    st.session_state["queue_checked_at"] = time.monotonic()
-    manager.check(run)
-    if run.state == QUEUED:
-        dispatch()
-
-
-LIVE_SECONDS, TABLE_SECONDS = 2.0, 5.0
-
-
-def ticking(every: float, active: bool) -> dict:
-    """Fragments redraw on a timer only while something can change: with many sessions open,
-    idle timers would cost the server for nothing."""
-    return {"run_every": every if active else None}
-
-
-def live_view(run_id: str, was_active: bool) -> None:
-    run = find_run(session.runs_dir(), run_id)
-    if run.state in ACTIVE_STATES:
-        keep_queue_moving(run)
-    status = run.status()
-    state = status["state"]
-    if was_active and state not in ACTIVE_STATES:
-        st.rerun()  # the run ended: draw the page once more, without the timer
-    st.subheader(f"{STATE_ICONS.get(state, '')} {run_name(run)}: {state}")
-    st.caption(f"{run.config.get('method')} · {run.config.get('backbone')} · run `{run.id}`")
-    epochs = status.get("epochs") or run.config.get("epochs") or 1
-    epoch, step, steps = status.get("epoch") or 0, status.get("step") or 0, status.get("steps") or 0
-    events = events_of(run)
-    latest = events.latest
-    if state == "queued":
-        place = status.get("queue_position")
-        st.progress(0.0, text="Waiting for the device" + (f": place {place} in the queue." if place else "."))
-    elif state == "running" and latest.get("type") == "progress":
-        done, total = latest.get("done") or 0, latest.get("total") or 1
-        st.progress(min(1.0, done / total), text=f"{_PHASES.get(latest.get('phase'), latest.get('phase'))}: "
-                    f"{done}/{total} pictures, {latest.get('images_per_s') or 0:.0f} pictures/s")
-    else:
-        done = (epoch + (step / steps if steps and state == "running" else 0)) / epochs
-        label = f"Epoch {epoch}/{epochs}" + (f", step {step}/{steps}" if steps and state == "running" else "")
-        if state == "running" and status.get("eta") is not None:
-            label += f", about {status['eta']:.0f} s left"
-        if state == "running" and latest.get("images_per_s"):
-            label += f", {latest['images_per_s']:.0f} pictures/s"
-        if state == FINISHED:  # a run that stopped early on purpose is finished too: its bar is full
-            fitted = head_fit_view.fit_event(events.log) is not None  # one fit, not epochs
-            done, label = 1.0, "Finished: the head was fit to its optimum" if fitted else f"Finished: {label.lower()}"
-        st.progress(min(1.0, done), text=label)
-    accuracy = run_accuracy(run.path, status)
-    metrics = st.columns(3)
-    metrics[0].metric("Validation accuracy", accuracy.headline() if accuracy else "–",
-                      help="Right answers on the validation pictures, which the run never trained on.")
-    metrics[1].metric("Best so far", _best_count(status, accuracy))
-    metrics[2].metric("Training time", duration(run.summary().get("seconds")))
-    if accuracy is not None:
-        st.caption(f"Validation accuracy: {accuracy.describe()}.")
-        if accuracy.cross_validated:
-            st.info(accuracy.describe_cross_validation(), icon=":material/calculate:")
-    if status.get("message") and state not in ("running", "queued"):
-        (st.error if state == "failed" else st.info)(status["message"])
-    history = events.epoch_history()
-    steps_now = events.steps_of_epoch(epoch + 1) if state == "running" else []
-    if not head_fit_view.render(events.log, key=f"fit_{run.id}") and (history or steps_now):
-        st.plotly_chart(charts.training_curves(history, steps_now), key=f"curves_{run.id}")
-    if state in ACTIVE_STATES:
-        if st.button("Stop", icon=":material/stop_circle:", key=f"stop_{run.id}", help="Stops after the current step; "
-                     "the last finished epoch is kept."):
-            _act(manager.cancel, run.id, "Stopping after the current step ...")
-    elif state in ("interrupted", "cancelled", "failed") and run.checkpoint_path.exists():
-        if st.button("Resume", icon=":material/play_arrow:", key=f"resume_{run.id}"):
-            _act(manager.resume, run.id, "Resuming from the last finished epoch ...")
-    with st.expander("Event log"):
-        st.code("\n".join(_describe(e) for e in events.log) or "No events yet.", language=None)
-
-
-def _act(action, run_id: str, note: str) -> None:
-    """Stop or resume; the next refresh of the live view shows the new state."""
-    try:
-        action(run_id)
-        st.toast(note)
-    except TransferError as error:
-        st.error(str(error))
-
-
-def _best_count(status: dict, accuracy) -> str:
-    """The best epoch's accuracy as a count on the same validation pictures."""
-    best = status.get("best_val_accuracy")
-    if best is None or accuracy is None or not accuracy.total:
-        return "–"
-    return f"{round(best * accuracy.total):,} of {accuracy.total:,}"
-
-
-def duration(seconds) -> str:
-    """One way to write a training time, on every part of the page: ``0.7 s``, ``12 s``, ``3 min 05 s``."""
-    if seconds is None:
-        return "–"
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
-
-
-def _describe(event: dict) -> str:
-    moment = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
-    details = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in event.items() if k not in ("time", "type") and not isinstance(v, (list, dict)))
-    return f"{moment} {event.get('type')}: {details}"
-
+            train_view.start(manager, train_view.comparison_configs(config))
 
 if run is not None:
     st.query_params[RUN_PARAM] = run.id
     shown_active = run.state in ACTIVE_STATES
     with live_area:
-        st.fragment(live_view, **ticking(LIVE_SECONDS, shown_active))(run.id, shown_active)
+        st.fragment(train_view.live_view, **ticking(LIVE_SECONDS, shown_active))(manager, run.id, shown_active)
         retrain_view.render(run)
         cleanup_view.delete_run_control(run)
         run_name_view.rename_control(run)
 
-
-# ----------------------------------------------------------------------------- runs and comparison
-
-
-def runs_table(was_active: bool) -> None:
-    runs = list_runs(session.runs_dir())
-    if not runs:
-        return
-    if was_active and not any(item.state in ACTIVE_STATES for item in runs):
-        st.rerun()
-    st.subheader("This session's runs")
-    rows = []
-    names = distinct_labels(runs)
-    for item in runs:
-        summary = item.summary()
-        accuracy = run_accuracy(item.path, item.status())
-        rows.append({"run": names[item.id], "id": summary["id"], "state": summary["state"],
-                     "method": summary["method"], "backbone": summary["backbone"],
-                     "validation accuracy": accuracy.short() if accuracy else "–",
-                     "training time": duration(summary["seconds"])})
-    st.dataframe(rows, hide_index=True, width="stretch")
-    ids = [r["id"] for r in rows]
-    # The picker follows the run the page shows (a new run, a link, Train again), not the last pick.
-    if run is not None and run.id in ids and st.session_state.get("show_run_follows") != run.id:
-        st.session_state["show_run"] = st.session_state["show_run_follows"] = run.id
-    chosen = st.selectbox("Show run", ids, index=ids.index(run.id) if run and run.id in ids else 0, key="show_run",
-                          format_func=names.get)
-    if run is None or chosen != run.id:
-        if st.button("Show", key="show_button"):
-            st.query_params[RUN_PARAM] = chosen
-            st.rerun()
-    comparison_view(runs)
-
-
-def comparison_view(runs) -> None:
-    ended_or_running = [r for r in runs if events_of(r).epoch_history()]
-    if len(ended_or_running) < 2:
-        return
-    st.subheader("Compare runs")
-    labels = distinct_labels(ended_or_running)
-    default = [i for i in session.last_comparison() if i in labels] or list(labels)[:3]
-    picked = st.multiselect("Runs to overlay", list(labels), default=default, format_func=labels.get, key="compare_pick")
-    if not picked:
-        return
-    by_id = {r.id: r for r in ended_or_running}
-    series = {labels[i]: events_of(by_id[i]).epoch_history() for i in picked}
-    axis = st.radio("Horizontal axis", ["epoch", "elapsed"], horizontal=True, key="compare_axis",
-                    format_func=lambda a: "epochs" if a == "epoch" else "seconds of training")
-    st.plotly_chart(charts.compare_curves(series, axis), key="compare_chart")
-    table = []
-    for run_id in picked:
-        summary = by_id[run_id].summary()
-        accuracy = run_accuracy(by_id[run_id].path)
-        table.append({"run": labels[run_id], "state": summary["state"],
-                      "validation accuracy": accuracy.describe() if accuracy else "–",
-                      "training time": duration(summary["seconds"])})
-    st.dataframe(table, hide_index=True, width="stretch")
-
-
 any_active = any(item.state in ACTIVE_STATES for item in list_runs(session.runs_dir()))
 with runs_area:
-    st.fragment(runs_table, **ticking(TABLE_SECONDS, any_active))(any_active)
+    st.fragment(train_view.runs_table, **ticking(TABLE_SECONDS, any_active))(any_active, run.id if run else None)

@@ -447,6 +447,8 @@ def lower_priority() -> None:
 
 
 RUN_ROOM_BYTES = 300 * 10**6  # a ResNet-50 run's weights, checkpoint (with optimizer state) and outputs
+QUEUE_CHECK_SECONDS = 5.0  # how often asking for a run's status also moves the queue
+_queue_checked_at: dict[str, float] = {}  # run folder -> when its status last moved the queue
 
 
 class JobManager:
@@ -524,6 +526,20 @@ class JobManager:
 
     def get(self, run_id: str) -> RunDir:
         return find_run(self.runs_dir, run_id)
+
+    def status(self, run: RunDir | str) -> dict:
+        """The run's status as of now. Asking is also what keeps the queue moving: now and then
+        (every ``QUEUE_CHECK_SECONDS`` per run) a run whose worker died is marked interrupted,
+        and a queued run lets the dispatcher look for a free slot (a worker that was killed
+        cannot hand its slot on by itself)."""
+        run = self._as_run(run)
+        key, now = str(run.path), time.monotonic()
+        if now - _queue_checked_at.get(key, float("-inf")) >= QUEUE_CHECK_SECONDS:
+            _queue_checked_at[key] = now
+            self.check(run)
+            if run.state == QUEUED:
+                dispatch()
+        return run.status()
 
     def list(self) -> list[RunDir]:
         """The runs of this runs folder, newest first, with dead workers accounted for."""
