@@ -13,7 +13,8 @@ import streamlit as st
 from transfer.core.errors import TransferError
 from transfer.core.runs import ACTIVE_STATES, list_runs
 from ui import cleanup_view, retrain_view, run_name_view, session, train_view
-from ui.train_view import LIVE_SECONDS, RUN_PARAM, TABLE_SECONDS, ticking
+from ui.run_picker import RUN_PARAM
+from ui.train_view import LIVE_SECONDS, TABLE_SECONDS, ticking
 
 st.title("Train")
 manager = session.job_manager()

@@ -17,9 +17,9 @@ from transfer.analysis.trust import plural
 from transfer.models.run_names import run_name
 from transfer.core.quota import DiskQuota, QuotaExceeded, human_size
 from ui import session
+from ui.run_picker import RUN_PARAM
 
 _NOTICE = "cleanup_notice"
-_RUN_PARAM = "run"
 
 
 def _notice_here(key: str) -> None:
@@ -79,8 +79,8 @@ def delete_run_control(run) -> None:
                 "demo links already shared keep working.")
     if _confirmed(f"{key}:{run.id}", "Delete this run", question,
                   help="Removes the run's folder: model, checkpoint, history."):
-        if st.query_params.get(_RUN_PARAM) == run.id:
-            del st.query_params[_RUN_PARAM]
+        if st.query_params.get(RUN_PARAM) == run.id:
+            del st.query_params[RUN_PARAM]
         _delete(key, lambda: gc.delete_run(session.runs_dir(), run.id), f"Deleted the run {run_name(run)}")
 
 

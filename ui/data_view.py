@@ -19,6 +19,8 @@ from transfer.data.report import Report
 from transfer.data.samples import TRAIN, VAL
 from transfer.core.errors import TransferError
 from transfer.data.images import ImageError, thumbnail, to_array
+from transfer.data.uploads import content_signature
+from ui import reports
 
 THUMBNAIL_PIXELS = 96
 THUMBNAILS_PER_CLASS = 8
@@ -30,20 +32,13 @@ _DUPLICATE_TITLES = {
 }
 
 
-@st.cache_data(max_entries=16, show_spinner="Checking the pictures…")
-def checked_report(source: str, val_fraction: float, seed: int, signature: str) -> Report:
-    """The report for ``source``; ``signature`` (see ``content_signature``) makes a changed folder re-checked.
-
-    Kept per source, split and content, so moving a slider back, or any rerun, reads no picture again.
-    """
-    return checks.check_inline(source, val_fraction, seed)
-
-
-def report_or_progress(source: str, val_fraction: float, seed: int, signature: str) -> Report | None:
-    """The report, or None while a large data set is still being checked in the worker pool
-    (then a progress bar is shown, and the page reruns by itself once the report is ready)."""
-    if not checks.is_large(source):
-        return checked_report(source, val_fraction, seed, signature)
+def report_or_progress(choice: dict) -> Report | None:
+    """The chosen data set's report, or None while a large data set is still being checked in the
+    worker pool (then a progress bar is shown, and the page reruns by itself once the report is ready)."""
+    if not checks.is_large(choice["source"]):
+        return reports.chosen_report(choice)
+    source, val_fraction, seed = str(choice["source"]), float(choice["val_fraction"]), int(choice["seed"])
+    signature = content_signature(source)
     job = checks.shared_pool().submit(source, val_fraction, seed, signature)
     if job.done():
         failure = job.future.exception()

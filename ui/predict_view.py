@@ -1,6 +1,7 @@
-"""What the Evaluate and Predict pages share: choosing a finished run, the model loaded once per
-process, cached predictions of uploaded pictures, and the figures (confusion matrix, metrics per
-class, top-k bars)."""
+"""The Predict page's answers: the model loaded once per process, cached predictions of
+uploaded pictures, how one picture's answer is drawn (top-k bars, heat map), and the "None of
+these" strictness picker (which Evaluate shares). Choosing a run is ui.run_picker; Evaluate's
+views are ui.evaluate_view."""
 
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from transfer.analysis.trust import UnsureMargin, describe_unsure, run_accuracy, run_unsure_margin, unsure_pair
+from transfer.analysis.trust import UnsureMargin, describe_unsure, run_unsure_margin, unsure_pair
 from transfer.core.errors import TransferError
-from transfer.models.run_names import distinct_labels, run_name
 from transfer.models.novelty import NOT_AVAILABLE, STRICTNESS, describe_answer, novelty_info
-from transfer.core.runs import FINISHED, RunDir, find_run, list_runs
+from transfer.core.runs import RunDir
 from ui import session
 
-RUN_PARAM = "run"  # the same query parameter as the Train page, so links carry the chosen run over
 DISPLAY_PIXELS = 480  # longest side of an uploaded picture as shown on the page
 # A 64-megapixel picture takes about 200 MB while it is decoded: however many visitors drop
 # pictures at once, only this many are decoded in the web server at the same time.
@@ -35,94 +34,13 @@ STRICTNESS_HELP = ("Pictures that look unlike every class the model learned are 
                      "real pictures.")
 
 
-# ----------------------------------------------------------------------------- choosing a run
-
-
-def run_label(run: RunDir) -> str:
-    """``Lite0 feature transfer, 6 Dec 21:42 · 47 of 50 (94 %)``: the run's readable name and its validation
-    accuracy as a count."""
-    accuracy = run_accuracy(run.path)
-    best = run.status().get("best_val_accuracy")
-    shown = accuracy.short() if accuracy else f"{best:.1%}" if isinstance(best, (int, float)) else "–"
-    return f"{run_name(run)} · {shown}"
-
-
-def choose_finished_run(key: str) -> RunDir | None:
-    """A picker over this session's finished runs, defaulting to ``?run=`` (or the newest).
-
-    A link to a run that is still training (or failed) gets a sentence saying so; the link is
-    then left as it is, so going back to the Train page still shows that run.
-    """
-    runs_dir = session.runs_dir()
-    finished = [run for run in list_runs(runs_dir) if run.state == FINISHED]
-    wanted, keep_link = st.query_params.get(RUN_PARAM), False
-    if wanted:
-        try:
-            linked = find_run(runs_dir, wanted)
-        except TransferError:
-            st.warning("The run in this link does not belong to this session (or no longer exists).")
-        else:
-            if linked.state != FINISHED:
-                keep_link = True
-                st.info(f"Run `{linked.id}` is {linked.state}, not finished: its model and evaluation appear "
-                        "here once training finishes." + (" Meanwhile you can pick a finished run below."
-                                                          if finished else ""), icon=":material/hourglass_empty:")
-    if not finished:
-        st.info("There is no finished run in this session yet: train a model first.")
-        st.page_link("pages/train.py", label="Go to Train", icon=":material/rocket_launch:")
-        return None
-    ids = [run.id for run in finished]
-    by_id = {run.id: run for run in finished}
-    best = best_run_of_current_data(finished)
-    default = wanted if wanted in by_id else best.id if best else ids[0]
-    labels = distinct_labels(finished, run_label)
-    chosen = st.selectbox("Run", ids, index=ids.index(default), format_func=labels.get, key=key,
-                          on_change=_link_to_chosen, args=(key,),
-                          help="Only finished runs of this browser session are listed.")
-    if best is not None and chosen == best.id and len(finished) > 1:
-        st.caption("This is the best finished run on the current data set (the highest validation accuracy); "
-                   "pick another above.")
-    if not keep_link:
-        st.query_params[RUN_PARAM] = chosen
-    return by_id[chosen]
-
-
-def best_run_of_current_data(finished: list[RunDir]) -> RunDir | None:
-    """Among finished runs trained on the chosen data set as it is now (else all of them), the one with
-    the highest validation accuracy; the newest among equals."""
-    from ui import reports, retrain_view
-
-    choice = session.chosen_dataset()
-    candidates = finished
-    if choice is not None:
-        try:
-            now = reports.chosen_report(choice).dataset
-        except TransferError:
-            now = None
-        if now is not None:
-            same = [run for run in finished if _trained_on(run, now.fingerprint(), retrain_view.run_dataset)]
-            candidates = same or finished
-    scored = [(accuracy.share, run) for run in candidates
-              if (accuracy := run_accuracy(run.path)) is not None and accuracy.share is not None]
-    if not scored:
-        return None
-    best = max(score for score, _ in scored)
-    return next(run for score, run in scored if score == best)  # list_runs gives the newest first
-
-
-def _trained_on(run: RunDir, fingerprint: str, run_dataset) -> bool:
-    dataset = run_dataset(run)
-    return dataset is not None and dataset.fingerprint() == fingerprint
+# ----------------------------------------------------------------------------- how sure answers are
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def unsure_margin(run_path: str, version: float) -> UnsureMargin:
     """The run's "not sure" margin, measured on its validation answers (cached per weights file)."""
     return run_unsure_margin(run_path)
-
-
-def _link_to_chosen(key: str) -> None:
-    st.query_params[RUN_PARAM] = st.session_state[key]
 
 
 # ----------------------------------------------------------------------------- the model, once per process
@@ -342,26 +260,3 @@ def top_k_bars(prediction: dict) -> go.Figure:
     return figure
 
 
-def confusion_heatmap(matrix: np.ndarray, classes: list[str], normalised: bool) -> go.Figure:
-    """True classes down, predicted across; counts or the share of each true class."""
-    text = [[f"{v:.0%}" if normalised else f"{int(v)}" for v in row] for row in matrix]
-    figure = go.Figure(go.Heatmap(z=matrix.tolist(), x=classes, y=classes, text=text, texttemplate="%{text}",
-                                  colorscale="Blues", zmin=0, zmax=1 if normalised else None,
-                                  hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>"))
-    size = max(320, min(720, 90 + 60 * len(classes)))
-    figure.update_layout(height=size, margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                         xaxis={"title": "predicted class", "type": "category", "side": "bottom"},
-                         yaxis={"title": "true class", "type": "category", "autorange": "reversed"})
-    return figure
-
-
-def class_metric_bars(rows: list[dict]) -> go.Figure:
-    """Precision, recall and F1 side by side for each class."""
-    figure = go.Figure()
-    for metric, colour in (("precision", "#2f6fdf"), ("recall", "#e4572e"), ("f1", "#3a9d5d")):
-        figure.add_trace(go.Bar(name="F1" if metric == "f1" else metric, x=[r["class"] for r in rows],
-                                y=[r[metric] for r in rows], marker_color=colour))
-    figure.update_layout(barmode="group", height=320, yaxis={"range": [0, 1.02], "tickformat": ".0%"},
-                         xaxis={"type": "category"}, margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                         legend={"orientation": "h", "y": -0.2})
-    return figure

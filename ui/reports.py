@@ -2,35 +2,28 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import streamlit as st
 
 from transfer.data.checks import check_bounded
 from transfer.data.report import Report
+from transfer.data.uploads import content_signature
 
 
 @st.cache_data(show_spinner="Checking the pictures ...", max_entries=16)
-def dataset_report(source: str, val_fraction: float, seed: int, version: float) -> Report:
-    """The validation report of a data set; ``version`` (the source's mtime) invalidates it.
+def dataset_report(source: str, val_fraction: float, seed: int, signature: str) -> Report:
+    """The validation report of a data set, kept per source, split and content: ``signature``
+    (:func:`~transfer.data.uploads.content_signature`, the files' names, sizes and times) makes a
+    folder with a file added, removed or rewritten in place checked again, and a rerun or a
+    slider moved back reads no picture again.
 
     Large data sets are checked in the server's bounded pool of worker processes."""
-    return check_bounded(source, val_fraction, seed, str(version))
+    return check_bounded(source, val_fraction, seed, signature)
 
 
 def chosen_report(choice: dict) -> Report:
-    source = Path(choice["source"])
-    return dataset_report(str(source), float(choice["val_fraction"]), int(choice["seed"]), _version(source))
-
-
-def _version(source: Path) -> float:
-    """Latest change under ``source``: a folder's mtime moves whenever a file in it is added or removed."""
-    if not source.exists():
-        return 0.0
-    if source.is_file():
-        return source.stat().st_mtime
-    return max((Path(root).stat().st_mtime for root, _, _ in os.walk(source)), default=0.0)
+    """The report of the data set this session chose (``session.chosen_dataset()``)."""
+    source = str(choice["source"])
+    return dataset_report(source, float(choice["val_fraction"]), int(choice["seed"]), content_signature(source))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -21,9 +21,9 @@ from transfer.core.errors import TransferError
 from transfer.core.runs import FINISHED, atomic_write_json, find_run
 from transfer.models.run_names import run_name
 from ui import reports, session
+from ui.run_picker import RUN_PARAM
 
 PAIRS_FILE = "retrained.json"  # {later run id: earlier run id}
-RUN_PARAM = "run"
 LISTED = 12
 COLUMNS = 6
 THUMBNAIL = 96
@@ -108,7 +108,7 @@ def train_again(run, dataset: Dataset, from_weights: bool) -> None:
             settings["initial_weights"] = weights.store_file(
                 run.weights_path, session.runs_dir(), name=f"{run.id}/{run.weights_path.name}", origin="run",
                 run=run.id).to_dict()
-        config = TrainConfig.from_dict(settings).validate()
+        config = TrainConfig.from_dict(settings)
         new_run = session.job_manager().submit_all([config.to_dict()])[0]
     except (TransferError, OSError) as error:
         st.error(str(error) if isinstance(error, TransferError) else

@@ -20,10 +20,10 @@ from transfer.models.run_names import distinct_labels, run_name
 from transfer.runtime.estimate import recommend_method
 from transfer.training.config import TrainConfig
 from ui import charts, head_fit_view, reports, session
+from ui.run_picker import RUN_PARAM
 from ui.gpus_view import gpus_to_use
 from ui.sidebar import has_gpu
 
-RUN_PARAM = "run"
 LIVE_SECONDS, TABLE_SECONDS = 2.0, 5.0
 _PHASES = {"decode": "Reading pictures", "features": "Computing features once"}
 STATE_ICONS = {"queued": ":material/hourglass_empty:", "running": ":material/directions_run:",

@@ -111,6 +111,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        """A config from its dict (a draft, a file someone wrote), checked: it is being built here."""
+        return cls.from_saved(data).validate()
+
+    @classmethod
+    def from_saved(cls, data: dict) -> "TrainConfig":
+        """A run's config as it was saved when the run was created. It was validated where it
+        was built (the Configure and Train pages, the command line), so it is trusted: only its
+        keys are checked, against the settings this version knows."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known - _BOOKKEEPING_KEYS)
         if unknown:
@@ -120,9 +128,7 @@ class TrainConfig:
             )
         if "dataset" not in data:
             raise ConfigError("This run's settings do not say which pictures to train on; start a new run.")
-        config = cls(**{k: v for k, v in data.items() if k in known})
-        config.validate()
-        return config
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_dict(self) -> dict:
         return {**asdict(self), "world_size": self.world_size}

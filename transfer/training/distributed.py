@@ -103,7 +103,7 @@ def train_as_rank(run: RunDir) -> tuple[str, str]:
     from transfer.training.loop import Trainer
 
     try:
-        config = join_group(TrainConfig.from_dict(run.config))
+        config = join_group(TrainConfig.from_saved(run.config))
         Trainer(run, config).train()
         return "finished", (run.status().get("message") if is_main() else None) or "Finished."
     except Cancelled:

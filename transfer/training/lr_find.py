@@ -116,7 +116,7 @@ def lr_find_job(run) -> None:
     from transfer.training.config import TrainConfig
     from transfer.core.runs import atomic_write_json
 
-    config = TrainConfig.from_dict(run.config["train"])
+    config = TrainConfig.from_saved(run.config["train"])
     result = find_learning_rate(config, num_steps=int(run.config.get("steps", 100)))
     atomic_write_json(run.path / RESULT_FILE, {**result.to_dict(), "method": config.method,
                                                "backbone": config.backbone})

@@ -75,4 +75,4 @@ __all__ = ["FeatureTask", "ImageTask", "METRICS_FILE", "MODEL_INFO_FILE", "PREDI
 
 def train_run(run: RunDir) -> None:
     """Train the run described by ``run.config``; see the module docstring for what it writes."""
-    Trainer(run, TrainConfig.from_dict(run.config)).train()
+    Trainer(run, TrainConfig.from_saved(run.config)).train()
