@@ -19,7 +19,6 @@ from transfer.analysis.trust import UnsureMargin, describe_unsure, run_unsure_ma
 from transfer.core.errors import TransferError
 from transfer.models.novelty import NOT_AVAILABLE, STRICTNESS, describe_answer, novelty_info
 from transfer.core.runs import RunDir
-from ui import session
 
 DISPLAY_PIXELS = 480  # longest side of an uploaded picture as shown on the page
 # A 64-megapixel picture takes about 200 MB while it is decoded: however many visitors drop
