@@ -211,6 +211,21 @@ def test_queued_runs_start_after_a_restart_even_when_their_worker_died(home):
     assert third.status()["started_at"] >= second.status()["ended_at"]
 
 
+def test_asking_for_a_run_s_status_moves_the_queue_past_a_dead_worker(home):
+    """A page that shows a queued run only asks for its status; that alone moves the queue on."""
+    manager = JobManager(home / "runs")
+    first = manager.submit(demo(epochs=50))
+    second = manager.submit(demo(epochs=1, epoch_seconds=0.1))
+    wait_until(lambda: first.state == "running", "the first run to start")
+    kill_worker(first.status()["pid"])  # nothing dispatches now: the dead worker cannot
+    assert second.state == "queued"
+
+    wait_until(lambda: manager.status(second)["state"] != "queued", "asking for its status to start the second run",
+               timeout=WAIT)
+    assert manager.status(first)["state"] == "interrupted"  # its worker died: looking says so
+    assert manager.wait(second, timeout=WAIT)["state"] == "finished"
+
+
 def test_a_session_may_have_four_runs_queued_or_running_and_compare_counts_three(home, monkeypatch):
     manager = JobManager(home / "runs")
     runs = [manager.submit(demo(epochs=50)) for _ in range(2)]

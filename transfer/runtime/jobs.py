@@ -23,7 +23,9 @@ session and every terminal shares it. It lives under ``transfer.core.paths.home(
 
 Whoever changes the queue calls :func:`dispatch`: a submit, a cancel, a resume, a worker that
 just ended (so the queue moves on with no server at all), and every ``JobManager`` as it is
-built (so a restarted server or a terminal finds queued runs and starts them).
+built (so a restarted server or a terminal finds queued runs and starts them). Whoever looks
+moves it too: :meth:`JobManager.status` now and then marks a dead worker's run and lets a
+queued run look for a free slot, so a page that shows a run never moves the queue itself.
 
 Each worker holds an ``flock`` on its run's ``.worker.lock`` while it lives; that is how any
 process tells a live worker from a dead one (a dead worker's run becomes ``interrupted``).
