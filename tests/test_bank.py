@@ -15,7 +15,7 @@ from transfer.data import bank as bank_module
 from transfer.runtime import gc
 from transfer.core import paths
 from transfer.data.augment import augment_batch, eval_batch, get_preset, stack_squares
-from transfer.models.backbones import Preprocessing
+from transfer.data.picture import Preprocessing
 from transfer.data.bank import BankError, PictureBank, bank_path, open_or_build
 from transfer.data.cache import DecodedImageCache
 from transfer.data.dataset import load_dataset

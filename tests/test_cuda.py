@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from transfer.data.augment import augment_batch, eval_batch, get_preset, random_params
-from transfer.models.backbones import Preprocessing, load_backbone
+from transfer.data.picture import Preprocessing
+from transfer.models.backbones import load_backbone
 from transfer.training.config import TrainConfig
 from transfer.data.dataset import load_dataset
 from transfer.core.devices import resolve_device

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 import transfer.core.devices as devices
 from transfer.data.augment import augment_batch, eval_batch, get_preset
-from transfer.models.backbones import Preprocessing, load_backbone
+from transfer.data.picture import Preprocessing
+from transfer.models.backbones import load_backbone
 from transfer.training.config import TrainConfig
 from transfer.models.heads import head_module, replace_head
 from transfer.training.tasks import ImageTask

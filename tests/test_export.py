@@ -22,11 +22,12 @@ from PIL import Image
 from apptools import open_app
 from pictures import make_picture
 from test_page_evaluate import TrainedSession, in_trained_home, trained  # noqa: F401 (fixtures)
-from transfer.data import preparation as bundle_predict
-from transfer.models.backbones import Preprocessing
+from transfer.data.picture import model_input, open_picture
+from transfer.data.picture import Preprocessing
 from transfer.cli.commands import main
 from transfer.serving.export import MAX_ABS_DIFF, ExportError, export_run
-from transfer.serving.predict import Predictor, eval_transform, load_fast_predictor, load_run_model
+from transfer.data.augment import eval_transform
+from transfer.serving.predict import Predictor, load_fast_predictor, load_run_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,13 +167,11 @@ def run_without_torch(folder: Path, photos: Path, scratch: Path) -> dict:
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_predict_py_prepares_pictures_exactly_as_the_studio(interpolation, tmp_path):
     prep = Preprocessing(48, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), interpolation, 0.8)
-    described = {"input_size": prep.input_size, "resize_size": prep.resize_size, "mean": list(prep.mean),
-                 "std": list(prep.std), "interpolation": interpolation}
     from transfer.data.images import open_image
 
     for path in pictures(tmp_path):
         studio = eval_transform(open_image(path, min_short_side=prep.resize_size), prep).numpy()
-        bundled = bundle_predict.model_input(bundle_predict.open_picture(path, prep.resize_size), described)
+        bundled = model_input(open_picture(path, prep.resize_size), prep)
         assert bundled.dtype == np.float32 and np.array_equal(studio, bundled), path.name
 
 

@@ -13,7 +13,6 @@ import transfer.models.features as features_module
 from transfer.data.augment import (
     PRESETS,
     augment_batch,
-    centre_square,
     eval_batch,
     get_preset,
     preprocessing_for,
@@ -21,7 +20,8 @@ from transfer.data.augment import (
     stack_squares,
     view_params,
 )
-from transfer.models.backbones import Preprocessing, get_backbone, load_backbone
+from transfer.data.picture import Preprocessing, centre_square
+from transfer.models.backbones import get_backbone, load_backbone
 from transfer.data.cache import DecodedImageCache
 from transfer.training.config import TrainConfig
 from transfer.data.dataset import load_dataset

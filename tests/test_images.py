@@ -19,10 +19,10 @@ from transfer.data.images import (
     ImageError,
     inspect_image,
     open_image,
-    resize_short_side,
     thumbnail,
     to_array,
 )
+from transfer.data.picture import resize_short_side
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -240,7 +240,7 @@ def test_a_large_jpeg_decodes_at_a_reduced_scale_with_nearly_the_same_pixels():
 
 @pytest.mark.parametrize("mode, orientation", [("RGB", 1), ("RGB", 6), ("L", 8), ("CMYK", 1)])
 def test_studio_and_exported_predict_py_decode_large_jpegs_alike(mode, orientation, tmp_path):
-    from transfer.data import preparation as bundle_predict
+    from transfer.data.picture import open_picture
 
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -248,8 +248,7 @@ def test_studio_and_exported_predict_py_decode_large_jpegs_alike(mode, orientati
     photo_like(1600, 1200).convert(mode).save(path, "JPEG", quality=88, exif=exif.tobytes())
     for side, interpolation in ((180, "bilinear"), (256, "bicubic"), (700, "bilinear")):
         studio = to_array(resize_short_side(open_image(path, min_short_side=side), side, interpolation))
-        bundled = np.asarray(bundle_predict.resize_short_side(bundle_predict.open_picture(path, side), side,
-                                                              interpolation))
+        bundled = np.asarray(resize_short_side(open_picture(path, side), side, interpolation))
         assert np.array_equal(studio, bundled), (side, interpolation)
         assert min(studio.shape[:2]) == side and (studio.shape[0] > studio.shape[1]) == (orientation in (6, 8))
 

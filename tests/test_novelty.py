@@ -195,7 +195,8 @@ def test_exports_answer_novelty_beside_the_probabilities(kinds_run, tmp_path):
     import torch
 
     from transfer.serving.export import export_run, onnx_session
-    from transfer.serving.predict import Predictor, eval_transform
+    from transfer.data.augment import eval_transform
+    from transfer.serving.predict import Predictor
 
     session = onnx_session(export_run(kinds_run.path, "onnx").path)
     assert [o.name for o in session.get_outputs()] == ["probabilities", "novelty"]

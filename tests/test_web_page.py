@@ -1,5 +1,5 @@
 """Models in the browser, without a browser: the page's picture preparation (prepare.js, run by
-Node.js) gives exactly the model input transfer.data.preparation gives, for every interpolation,
+Node.js) gives exactly the model input transfer.data.picture gives, for every interpolation,
 shapes that need Pillow's whole-factor reduction and strips; `transfer export --format web`
 writes a complete page (folder or zip) that names nothing private; the runtime's install and
 its absence say what to do."""
@@ -18,7 +18,7 @@ from PIL import Image
 
 from test_page_evaluate import trained  # noqa: F401 (the shared tiny finished run)
 from test_share import exported  # noqa: F401 (its checked exports, made once)
-from transfer.data import preparation as bundle_predict
+from transfer.data.picture import Preprocessing, model_input
 from transfer.serving import web_page
 from transfer.cli.commands import main
 from transfer.serving.export import cached_export, export_run
@@ -55,7 +55,9 @@ def test_the_pages_preparation_matches_the_studios_exactly(tmp_path):
         preprocessing = {"resize_size": side, "input_size": size, "interpolation": interpolation, "mean": MEAN,
                          "std": STD}
         cases.append({"w": width, "h": height, "rgb": pixels.ravel().tolist(), "p": preprocessing})
-        expected.append(bundle_predict.model_input(Image.fromarray(pixels), preprocessing))
+        studio = Preprocessing(size, tuple(MEAN), tuple(STD), interpolation, crop_pct=size / side)
+        assert studio.resize_size == side
+        expected.append(model_input(Image.fromarray(pixels), studio))
     script = tmp_path / "prepare.mjs"
     script.write_text(PREPARE_IN_NODE % (web_page.ASSETS / "prepare.js").as_uri())
     (tmp_path / "cases.json").write_text(json.dumps(cases))

@@ -39,6 +39,7 @@ import numpy as np
 
 from transfer.core.errors import TransferError
 from transfer.core.runs import atomic_write_json, read_json
+from transfer.data.samples import relative_name
 
 MAX_FOLDS = 5
 CANDIDATE_SIMILARITY = 0.6  # cosine of centred features worth a look at the pixels
@@ -414,13 +415,6 @@ def map_sample(n: int, seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------- the whole audit
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def audit_dataset(dataset, *, backbone: str | None = None, image_size: int | None = None, seed: int = 0,
                   with_map: bool = False, progress: Progress | None = None) -> AuditResult:
     """Audit every picture of a :class:`transfer.data.samples.Dataset` (training and validation)."""
@@ -442,7 +436,7 @@ def audit_dataset(dataset, *, backbone: str | None = None, image_size: int | Non
     unit = unit_rows(extracted.features)
     hashes = [s.sha256 for s in samples]
     root = Path(dataset.root)
-    names = [_relative(s.path, root) for s in samples]
+    names = [relative_name(s.path, root) for s in samples]
     classes = list(dataset.classes)
     result = AuditResult(root=str(root), backbone=backbone, classes=classes, pictures=len(samples), folds=folds,
                          seconds=0.0, feature_seconds=round(extracted.seconds, 3),

@@ -270,7 +270,7 @@ def _memo_path(backbone: str, image_size: int | None) -> Path | None:
     Named by what changes the features: the backbone, its weights file (name, size, time), the
     input size and the pixel rules; read without importing torch, so asking again is quick.
     """
-    from transfer.data.preparation import PIXEL_RULES_VERSION
+    from transfer.data.picture import PIXEL_RULES_VERSION
     from transfer.models.catalogue import get_backbone
 
     try:
@@ -376,7 +376,7 @@ def run_probabilities(run: RunContext, pictures: list, features: np.ndarray) -> 
     """The run's class probabilities for each pool picture, remembered per picture and weights file.
 
     A feature-transfer run's head reads exactly the cached features, so it answers from them;
-    any other run predicts the pictures (on its checked ONNX model).
+    any other run's PyTorch model predicts the pictures, prepared as for validation.
     """
     weights = run.run_dir / "model.safetensors"
     stamp = f"{run.run_dir.resolve()}|{weights.stat().st_size}|{weights.stat().st_mtime_ns}"
@@ -393,20 +393,24 @@ def run_probabilities(run: RunContext, pictures: list, features: np.ndarray) -> 
 def _compute_probabilities(run: RunContext, pictures: list, features: np.ndarray) -> np.ndarray:
     import torch
 
+    from transfer.models.model_io import load_trained_model
+
+    model, _, preprocessing = load_trained_model(run.run_dir)
     if run.config.get("method") == "features" and not run.config.get("initial_weights"):
         from transfer.models.heads import head_module
-        from transfer.serving.predict import load_run_model
 
-        head = head_module(load_run_model(run.run_dir).model)
         with torch.inference_mode():
-            return torch.softmax(head(torch.from_numpy(np.ascontiguousarray(features))).float(), dim=1).numpy()
-    from transfer.serving.predict import Predictor
+            logits = head_module(model)(torch.from_numpy(np.ascontiguousarray(features)))
+            return torch.softmax(logits.float(), dim=1).numpy()
+    from transfer.data.augment import eval_transform
+    from transfer.data.images import open_image
 
-    predictor = Predictor.from_run(run.run_dir)
     rows = []
     for start in range(0, len(pictures), 64):
-        chunk = pictures[start:start + 64]
-        rows.append(predictor.probabilities([predictor.preprocess(p.path) for p in chunk]).numpy())
+        batch = torch.stack([eval_transform(open_image(p.path, min_short_side=preprocessing.resize_size), preprocessing)
+                             for p in pictures[start:start + 64]])
+        with torch.inference_mode():
+            rows.append(torch.softmax(model(batch).float(), dim=1).numpy())
     return np.concatenate(rows)
 
 

@@ -5,8 +5,13 @@ Decoded pictures are kept as one uint8 tensor of centre squares, ``(N, S, S, 3)`
 outer edges of wide pictures but lets a whole batch be cropped, flipped and jittered by a
 single ``grid_sample`` call, on the CPU or on the GPU where the uint8 tensor already lives.
 
+The rules a picture follows on its way in (its centre square, the crop, the normalising
+factors, a backbone's :class:`~transfer.data.picture.Preprocessing`) are those of
+:mod:`transfer.data.picture`; this module applies them to batches of tensors.
+
 * :func:`eval_batch`: the deterministic evaluation transform, resize short side to ``S``
-  then centre-crop ``input_size`` (exactly what the weights were evaluated with), normalised.
+  then centre-crop ``input_size`` (exactly what the weights were evaluated with), normalised;
+  :func:`eval_transform` gives it for one picture (what the PyTorch predictor runs).
 * :func:`augment_batch`: a preset applied to a batch: ``none`` (the evaluation transform),
   ``light`` (random resized crop over 35-100 % of the area, horizontal flip) or ``strong``
   (crop over 8-100 %, flip, brightness/contrast/saturation jitter of 40 %).
@@ -27,8 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transfer.models.backbones import Preprocessing
-from transfer.data.preparation import normalising_factors
+from transfer.data.picture import Preprocessing, centre_square, model_square, normalising_factors
 from transfer.core.errors import TransferError
 
 
@@ -70,14 +74,6 @@ def preprocessing_for(base: Preprocessing, image_size: int | None) -> Preprocess
 
 
 # --------------------------------------------------------------------------- the picture bank
-
-
-def centre_square(array: np.ndarray) -> np.ndarray:
-    """The central ``short x short`` part of a ``(H, W, 3)`` picture."""
-    height, width = array.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    return array[top : top + side, left : left + side]
 
 
 def stack_squares(arrays: list[np.ndarray], side: int) -> torch.Tensor:
@@ -122,6 +118,13 @@ def eval_batch(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     offset = (side - prep.input_size) // 2
     x = x[:, :, offset : offset + prep.input_size, offset : offset + prep.input_size]
     return _normalise_(x.contiguous(memory_format=torch.channels_last), prep, 1 / 255)
+
+
+def eval_transform(image, prep: Preprocessing) -> torch.Tensor:
+    """One RGB picture as the normalised ``(3, input_size, input_size)`` tensor the model expects:
+    :func:`transfer.data.picture.model_square`, then :func:`eval_batch`."""
+    square = torch.from_numpy(np.array(model_square(image, prep))).unsqueeze(0)
+    return eval_batch(square, prep)[0]
 
 
 def random_params(n: int, spec: AugmentSpec, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -38,8 +38,7 @@ import numpy as np
 import torch
 
 from transfer.core import paths
-from transfer.data.augment import centre_square
-from transfer.data.preparation import PIXEL_RULES_VERSION
+from transfer.data.picture import PIXEL_RULES_VERSION, centre_square
 from transfer.data.cache import DecodedImageCache
 from transfer.data.samples import Sample
 from transfer.core.errors import TransferError

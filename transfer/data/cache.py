@@ -19,8 +19,8 @@ import numpy as np
 
 from transfer.core import paths
 from transfer.data.samples import Sample
-from transfer.data.preparation import PIXEL_RULES_VERSION
-from transfer.data.images import DEFAULT_MAX_PIXELS, open_image, resize_short_side, to_array
+from transfer.data.picture import MAX_PIXELS, PIXEL_RULES_VERSION, resize_short_side
+from transfer.data.images import open_image, to_array
 from transfer.core.runs import atomic_path
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024**2
@@ -42,7 +42,7 @@ class DecodedImageCache:
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
         *,
         workers: int | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int = MAX_PIXELS,
         write_behind: bool = False,
     ):
         self.root = Path(root) if root is not None else paths.cache_dir("decoded")

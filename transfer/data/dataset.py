@@ -24,7 +24,7 @@ from transfer.data.archives import (
     read_ingest_log,
 )
 from transfer.data.discovery import discover, find_data_root, inspect_all
-from transfer.data.images import DEFAULT_MAX_PIXELS
+from transfer.data.picture import MAX_PIXELS
 from transfer.data.report import Report, summarise
 from transfer.data.samples import DataError, Dataset
 from transfer.data.splits import assign_splits, read_pinned_splits
@@ -52,7 +52,7 @@ def check_dataset(
     seed: int = 0,
     workdir: Path | None = None,
     limits: ZipLimits = ZipLimits(),
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_PIXELS,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Report:

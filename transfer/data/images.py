@@ -1,8 +1,11 @@
 """Open any picture a user gives us as a plain RGB image, or say in a few words why not.
 
-Everything that reads pixels goes through :func:`open_image`, so the same rules hold everywhere:
-a pixel cap against decompression bombs, EXIF orientation applied, the first frame of an
-animation, transparency composited on white and every colour mode turned into 8-bit RGB.
+Everything in the studio that reads pixels goes through :func:`open_image`, so the same rules hold
+everywhere: a pixel cap against decompression bombs, EXIF orientation applied, the first frame of an
+animation, transparency composited on white and every colour mode turned into 8-bit RGB. The rules
+themselves (formats, cap, orientation, colour modes) are :mod:`transfer.data.picture`'s, which
+exported bundles carry as their predict.py; this module adds the studio's sources (paths, bytes,
+streams) and its short reasons for a picture it cannot use.
 """
 
 from __future__ import annotations
@@ -16,21 +19,11 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from transfer.data import preparation as pixel_rules
+from transfer.data import picture
 from transfer.core.errors import TransferError
 
 #: File name endings read as images; anything else in a data set is skipped as "not an image".
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
-)
-
-#: Decoders we let Pillow use. Pillow can also open formats such as EPS by running external
-#: programs; a user's file must never reach those, so the list is closed.
-SAFE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
-
-#: 64 megapixels (e.g. 8000 x 8000) is above any phone photo and far below what would exhaust
-#: memory once decoded; larger pictures are skipped as possible decompression bombs.
-DEFAULT_MAX_PIXELS = 64_000_000
+IMAGE_EXTENSIONS = frozenset(picture.PICTURE_EXTENSIONS)
 
 # Damaged TIFF and EXIF metadata make Pillow warn once per file; the data report already
 # says which files are damaged, so these warnings would only bury it.
@@ -80,7 +73,7 @@ class ImageInfo:
 
 def open_image(
     source: Path | str | bytes | BinaryIO,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = picture.MAX_PIXELS,
     *,
     min_short_side: int | None = None,
 ) -> Image.Image:
@@ -94,7 +87,7 @@ def open_image(
     return image
 
 
-def inspect_image(source: Path | str | bytes | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+def inspect_image(source: Path | str | bytes | BinaryIO, max_pixels: int = picture.MAX_PIXELS) -> ImageInfo:
     """Check that ``source`` decodes completely and describe it, decoding as little as possible."""
     _, info = _decode(source, max_pixels, min_short_side=1)
     return info
@@ -112,19 +105,11 @@ def check_pixel_count(source: bytes, max_pixels: int) -> None:
         raise ImageError(TOO_MANY_PIXELS, f"{width} x {height} pixels, the limit is {max_pixels:,}")
 
 
-def thumbnail(source: Path | str | bytes | BinaryIO, size: int = 128, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def thumbnail(source: Path | str | bytes | BinaryIO, size: int = 128, max_pixels: int = picture.MAX_PIXELS) -> Image.Image:
     """A small RGB copy whose longer side is at most ``size`` pixels (for grids of pictures)."""
     image = open_image(source, max_pixels, min_short_side=size)
     image.thumbnail((size, size), Image.Resampling.BILINEAR)
     return image
-
-
-def resize_short_side(image: Image.Image, short_side: int, interpolation: str = "bilinear",
-                      max_aspect: float = 4.0) -> Image.Image:
-    """Scale ``image`` so its short side is exactly ``short_side`` pixels with the backbone's
-    ``interpolation``; over-long strips are centre-cropped to ``max_aspect`` first. The rule
-    lives in :mod:`transfer.data.preparation`, which exported bundles carry as their predict.py."""
-    return pixel_rules.resize_short_side(image, short_side, interpolation, max_aspect)
 
 
 def to_array(image: Image.Image) -> np.ndarray:
@@ -217,20 +202,20 @@ def _decode_stream(stream: BinaryIO, max_pixels: int, min_short_side: int | None
             raise ImageError(EMPTY, f"{width} x {height} pixels")
         if width * height > max_pixels:
             raise ImageError(TOO_MANY_PIXELS, f"{width} x {height} pixels, the limit is {max_pixels:,}")
-        orientation = pixel_rules.exif_orientation(image)
+        orientation = picture.exif_orientation(image)
         info = _describe(image, orientation)
         image.seek(0)
         if min_short_side and image.format in ("JPEG", "MPO"):
             image.draft(image.mode, (min_short_side, min_short_side))
         image.load()
         # copy() detaches the first frame's pixels from the file, so the file can close.
-        image = pixel_rules.apply_orientation(image.copy(), orientation)
+        image = picture.apply_orientation(image.copy(), orientation)
         return _to_rgb(image), info
 
 
 def _safe_formats() -> list[str]:
     Image.init()  # registers every decoder; Pillow otherwise loads only a few common ones
-    return [name for name in SAFE_FORMATS if name in Image.OPEN]
+    return [name for name in picture.SAFE_FORMATS if name in Image.OPEN]
 
 
 def _describe(image: Image.Image, orientation: int) -> ImageInfo:
@@ -242,6 +227,6 @@ def _describe(image: Image.Image, orientation: int) -> ImageInfo:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     try:
-        return pixel_rules.to_rgb(image)
+        return picture.to_rgb(image)
     except ValueError as error:
         raise ImageError(UNREADABLE, str(error)) from None

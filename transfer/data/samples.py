@@ -89,6 +89,7 @@ class Dataset:
 
 
 def relative_name(path: Path, root: Path) -> str:
+    """``path`` as a POSIX name relative to ``root`` (the path as it is when it lies outside)."""
     try:
         return Path(path).relative_to(root).as_posix()
     except ValueError:

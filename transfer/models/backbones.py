@@ -31,7 +31,6 @@ from transfer.models.catalogue import (  # noqa: F401  (the catalogue's public n
     UNAVAILABLE,
     Backbone,
     BackboneError,
-    Preprocessing,
     WeightsUnavailable,
     bundled_names,
     is_online,

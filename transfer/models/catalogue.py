@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from transfer.core.errors import TransferError
+from transfer.data.picture import Preprocessing
 
 BUNDLED = "bundled"
 CACHED = "cached"
@@ -48,22 +49,6 @@ class BackboneError(TransferError):
 
 class WeightsUnavailable(BackboneError):
     """Pretrained weights are neither bundled, cached nor downloadable."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images must be prepared for a backbone's pretrained weights."""
-
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-    crop_pct: float = 0.875
-
-    @property
-    def resize_size(self) -> int:
-        """Short side before the centre crop, as the weights were evaluated."""
-        return int(round(self.input_size / self.crop_pct))
 
 
 @dataclass(frozen=True)

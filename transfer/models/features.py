@@ -34,8 +34,9 @@ from torch import nn
 
 from transfer.core import paths
 from transfer.data.augment import AugmentSpec, augment_batch, eval_batch, stack_squares, view_params
-from transfer.models.backbones import Preprocessing, get_backbone
-from transfer.data.preparation import PIXEL_RULES_VERSION
+from transfer.data.picture import Preprocessing
+from transfer.models.backbones import get_backbone
+from transfer.data.picture import PIXEL_RULES_VERSION
 from transfer.data.cache import DecodedImageCache
 from transfer.data.samples import Sample
 from transfer.core.devices import DeviceSetup, is_out_of_memory, release_cached_memory

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from torch import nn
 
-from transfer.models.backbones import Preprocessing, load_backbone
+from transfer.data.picture import Preprocessing
+from transfer.models.backbones import load_backbone
 from transfer.core.errors import TransferError
 
 MODEL_INFO_FILE = "model.json"
@@ -64,12 +65,6 @@ def read_model_info(run_dir: Path | str) -> dict:
     return info
 
 
-def preprocessing_from_info(info: dict) -> Preprocessing:
-    p = info["preprocessing"]
-    return Preprocessing(int(p["input_size"]), tuple(p["mean"]), tuple(p["std"]), p.get("interpolation", "bilinear"),
-                         float(p["crop_pct"]))
-
-
 def build_model(info: dict) -> nn.Module:
     """The architecture of a trained run with its new head, with random weights."""
     from transfer.models.heads import replace_head
@@ -95,4 +90,4 @@ def load_trained_model(run_dir: Path | str) -> tuple[nn.Module, list[str], Prepr
         raise ModelNotReady(f"The weights in {weights} cannot be read ({error}); train the model again.") from error
     model.load_state_dict(state)
     model.eval()
-    return model, list(info["classes"]), preprocessing_from_info(info)
+    return model, list(info["classes"]), Preprocessing.from_info(info["preprocessing"])

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.data.preparation import STRICTNESS, unknown_threshold
+from transfer.data.picture import STRICTNESS, unknown_threshold
 
 __all__ = ["MAX_REFERENCE", "NOT_AVAILABLE", "REFERENCE_FILE", "STRICTNESS", "Reference", "build_reference",
            "choose_reference", "describe_answer", "head_input_vectors", "load_reference", "neighbour_count",

@@ -15,7 +15,7 @@ probabilities differ by more than :data:`MAX_ABS_DIFF` is refused with a sentenc
   (``torch.jit.load`` reads it; no Python class of ours is needed); with a novelty reference it
   returns the tuple ``(probabilities, novelty)``.
 * ``bundle``: one zip named after the run: ``model.onnx``, ``model.safetensors``, ``model.json``,
-  ``requirements.txt``, a model card ``README.md`` and ``predict.py`` (transfer.data.preparation,
+  ``requirements.txt``, a model card ``README.md`` and ``predict.py`` (transfer.data.picture,
   which needs only onnxruntime, numpy and pillow).
 * ``web``: a static web page (transfer.serving.web_page): the checked ONNX model run by onnxruntime-web
   in the visitor's browser, with dropped pictures and the live camera; a zip, or a folder when
@@ -319,6 +319,7 @@ def _make_int8_onnx(run_dir: Path, folder: Path, include: bool = True) -> Export
     novelty reference it is the checked int8 model with that part cut out, so its classes are
     exactly those the studio answers with."""
     from transfer.core.runs import read_json
+    from transfer.data.picture import Preprocessing
     from transfer.models.model_io import read_model_info
     from transfer.serving import quantize
 
@@ -332,7 +333,7 @@ def _make_int8_onnx(run_dir: Path, folder: Path, include: bool = True) -> Export
     float_onnx = float_export.path.read_bytes()
     info = read_model_info(run_dir) if include else without_reference(read_model_info(run_dir))
     config = read_json(run_dir / "config.json", {}) or {}
-    preparation = {**info["preprocessing"], "resize_size": _resize_size(info)}
+    preparation = Preprocessing.from_info(info["preprocessing"])
     try:
         calibration, _ = quantize.prepared(quantize.calibration_images(run_dir, config), None, preparation)
         pictures, truths = quantize.prepared(*quantize.validation_images(run_dir, config), preparation)
@@ -351,14 +352,6 @@ def _make_int8_onnx(run_dir: Path, folder: Path, include: bool = True) -> Export
     atomic_write_bytes(path, int8_onnx)
     return ExportResult(path, "onnx", len(int8_onnx), check.max_probability_diff, check.pictures,
                         "validation pictures", "int8", check.to_dict())
-
-
-def _resize_size(info: dict) -> int:
-    from transfer.models.catalogue import Preprocessing
-
-    p = info["preprocessing"]
-    return Preprocessing(int(p["input_size"]), tuple(p["mean"]), tuple(p["std"]), p.get("interpolation", "bilinear"),
-                         float(p["crop_pct"])).resize_size
 
 
 def _make_web_page(run_dir: Path, folder: Path, precision: str = "float32", include: bool = False) -> ExportResult:
@@ -518,7 +511,7 @@ def _validation_tensors(run_dir: Path, preprocessing):
 
     from transfer.analysis.evaluate import EvaluationNotReady, cached_picture, load_evaluation, picture_location
     from transfer.data.images import ImageError, open_image
-    from transfer.serving.loading import eval_transform
+    from transfer.data.augment import eval_transform
     from transfer.core.runs import read_json
 
     try:
@@ -554,7 +547,7 @@ def without_reference(info: dict) -> dict:
 
 def bundle_bytes(run_dir: Path, onnx: bytes, int8_check=None, include_reference: bool = True) -> bytes:
     """The zip: a folder named after the run holding everything needed to predict without torch."""
-    from transfer.data import preparation as bundle_predict
+    from transfer.data import picture
     from transfer.models.model_io import MODEL_INFO_FILE, WEIGHTS_FILE, read_model_info
 
     info = read_model_info(run_dir) if include_reference else without_reference(read_model_info(run_dir))
@@ -572,7 +565,7 @@ def bundle_bytes(run_dir: Path, onnx: bytes, int8_check=None, include_reference:
         archive.writestr(f"{top}/{MODEL_INFO_FILE}", json.dumps(bundled_info, indent=2) + "\n")
         archive.writestr(f"{top}/requirements.txt", BUNDLE_REQUIREMENTS)
         archive.writestr(f"{top}/README.md", model_card(run_dir, int8_check))
-        archive.writestr(f"{top}/predict.py", Path(bundle_predict.__file__).read_text())
+        archive.writestr(f"{top}/predict.py", Path(picture.__file__).read_text())
     return buffer.getvalue()
 
 

@@ -1,5 +1,5 @@
-"""A finished run's model, ready to predict with PyTorch: loaded from its run directory, and a
-picture turned into the tensor it expects (the same square training and validation start from).
+"""A finished run's model, ready to predict with PyTorch, loaded from its run directory (a
+picture becomes the tensor it expects through :func:`transfer.data.augment.eval_transform`).
 
 Prediction (:mod:`transfer.serving.predict`) and exports (:mod:`transfer.serving.export`) both
 ask this module for the model rather than for each other, so neither climbs back up to the other.
@@ -10,32 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
 from torch import nn
 
 from transfer.core.errors import TransferError
-from transfer.data.augment import centre_square, eval_batch
-from transfer.data.images import resize_short_side, to_array
-from transfer.models.backbones import Preprocessing
+from transfer.data.picture import Preprocessing
 
 
 class PredictError(TransferError):
     """A run that cannot be used for prediction, or input that cannot be predicted."""
-
-
-def model_view(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
-    """The ``(resize_size, resize_size, 3)`` uint8 centre square of a picture whose short side is
-    scaled to ``resize_size``: the same square training and validation start from (see
-    transfer.data.cache and transfer.data.augment), so a picture is predicted exactly as it was validated."""
-    return centre_square(to_array(resize_short_side(image, preprocessing.resize_size, preprocessing.interpolation)))
-
-
-def eval_transform(image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
-    """An RGB picture as the normalised ``(3, input_size, input_size)`` tensor the model expects."""
-    square = torch.from_numpy(np.array(model_view(image, preprocessing))).unsqueeze(0)
-    return eval_batch(square, preprocessing)[0]
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 A :class:`Predictor` holds a run's model (by default its checked ONNX export in onnxruntime,
 see transfer.serving.export; the PyTorch model is loaded only for Grad-CAM), its class names and the
-backbone's evaluation preprocessing: short side scaled to ``resize_size`` with the backbone's
-interpolation, centre crop of ``input_size``, normalised with the weights' mean and std. Every picture is read through :func:`transfer.data.images.open_image`,
-so every format and colour mode the data layer accepts works here too.
+backbone's evaluation preprocessing (:mod:`transfer.data.picture`'s rules: short side scaled to
+``resize_size`` with the backbone's interpolation, centre crop of ``input_size``, normalised with
+the weights' mean and std). Every picture is read through :func:`transfer.data.images.open_image`,
+so every format and colour mode the data layer accepts works here too; answers are
+:func:`transfer.data.picture.answers`, the same as the web server's and the bundle's.
 
 The model is rebuilt by :mod:`transfer.models.model_io` from the run's ``model.json`` and
 ``model.safetensors``: nothing in a run folder is ever unpickled.
@@ -28,16 +30,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from transfer.models.backbones import Preprocessing
-from transfer.serving.server_predict import Prediction  # one answer type for both predictors
-from transfer.serving.loading import LoadedRun, PredictError, eval_transform, load_run_model, model_view  # noqa: F401 (part of this module's interface)
+from transfer.data.augment import eval_transform
+from transfer.data.picture import Prediction, Preprocessing, answers, model_square
+from transfer.serving.loading import LoadedRun, PredictError, load_run_model  # noqa: F401 (part of this module's interface)
 from transfer.data.images import IMAGE_EXTENSIONS, ImageError, open_image
 from transfer.models.novelty import NOT_AVAILABLE, unknown_threshold
 
 ImageSource = Image.Image | Path | str | bytes | BinaryIO
-
-
-# --------------------------------------------------------------------------- results
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -45,7 +44,7 @@ ImageSource = Image.Image | Path | str | bytes | BinaryIO
 
 def centre_crop(image: Image.Image, preprocessing: Preprocessing) -> Image.Image:
     """The picture as the model sees it: the central ``input_size`` square, for heat-map overlays."""
-    square = model_view(image, preprocessing)
+    square = model_square(image, preprocessing)
     offset = (square.shape[0] - preprocessing.input_size) // 2
     size = preprocessing.input_size
     return Image.fromarray(np.ascontiguousarray(square[offset:offset + size, offset:offset + size]))
@@ -172,13 +171,13 @@ class Predictor:
         loaded for Grad-CAM; a backbone that cannot be exported falls back to PyTorch."""
         if fast:
             from transfer.serving.export import prediction_onnx
-            from transfer.models.model_io import preprocessing_from_info, read_model_info
+            from transfer.models.model_io import read_model_info
 
             info = read_model_info(run_dir)
             onnx_file = prediction_onnx(run_dir)
             if onnx_file is not None:
                 return cls(lambda: load_run_model(run_dir).model, [str(c) for c in info["classes"]],
-                           preprocessing_from_info(info), name=str(info.get("backbone", "")), onnx_model=onnx_file,
+                           Preprocessing.from_info(info["preprocessing"]), name=str(info.get("backbone", "")), onnx_model=onnx_file,
                            novelty=_reference(run_dir), **options)
         loaded = load_run_model(run_dir)
         return cls(loaded.model, loaded.labels, loaded.preprocessing, name=loaded.backbone,
@@ -234,18 +233,11 @@ class Predictor:
 
     def top_k(self, probabilities: torch.Tensor, k: int, novelty: np.ndarray | None = None, *,
               threshold: float | None = None) -> list[Prediction]:
-        """Predictions from probabilities, with each picture's novelty and "None of these" when
-        its novelty is over ``threshold``."""
+        """Predictions from probabilities (:func:`transfer.data.picture.answers`), with each
+        picture's novelty and "None of these" when its novelty is over ``threshold``."""
         if k < 1:
             raise PredictError("--top-k must be at least 1.")
-        k = min(k, len(self.labels))
-        values, indices = probabilities.topk(k, dim=1)
-        scores = [None] * len(values) if novelty is None else [float(n) for n in novelty]
-        return [
-            Prediction([self.labels[i] for i in row_idx.tolist()], [float(v) for v in row_val.tolist()], row_idx.tolist(),
-                       score, bool(score is not None and threshold is not None and score > threshold))
-            for row_val, row_idx, score in zip(values, indices, scores)
-        ]
+        return answers(probabilities.numpy(), self.labels, k, novelty, threshold)
 
     # ----------------------------------------------------------------- explanation
 

@@ -15,7 +15,7 @@ The int8 model is checked against the float32 model on the run's validation pict
 gives the same "None of these" decision, at every strictness, on at least
 :data:`MIN_UNKNOWN_AGREEMENT` of them. :class:`Int8Check` holds the figures and says why a model
 was refused. This module has no torch: the pictures are prepared by
-:mod:`transfer.data.preparation` exactly as the web server and the bundle prepare them.
+:mod:`transfer.data.picture` exactly as the web server and the bundle prepare them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.core.errors import TransferError
-from transfer.data.preparation import model_input, open_picture
+from transfer.data.picture import Preprocessing, model_input, open_picture
 
 PRECISIONS = ("float32", "int8")
 MIN_TOP1_AGREEMENT = 0.99
@@ -248,18 +248,18 @@ def _unknown_agreement(float_answers, int8_answers, novelty: dict | None) -> flo
 # --------------------------------------------------------------------------- the run's pictures
 
 
-def prepared(pictures: list, truths: list[int] | None, preprocessing: dict) -> tuple[np.ndarray, list[int]]:
+def prepared(pictures: list, truths: list[int] | None, preprocessing: Preprocessing) -> tuple[np.ndarray, list[int]]:
     """Pictures (paths or PIL images) prepared as the studio prepares them, as one batch, and the
     true classes of those that could be read."""
     rows, kept = [], []
     for index, item in enumerate(pictures):
         try:
-            image = open_picture(Path(item), int(preprocessing["resize_size"])) if isinstance(item, Path) else item
+            image = open_picture(Path(item), preprocessing.resize_size) if isinstance(item, Path) else item
         except (OSError, ValueError, SyntaxError):
             continue  # a picture deleted or damaged since training: the others still decide
         rows.append(model_input(image, preprocessing))
         kept.append(truths[index] if truths is not None else -1)
-    size = int(preprocessing["input_size"])
+    size = preprocessing.input_size
     return (np.stack(rows) if rows else np.zeros((0, 3, size, size), dtype=np.float32)), kept
 
 

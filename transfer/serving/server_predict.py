@@ -10,8 +10,9 @@ model that cannot be exported to ONNX (each picture through ``transfer predict``
 (:mod:`transfer.serving.explainer`).
 
 Its answers are the studio's: the same decoding (``transfer.data.images.open_image``), the same
-resize, crop and normalising factors (``transfer.data.preparation.model_input``), the same ONNX
-model that ``transfer.serving.predict.Predictor`` runs on its fast path.
+resize, crop and normalising factors (``transfer.data.picture.model_input``), the same ONNX
+model that ``transfer.serving.predict.Predictor`` runs on its fast path, the same top-k and
+"None of these" (``transfer.data.picture.answers``).
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transfer.data.preparation import model_input, to_rgb, unknown_threshold
-from transfer.models.catalogue import Preprocessing
+from transfer.data.picture import Prediction, Preprocessing, answers, model_input, to_rgb, unknown_threshold
 from transfer.core.errors import TransferError
 from transfer.data.images import open_image
 
@@ -41,35 +41,6 @@ class ServerPredictError(TransferError):
     """A model or a picture the server cannot predict."""
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """The top-k classes of one picture, most likely first, and how unlike the training pictures
-    it looks (``novelty``, None for a run trained without it; ``unknown``: "None of these")."""
-
-    labels: list[str]
-    probabilities: list[float]
-    indices: list[int]
-    novelty: float | None = None
-    unknown: bool = False
-
-    @property
-    def label(self) -> str:
-        return self.labels[0]
-
-    @property
-    def probability(self) -> float:
-        return self.probabilities[0]
-
-    def to_dict(self) -> dict:
-        return {
-            "label": self.label,
-            "probability": self.probability,
-            "top_k": [{"label": name, "probability": p} for name, p in zip(self.labels, self.probabilities)],
-            "unknown": self.unknown,
-            "novelty": self.novelty,
-        }
-
-
 class ServerPredictor:
     """One model folder's classes, preprocessing and ONNX session; thread-safe (onnxruntime's
     ``run`` may be called from several threads at once). Without ``model.onnx`` (a backbone that
@@ -79,10 +50,7 @@ class ServerPredictor:
         self.folder = Path(folder)
         info = read_info(self.folder)
         self.labels = [str(name) for name in info["classes"]]
-        self.preprocessing_info = dict(info["preprocessing"])
-        p = self.preprocessing_info
-        self.preprocessing = Preprocessing(int(p["input_size"]), tuple(p["mean"]), tuple(p["std"]),
-                                           p.get("interpolation", "bilinear"), float(p["crop_pct"]))
+        self.preprocessing = Preprocessing.from_info(info["preprocessing"])
         self.name = str(info.get("backbone", ""))
         novelty = info.get("novelty")
         self.novelty = novelty if isinstance(novelty, dict) and novelty.get("thresholds") else None
@@ -111,7 +79,7 @@ class ServerPredictor:
             image = to_rgb(source)
         else:
             image = open_image(source, min_short_side=int(self.preprocessing.resize_size))
-        return model_input(image, {**self.preprocessing_info, "resize_size": self.preprocessing.resize_size})
+        return model_input(image, self.preprocessing)
 
     def scores(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities and the graph's own novelty output (None when the export has none)."""
@@ -137,7 +105,7 @@ class ServerPredictor:
         results = []
         for start in range(0, len(inputs), BATCH):
             probabilities, novelty = self.scores(inputs[start:start + BATCH])
-            results += self.top_k(probabilities, top_k, novelty, threshold)
+            results += answers(probabilities, self.labels, top_k, novelty, threshold)
         return results
 
     def threshold(self, setting: str | float | None) -> float | None:
@@ -145,18 +113,6 @@ class ServerPredictor:
             return unknown_threshold(self.novelty, setting)
         except ValueError as error:
             raise ServerPredictError(str(error)) from None
-
-    def top_k(self, probabilities: np.ndarray, k: int, novelty: np.ndarray | None = None,
-              threshold: float | None = None) -> list[Prediction]:
-        k = min(k, len(self.labels))
-        scores = [None] * len(probabilities) if novelty is None else [float(n) for n in np.ravel(novelty)]
-        results = []
-        for row, score in zip(probabilities, scores):
-            order = np.argsort(-row, kind="stable")[:k]
-            unknown = score is not None and threshold is not None and score > threshold
-            results.append(Prediction([self.labels[i] for i in order], [float(row[i]) for i in order],
-                                      [int(i) for i in order], score, unknown))
-        return results
 
     def _predict_in_child(self, source, top_k: int, unknown_threshold="normal") -> Prediction:
         if not isinstance(source, bytes):

@@ -2,7 +2,7 @@
 "web page" export.
 
 ``transfer/serving/web_assets/`` holds the browser code (plain JavaScript modules, no build step):
-``prepare.js`` prepares a picture exactly as :mod:`transfer.data.preparation` does (Pillow's
+``prepare.js`` prepares a picture exactly as :mod:`transfer.data.picture` does (Pillow's
 filters in its fixed-point arithmetic), ``classify.js`` runs the run's checked ONNX export with
 onnxruntime-web, ``live.js`` classifies camera frames one after another, ``index.html`` +
 ``component.js`` are the studio's live view (a Streamlit component) and ``page.html`` +

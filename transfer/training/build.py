@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from transfer.data.augment import get_preset, preprocessing_for
-from transfer.models.backbones import Preprocessing, get_backbone
+from transfer.data.picture import Preprocessing
+from transfer.models.backbones import get_backbone
 from transfer.data.bank import open_or_build
 from transfer.data.cache import DecodedImageCache
 from transfer.training.config import TrainConfig

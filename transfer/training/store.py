@@ -16,6 +16,7 @@ from transfer.core.devices import is_out_of_memory
 from transfer.models.model_io import MODEL_INFO_FILE, model_info
 from transfer.core.quota import check_written_file
 from transfer.core.runs import RunDir, atomic_path, atomic_write_json
+from transfer.data.samples import relative_name
 
 PREDICTIONS_FILE = "val_predictions.json"
 METRICS_FILE = "val_metrics.json"
@@ -176,7 +177,7 @@ class Store:
         predicted = best.probabilities.argmax(1)
         root = Path(data.dataset.root)
         predictions = [
-            {"path": _relative(sample.path, root), "sha256": sample.sha256, "label": sample.label,
+            {"path": relative_name(sample.path, root), "sha256": sample.sha256, "label": sample.label,
              "predicted": classes[int(p)], "probabilities": [round(float(x), 6) for x in probs]}
             for sample, p, probs in zip(data.val_samples, predicted, best.probabilities)
         ]
@@ -207,10 +208,3 @@ def class_metrics(targets: torch.Tensor, predicted: torch.Tensor, classes: list[
         per_class[name] = {"accuracy": round(correct / count, 6) if count else None, "correct": correct,
                            "count": count}
     return {"per_class": per_class, "confusion": confusion.tolist()}
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return str(path)

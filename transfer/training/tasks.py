@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from transfer.data.augment import augment_batch, eval_batch, get_preset
-from transfer.models.backbones import Preprocessing
+from transfer.data.picture import Preprocessing
 from transfer.data.bank import DeviceBatches, PictureBank
 from transfer.training.config import TrainConfig
 from transfer.core.devices import DeviceSetup

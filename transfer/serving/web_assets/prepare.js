@@ -1,5 +1,5 @@
 // A picture's preparation for the model, as Transfer Studio does it in Python
-// (transfer/bundle_predict.py: open_picture, resize_short_side, centre_square, model_input).
+// (transfer/data/picture.py: open_picture, resize_short_side, centre_square, model_input).
 //
 // The browser decodes the picture (EXIF orientation applied); everything after decoding is done
 // here on plain RGBA bytes so the numbers match Pillow's: a JPEG's reduced-scale decoding
@@ -246,7 +246,7 @@ function safeBox(picture, outW, outH, filter, box) {
 
 /**
  * The central ``input_size`` square of ``picture`` with its short side resized to
- * ``resize_size`` (transfer.bundle_predict.resize_short_side, centre_square and the crop of
+ * ``resize_size`` (transfer.data.picture.resize_short_side, centre_square and the crop of
  * model_input), as RGB bytes.
  */
 export function modelView(picture, preprocessing) {

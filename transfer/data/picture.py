@@ -1,21 +1,27 @@
-"""Classify pictures with an exported Transfer Studio model: needs only onnxruntime, numpy and pillow.
+"""A picture's way to an answer, in one file: decoded, prepared for the model, answered.
+
+The studio turns every picture into the model's input by the rules in this module: training
+(transfer.data.images, transfer.data.cache, transfer.data.augment), both predictors
+(transfer.serving.predict, transfer.serving.server_predict) and the web page (its prepare.js
+repeats these rules in JavaScript, held to them bit for bit by tests/test_web_page.py). The file
+needs only numpy and pillow, and is copied verbatim into every exported bundle as ``predict.py``
+(next to ``model.onnx`` and ``model.json``), so a bundle prepares and answers a picture exactly as
+the studio did when it trained and validated the model:
 
     python predict.py IMAGE_OR_FOLDER... [--top-k K] [--json]
-
-This file is copied verbatim into every exported bundle as ``predict.py``, next to
-``model.onnx`` and ``model.json``. It is also the studio's own source for the pixel rules
-(transfer.data.images imports them from here), so a bundle prepares a picture exactly as the studio
-did when it trained and validated the model:
 
 1. decode the first frame, EXIF orientation applied, every colour mode turned into 8-bit RGB
    (transparency composited on white, 16-bit and float pictures scaled to 0..255); a JPEG is
    decoded at the smallest DCT scale that keeps the short side at least ``resize_size``;
-2. scale the short side to ``resize_size`` with the interpolation recorded in ``model.json``
-   (bicubic for timm models, bilinear for torchvision and the EfficientNet-Lite weights);
-3. take the central square, then its central ``input_size`` crop;
-4. divide by 255 and normalise with the recorded mean and std; the model returns probabilities
-   and, for a model with a novelty reference, each picture's novelty: above the threshold
-   ``model.json`` records (``--unknown-threshold``), the answer is "None of these".
+2. scale the short side to ``resize_size`` (:class:`Preprocessing`) with the interpolation
+   recorded in ``model.json`` (bicubic for timm models, bilinear for torchvision and the
+   EfficientNet-Lite weights);
+3. take the central square (:func:`model_square`, what the studio's picture banks hold), then
+   its central ``input_size`` crop;
+4. divide by 255 and normalise with the recorded mean and std (:func:`model_input`);
+5. the model returns probabilities and, for a model with a novelty reference, each picture's
+   novelty: :func:`answers` lists the top-k classes, and above the threshold ``model.json``
+   records (``--unknown-threshold``), the answer is "None of these".
 """
 
 from __future__ import annotations
@@ -24,16 +30,20 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-#: File name endings read as pictures when a folder is given.
+#: File name endings read as pictures (in a folder given to the bundle, in a studio data set).
 PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
                       ".ppm", ".pgm", ".pbm", ".pnm")
-#: Decoders a picture may use (Pillow can run external programs for some other formats).
+#: Decoders a picture may use. Pillow can also open formats such as EPS by running external
+#: programs; a user's file must never reach those, so the list is closed.
 SAFE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+#: 64 megapixels (e.g. 8000 x 8000) is above any phone photo and far below what would exhaust
+#: memory once decoded; larger pictures are refused as possible decompression bombs.
 MAX_PIXELS = 64_000_000
 MAX_ASPECT = 4.0
 #: Bump when a rule below changes the decoded pixels: the studio's decode caches, picture banks
@@ -64,7 +74,32 @@ _UNDO_ORIENTATION = {
 }
 
 
-# --------------------------------------------------------------------------- pixel rules (shared with the studio)
+# --------------------------------------------------------------------------- what a backbone expects
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How pictures must be prepared for a backbone's pretrained weights (``model.json`` records it)."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875
+
+    @property
+    def resize_size(self) -> int:
+        """Short side before the centre crop, as the weights were evaluated."""
+        return int(round(self.input_size / self.crop_pct))
+
+    @classmethod
+    def from_info(cls, recorded: dict) -> "Preprocessing":
+        """The preprocessing ``model.json`` records under ``"preprocessing"``."""
+        return cls(int(recorded["input_size"]), tuple(recorded["mean"]), tuple(recorded["std"]),
+                   recorded.get("interpolation", "bilinear"), float(recorded["crop_pct"]))
+
+
+# --------------------------------------------------------------------------- pixel rules
 
 
 def resampling(interpolation: str) -> Image.Resampling:
@@ -161,9 +196,6 @@ def centre_square(array: np.ndarray) -> np.ndarray:
     return array[top : top + side, left : left + side]
 
 
-# --------------------------------------------------------------------------- the bundle's own reading and model
-
-
 def open_picture(path: Path, min_short_side: int) -> Image.Image:
     """The first frame of a picture file as oriented RGB; raises for anything unusable."""
     Image.init()
@@ -179,15 +211,24 @@ def open_picture(path: Path, min_short_side: int) -> Image.Image:
         return to_rgb(apply_orientation(image.copy(), orientation))
 
 
-def model_input(image: Image.Image, preprocessing: dict) -> np.ndarray:
+# --------------------------------------------------------------------------- the model's input
+
+
+def model_square(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """The ``(resize_size, resize_size, 3)`` uint8 centre square of an RGB picture whose short side
+    is scaled to ``resize_size``: the square training and validation start from (the studio's
+    picture banks hold these), so a picture is predicted exactly as it was validated."""
+    resized = resize_short_side(image, preprocessing.resize_size, preprocessing.interpolation)
+    return centre_square(np.asarray(resized.convert("RGB"), dtype=np.uint8))
+
+
+def model_input(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
     """The normalised ``(3, input_size, input_size)`` float32 array the model expects."""
-    side, size = int(preprocessing["resize_size"]), int(preprocessing["input_size"])
-    resized = resize_short_side(image, side, preprocessing.get("interpolation", "bilinear"))
-    square = centre_square(np.asarray(resized.convert("RGB"), dtype=np.uint8))
+    side, size = preprocessing.resize_size, preprocessing.input_size
     offset = (side - size) // 2
-    crop = square[offset:offset + size, offset:offset + size].astype(np.float32)
+    crop = model_square(image, preprocessing)[offset:offset + size, offset:offset + size].astype(np.float32)
     factor, shift = (np.asarray(v, dtype=np.float32)
-                     for v in normalising_factors(preprocessing["mean"], preprocessing["std"], 1 / 255))
+                     for v in normalising_factors(preprocessing.mean, preprocessing.std, 1 / 255))
     return np.ascontiguousarray((crop * factor - shift).transpose(2, 0, 1))
 
 
@@ -195,6 +236,9 @@ def normalising_factors(mean, std, scale: float) -> tuple[list[float], list[floa
     """``(x * scale - mean) / std`` as ``x * factor - shift``: the per-channel factor and shift,
     in double precision (the studio rounds them to float32 exactly as this script does)."""
     return [scale / s for s in std], [m / s for m, s in zip(mean, std)]
+
+
+# --------------------------------------------------------------------------- answers
 
 
 def unknown_threshold(novelty: dict | None, setting="normal") -> float | None:
@@ -213,6 +257,53 @@ def unknown_threshold(novelty: dict | None, setting="normal") -> float | None:
     if not 0.0 <= value <= 2.0:
         raise ValueError(f"--unknown-threshold {setting} is outside 0..2, the range of a cosine distance")
     return value
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top-k classes of one picture, most likely first, and how unlike the training pictures
+    it looks (``novelty``, None for a model without it; ``unknown``: "None of these")."""
+
+    labels: list[str]
+    probabilities: list[float]
+    indices: list[int]
+    novelty: float | None = None
+    unknown: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[0]
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "probability": self.probability,
+            "top_k": [{"label": name, "probability": p} for name, p in zip(self.labels, self.probabilities)],
+            "unknown": self.unknown,
+            "novelty": self.novelty,
+        }
+
+
+def answers(probabilities, labels: list[str], k: int, novelty=None, threshold: float | None = None) -> list[Prediction]:
+    """One :class:`Prediction` per row of ``probabilities`` (``(N, classes)``): the ``k`` likeliest
+    of ``labels`` (ties keep the class order), each picture's ``novelty`` (``N`` values, or None)
+    and "None of these" where its novelty is over ``threshold`` (None: never)."""
+    k = min(k, len(labels))
+    scores = [None] * len(probabilities) if novelty is None else [float(n) for n in np.ravel(novelty)]
+    results = []
+    for row, score in zip(np.asarray(probabilities), scores):
+        order = np.argsort(-row, kind="stable")[:k]
+        unknown = score is not None and threshold is not None and score > threshold
+        results.append(Prediction([labels[i] for i in order], [float(row[i]) for i in order],
+                                  [int(i) for i in order], score, unknown))
+    return results
+
+
+# --------------------------------------------------------------------------- the bundle's own command line
 
 
 def picture_files(arguments: list[str]) -> list[Path]:
@@ -245,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
     here = Path(__file__).resolve().parent
     info = json.loads((here / "model.json").read_text())
-    classes, preprocessing = info["classes"], info["preprocessing"]
+    classes, preprocessing = info["classes"], Preprocessing.from_info(info["preprocessing"])
     try:
         threshold = unknown_threshold(info.get("novelty"), args.unknown_threshold)
     except ValueError as error:
@@ -253,22 +344,16 @@ def main(argv: list[str] | None = None) -> int:
     session = onnxruntime.InferenceSession(str(here / "model.onnx"), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     scores_novelty = [output.name for output in session.get_outputs()][1:2] == ["novelty"]
-    k = min(args.top_k, len(classes))
     predictions, skipped = [], []
     for path in picture_files(args.images):
         try:
-            batch = model_input(open_picture(path, int(preprocessing["resize_size"])), preprocessing)[None]
+            batch = model_input(open_picture(path, preprocessing.resize_size), preprocessing)[None]
         except Exception as error:  # noqa: BLE001 - one bad file is reported, never fatal
             skipped.append({"file": str(path), "reason": f"{type(error).__name__}: {error}"})
             continue
         outputs = session.run(None, {input_name: batch})
-        probabilities = outputs[0][0]
-        novelty = float(outputs[1][0]) if scores_novelty else None
-        order = np.argsort(-probabilities, kind="stable")[:k]
-        top = [{"label": classes[i], "probability": float(probabilities[i])} for i in order]
-        predictions.append({"file": str(path), "label": top[0]["label"], "probability": top[0]["probability"],
-                            "top_k": top, "unknown": bool(novelty is not None and threshold is not None
-                                                          and novelty > threshold), "novelty": novelty})
+        prediction = answers(outputs[0], classes, args.top_k, outputs[1] if scores_novelty else None, threshold)[0]
+        predictions.append({"file": str(path), **prediction.to_dict()})
     if args.json:
         print(json.dumps({"predictions": predictions, "skipped": skipped}))
     else:
