@@ -34,7 +34,7 @@ DEFAULT_DATA = Path("/work/shared/datasets/hymenoptera_data")
 
 def train(data: Path, home: Path, args, processes: int, epochs: int) -> dict:
     """One ``transfer train`` process; its JSON summary plus wall time and per-epoch figures."""
-    command = [sys.executable, "-m", "transfer.cli.commands", "train", str(data), "--method", args.method,
+    command = [sys.executable, "-m", "transfer.cli", "train", str(data), "--method", args.method,
                "--backbone", args.backbone, "--epochs", str(epochs), "--runs-dir", str(home / "runs"), "--json",
                "--device", args.device]
     if processes > 1:

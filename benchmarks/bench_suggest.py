@@ -241,7 +241,7 @@ def photo_pool(target: Path) -> Path:
 def timed_command(pool: Path, home: Path) -> tuple[float, dict]:
     env = {**os.environ, "TRANSFER_HOME": str(home), "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "transfer.cli.commands", "suggest", str(pool), "--count", "20", "--json"],
+    out = subprocess.run([sys.executable, "-m", "transfer.cli", "suggest", str(pool), "--count", "20", "--json"],
                          env=env, capture_output=True, text=True, check=True).stdout
     return time.perf_counter() - started, json.loads(out.strip().splitlines()[-1])
 

@@ -51,7 +51,7 @@ CONFIGS = {
 def run_transfer_train(data: Path, method: str, backbone: str, home: Path, extra: list[str]) -> dict:
     """One whole ``transfer train`` process; returns its JSON line plus wall time and epoch times."""
     runs = home / "runs"
-    command = [sys.executable, "-m", "transfer.cli.commands", "train", str(data), "--method", method, "--backbone", backbone,
+    command = [sys.executable, "-m", "transfer.cli", "train", str(data), "--method", method, "--backbone", backbone,
                "--runs-dir", str(runs), "--json", *extra]
     env = {**os.environ, "TRANSFER_HOME": str(home)}
     started = time.perf_counter()

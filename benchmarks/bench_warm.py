@@ -39,7 +39,8 @@ def train_once(code: Path, home: Path, data: Path, extra: list[str]) -> dict:
     """One whole ``transfer train`` command with an empty cache; its JSON line and timings."""
     shutil.rmtree(home / "cache", ignore_errors=True)
     env = {**os.environ, "TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1", "PYTHONPATH": str(code)}
-    # Code from before the engine's re-layout has its command line in transfer/cli.py.
+    # `python -m transfer.cli` runs the command of today's code and of code from before the engine's
+    # re-layout (transfer/cli.py); in between, it was run as transfer.cli.commands.
     module = "transfer.cli.commands" if (code / "transfer" / "cli" / "commands.py").is_file() else "transfer.cli"
     command = [sys.executable, "-m", module, "train", str(data), "--method", "features",
                "--runs-dir", str(home / "runs"), "--json", *extra]

@@ -82,7 +82,7 @@ step pytest 200 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" --timeout 1
 step gpu_pipeline 70 "$PY" benchmarks/bench_gpu_pipeline.py --images 640 --batch-size 128 --steps 30
 
 ddp_2gpu() {  # a short 2-process fine-tuning run on CUDA, then a check of what it left
-  "$PY" -m transfer.cli.commands train "$REPO/transfer/data/demo_data" --method finetune --device cuda --nproc-per-node 2 \
+  "$PY" -m transfer.cli train "$REPO/transfer/data/demo_data" --method finetune --device cuda --nproc-per-node 2 \
     --epochs 2 --image-size 128 --batch-size 32 --runs-dir "$TRANSFER_HOME/ddp-runs" --json | tee "$OUT/ddp_2gpu.json"
   "$PY" - "$OUT/ddp_2gpu.json" <<'EOF'
 import json, sys

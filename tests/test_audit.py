@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from pictures import make_picture
 from transfer.analysis import audit
-from transfer.cli import commands as cli
+from transfer.cli import main as cli
 from transfer.data.dataset import load_dataset
 
 CLASSES = ["red", "green", "blue"]

@@ -22,7 +22,7 @@ from transfer.models.backbones import (
     load_backbone,
     load_weights_file,
 )
-from transfer.cli.commands import main
+from transfer.cli.main import main
 
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera_data"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 
-from transfer.cli import commands as cli
+from transfer.cli.progress import PhaseBar
+from transfer.cli.train import TrainProgress
 
 
 class Terminal(io.StringIO):
@@ -24,7 +25,7 @@ EVENTS = [
 
 def test_a_terminal_sees_bars_for_each_phase_and_the_epoch_lines_above_them():
     terminal = Terminal()
-    printer = cli._TrainProgress(terminal)
+    printer = TrainProgress(terminal)
     for event in EVENTS:
         printer(event)
     printer.close()
@@ -37,7 +38,7 @@ def test_a_terminal_sees_bars_for_each_phase_and_the_epoch_lines_above_them():
 
 def test_a_pipe_gets_only_the_lines():
     pipe = io.StringIO()
-    printer = cli._TrainProgress(pipe)
+    printer = TrainProgress(pipe)
     for event in EVENTS:
         printer(event)
     printer.close()
@@ -47,7 +48,7 @@ def test_a_pipe_gets_only_the_lines():
 
 def test_the_audits_phases_draw_one_bar_at_a_time():
     terminal = Terminal()
-    bar = cli._PhaseBar(terminal)
+    bar = PhaseBar(terminal)
     bar("features", 5, 10)
     bar("heads", 1, 5)
     bar.close()

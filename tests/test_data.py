@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer.cli import commands as cli
+from transfer.cli import main as cli
 from transfer.core import paths
 from transfer.data.archives import ZipLimits, extract_zip, save_uploads
 from transfer.data.dataset import check_dataset, demo_dataset_path, load_dataset

@@ -126,10 +126,11 @@ def test_a_bfloat16_training_step_on_the_cpu_is_finite_and_close_to_float32():
 
 
 def test_transfer_train_takes_a_precision():
-    from transfer.cli import commands as cli
+    from transfer.cli import main as cli
+    from transfer.cli.train import _TRAIN_SETTINGS
 
     args = cli.build_parser().parse_args(["train", "data", "--precision", "fp32"])
-    settings = {name: getattr(args, name) for name in cli._TRAIN_SETTINGS}
+    settings = {name: getattr(args, name) for name in _TRAIN_SETTINGS}
     assert TrainConfig.for_method("finetune", dataset="data", **settings).precision == "fp32"
     default = cli.build_parser().parse_args(["train", "data"])
     assert TrainConfig.for_method("finetune", dataset="data", precision=default.precision).precision == "auto"

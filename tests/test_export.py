@@ -24,7 +24,7 @@ from pictures import make_picture
 from test_page_evaluate import TrainedSession, in_trained_home, trained  # noqa: F401 (fixtures)
 from transfer.data.picture import model_input, open_picture
 from transfer.data.picture import Preprocessing
-from transfer.cli.commands import main
+from transfer.cli.main import main
 from transfer.serving.export import MAX_ABS_DIFF, ExportError, export_run
 from transfer.data.augment import eval_transform
 from transfer.serving.predict import Predictor, load_fast_predictor, load_run_model

@@ -44,7 +44,7 @@ def test_a_methods_default_size_gives_way_to_a_fixed_size_and_a_chosen_one_is_re
 
 
 def test_the_command_line_refuses_a_size_a_backbone_cannot_take_with_a_sentence(tiny_dataset, capsys, tmp_path):
-    from transfer.cli.commands import main
+    from transfer.cli.main import main
 
     code = main(["train", str(tiny_dataset), "--backbone", "maxvit_t", "--method", "scratch", "--image-size", "160",
                  "--runs-dir", str(tmp_path / "runs"), "--json"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from transfer.cli import commands as cli
+from transfer.cli import main as cli
 from transfer.runtime import jobs
 from transfer.runtime import launch
 from transfer.runtime.jobs import (

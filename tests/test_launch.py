@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from test_jobs import wait_until as wait_until_within
-from transfer.cli import commands as cli
+from transfer.cli import main as cli
+from transfer.cli.train import train_result
 from transfer.runtime import launch
 from transfer.core import machine
 from transfer.training.config import ConfigError, TrainConfig
@@ -247,7 +248,7 @@ def test_train_flags_that_cannot_work_get_a_sentence(home, tiny_dataset, capsys)
 
 def test_the_train_summary_carries_the_world_size(home):
     run = RunDir.create(home / "runs", {**demo(), "world_size": 2})
-    assert cli.train_result(run, run.status(), 1.0)["world_size"] == 2
+    assert train_result(run, run.status(), 1.0)["world_size"] == 2
 
 
 # --------------------------------------------------------------------------- real launches

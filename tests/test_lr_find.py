@@ -44,7 +44,7 @@ def test_find_learning_rate_on_a_real_model(method, tiny_dataset):
 def test_transfer_lr_find_prints_a_suggestion(tiny_dataset, capsys):
     import json
 
-    from transfer.cli.commands import main
+    from transfer.cli.main import main
 
     code = main(["lr-find", str(tiny_dataset), "--image-size", "32", "--steps", "20", "--device", "cpu", "--json"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer.cli.commands import main
+from transfer.cli.main import main
 from transfer.models.novelty import (MAX_REFERENCE, REFERENCE_FILE, STRICTNESS, build_reference, choose_reference,
                               describe_answer, held_out_distances, load_reference, neighbour_count, novelty_info,
                               unknown_threshold, validation_novelty)

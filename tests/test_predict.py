@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from transfer.cli.commands import main
+from transfer.cli.main import main
 from transfer.models.methods import create_model
 from transfer.serving.predict import Prediction, PredictError, Predictor, load_run_model, predict_paths
 

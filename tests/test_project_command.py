@@ -7,7 +7,7 @@ import json
 
 from test_projects import session_with_work
 
-from transfer.cli.commands import main
+from transfer.cli.main import main
 from transfer.runtime import projects
 
 

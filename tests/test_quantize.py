@@ -18,7 +18,7 @@ from apptools import open_app
 from pictures import write_class_folders
 from test_export import _copy_run, _model_buttons, pictures, run_without_torch
 from test_page_evaluate import TrainedSession, in_trained_home, trained  # noqa: F401 (fixtures)
-from transfer.cli.commands import main
+from transfer.cli.main import main
 from transfer.serving import quantize
 from transfer.serving.export import ExportError, cached_export, export_run, keep_float32, served_onnx
 from transfer.core.runs import RunDir

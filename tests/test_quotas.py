@@ -15,7 +15,7 @@ import pytest
 
 from transfer.data import archives as data_module
 from transfer.data import uploads
-from transfer.cli.commands import main as cli_main
+from transfer.cli.main import main as cli_main
 from transfer.data.archives import ZipLimits, extract_zip
 from transfer.data.dataset import check_dataset
 from transfer.data.report import DUPLICATE_NAME, PATH_CLASH, RATIO, TOO_LONG

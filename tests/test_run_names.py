@@ -9,7 +9,7 @@ import json
 import pytest
 
 from apptools import session_with_dataset, open_app
-from transfer.cli.commands import main as cli_main
+from transfer.cli.main import main as cli_main
 from transfer.core.runs import FINISHED, RunDir
 from transfer.models.run_names import RunNameError, default_run_name, distinct_labels, file_stem, rename_run, run_name
 

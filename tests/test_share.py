@@ -13,7 +13,7 @@ import zipfile
 import pytest
 
 from test_page_evaluate import trained  # noqa: F401 (the shared tiny finished run)
-from transfer.cli import commands as cli
+from transfer.cli import main as cli
 from transfer.serving import share
 from transfer.serving.predict import Predictor
 from transfer.core.runs import RunDir

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from transfer.cli import commands as cli
+from transfer.cli import main as cli
 from transfer.cli import studio
 from transfer.core.errors import TransferError
 

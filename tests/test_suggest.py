@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transfer.cli.commands import main
+from transfer.cli.main import main
 from transfer.data.dataset import check_dataset
 from transfer.core.errors import TransferError
 from transfer.data.pool import (

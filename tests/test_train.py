@@ -407,7 +407,7 @@ def test_two_queued_runs_both_finish(tmp_path, tiny_dataset):
 
 
 def test_transfer_train_json(tmp_path, tiny_dataset, capsys):
-    from transfer.cli.commands import main
+    from transfer.cli.main import main
 
     code = main(["train", str(tiny_dataset), "--epochs", "2", "--image-size", "32", "--device", "cpu",
                  "--runs-dir", str(tmp_path / "runs"), "--json"])
@@ -425,7 +425,7 @@ def test_transfer_train_json(tmp_path, tiny_dataset, capsys):
 
 
 def test_transfer_train_reports_bad_data_without_a_traceback(tmp_path, capsys):
-    from transfer.cli.commands import main
+    from transfer.cli.main import main
 
     empty = tmp_path / "empty"
     empty.mkdir()

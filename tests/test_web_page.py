@@ -20,7 +20,7 @@ from test_page_evaluate import trained  # noqa: F401 (the shared tiny finished r
 from test_share import exported  # noqa: F401 (its checked exports, made once)
 from transfer.data.picture import Preprocessing, model_input
 from transfer.serving import web_page
-from transfer.cli.commands import main
+from transfer.cli.main import main
 from transfer.serving.export import cached_export, export_run
 
 NODE = shutil.which("node")

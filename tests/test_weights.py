@@ -22,7 +22,7 @@ from transfer.models.backbones import (
     WeightsDoNotFit,
     read_weights_file,
 )
-from transfer.cli.commands import main
+from transfer.cli.main import main
 from transfer.training.config import ConfigError, TrainConfig
 from transfer.models.features import feature_key
 from transfer.models.backbones import get_backbone

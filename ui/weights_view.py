@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from transfer.models import weights
-from transfer.core.child import run_module
+from transfer.core.child import run_child_job
 from transfer.core.errors import TransferError
 from transfer.core.quota import DiskQuota
 from transfer.core.runs import FINISHED, list_runs
@@ -142,14 +142,12 @@ def _show_report(spec: dict, backbone: str, num_classes: int, draft: dict) -> bo
 @st.cache_data(show_spinner="Checking the weights against the backbone ...", max_entries=32)
 def weights_report(path: str, sha256: str, backbone: str, num_classes: int, dropout: float,
                    hidden: int | None) -> dict:
-    """``{"report": ...}`` or ``{"error": sentence}`` from ``transfer weights`` in its own process
-    (``sha256`` keys the cache: a stored file never changes under its name)."""
-    arguments = ["weights", path, "--backbone", backbone, "--classes", str(num_classes), "--dropout", str(dropout),
-                 "--json"]
-    if hidden:
-        arguments += ["--hidden", str(hidden)]
+    """``{"report": ...}`` or ``{"error": sentence}`` from the ``weights`` child job (``transfer weights
+    --json``'s answer) in its own process (``sha256`` keys the cache: a stored file never changes under its name)."""
+    settings = {"source": path, "backbone": backbone, "classes": int(num_classes), "dropout": float(dropout),
+                "hidden": int(hidden) if hidden else None}
     try:
-        done = run_module("transfer.cli.commands", arguments, timeout=REPORT_TIMEOUT_S)
+        done = run_child_job("weights", settings, timeout=REPORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"Checking the weights took longer than {REPORT_TIMEOUT_S} s; try a smaller file."}
     result = done.answer

@@ -66,3 +66,15 @@ def serve(address: str | None = None, port: int | None = None) -> None:
         os.execve(command[0], command, launcher_environment(folder))
     except OSError as error:
         raise TransferError(f"Could not start the web server ({error}); check that {command[0]} runs.") from error
+
+
+def add_studio(sub) -> None:
+    p = sub.add_parser("studio", help="serve the web app (this computer only unless TRANSFER_PASSWORD is set)")
+    p.add_argument("--address", default=None,
+                   help="address to listen on (default $TRANSFER_HOST or 127.0.0.1; others need TRANSFER_PASSWORD)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default 8501)")
+
+
+def cmd_studio(args) -> int:
+    serve(args.address, args.port)  # returns only when the server could not be started
+    return 1

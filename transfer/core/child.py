@@ -3,10 +3,11 @@
 Every child is ``python -m MODULE ...`` in a fresh interpreter (never a fork of a process that
 may hold CUDA or the web server's threads) that imports this same ``transfer`` package:
 
-- :func:`run_module` runs one of the studio's own commands and reads the JSON object it prints
-  last (the ``--json`` contract): the web server hands heavy or memory-hungry work (an export, a
-  weights report, a data check, the clean-up) to it, so its own process stays responsive and
-  never holds that work's memory;
+- :func:`run_module` runs one of the studio's own modules and reads the JSON object it prints
+  last: the web server hands heavy or memory-hungry work (a data check, the clean-up) to it, so
+  its own process stays responsive and never holds that work's memory;
+- :func:`run_child_job` runs one of the jobs of ``transfer.runtime.child_jobs`` (an export,
+  predictions, a weights report, a saved project) the same way, its settings sent as JSON;
 - :func:`start_module` starts a long-lived one in its own session and returns at once: the
   dispatcher's training workers, the worker's torchrun.
 """
@@ -59,6 +60,17 @@ def run_module(module: str, arguments: list[str], *, timeout: float, env: dict |
     done = subprocess.run(command, cwd=PACKAGE_PARENT, env=child_environment(env), capture_output=True, text=True,
                           timeout=timeout)
     return ChildAnswer(done.returncode, last_json_object(done.stdout), done.stderr)
+
+
+CHILD_JOBS_MODULE = "transfer.runtime.child_jobs"
+
+
+def run_child_job(job: str, settings: dict, *, timeout: float, env: dict | None = None,
+                  niced: bool = False) -> ChildAnswer:
+    """``python -m transfer.runtime.child_jobs JOB SETTINGS``: one job of the web server done in a
+    child process, ``settings`` (its keyword arguments) sent as one JSON object; see
+    :func:`run_module` for the answer and the timeout."""
+    return run_module(CHILD_JOBS_MODULE, [job, json.dumps(settings)], timeout=timeout, env=env, niced=niced)
 
 
 def start_module(module: str, arguments: list[str], *, env: dict | None = None, log=None,

@@ -435,18 +435,19 @@ SAVE_TIMEOUT_SECONDS = 1800.0
 
 
 def save_in_child(project_id: str, target: Path | str | None = None) -> Path:
-    """:func:`save_project` in a child process (``transfer project save --json``): the model cards
-    need PyTorch, which the web server never loads, and a large project is no work for its
-    threads. Returns the file's path; raises :class:`ProjectFileError` with a sentence."""
+    """:func:`save_project` in a child process (the ``save-project`` job of
+    :mod:`transfer.runtime.child_jobs`): the model cards need PyTorch, which the web server never
+    loads, and a large project is no work for its threads. Returns the file's path; raises
+    :class:`ProjectFileError` with a sentence."""
     import subprocess
 
-    from transfer.core.child import run_module
+    from transfer.core.child import run_child_job
 
     project = projects.read_project(project_id)
     target = Path(target) if target else _default_target(project)
     try:
-        done = run_module("transfer.cli.commands", ["project", "save", project.id, "--output", str(target), "--json"],
-                          timeout=SAVE_TIMEOUT_SECONDS, niced=True)
+        done = run_child_job("save-project", {"project": project.id, "output": str(target)},
+                             timeout=SAVE_TIMEOUT_SECONDS, niced=True)
     except subprocess.TimeoutExpired:
         raise ProjectFileError("Saving the project took longer than 30 minutes and was stopped; try again when "
                                "the machine is less busy, or use `transfer project save`.") from None

@@ -585,22 +585,23 @@ EXPORT_TIMEOUT_SECONDS = 900
 
 def export_in_subprocess(run_dir: Path | str, format: str, timeout: float = EXPORT_TIMEOUT_SECONDS,
                          precision: str = "float32", *, include_reference: bool | None = None) -> ExportResult:
-    """:func:`export_run` in a child process (``transfer export --json``): a web server stays
-    responsive and never holds the exporter's memory. The child runs at a lower CPU priority
-    with a bounded thread count. Returns the cached result; raises :class:`ExportError`."""
+    """:func:`export_run` in a child process (the ``export`` job of
+    :mod:`transfer.runtime.child_jobs`): a web server stays responsive and never holds the
+    exporter's memory. The child runs at a lower CPU priority with a bounded thread count.
+    Returns the cached result; raises :class:`ExportError`."""
     import subprocess
 
-    from transfer.core.child import run_module
+    from transfer.core.child import run_child_job
 
     include = reference_included(format, include_reference)
     cached = cached_export(run_dir, format, precision, include)
     if cached is not None:
         return cached
-    arguments = ["export", str(Path(run_dir).resolve()), "--format", format, "--precision", precision, "--json",
-                 "--include-reference" if include else "--no-include-reference"]
+    settings = {"run_dir": str(Path(run_dir).resolve()), "format": format, "precision": precision,
+                "include_reference": include}
     try:
-        done = run_module("transfer.cli.commands", arguments, timeout=timeout, niced=True,
-                          env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+        done = run_child_job("export", settings, timeout=timeout, niced=True,
+                             env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
     except subprocess.TimeoutExpired:
         raise ExportError(f"The {format} export took longer than {timeout / 60:.0f} minutes and was stopped; "
                           "try again when the machine is less busy.") from None

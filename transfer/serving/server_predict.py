@@ -160,17 +160,16 @@ def checked_export(folder: Path) -> Path | None:
 
 def transfer_predict_child(folder: Path, pictures: list[str], top_k: int, csv_path: Path | None = None,
                            unknown_threshold: str | float | None = "normal") -> dict:
-    """``transfer predict FOLDER PICTURES --json`` in a child process (lower priority, bounded
-    threads); its JSON answer, or a sentence when it failed."""
-    from transfer.core.child import run_module
+    """The ``predict`` job of ``transfer.runtime.child_jobs`` (``transfer predict --json``'s answer)
+    in a child process (lower priority, bounded threads); its JSON answer, or a sentence when it failed."""
+    from transfer.core.child import run_child_job
 
-    arguments = ["predict", str(folder), *pictures, "--top-k", str(top_k), "--json",
-                 "--unknown-threshold", "off" if unknown_threshold is None else str(unknown_threshold)]
-    if csv_path is not None:
-        arguments += ["--csv", str(csv_path)]
+    settings = {"run_dir": str(folder), "pictures": list(pictures), "top_k": top_k,
+                "csv_path": None if csv_path is None else str(csv_path),
+                "unknown_threshold": "off" if unknown_threshold is None else str(unknown_threshold)}
     try:
-        done = run_module("transfer.cli.commands", arguments, timeout=CHILD_TIMEOUT_SECONDS, niced=True,
-                          env={"OMP_NUM_THREADS": "2"})
+        done = run_child_job("predict", settings, timeout=CHILD_TIMEOUT_SECONDS, niced=True,
+                             env={"OMP_NUM_THREADS": "2"})
     except subprocess.TimeoutExpired:
         raise ServerPredictError("Predicting took too long and was stopped; try fewer pictures at a time.") from None
     if "error" in done.answer:
