@@ -5,6 +5,10 @@ test never leak into another or into the user's real home. ``tiny_dataset`` writ
 folder of class folders with generated pictures that differ per class (so a model can learn
 them) and per picture (so no two files share a content hash); the ``make_picture`` and
 ``write_class_folders`` fixtures hand out the generators for other shapes of data.
+
+Work in other processes (workers, servers, the browser) is awaited with one helper,
+``from waiting import wait_for`` (tests/waiting.py): ``wait_for(condition, what, timeout=...)``
+asks again until the answer comes and says what never came.
 """
 
 from __future__ import annotations

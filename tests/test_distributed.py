@@ -23,7 +23,7 @@ from transfer.training.ranks import SeededShardSampler, contiguous_chunk, is_mai
 from transfer.core.runs import FINISHED, RunDir
 from transfer.training.run import PREDICTIONS_FILE, train_run
 
-from test_train import wait_for
+from waiting import wait_for
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SMALL = dict(image_size=32, device="cpu", batch_size=8)
@@ -162,7 +162,8 @@ def test_finetuning_on_two_ranks_resumes_after_a_rank_is_killed(tmp_path, tiny_d
     # with none, and it must still join the gradient exchange.
     two = make_run(tmp_path / "runs", data, "finetune", epochs=epochs, augmentation="none", batch_size=23)
     process = start_ranks(two, tmp_path / "home-ranks")
-    wait_for(lambda: two.checkpoint_path.exists() or process.poll() is not None, poll=0.005)
+    wait_for(lambda: two.checkpoint_path.exists() or process.poll() is not None,
+             "the first checkpoint of the ranks", timeout=120, interval=0.005)
     assert process.poll() is None, "the ranks ended before their first checkpoint"
     os.kill(rank_processes(process.pid)[1], signal.SIGKILL)
     assert finish(process, two, timeout=120) != 0

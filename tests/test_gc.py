@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from waiting import wait_for
+
 from transfer.runtime import gc
 from transfer.data import uploads
 from transfer.cli.main import main as cli_main
@@ -195,10 +197,9 @@ def test_the_web_app_collects_at_most_once_per_interval(transfer_home, monkeypat
     monkeypatch.setenv(gc.MAX_IDLE_DAYS_ENV, "30")  # projects are kept by default; an operator's limit applies
     monkeypatch.setattr(gc, "_web_last", [0.0])
     assert gc.collect_now_and_then(interval=3600) is True
-    deadline = time.time() + 30
     stamp = transfer_home / "gc.json"
-    while "bytes_freed" not in (stamp.read_text() if stamp.exists() else "") and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: "bytes_freed" in (stamp.read_text() if stamp.exists() else ""), "the background collection's note",
+             timeout=30)
     assert not old.exists()
     assert json.loads(stamp.read_text())["bytes_freed"] >= 2000, "what the background process freed is noted"
     assert gc.collect_now_and_then(interval=3600) is False, "not again within the hour (this process)"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from waiting import wait_for
+
 from transfer.cli import main as cli
 from transfer.runtime import jobs
 from transfer.runtime import launch
@@ -76,16 +78,6 @@ def kill_worker(pid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def wait_until(predicate, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 def test_two_jobs_run_one_after_the_other_and_the_second_knows_its_place(home):
     manager = JobManager(home / "runs", max_parallel=1)
     first = manager.submit(demo(epochs=4, epoch_seconds=0.5))
@@ -95,7 +87,8 @@ def test_two_jobs_run_one_after_the_other_and_the_second_knows_its_place(home):
         waiting = second.status()
         return waiting["state"] == "queued" and waiting.get("queue_position") == 1 and first.state == "running"
 
-    wait_until(second_is_next_while_first_runs, "the second run to be next in line while the first runs")
+    wait_for(second_is_next_while_first_runs, "the second run to be next in line while the first runs",
+             timeout=WAIT)
 
     assert manager.wait(first, timeout=WAIT)["state"] == "finished"
     assert manager.wait(second, timeout=WAIT)["state"] == "finished"
@@ -111,7 +104,7 @@ def test_two_jobs_run_one_after_the_other_and_the_second_knows_its_place(home):
 def test_two_slots_let_two_jobs_train_together(home):
     manager = JobManager(home / "runs", max_parallel=2)
     runs = [manager.submit(demo(epochs=50)) for _ in range(2)]
-    wait_until(lambda: all(r.state == "running" for r in runs), "both runs running at the same time")
+    wait_for(lambda: all(r.state == "running" for r in runs), "both runs running at the same time", timeout=WAIT)
     for run in runs:
         manager.cancel(run)
         assert manager.wait(run, timeout=WAIT)["state"] == "cancelled"
@@ -120,7 +113,7 @@ def test_two_slots_let_two_jobs_train_together(home):
 def test_cancel_a_running_job_keeps_its_last_finished_epoch(home):
     manager = JobManager(home / "runs")
     run = manager.submit(demo(epochs=50, epoch_seconds=0.3))
-    wait_until(lambda: (run.status().get("epoch") or 0) >= 1, "the first epoch")
+    wait_for(lambda: (run.status().get("epoch") or 0) >= 1, "the first epoch", timeout=WAIT)
     manager.cancel(run.id)
     status = manager.wait(run, timeout=WAIT)
     assert status["state"] == "cancelled"
@@ -135,7 +128,7 @@ def test_cancel_a_queued_job_takes_effect_at_once(home):
     manager = JobManager(home / "runs")
     first = manager.submit(demo(epochs=50))
     second = manager.submit(demo(epochs=2))
-    wait_until(lambda: first.state == "running", "the first run to start")
+    wait_for(lambda: first.state == "running", "the first run to start", timeout=WAIT)
     manager.cancel(second)
     assert second.state == "cancelled"
     assert second.status()["message"] == "Cancelled before it started."
@@ -151,7 +144,7 @@ def test_a_killed_worker_is_interrupted_and_resumes_from_its_last_finished_epoch
     manager = JobManager(home / "runs")
     run = manager.submit(demo(epochs=4, epoch_seconds=0.9, steps=6))
     # Kill it after the first step of the second epoch: mid-epoch, five steps before its end.
-    wait_until(lambda: any(e["epoch"] == 2 for e in run.events("step")), "the second epoch")
+    wait_for(lambda: any(e["epoch"] == 2 for e in run.events("step")), "the second epoch", timeout=WAIT)
     pid = run.status()["pid"]
     kill_worker(pid)
     assert run.state == "running"  # nothing was recorded by the dead worker
@@ -179,20 +172,20 @@ def test_waiting_runs_have_no_process_until_a_slot_frees(home):
     manager = JobManager(home / "runs", max_parallel=1)
     first = manager.submit(demo(epochs=50))
     waiting = [manager.submit(demo(epochs=1, epoch_seconds=0.1)) for _ in range(3)]
-    wait_until(lambda: first.state == "running", "the first run to start")
+    wait_for(lambda: first.state == "running", "the first run to start", timeout=WAIT)
     assert dispatch() == []  # a dispatcher pass with the slot taken starts nothing
     assert worker_processes(home) == [first.status()["pid"]]
     assert [r.status().get("queue_position") for r in waiting] == [1, 2, 3]
     assert all(r.state == "queued" and "pid" not in r.status() for r in waiting)
 
     manager.cancel(first)
-    wait_until(lambda: waiting[0].state != "queued", "the next run to leave the queue")
+    wait_for(lambda: waiting[0].state != "queued", "the next run to leave the queue", timeout=WAIT)
     assert waiting[1].status().get("queue_position") == 1
     assert len(worker_processes(home)) <= 2  # the next one, and the first one on its way out
     for run in waiting:
         assert manager.wait(run, timeout=WAIT)["state"] == "finished"
     # A worker writes "finished" before it dispatches the queue and exits: give it that moment.
-    wait_until(lambda: worker_processes(home) == [], "the last worker to exit", timeout=15)
+    wait_for(lambda: worker_processes(home) == [], "the last worker to exit", timeout=15)
     assert list((queue_dir() / "entries").iterdir()) == []
 
 
@@ -200,7 +193,7 @@ def test_queued_runs_start_after_a_restart_even_when_their_worker_died(home):
     manager = JobManager(home / "runs")
     first = manager.submit(demo(epochs=50))
     second, third = manager.submit(demo(epochs=1, epoch_seconds=0.1)), manager.submit(demo(epochs=1, epoch_seconds=0.1))
-    wait_until(lambda: first.state == "running", "the first run to start")
+    wait_for(lambda: first.state == "running", "the first run to start", timeout=WAIT)
     kill_worker(first.status()["pid"])  # nothing dispatches now: the dead worker cannot
     assert (second.state, third.state) == ("queued", "queued") and worker_processes(home) == []
 
@@ -216,12 +209,12 @@ def test_asking_for_a_run_s_status_moves_the_queue_past_a_dead_worker(home):
     manager = JobManager(home / "runs")
     first = manager.submit(demo(epochs=50))
     second = manager.submit(demo(epochs=1, epoch_seconds=0.1))
-    wait_until(lambda: first.state == "running", "the first run to start")
+    wait_for(lambda: first.state == "running", "the first run to start", timeout=WAIT)
     kill_worker(first.status()["pid"])  # nothing dispatches now: the dead worker cannot
     assert second.state == "queued"
 
-    wait_until(lambda: manager.status(second)["state"] != "queued", "asking for its status to start the second run",
-               timeout=WAIT)
+    wait_for(lambda: manager.status(second)["state"] != "queued", "asking for its status to start the second run",
+             timeout=WAIT)
     assert manager.status(first)["state"] == "interrupted"  # its worker died: looking says so
     assert manager.wait(second, timeout=WAIT)["state"] == "finished"
 
@@ -285,9 +278,9 @@ def test_browser_sessions_with_their_own_runs_folders_share_one_queue(home):
     alice = JobManager(home / "runs-alice", max_parallel=1)
     bob = JobManager(home / "runs-bob", max_parallel=1)
     a = alice.submit(demo(epochs=4, epoch_seconds=0.5))
-    wait_until(lambda: a.state == "running", "alice's run to start")
+    wait_for(lambda: a.state == "running", "alice's run to start", timeout=WAIT)
     b = bob.submit(demo(epochs=1))
-    wait_until(lambda: b.status().get("queue_position") == 1, "bob's run to wait behind alice's")
+    wait_for(lambda: b.status().get("queue_position") == 1, "bob's run to wait behind alice's", timeout=WAIT)
     assert [r.id for r in bob.list()] == [b.id]  # bob does not see alice's run
     assert alice.wait(a, timeout=WAIT)["state"] == "finished"
     assert bob.wait(b, timeout=WAIT)["state"] == "finished"
@@ -330,7 +323,7 @@ def test_command_line_runs_cancel_and_resume(home, capsys):
     runs_dir = str(home / "runs")
     manager = JobManager(runs_dir)
     run = manager.submit(demo(epochs=30, epoch_seconds=0.2))
-    wait_until(lambda: (run.status().get("epoch") or 0) >= 1, "the first epoch")
+    wait_for(lambda: (run.status().get("epoch") or 0) >= 1, "the first epoch", timeout=WAIT)
 
     assert cli.main(["cancel", run.id, "--runs-dir", runs_dir]) == 0
     assert "stop" in capsys.readouterr().out
@@ -363,7 +356,7 @@ def test_command_line_runs_cancel_and_resume(home, capsys):
 def test_an_active_run_cannot_be_resumed_twice(home):
     manager = JobManager(home / "runs")
     run = manager.submit(demo(epochs=50))
-    wait_until(lambda: run.state == "running", "the run to start")
+    wait_for(lambda: run.state == "running", "the run to start", timeout=WAIT)
     with pytest.raises(RunStateError, match="already running"):
         manager.resume(run)
     manager.cancel(run)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_jobs import wait_until as wait_until_within
+from waiting import wait_for
 from transfer.cli import main as cli
 from transfer.cli.train import train_result
 from transfer.runtime import launch
@@ -68,10 +68,6 @@ def rank_pid(root: Path, rank: int) -> int | None:
         if f"RANK={rank}".encode() in environ:
             return pid
     return None
-
-
-def wait_until(predicate, what: str, timeout: float = WAIT):
-    return wait_until_within(predicate, what, timeout)
 
 
 def demo(epochs=3, epoch_seconds=0.6, steps=3, **extra) -> dict:
@@ -264,7 +260,7 @@ def test_a_run_on_two_gpus_takes_two_slots_and_cancels_through_its_ranks(home):
     assert free_slot_count(2) == 1
     os.close(held[0])
     narrow = manager.submit({**demo(epochs=1, epoch_seconds=0.1), "nproc_per_node": 1})
-    wait_until(lambda: (wide.status().get("epoch") or 0) >= 1, "the first epoch on two processes")
+    wait_for(lambda: (wide.status().get("epoch") or 0) >= 1, "the first epoch on two processes", timeout=WAIT)
     assert free_slot_count(2) == 0
     assert narrow.status()["state"] == "queued" and narrow.status()["queue_position"] == 1
     assert narrow.status()["message"] == "Waiting for a free training slot (next in line)."
@@ -276,14 +272,14 @@ def test_a_run_on_two_gpus_takes_two_slots_and_cancels_through_its_ranks(home):
     assert status["state"] == "cancelled" and status["message"].startswith("Cancelled; epoch ")
     assert json.loads((wide.path / launch.RANK_OUTCOME_FILE).read_text())["state"] == "cancelled"
     assert manager.wait(narrow, timeout=WAIT)["state"] == "finished"
-    wait_until(lambda: not launched_processes(home), "every process of the launch to end", timeout=20)
+    wait_for(lambda: not launched_processes(home), "every process of the launch to end", timeout=20)
 
 
 def test_a_killed_rank_fails_the_run_and_resuming_continues_after_its_last_epoch(home):
     manager = JobManager(home / "runs")
     run = manager.submit(demo(epochs=4, epoch_seconds=1.2, steps=4))
-    wait_until(lambda: any(e["epoch"] == 2 for e in run.events("step")), "the second epoch")
-    os.kill(wait_until(lambda: rank_pid(home, 1), "rank 1"), signal.SIGKILL)
+    wait_for(lambda: any(e["epoch"] == 2 for e in run.events("step")), "the second epoch", timeout=WAIT)
+    os.kill(wait_for(lambda: rank_pid(home, 1), "rank 1", timeout=WAIT), signal.SIGKILL)
     status = manager.wait(run, timeout=WAIT)
     assert status["state"] == "failed"
     assert "A training process stopped unexpectedly" in status["message"]
@@ -302,13 +298,13 @@ def test_a_killed_rank_fails_the_run_and_resuming_continues_after_its_last_epoch
 def test_a_killed_worker_takes_its_ranks_along_and_the_run_resumes(home):
     manager = JobManager(home / "runs")
     run = manager.submit(demo(epochs=3, epoch_seconds=1.2, steps=4))
-    wait_until(lambda: any(e["epoch"] == 2 for e in run.events("step")), "the second epoch")
+    wait_for(lambda: any(e["epoch"] == 2 for e in run.events("step")), "the second epoch", timeout=WAIT)
     worker = run.status()["pid"]
     os.kill(worker, signal.SIGKILL)
     os.waitpid(worker, 0)
     # torchrun holds the run's lock too: the run counts as interrupted once the ranks are gone.
-    wait_until(lambda: JobManager(home / "runs").get(run.id).state == "interrupted", "the run to be interrupted",
-               timeout=45)
+    wait_for(lambda: JobManager(home / "runs").get(run.id).state == "interrupted", "the run to be interrupted",
+             timeout=45)
     assert launched_processes(home) == []
     kept = run.status()["epoch"]
 
@@ -369,7 +365,7 @@ def test_two_cpu_processes_fine_tune_through_the_command_line(home, tiny_dataset
     assert run.config["world_size"] == 2 and run.config["method"] == "finetune"
     # Rank 0 marks the run finished itself (the command returns then); its outcome file and the
     # worker's end event follow a moment later.
-    assert wait_until(lambda: run.events("end"), "the worker's end event")[0]["state"] == "finished"
+    assert wait_for(lambda: run.events("end"), "the worker's end event", timeout=WAIT)[0]["state"] == "finished"
     for name in ("config.json", "status.json", "events.jsonl", "labels.json", "model.safetensors", "model.json",
                  "checkpoint.pt", launch.RANK_OUTCOME_FILE):
         assert (run.path / name).is_file(), name

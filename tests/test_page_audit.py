@@ -6,11 +6,11 @@ feature map on the Evaluate page is drawn for a tiny finished run."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 from apptools import open_app, session_with_dataset
+from waiting import wait_for
 
 from transfer.analysis import audit
 from transfer.core.runs import RunDir, atomic_write_json
@@ -127,11 +127,13 @@ def test_check_the_labels_runs_the_audit_through_the_queue_in_a_worker(tiny_data
     assert job["source"] == str(tiny_dataset)
     run = RunDir(job["run"])  # a job of the session, queued like a training run
     assert run.config["job"] == "audit" and run.path.parent == workspace / "jobs"
-    deadline = time.time() + 240
-    while not (workspace / "audit" / "job" / audit.RESULT_FILE).exists() and time.time() < deadline:
+
+    def audit_done() -> bool:
         assert not (workspace / "audit" / "job" / audit.ERROR_FILE).exists(), run.log_path.read_text()
         assert run.state in ("queued", "running", "finished"), run.log_path.read_text()
-        time.sleep(0.5)
+        return (workspace / "audit" / "job" / audit.RESULT_FILE).exists()
+
+    wait_for(audit_done, "the audit's result", timeout=240, interval=0.5)
     started = next(e for e in run.events("info") if "nice" in e)
     assert started["nice"] >= 10 and int(started["threads"]) >= 1  # the workers' priority and thread cap
     app.run()

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import io
 import os
-import time
 import zipfile
 
 from apptools import open_app
+from waiting import wait_for
 
 from transfer.runtime.access import issue_session_token, session_dir
 from transfer.runtime.jobs import try_lock
@@ -122,10 +122,7 @@ def test_a_large_data_set_is_checked_in_the_worker_pool_with_progress(tiny_datas
     pool = checks.shared_pool()
     [job] = [job for key, job in pool._jobs.items() if key[0] == str(tiny_dataset)]
     job.result(timeout=120)
-    deadline = time.time() + 5
-    while job.progress() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert job.progress() == (30, 30), "the worker reported its progress"
+    assert wait_for(job.progress, "the worker's progress", timeout=5) == (30, 30), "the worker reported its progress"
     app.run()
     assert not app.exception, app.exception
     assert any("30 pictures in 3 classes are ready" in s.value for s in app.success)

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from apptools import open_app, session_with_dataset
+from waiting import wait_for
 
 from transfer.models.methods import METHODS
 
 
 def rerun_until(app, done, what: str, timeout: float = 180):
     """Run the page again (as its fragments would) until ``done(app)``: jobs run in workers."""
-    deadline = time.monotonic() + timeout
-    while not done(app):
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.5)
+
+    def done_after_a_rerun():
         app.run()
         assert not app.exception, app.exception
+        return done(app)
+
+    if not done(app):
+        wait_for(done_after_a_rerun, what, timeout=timeout, interval=0.5)
     return app
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import time
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torchvision
 from safetensors.torch import save, save_file
 
 from apptools import open_app, session_with_dataset
+from waiting import wait_for
 from transfer.models.methods import create_model
 from transfer.core.runs import FINISHED, RunDir, list_runs
 
@@ -77,13 +77,11 @@ def test_upload_shows_the_report_and_the_run_starts_from_the_file(session_with_d
 
 
 def wait_until_ended(runs_dir, timeout=180) -> RunDir:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ended_run() -> RunDir | None:
         runs = list_runs(runs_dir)
-        if runs and runs[0].state not in ("queued", "running"):
-            return runs[0]
-        time.sleep(0.3)
-    raise AssertionError("the run did not end")
+        return runs[0] if runs and runs[0].state not in ("queued", "running") else None
+
+    return wait_for(ended_run, "the run to end", timeout=timeout, interval=0.3)
 
 
 def test_a_file_with_code_is_refused_on_the_page(session_with_data, tmp_path):

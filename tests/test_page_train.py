@@ -4,11 +4,11 @@ start with the defaults without visiting Configure, and the per-session limit of
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from apptools import open_app, session_with_dataset
+from waiting import wait_for
 from transfer.runtime.jobs import JobManager
 from transfer.core.runs import list_runs
 
@@ -30,13 +30,12 @@ def check_counts(workspace) -> list[dict]:
 
 
 def wait_for_state(runs_dir, states, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def runs_in_states() -> list:
         runs = list_runs(runs_dir)
-        if runs and all(r.state in states for r in runs):
-            return runs
-        time.sleep(0.3)
-    raise AssertionError(f"runs did not reach {states}: {[r.status() for r in list_runs(runs_dir)]}")
+        return runs if runs and all(r.state in states for r in runs) else []
+
+    return wait_for(runs_in_states, lambda: f"runs in {states}: {[r.status() for r in list_runs(runs_dir)]}",
+                    timeout=timeout, interval=0.3)
 
 
 def test_without_a_data_set_the_page_points_to_the_data_page():
@@ -123,9 +122,7 @@ def test_stop_cancels_a_running_run(configured_session):
     app.button[0].click().run()
     run_id = app.query_params["run"]
     runs_dir = workspace / "runs"
-    deadline = time.monotonic() + 60
-    while list_runs(runs_dir)[0].state != "running" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: list_runs(runs_dir)[0].state == "running", "the run to start", timeout=60, interval=0.2)
     app.run()
     stop = [b for b in app.button if b.key == f"stop_{run_id}"]
     assert stop, "a running run shows a Stop button"

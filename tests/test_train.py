@@ -12,13 +12,14 @@ import os
 import random
 import signal
 import sys
-import time
 import warnings as warnings_module
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from waiting import wait_for
 
 import transfer.training.build as build_module
 import transfer.training.loop as loop_module
@@ -332,16 +333,6 @@ def test_resuming_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_d
 # --------------------------------------------------------------------------- real worker processes
 
 
-def wait_for(predicate, timeout: float = 120.0, poll: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError("timed out waiting")
-
-
 def process_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -365,12 +356,13 @@ def test_resume_after_the_worker_is_killed_mid_epoch(tmp_path, bigger_dataset):
     manager = JobManager(tmp_path / "runs")
     run = manager.submit(slow_epochs_config(bigger_dataset, epochs=2))
     # The status says epoch 1 only after its checkpoint is saved; the worker is then in epoch 2.
-    wait_for(lambda: run.status().get("epoch") == 1, poll=0.005)
+    wait_for(lambda: run.status().get("epoch") == 1, "the first epoch", timeout=120, interval=0.005)
     pid = run.status()["pid"]
     os.kill(pid, signal.SIGKILL)
     assert [e["epoch"] for e in run.events("epoch")] == [1], "epoch 2 finished before the kill; use more steps"
     # A killed process shows as a zombie a moment before the kernel drops its file locks.
-    wait_for(lambda: not process_alive(pid) and not lock_is_held(run.worker_lock_path))
+    wait_for(lambda: not process_alive(pid) and not lock_is_held(run.worker_lock_path),
+             "the killed worker to let go of its lock", timeout=120)
 
     fresh = JobManager(tmp_path / "runs")  # as after a restart: finds the dead worker
     assert run.state == INTERRUPTED
@@ -385,7 +377,7 @@ def test_resume_after_the_worker_is_killed_mid_epoch(tmp_path, bigger_dataset):
 def test_cancel_through_the_job_manager(tmp_path, bigger_dataset):
     manager = JobManager(tmp_path / "runs")
     run = manager.submit(slow_epochs_config(bigger_dataset, epochs=20))
-    wait_for(lambda: run.status().get("epoch") == 1)
+    wait_for(lambda: run.status().get("epoch") == 1, "the first epoch", timeout=120)
     manager.cancel(run)
     final = manager.wait(run, timeout=120)
     assert final["state"] == CANCELLED

@@ -14,10 +14,11 @@ import fcntl
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
+
+from waiting import wait_for
 
 from transfer.core import machine
 from transfer.runtime import warm
@@ -55,7 +56,7 @@ def wait_for_server(timeout: float = WAIT, other_than: int | None = None) -> int
         pid = server_pid()
         return pid if pid and pid != other_than and _listening(pid) else None
 
-    return wait_until(listening, "the fork server to listen", timeout)
+    return wait_for(listening, "the fork server to listen", timeout=timeout, interval=0.1)
 
 
 def server_pid() -> int | None:
@@ -90,16 +91,6 @@ def stop_everything(root: Path) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def wait_until(predicate, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def demo(epochs=2, epoch_seconds=0.3, **extra) -> dict:
     return {"job": "demo", "epochs": epochs, "epoch_seconds": epoch_seconds, "steps_per_epoch": 3, **extra}
 
@@ -124,7 +115,8 @@ def test_a_run_started_while_a_studio_runs_is_a_fork_of_the_warm_server(tmp_path
 def test_the_forked_worker_is_the_fork_servers_child_while_it_trains(tmp_path, studio):
     manager = JobManager(tmp_path / "runs", max_parallel=1)
     run = manager.submit(demo(epochs=20, epoch_seconds=0.5))
-    pid = wait_until(lambda: run.status().get("state") == "running" and run.status().get("pid"), "the run to start")
+    pid = wait_for(lambda: run.status().get("state") == "running" and run.status().get("pid"), "the run to start",
+                   timeout=WAIT)
     assert parent_of(pid) == studio
     assert pid_is_worker(pid)
     manager.cancel(run)
@@ -134,9 +126,9 @@ def test_the_forked_worker_is_the_fork_servers_child_while_it_trains(tmp_path, s
 def test_a_killed_fork_leaves_the_run_interrupted_and_it_resumes(tmp_path, studio):
     manager = JobManager(tmp_path / "runs", max_parallel=1)
     run = manager.submit(demo(epochs=4, epoch_seconds=1.0))
-    wait_until(lambda: run.status().get("epoch", 0) >= 1, "the first epoch")
+    wait_for(lambda: run.status().get("epoch", 0) >= 1, "the first epoch", timeout=WAIT)
     os.kill(run.status()["pid"], signal.SIGKILL)
-    wait_until(lambda: manager.check(run) or run.state == "interrupted", "the run to be interrupted")
+    wait_for(lambda: manager.check(run) or run.state == "interrupted", "the run to be interrupted", timeout=WAIT)
     assert run.state == "interrupted"
     manager.resume(run)
     status = manager.wait(run, timeout=WAIT)
@@ -149,9 +141,9 @@ def test_a_killed_fork_leaves_the_run_interrupted_and_it_resumes(tmp_path, studi
 def test_a_dead_fork_server_comes_back_and_runs_start_cold_meanwhile(tmp_path, studio):
     manager = JobManager(tmp_path / "runs", max_parallel=2)
     training = manager.submit(demo(epochs=30, epoch_seconds=0.5))  # a fork that outlives its server
-    wait_until(lambda: training.status().get("state") == "running", "the forked run to start")
+    wait_for(lambda: training.status().get("state") == "running", "the forked run to start", timeout=WAIT)
     os.kill(studio, signal.SIGKILL)
-    wait_until(lambda: not warm.server_alive(queue_dir()), "the fork server to be gone")
+    wait_for(lambda: not warm.server_alive(queue_dir()), "the fork server to be gone", timeout=WAIT)
     run = manager.submit(demo(epochs=1))
     assert manager.wait(run, timeout=WAIT)["state"] == "finished"
     replacement = wait_for_server(other_than=studio)
@@ -168,8 +160,8 @@ def test_the_fork_server_leaves_with_the_last_studio(tmp_path, monkeypatch):
         pid = wait_for_server()
     finally:
         os.close(lock)
-    wait_until(lambda: not Path(f"/proc/{pid}").exists() or parent_of(pid) == -1 or _zombie(pid),
-               "the fork server to exit")
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or parent_of(pid) == -1 or _zombie(pid),
+             "the fork server to exit", timeout=WAIT)
     assert not warm.server_alive(queue_dir())
 
 

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from waiting import wait_for
+
 from transfer.runtime import warm
 
 
@@ -47,12 +49,12 @@ def test_a_fork_server_that_dies_before_it_is_warm_is_started_again_after_a_doub
 def test_a_dead_fork_server_started_by_this_process_is_reaped(tmp_path, monkeypatch):
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     monkeypatch.setattr(warm, "_started", [process])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def exited_not_reaped() -> bool:
         with open(f"/proc/{process.pid}/stat") as stat:
-            if stat.read().split()[2] == "Z":  # exited, not yet reaped
-                break
-        time.sleep(0.05)
+            return stat.read().split()[2] == "Z"
+
+    wait_for(exited_not_reaped, "the child to exit (a zombie, not yet reaped)", timeout=30)
     monkeypatch.setattr(warm, "studio_running", lambda queue: False)
     warm.keep_alive(tmp_path)
     assert process.returncode == 0 and warm._started == []

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from browser.browsertools import free_port
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,11 @@ def test_an_installed_wheel_trains_and_serves_from_another_folder(venv, tmp_path
     server = subprocess.Popen([str(venv / "bin" / "transfer"), "studio", "--port", str(port)], cwd=elsewhere,
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        assert wait_for_health(f"http://127.0.0.1:{port}", server), (tmp_path / "studio.log").read_text()[-3000:]
+        def studio_log() -> str:
+            return (tmp_path / "studio.log").read_text()[-3000:]
+
+        wait_for(lambda: studio_is_healthy(f"http://127.0.0.1:{port}", server, studio_log),
+                 lambda: "the studio's health check; its log:\n" + studio_log(), timeout=120, interval=0.3)
         serving_from = Path(os.readlink(f"/proc/{server.pid}/cwd"))
         assert serving_from.is_relative_to(venv) and (serving_from / ".streamlit" / "config.toml").is_file()
     finally:
@@ -121,12 +125,11 @@ def test_an_installed_wheel_trains_and_serves_from_another_folder(venv, tmp_path
         log.close()
 
 
-def wait_for_health(url: str, server: subprocess.Popen, timeout: float = 120) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                return response.read() == b"ok"
-        except OSError:
-            time.sleep(0.3)
-    return False
+def studio_is_healthy(url: str, server: subprocess.Popen, log) -> bool:
+    """Whether the studio at ``url`` answers its health check; fails with ``log()`` once it has exited."""
+    assert server.poll() is None, f"the studio exited: {log()}"
+    try:
+        with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
+            return response.read() == b"ok"
+    except OSError:
+        return False

@@ -7,10 +7,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
+
+from waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,17 +33,16 @@ def free_port() -> int:
 
 
 def _wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def serving() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"the studio server exited with code {process.returncode}")
         try:
             with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
+                return response.status == 200
         except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("the studio server did not start within 90 s")
+            return False
+
+    wait_for(serving, "the studio server to start", timeout=timeout, interval=0.3)
 
 
 def start_studio(home: Path, port: int, extra_env: dict | None = None, *,
@@ -107,17 +107,19 @@ def wait_for_run(connection, elements: list | None = None) -> str:
     elements it drew are appended to ``elements``."""
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
-    session_id, deadline = None, time.monotonic() + 60
-    while time.monotonic() < deadline:
+    session = {"id": None}
+
+    def run_finished() -> bool:  # reads one message each time
         message = ForwardMsg()
         message.ParseFromString(connection.recv(timeout=60))
         if message.WhichOneof("type") == "delta" and elements is not None:
             elements.append(message.delta.new_element)
         if message.WhichOneof("type") == "new_session":
-            session_id = message.new_session.initialize.session_id
-        if message.WhichOneof("type") == "script_finished" and (session_id or elements is not None):
-            return session_id
-    raise AssertionError("the page did not finish its run within 60 s")
+            session["id"] = message.new_session.initialize.session_id
+        return message.WhichOneof("type") == "script_finished" and bool(session["id"] or elements is not None)
+
+    wait_for(run_finished, "the page to finish its run", timeout=60, interval=0)
+    return session["id"]
 
 
 def put_upload(url: str, session_id: str, xsrf: str, size: int, data: bytes | None = None,

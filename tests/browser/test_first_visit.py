@@ -6,11 +6,11 @@ toolbar offers users no Deploy button or developer menu."""
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 from browsertools import free_port, start_studio, stop_studio, wait_for_app
+from waiting import wait_for
 from transfer.runtime.access import issue_session_token, session_dir
 from transfer.training.config import TrainConfig
 from transfer.runtime.jobs import JobManager
@@ -84,11 +84,11 @@ def test_after_a_restart_the_link_of_a_running_run_finds_it_first_thing(servers,
     config = TrainConfig.for_method("features", dataset=str(dataset), epochs=10_000, image_size=64)
     run = manager.submit(config.to_dict())
     try:
-        deadline = time.monotonic() + 180
-        while run.status()["state"] != "running" and time.monotonic() < deadline:
+        def is_training() -> bool:
             assert run.status()["state"] in ("queued", "running"), run.status()
-            time.sleep(0.5)
-        assert run.status()["state"] == "running"
+            return run.status()["state"] == "running"
+
+        wait_for(is_training, "the run to start", timeout=180, interval=0.5)
 
         servers.stop(url)  # the restart: the same home and port, the run still training
         url = servers.start(port=int(url.rsplit(":", 1)[1]))

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from browsertools import wait_for_app
+from waiting import wait_for
 from test_predict_journey import finished_run, shown_answer  # noqa: F401 (a tiny finished run in the server's home)
 from transfer.serving.predict import Predictor
 from transfer.serving.share import INVALID_LINK, DemoStore
@@ -106,10 +107,9 @@ def studio_server(home: Path):
             cwd=Path(__file__).resolve().parents[2], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while not _serving(url):
-            assert process.poll() is None and time.monotonic() < deadline, "the studio server did not start"
-            time.sleep(0.3)
+        wait_for(lambda: _serving(url) or process.poll() is not None, "the studio server to start", timeout=90,
+                 interval=0.3)
+        assert process.poll() is None, "the studio server exited"
         yield url
     finally:
         process.terminate()
