@@ -19,7 +19,7 @@ from transfer.training.config import TrainConfig
 from transfer.core.errors import TransferError
 from transfer.runtime.estimate import recommend_method
 from transfer.runtime.jobs import dispatch
-from transfer.core.live import RunEvents
+from transfer.core.events import RunEvents
 from transfer.core.runs import ACTIVE_STATES, FINISHED, QUEUED, find_run, list_runs
 from transfer.models.run_names import distinct_labels, run_name
 from ui import charts, cleanup_view, head_fit_view, reports, retrain_view, run_name_view, session

@@ -15,7 +15,7 @@ import pytest
 from transfer.runtime import gc
 from transfer.data import uploads
 from transfer.cli.commands import main as cli_main
-from transfer.runtime.jobs import try_lock
+from transfer.core.files import try_lock
 from transfer.core.runs import CANCELLED, FINISHED, RUNNING, RunDir
 
 DAY = 86400.0

@@ -17,7 +17,7 @@ import streamlit as st
 
 from transfer.analysis.audit import ERROR_FILE, PROGRESS_FILE, RESULT_FILE, RUN_MAP_FOLDER
 from transfer.core.errors import TransferError
-from transfer.core.runs import atomic_write_json, read_json
+from transfer.core.files import atomic_write_json, read_json
 from transfer.data.working_copy import ADD, MOVE, REMOVE, WorkingCopy
 from ui import data_view, session
 

@@ -21,7 +21,7 @@ from transfer.core import paths
 from transfer.data.samples import Sample
 from transfer.data.preparation import PIXEL_RULES_VERSION
 from transfer.data.images import DEFAULT_MAX_PIXELS, open_image, resize_short_side, to_array
-from transfer.core.runs import atomic_path
+from transfer.core.files import atomic_path
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024**2
 
