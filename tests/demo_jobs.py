@@ -10,7 +10,8 @@ import os
 import time
 
 from transfer.runtime.jobs import WORKER_THREADS_ENV
-from transfer.core.runs import Cancelled, RunDir, atomic_write_json, read_json
+from transfer.core.runs import Cancelled, RunDir
+from transfer.core.files import atomic_write_json, read_json
 
 
 def demo_job(run: RunDir) -> None:

@@ -15,7 +15,8 @@ import sys
 import time
 
 from transfer.core.runs import RANK_OUTCOME_FILE
-from transfer.core.runs import CANCELLED, FAILED, FINISHED, Cancelled, RunDir, atomic_write_json
+from transfer.core.runs import CANCELLED, FAILED, FINISHED, Cancelled, RunDir
+from transfer.core.files import atomic_write_json
 from demo_jobs import demo_job
 
 

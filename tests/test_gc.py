@@ -17,7 +17,7 @@ from waiting import wait_for
 from transfer.runtime import gc
 from transfer.data import uploads
 from transfer.cli.main import main as cli_main
-from transfer.runtime.jobs import try_lock
+from transfer.core.files import try_lock
 from transfer.core.runs import CANCELLED, FINISHED, RUNNING, RunDir
 
 DAY = 86400.0

@@ -19,15 +19,9 @@ from waiting import wait_for
 from transfer.cli import main as cli
 from transfer.runtime import jobs
 from transfer.runtime import launch
-from transfer.runtime.jobs import (
-    BadMaxParallel,
-    JobManager,
-    SessionQueueFull,
-    dispatch,
-    pid_is_worker,
-    queue_dir,
-    try_lock,
-)
+from transfer.runtime.jobs import (BadMaxParallel, JobManager, SessionQueueFull, dispatch, pid_is_worker,
+    queue_dir)
+from transfer.core.files import try_lock
 from transfer.core.runs import RunDir, RunStateError, list_runs
 from transfer.runtime.worker import UnknownJob, job_function
 

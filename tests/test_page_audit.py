@@ -13,7 +13,8 @@ from apptools import open_app, session_with_dataset
 from waiting import wait_for
 
 from transfer.analysis import audit
-from transfer.core.runs import RunDir, atomic_write_json
+from transfer.core.runs import RunDir
+from transfer.core.files import atomic_write_json
 
 PAGE = "pages/data.py"
 

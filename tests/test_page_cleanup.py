@@ -12,7 +12,7 @@ from apptools import open_app
 from waiting import wait_for
 
 from transfer.runtime.access import issue_session_token, session_dir
-from transfer.runtime.jobs import try_lock
+from transfer.core.files import try_lock
 from transfer.core.quota import SESSION_QUOTA_ENV
 from transfer.core.runs import FINISHED, RUNNING, RunDir, list_runs
 

@@ -18,7 +18,8 @@ from transfer.analysis.compare import compare_runs
 from transfer.data.dataset import check_dataset
 from transfer.analysis.evaluate import PREDICTIONS_FILE
 from transfer.runtime.jobs import JobManager
-from transfer.core.runs import RunDir, atomic_write_json
+from transfer.core.runs import RunDir
+from transfer.core.files import atomic_write_json
 from transfer.models.run_names import run_name
 
 

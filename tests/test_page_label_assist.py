@@ -13,7 +13,7 @@ from transfer.analysis import audit
 from transfer.runtime.access import issue_session_token, session_dir
 from transfer.data.dataset import check_dataset
 from transfer.data.pool import add_files_pool, pool_pictures
-from transfer.core.runs import atomic_write_json
+from transfer.core.files import atomic_write_json
 from ui import label_view
 
 PAGE = "pages/data.py"

@@ -21,7 +21,8 @@ from pictures import write_class_folders
 from transfer.runtime.access import issue_session_token, session_dir
 from transfer.training.config import TrainConfig
 from transfer.analysis.evaluate import PREDICTIONS_FILE
-from transfer.core.runs import FINISHED, RunDir, atomic_write_json
+from transfer.core.runs import FINISHED, RunDir
+from transfer.core.files import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"red": 6, "green": 6}

@@ -10,17 +10,9 @@ import time
 import pytest
 
 from transfer.core.errors import TransferError
-from transfer.core.runs import (
-    Cancelled,
-    InvalidRunId,
-    RunDir,
-    RunNotFound,
-    atomic_write_json,
-    find_run,
-    is_safe_run_id,
-    list_runs,
-    new_run_id,
-)
+from transfer.core.runs import (Cancelled, InvalidRunId, RunDir, RunNotFound, find_run, is_safe_run_id,
+    list_runs, new_run_id)
+from transfer.core.files import atomic_write_json
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from transfer.analysis.audit import RESULT_FILE
 from transfer.core.errors import TransferError
 from transfer.runtime.jobs import JobManager
 from transfer.runtime.side_jobs import DONE, FAILED, IDLE, RUNNING, SideJob
-from transfer.core.runs import atomic_write_json
+from transfer.core.files import atomic_write_json
 
 
 class RefusingManager:

@@ -231,7 +231,7 @@ def test_the_suggestion_job_writes_its_result_for_the_page(pool, tmp_path, write
 
 def test_two_runs_compare_on_the_validation_pictures_they_share(tmp_path):
     from transfer.analysis.compare import compare_runs
-    from transfer.core.runs import atomic_write_json as write
+    from transfer.core.files import atomic_write_json as write
 
     def run(name: str, answers: dict[str, tuple[str, str]]):
         folder = tmp_path / name

@@ -25,7 +25,8 @@ import transfer.training.build as build_module
 import transfer.training.loop as loop_module
 from transfer.training.store import CHECKPOINT_FORMAT, Store
 from transfer.training.config import ConfigError, TrainConfig
-from transfer.runtime.jobs import JobManager, lock_is_held
+from transfer.runtime.jobs import JobManager
+from transfer.core.files import lock_is_held
 from transfer.models.methods import create_model, prepare_model
 from transfer.models.model_io import load_trained_model
 from transfer.core.runs import CANCELLED, FINISHED, INTERRUPTED, Cancelled, RunDir

@@ -20,7 +20,8 @@ from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS
 from transfer.analysis.trust import plural
 from transfer.core.quota import DiskQuota, human_size
-from transfer.core.runs import FINISHED, list_runs, read_json
+from transfer.core.runs import FINISHED, list_runs
+from transfer.core.files import read_json
 from transfer.data.working_copy import WorkingCopy, WorkingCopyError, split_for_new_label
 from ui import audit_view, data_view, jobs_view, reports, session
 
@@ -434,7 +435,7 @@ def _label(pool: pools.Pool, suggestion: dict, label: str) -> None:
 
 
 def _skip(pool: pools.Pool, suggestion: dict) -> None:
-    from transfer.core.runs import atomic_write_json
+    from transfer.core.files import atomic_write_json
 
     path = suggestion_job(pool).folder / "skipped.json"
     skipped = read_json(path, None) or []

@@ -129,7 +129,7 @@ def unsure_margin_of(folder) -> float | None:
     from pathlib import Path
 
     from transfer.analysis.trust import run_unsure_margin
-    from transfer.core.runs import read_json
+    from transfer.core.files import read_json
 
     demo = read_json(Path(folder) / "demo.json", None)
     if isinstance(demo, dict):

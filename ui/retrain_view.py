@@ -18,7 +18,8 @@ from transfer.analysis.trust import Accuracy, paired_change, plural, run_accurac
 from transfer.training.config import TrainConfig
 from transfer.data.samples import Dataset
 from transfer.core.errors import TransferError
-from transfer.core.runs import FINISHED, atomic_write_json, find_run
+from transfer.core.runs import FINISHED, find_run
+from transfer.core.files import atomic_write_json
 from transfer.models.run_names import run_name
 from ui import reports, session
 from ui.run_picker import RUN_PARAM

@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from transfer.runtime import access
-from transfer.core.runs import atomic_write_json
+from transfer.core.files import atomic_write_json
 from ui import gate, pages_mode, project_memory
 
 SESSION_PARAM = "s"

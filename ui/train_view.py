@@ -13,7 +13,7 @@ import streamlit as st
 
 from transfer.analysis.trust import run_accuracy
 from transfer.core.errors import TransferError
-from transfer.core.live import RunEvents
+from transfer.core.events import RunEvents
 from transfer.core.runs import ACTIVE_STATES, FINISHED, find_run, list_runs
 from transfer.models.catalogue import METHODS, get_backbone
 from transfer.models.run_names import distinct_labels, run_name

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from transfer.core.errors import TransferError
-from transfer.core.runs import atomic_write_json, read_json
+from transfer.core.files import atomic_write_json, read_json
 from transfer.data.samples import relative_name
 
 MAX_FOLDS = 5
@@ -531,7 +531,7 @@ def _progress_writer(folder: Path) -> Progress:
 
 def run_job(folder: Path, work: Callable[[Progress], dict]) -> int:
     """Run ``work`` with progress written into ``folder``; its result or error lands there too."""
-    from transfer.runtime.jobs import try_lock
+    from transfer.core.files import try_lock
 
     folder.mkdir(parents=True, exist_ok=True)
     lock = try_lock(folder / JOB_LOCK)

@@ -38,7 +38,7 @@ import numpy as np
 
 from transfer.core import paths
 from transfer.core.errors import TransferError
-from transfer.core.runs import atomic_write_bytes, atomic_write_json, read_json
+from transfer.core.files import atomic_write_bytes, atomic_write_json, read_json
 
 MAX_CLUSTERS = 500
 REDUCED_DIMENSIONS = 64

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer.core.runs import read_json
+from transfer.core.files import read_json
 
 Z_95 = 1.959964  # the normal quantile of a 95 % two-sided interval
 TOO_FEW_TO_TELL = 5  # fewer validation pictures than this: no range is worth showing

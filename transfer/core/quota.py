@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transfer.core.errors import TransferError
-from transfer.core.runs import atomic_write_json, read_json
+from transfer.core.files import atomic_write_json, read_json
 
 SESSION_QUOTA_ENV = "TRANSFER_SESSION_QUOTA_GB"
 DEFAULT_SESSION_QUOTA_GB = 5.0

@@ -14,6 +14,40 @@ reader never sees half a file and a crash never leaves a corrupt one)::
     cancel             present when someone asked the run to stop
     worker.log         the worker process's own output, for post-mortems
 
+Training also writes (see :mod:`transfer.training.run`):
+
+    ``model.json``
+        How to rebuild the model for prediction: ``{"format": 1, "backbone", "method",
+        "num_classes", "classes", "head": {"path", "in_features", "dropout", "hidden"},
+        "image_size", "preprocessing": {"input_size", "resize_size", "mean", "std",
+        "interpolation", "crop_pct"}}``, and ``initial_weights: {"name", "sha256", "source"}`` when
+        the run started from its own weights file; read it with :func:`transfer.models.model_io.load_trained_model`.
+    ``val_predictions.json``
+        For the evaluation page, from the best epoch: ``{"classes": [...], "epoch": n,
+        "predictions": [{"path": "val/ants/1.jpg", "sha256": "...", "label": "ants",
+        "predicted": "bees", "probabilities": [0.3, 0.7], "novelty": 0.12}, ...]}``; ``path`` is relative
+        to the data set's root when the picture lies inside it. ``probabilities`` follow ``classes``;
+        ``novelty`` (a finished run with a reference) is how unlike the training pictures it looks.
+    ``novelty.safetensors``
+        A finished run's "None of these" reference (transfer.models.novelty), named with its thresholds in
+        ``model.json``'s ``"novelty"`` entry.
+    ``val_metrics.json``
+        ``{"epoch", "val_accuracy", "val_loss", "per_class": {label: {"accuracy", "correct",
+        "count"}}, "confusion": [[count of true i predicted j]]}`` for the best epoch.
+    ``rank-outcome.json``
+        Only for a run trained by several processes (:mod:`transfer.training.distributed`, where rank 0
+        alone writes all these files): ``{"state": "finished" | "cancelled" | "failed", "message"}``.
+
+Events (``events.jsonl``): ``info`` and ``warning`` messages; ``progress`` before the first
+epoch (``phase``: ``features`` while backbone features are computed, ``decode`` while pictures
+are decoded, ``probe`` while the linear probe's features are computed; ``done``, ``total``,
+``images_per_s``, ``elapsed``, ``eta``); ``step`` every few steps (``epoch``, ``epochs``, ``step``, ``steps``, ``loss``,
+``accuracy``, ``lr``, ``images_per_s``, ``elapsed``, ``eta``); ``epoch`` after each epoch
+(``epoch``, ``epochs``, ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``,
+``best_val_accuracy``, ``lr``, ``images_per_s``, ``seconds``, ``elapsed``, ``eta``; ``loss``
+and ``accuracy`` repeat the training figures); ``result`` at the end (best epoch, per-class
+accuracy, file names). The worker adds the closing ``end`` event.
+
 States: ``queued`` (waiting for a free slot), ``running``, then one of ``finished``,
 ``failed``, ``cancelled`` or ``interrupted`` (its worker died; the run can be resumed).
 """
@@ -22,18 +56,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import json
-import os
 import re
 import secrets
 import string
-import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from transfer.core.errors import TransferError
+from transfer.core.files import atomic_write_bytes, atomic_write_json, file_lock, read_json
 
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED, INTERRUPTED = (
     "queued",
@@ -98,101 +130,6 @@ def new_run_id() -> str:
 
 def is_safe_run_id(run_id: str) -> bool:
     return isinstance(run_id, str) and _SAFE_ID.fullmatch(run_id) is not None and ".." not in run_id
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path, suffix: str = ".tmp", durable: bool = True) -> Iterator[Path]:
-    """A temporary name beside ``path`` for the block to write; when the block ends without an
-    error, it is renamed over ``path`` (readers see either the old file or the whole new one),
-    else it is removed. ``durable`` also flushes the file and the rename to disk, so that even a
-    crash of the machine leaves one or the other; caches, which can compute a lost entry again,
-    skip that cost. The package's one way of replacing a file: every atomic write goes through here."""
-    path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    temp = Path(name)
-    try:
-        yield temp
-        if durable:
-            _fsync_file(temp)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as temp, os.fdopen(os.open(temp, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
-        handle.write(data)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    """Serialise first (a value JSON cannot hold fails before the old file is touched)."""
-    data = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
-    atomic_write_bytes(path, data)
-
-
-def read_json(path: Path, default=None):
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return default
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every filesystem lets a folder be opened.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def lock_is_held(path: Path, *, exclusive_probe: bool = False) -> bool:
-    """Whether some process holds a ``flock`` on ``path`` that the probe cannot share. The probe
-    takes a shared lock for an instant (it sees exclusive holders, and probes never disturb each
-    other), or with ``exclusive_probe`` an exclusive one (it also sees shared holders)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive_probe else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing the descriptor also drops a lock we just took
-    return False
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` held for the block, waiting for it if need be; released by the OS if
-    the process dies. The package's one blocking file lock (``transfer.runtime.jobs.try_lock`` is its
-    non-waiting counterpart for locks held as long as a process lives)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _now() -> float:

@@ -28,7 +28,7 @@ from transfer.core.quota import (
     human_size,
     is_disk_full,
 )
-from transfer.core.runs import atomic_write_bytes, atomic_write_json
+from transfer.core.files import atomic_write_bytes, atomic_write_json
 from transfer.data.images import (
     IMAGE_EXTENSIONS,
     NOT_AN_IMAGE,

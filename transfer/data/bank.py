@@ -43,7 +43,7 @@ from transfer.data.cache import DecodedImageCache
 from transfer.data.samples import Sample
 from transfer.core.errors import TransferError
 from transfer.core.quota import human_size
-from transfer.core.runs import file_lock
+from transfer.core.files import file_lock
 
 BANK_KIND = "banks"
 #: Bump when the file layout or what a row holds changes.

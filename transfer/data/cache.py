@@ -21,7 +21,7 @@ from transfer.core import paths
 from transfer.data.samples import Sample
 from transfer.data.picture import MAX_PIXELS, PIXEL_RULES_VERSION, resize_short_side
 from transfer.data.images import open_image, to_array
-from transfer.core.runs import atomic_path
+from transfer.core.files import atomic_path
 
 DEFAULT_MEMORY_BUDGET = 512 * 1024**2
 

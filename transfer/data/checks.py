@@ -29,7 +29,7 @@ from transfer.core.child import run_module
 from transfer.data.dataset import check_dataset
 from transfer.data.report import Report
 from transfer.core.errors import TransferError
-from transfer.core.runs import atomic_write_json, read_json
+from transfer.core.files import atomic_write_json, read_json
 
 INLINE_MAX_FILES_ENV = "TRANSFER_CHECK_INLINE_MAX_FILES"
 WORKERS_ENV = "TRANSFER_CHECK_WORKERS"

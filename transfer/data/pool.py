@@ -25,7 +25,7 @@ from transfer.data.samples import Sample
 from transfer.core.errors import TransferError
 from transfer.data.images import IMAGE_EXTENSIONS, ImageError, inspect_image
 from transfer.core.quota import DiskQuota, folder_bytes
-from transfer.core.runs import atomic_write_json, read_json
+from transfer.core.files import atomic_write_json, read_json
 from transfer.data.uploads import (
     UPLOAD_INFO,
     content_signature,

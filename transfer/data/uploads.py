@@ -35,7 +35,7 @@ from transfer.data.report import Skipped
 from transfer.data.samples import DataError
 from transfer.data.images import IMAGE_EXTENSIONS
 from transfer.core.quota import DiskQuota, folder_bytes
-from transfer.core.runs import atomic_write_json, file_lock, read_json
+from transfer.core.files import atomic_write_json, file_lock, read_json
 
 BUILDER_FOLDER = "classes"
 ZIP_FOLDER, DIRECTORY_FOLDER = "zips", "folders"

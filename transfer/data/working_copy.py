@@ -31,7 +31,7 @@ from transfer.data.discovery import VAL_FOLDER_NAMES
 from transfer.data.samples import TRAIN, VAL, Dataset
 from transfer.data.splits import PINNED_SPLITS, read_pinned_splits
 from transfer.core.errors import TransferError
-from transfer.core.runs import atomic_write_bytes, atomic_write_json, file_lock, read_json
+from transfer.core.files import atomic_write_bytes, atomic_write_json, file_lock, read_json
 
 STATE_FILE = "state.json"
 MOVE, REMOVE, KEEP, ADD = "move", "remove", "keep", "add"

@@ -98,7 +98,7 @@ def write_torchvision_table(path: Path = catalogue.TORCHVISION_TABLE) -> None:
     """Refresh the snapshot the catalogue reads (after upgrading torchvision)."""
     import json
 
-    from transfer.core.runs import atomic_write_bytes
+    from transfer.core.files import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(catalogue.live_torchvision_table(), indent=1) + "\n").encode())
 

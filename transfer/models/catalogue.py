@@ -324,7 +324,7 @@ def _ask_timm(kind: str, argument: str, limit: int = 0) -> dict:
     except (OSError, ValueError):
         pass
     from transfer.core.child import run_module
-    from transfer.core.runs import atomic_write_json
+    from transfer.core.files import atomic_write_json
 
     try:
         done = run_module("transfer.models.catalogue", [kind, argument, str(limit)], timeout=_CHILD_TIMEOUT_S)

@@ -42,7 +42,7 @@ from transfer.data.samples import Sample
 from transfer.core.devices import DeviceSetup, is_out_of_memory, release_cached_memory
 from transfer.models.fusion import folded_copy
 from transfer.models.heads import head_module
-from transfer.core.runs import atomic_path
+from transfer.core.files import atomic_path
 
 CENTRE_VIEW = 0
 DECODE_LOOKAHEAD_BATCHES = 8

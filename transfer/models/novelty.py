@@ -191,7 +191,7 @@ def save_reference(folder: Path | str, reference: Reference) -> dict:
     records it, after the file is in place, so model.json never names a missing file)."""
     from safetensors.numpy import save
 
-    from transfer.core.runs import atomic_write_bytes
+    from transfer.core.files import atomic_write_bytes
 
     atomic_write_bytes(Path(folder) / REFERENCE_FILE, save({"reference": np.ascontiguousarray(reference.vectors)}))
     return reference.info()

@@ -135,7 +135,7 @@ def _link_or_copy(source: Path, target: Path, link: bool) -> None:
 
 def store_bytes(data: bytes, name: str, runs_dir: Path | str) -> InitialWeights:
     """Keep uploaded bytes in the store; refuses files over the upload limit and other kinds of file."""
-    from transfer.core.runs import atomic_write_bytes
+    from transfer.core.files import atomic_write_bytes
 
     check_upload(name, len(data))
     sha = hashlib.sha256(data).hexdigest()

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from transfer.core import paths
-from transfer.core.runs import ACTIVE_STATES, FAILED, RunDir, atomic_write_json, file_lock, list_runs, read_json
+from transfer.core.runs import ACTIVE_STATES, FAILED, RunDir, list_runs
+from transfer.core.files import atomic_write_json, file_lock, read_json
 
 # Start-up of the worker process (imports, model build) and decoding each picture once.
 _STARTUP_SECONDS = 4.0

@@ -34,10 +34,11 @@ from pathlib import Path
 from transfer.core import paths
 from transfer.core.child import run_module
 from transfer.core.errors import TransferError
-from transfer.runtime.jobs import lock_is_held, worker_alive
+from transfer.runtime.jobs import worker_alive
+from transfer.core.files import lock_is_held
 from transfer.core.quota import folder_bytes
-from transfer.core.runs import (ACTIVE_STATES, CONFIG_FILE, STATUS_FILE, RunDir, atomic_write_json, find_run, list_runs,
-                           read_json)
+from transfer.core.runs import ACTIVE_STATES, CONFIG_FILE, STATUS_FILE, RunDir, find_run, list_runs
+from transfer.core.files import atomic_write_json, read_json
 from transfer.models.weights import STORE_FOLDER
 
 SESSIONS_FOLDER = "sessions"

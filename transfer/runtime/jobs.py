@@ -36,7 +36,6 @@ stay responsive while they train.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import subprocess
 import threading
@@ -48,24 +47,9 @@ from transfer.core import paths
 from transfer.core.child import child_environment, start_module
 from transfer.runtime import warm
 from transfer.core.errors import TransferError
-from transfer.core.runs import (
-    ACTIVE_STATES,
-    CANCELLED,
-    ENDED_STATES,
-    FAILED,
-    FINISHED,
-    INTERRUPTED,
-    QUEUED,
-    RESUMABLE_STATES,
-    RunDir,
-    RunStateError,
-    atomic_write_json,
-    file_lock,
-    find_run,
-    list_runs,
-    lock_is_held,
-    read_json,
-)
+from transfer.core.runs import (ACTIVE_STATES, CANCELLED, ENDED_STATES, FAILED, FINISHED, INTERRUPTED,
+    QUEUED, RESUMABLE_STATES, RunDir, RunStateError, find_run, list_runs)
+from transfer.core.files import atomic_write_json, file_lock, lock_is_held, lock_with_retry, read_json, try_lock
 
 MAX_PARALLEL_ENV = "TRANSFER_MAX_PARALLEL_JOBS"
 MAX_QUEUED_ENV = "TRANSFER_MAX_QUEUED"
@@ -75,8 +59,6 @@ QUEUE_POLL_SECONDS = 0.3
 # A run that is queued but not yet in the queue is given this long before it counts as dead
 # (the gap between creating its folder and writing its queue entry).
 STARTUP_GRACE_SECONDS = 60.0
-# How long the dispatcher retries a lock that a probing process holds for an instant.
-LOCK_RETRY_SECONDS = 2.0
 # Workers yield the CPU to the web server: nice 10 gets about a tenth of a core's share
 # against a process at nice 0 when both want it.
 WORKER_NICE = 10
@@ -160,28 +142,6 @@ def queue_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- locks and liveness
-
-
-def try_lock(path: Path) -> int | None:
-    """An open descriptor holding an exclusive ``flock`` on ``path``, or None if it is taken.
-    Keep the descriptor open for as long as the lock should last."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def lock_with_retry(path: Path, seconds: float = LOCK_RETRY_SECONDS) -> int | None:
-    """:func:`try_lock`, retried for ``seconds`` (a probe may hold the lock for an instant)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        fd = try_lock(path)
-        if fd is not None or time.monotonic() > deadline:
-            return fd
-        time.sleep(0.02)
 
 
 def pid_is_worker(pid: int) -> bool:

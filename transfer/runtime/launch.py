@@ -34,7 +34,8 @@ from pathlib import Path
 
 from transfer.core.child import start_module
 from transfer.runtime.extra_jobs import extra_rank_module
-from transfer.core.runs import CANCELLED, FAILED, FINISHED, RANK_OUTCOME_FILE, RunDir, read_json
+from transfer.core.runs import CANCELLED, FAILED, FINISHED, RANK_OUTCOME_FILE, RunDir
+from transfer.core.files import read_json
 
 OUTCOME_STATES = (FINISHED, CANCELLED, FAILED)
 # The module torchrun starts per rank, by job type (the tests add a demo job's ranks through

@@ -42,8 +42,9 @@ from pathlib import Path, PurePosixPath
 from transfer.core import paths
 from transfer.core.errors import TransferError
 from transfer.core.quota import SESSION_QUOTA_ENV, QuotaExceeded, check_free_space, human_size, session_quota_bytes
-from transfer.core.runs import (CONFIG_FILE, EVENTS_FILE, FINISHED, LABELS_FILE, NAME_FILE, STATUS_FILE, atomic_write_json,
-                                list_runs, read_json)
+from transfer.core.runs import (CONFIG_FILE, EVENTS_FILE, FINISHED, LABELS_FILE, NAME_FILE, STATUS_FILE,
+    list_runs)
+from transfer.core.files import atomic_write_json, read_json
 from transfer.data.archives import ZipLimits
 from transfer.data.dataset import demo_dataset_path
 from transfer.data.images import IMAGE_EXTENSIONS

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from transfer.core import paths
 from transfer.core.errors import TransferError
-from transfer.core.runs import FINISHED, atomic_write_json, list_runs, read_json
+from transfer.core.runs import FINISHED, list_runs
+from transfer.core.files import atomic_write_json, read_json
 from transfer.data.discovery import find_data_root
 from transfer.data.images import IMAGE_EXTENSIONS
 from transfer.runtime import access
@@ -380,7 +381,7 @@ def _thumbnail_for(project: Project, classes: dict[str, list[Path]]) -> Path | N
     manifest = read_json(project.path / MANIFEST_FILE, default={}) or {}
     if made.is_file() and manifest.get("thumbnail_source") == str(first):
         return made
-    from transfer.core.runs import atomic_path
+    from transfer.core.files import atomic_path
     from transfer.data.images import ImageError, thumbnail
 
     try:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from transfer.analysis.audit import ERROR_FILE, PROGRESS_FILE, RESULT_FILE
 from transfer.core.errors import TransferError
-from transfer.core.runs import ACTIVE_STATES, FINISHED, RunDir, atomic_write_json, read_json
+from transfer.core.runs import ACTIVE_STATES, FINISHED, RunDir
+from transfer.core.files import atomic_write_json, read_json
 
 JOB_FILE = "job.json"
 

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer.core.runs import atomic_write_json, lock_is_held
+from transfer.core.files import atomic_write_json, lock_is_held
 
 WARM_ENV = "TRANSFER_WARM_WORKER"
 STUDIO_LOCK = "studio.lock"

@@ -33,19 +33,9 @@ import traceback
 
 from transfer.core.errors import TransferError
 from transfer.runtime.extra_jobs import extra_job
-from transfer.runtime.jobs import (
-    DEVICE_POOL,
-    QUEUE_POLL_SECONDS,
-    WORKER_THREADS_ENV,
-    default_max_parallel,
-    dispatch,
-    job_place,
-    lock_with_retry,
-    lower_priority,
-    slots_needed,
-    try_take_slots,
-    worker_threads,
-)
+from transfer.runtime.jobs import (DEVICE_POOL, QUEUE_POLL_SECONDS, WORKER_THREADS_ENV, default_max_parallel,
+    dispatch, job_place, lower_priority, slots_needed, try_take_slots, worker_threads)
+from transfer.core.files import lock_with_retry
 from transfer.runtime.launch import is_distributed, run_ranks
 from transfer.core.runs import (
     CANCELLED,

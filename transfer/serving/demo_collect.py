@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transfer.data.images import ImageError, inspect_image
 from transfer.core.quota import folder_bytes
-from transfer.core.runs import atomic_write_bytes, atomic_write_json, file_lock, read_json
+from transfer.core.files import atomic_write_bytes, atomic_write_json, file_lock, read_json
 from transfer.serving.share import COLLECT_LOCK, COLLECTED_FOLDER, DEMO_FILE
 
 COLLECT_FILE = "collect.json"

@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from transfer.core.errors import TransferError
-from transfer.core.runs import atomic_write_bytes, atomic_write_json
+from transfer.core.files import atomic_write_bytes, atomic_write_json
 
 # transfer.models.model_io (and so torch) is imported inside the functions that need it: the web pages
 # import this module to list finished exports and must stay free of torch.
@@ -318,7 +318,7 @@ def _make_int8_onnx(run_dir: Path, folder: Path, include: bool = True) -> Export
     run's validation pictures; refused with the figures when it answers differently. Without the
     novelty reference it is the checked int8 model with that part cut out, so its classes are
     exactly those the studio answers with."""
-    from transfer.core.runs import read_json
+    from transfer.core.files import read_json
     from transfer.data.picture import Preprocessing
     from transfer.models.model_io import read_model_info
     from transfer.serving import quantize
@@ -512,7 +512,7 @@ def _validation_tensors(run_dir: Path, preprocessing):
     from transfer.analysis.evaluate import EvaluationNotReady, cached_picture, load_evaluation, picture_location
     from transfer.data.images import ImageError, open_image
     from transfer.data.augment import eval_transform
-    from transfer.core.runs import read_json
+    from transfer.core.files import read_json
 
     try:
         evaluation = load_evaluation(run_dir)

@@ -32,7 +32,8 @@ from typing import Callable
 
 from transfer.core.errors import TransferError
 from transfer.core.paths import home
-from transfer.core.runs import FINISHED, LABELS_FILE, RunDir, atomic_write_json, file_lock, read_json
+from transfer.core.runs import FINISHED, LABELS_FILE, RunDir
+from transfer.core.files import atomic_write_json, file_lock, read_json
 
 DEMOS_FOLDER = "demos"
 DEMO_FILE = "demo.json"

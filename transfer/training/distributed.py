@@ -38,7 +38,8 @@ import torch.distributed as dist
 from transfer.core.errors import TransferError
 from transfer.core.runs import RANK_OUTCOME_FILE as OUTCOME_FILE  # one name for the file both sides read
 from transfer.core.machine import cpu_cores
-from transfer.core.runs import Cancelled, RunDir, atomic_write_json
+from transfer.core.runs import Cancelled, RunDir
+from transfer.core.files import atomic_write_json
 from transfer.training.ranks import COLLECTIVE_TIMEOUT, group_ready, is_main, rank, world_size
 
 # --------------------------------------------------------------------------- one rank's process

@@ -114,7 +114,7 @@ def lr_find_job(run) -> None:
     """The worker's side of the Configure page's finder: ``run.config`` holds ``train`` (a
     training config as a dict) and ``steps``; the result lands in the run's ``result.json``."""
     from transfer.training.config import TrainConfig
-    from transfer.core.runs import atomic_write_json
+    from transfer.core.files import atomic_write_json
 
     config = TrainConfig.from_saved(run.config["train"])
     result = find_learning_rate(config, num_steps=int(run.config.get("steps", 100)))

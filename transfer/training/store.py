@@ -15,7 +15,8 @@ from transfer.training.config import TrainConfig
 from transfer.core.devices import is_out_of_memory
 from transfer.models.model_io import MODEL_INFO_FILE, model_info
 from transfer.core.quota import check_written_file
-from transfer.core.runs import RunDir, atomic_path, atomic_write_json
+from transfer.core.runs import RunDir
+from transfer.core.files import atomic_path, atomic_write_json
 from transfer.data.samples import relative_name
 
 PREDICTIONS_FILE = "val_predictions.json"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transfer.core.live import RunEvents
+from transfer.core.events import RunEvents
 from transfer.core.runs import RunDir
 
 
