@@ -17,7 +17,7 @@ import pytest
 from waiting import wait_for
 
 from transfer.cli import main as cli
-from transfer.runtime import jobs
+from transfer.runtime import local_queue
 from transfer.runtime import launch
 from transfer.runtime.jobs import (BadMaxParallel, JobManager, SessionQueueFull, dispatch, pid_is_worker,
     queue_dir)
@@ -392,13 +392,13 @@ class _EndedChild:
 
 
 def test_page_threads_reaping_the_same_children_at_once_never_fail(monkeypatch):
-    monkeypatch.setattr(jobs, "_children", [_EndedChild() for _ in range(200)])
+    monkeypatch.setattr(local_queue, "_children", [_EndedChild() for _ in range(200)])
     start, failures = threading.Barrier(4), []
 
     def reap():
         start.wait()
         try:
-            jobs._reap_children()
+            local_queue._reap_children()
         except Exception as error:  # without the lock: ValueError, list.remove(x): x not in list
             failures.append(error)
 
@@ -407,7 +407,7 @@ def test_page_threads_reaping_the_same_children_at_once_never_fail(monkeypatch):
         thread.start()
     for thread in threads:
         thread.join()
-    assert failures == [] and jobs._children == []
+    assert failures == [] and local_queue._children == []
 
 
 def test_the_engine_itself_knows_no_demo_job(monkeypatch):

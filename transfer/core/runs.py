@@ -351,6 +351,16 @@ class RunDir:
     def cancel_requested(self) -> bool:
         return (self.path / CANCEL_FILE).exists()
 
+    def cancel_requested_at(self) -> float | None:
+        """When the run was last asked to stop (a Unix time), or None when it was not."""
+        try:
+            written = (self.path / CANCEL_FILE).read_text().strip()
+            return float(written) if written else (self.path / CANCEL_FILE).stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except ValueError:  # not written by request_cancel: its file's time says when
+            return (self.path / CANCEL_FILE).stat().st_mtime
+
     def clear_cancel(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.path / CANCEL_FILE).unlink()

@@ -34,7 +34,7 @@ from pathlib import Path
 from transfer.core import paths
 from transfer.core.child import run_module
 from transfer.core.errors import TransferError
-from transfer.runtime.jobs import worker_alive
+from transfer.runtime.backends import job_backend
 from transfer.core.files import lock_is_held
 from transfer.core.quota import folder_bytes
 from transfer.core.runs import ACTIVE_STATES, CONFIG_FILE, STATUS_FILE, RunDir, find_run, list_runs
@@ -88,14 +88,15 @@ def remove_tree(folder: Path) -> int:
 
 
 def live_runs_under(folder: Path) -> list[RunDir]:
-    """Runs anywhere under ``folder`` that are queued or running with a live worker."""
+    """Runs anywhere under ``folder`` that are queued or running and looked after (a live worker,
+    or a Ray job)."""
     live = []
     for directory, subdirs, files in os.walk(folder):
         if CONFIG_FILE in files and STATUS_FILE in files:
             subdirs[:] = []  # a run folder holds no other runs
             run = RunDir(directory)
             status = run.status()
-            if status["state"] in ACTIVE_STATES and worker_alive(run, status):
+            if status["state"] in ACTIVE_STATES and job_backend().alive(run, status):
                 live.append(run)
     return live
 
@@ -107,7 +108,7 @@ def delete_run(runs_dir: Path, run_id: str) -> int:
     """
     run = find_run(runs_dir, run_id)
     status = run.status()
-    if status["state"] in ACTIVE_STATES and worker_alive(run, status):
+    if status["state"] in ACTIVE_STATES and job_backend().alive(run, status):
         raise CleanupRefused(
             f"Run {run.id} is still {status['state']}; stop it first, then delete it once it has stopped."
         )

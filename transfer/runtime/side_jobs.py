@@ -73,7 +73,7 @@ class SideJob:
     def state(self) -> str:
         """``idle`` (never started), ``running`` (or waiting in the queue), ``done``, ``failed``
         or ``stopped`` (its worker died, or it ended without a word)."""
-        from transfer.runtime.jobs import worker_alive
+        from transfer.runtime.backends import job_backend
 
         if self._result_file() is not None:
             return DONE
@@ -85,7 +85,7 @@ class SideJob:
         if not run.exists():
             return STOPPED
         status = run.status()
-        if status["state"] in ACTIVE_STATES and worker_alive(run, status):
+        if status["state"] in ACTIVE_STATES and job_backend().alive(run, status):
             return RUNNING
         return STOPPED
 

@@ -33,7 +33,7 @@ import traceback
 from pathlib import Path
 
 from transfer.runtime import warm
-from transfer.runtime.jobs import WORKER_THREADS_ENV, lower_priority
+from transfer.runtime.local_queue import WORKER_THREADS_ENV, lower_priority
 from transfer.core.files import try_lock
 
 PRELOAD_ENV = "TRANSFER_WARM_PRELOAD"

@@ -14,6 +14,14 @@ descriptors (``--lock-fd``, ``--slot-fd``). It
    no web server is running.
 
 Started by hand (no descriptors), it takes the worker lock and waits for a free slot itself.
+
+Started as a Ray job (``--on-cluster``, see :mod:`transfer.runtime.backends`), Ray has chosen the
+node and holds the job's CPUs and GPUs: there are no slots and no queue to move. Before anything
+else it checks that it can write into the run folder (which must be on storage every node mounts
+at the same path); when it cannot, it prints one sentence naming the folder and the node and
+exits with ``UNWRITABLE_EXIT_CODE``, and the studio fails the run with that sentence.
+
+Every worker writes the name of its machine into the run's status (``node``) when it starts.
 If the process is killed, nothing is recorded; the next ``JobManager`` sees the dead worker
 and marks the run ``interrupted``.
 
@@ -26,15 +34,20 @@ job of their own through ``transfer.runtime.extra_jobs``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import sys
+import tempfile
 import time
 import traceback
+from pathlib import Path
 
 from transfer.core.errors import TransferError
 from transfer.runtime.extra_jobs import extra_job
-from transfer.runtime.jobs import (DEVICE_POOL, QUEUE_POLL_SECONDS, WORKER_THREADS_ENV, default_max_parallel,
-    dispatch, job_place, lower_priority, slots_needed, try_take_slots, worker_threads)
+from transfer.runtime.backends import UNWRITABLE_EXIT_CODE, UNWRITABLE_FOLDER
+from transfer.runtime.local_queue import (DEVICE_POOL, QUEUE_POLL_SECONDS, WORKER_THREADS_ENV, default_max_parallel,
+    dispatch, job_place, lower_priority, note_running, slots_needed, try_take_slots, worker_threads)
 from transfer.core.files import lock_with_retry
 from transfer.runtime.launch import is_distributed, run_ranks
 from transfer.core.runs import (
@@ -67,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slot-fd", type=int, action="append",
                         help="an open descriptor holding a slot (from the dispatcher); one per slot the run takes")
     parser.add_argument("--lock-fd", type=int, help="an open descriptor holding the run's worker lock")
+    parser.add_argument("--on-cluster", action="store_true",
+                        help="run as a Ray job: Ray chose this node and holds its resources; no queue slots")
     args = parser.parse_args(argv)
+    if args.on_cluster:
+        return run_on_cluster(Path(args.run_dir))
 
     run = RunDir(args.run_dir)
     if not run.exists():
@@ -88,12 +105,54 @@ def main(argv: list[str] | None = None) -> int:
         if not slots:
             _end_cancelled_in_queue(run)
             return 0
-        return train_in_slot(run, (lock, *slots))
+        with _noted_running(run):
+            return train_in_slot(run, (lock, *slots))
     finally:
         for slot in slots:
             os.close(slot)  # the slots are free from here on: hand them to the next waiting run
         if slots:
             dispatch()
+
+
+def run_on_cluster(folder: Path) -> int:
+    """Run the job of the run in ``folder`` as a Ray job; returns the exit code."""
+    problem = folder_problem(folder)
+    if problem is not None:
+        print(problem, file=sys.stderr, flush=True)
+        return UNWRITABLE_EXIT_CODE
+    run = RunDir(folder)
+    if not run.exists():
+        print(f"{folder.name} is not a run folder", file=sys.stderr)
+        return 2
+    if run.transition([QUEUED], pid=os.getpid()) is None:
+        print(f"run is {run.state}, not queued; nothing to do", file=sys.stderr)
+        return 0
+    return train_in_slot(run)
+
+
+def folder_problem(folder: Path) -> str | None:
+    """One sentence when this node cannot write into the run folder ``folder``, else None."""
+    node = socket.gethostname()
+    if not folder.is_dir():
+        return (f"{UNWRITABLE_FOLDER} {folder} on node {node}: it is not there; mount the run folders "
+                "at the same path on every node.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        return (f"{UNWRITABLE_FOLDER} {folder} on node {node} ({error.strerror or error}); mount the run "
+                "folders writable, at the same path, on every node.")
+    return None
+
+
+@contextlib.contextmanager
+def _noted_running(run: RunDir):
+    """While a worker of this machine trains: the queue's note that it does (see running_runs)."""
+    note = note_running(run)
+    try:
+        yield
+    finally:
+        note.unlink(missing_ok=True)
 
 
 def train_in_slot(run: RunDir, held_fds: tuple[int, ...] = ()) -> int:
@@ -104,7 +163,7 @@ def train_in_slot(run: RunDir, held_fds: tuple[int, ...] = ()) -> int:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # read once, when torch loads
         os.environ.setdefault(name, os.environ[WORKER_THREADS_ENV])
     started = run.transition([QUEUED], state=RUNNING, pid=os.getpid(), started_at=time.time(),
-                             queue_position=None, message="Running.")
+                             node=socket.gethostname(), queue_position=None, waiting_for=None, message="Running.")
     if started is None:  # cancelled between leaving the queue and starting
         return 0
     print(f"{time.strftime('%H:%M:%S')} worker {os.getpid()} running run {run.path.name}", flush=True)
