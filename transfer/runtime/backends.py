@@ -29,6 +29,12 @@ for (``status["waiting_for"]``); a job that ended while its run still says queue
 (stopped from outside, its node lost) leaves the run ``interrupted``, so it can be resumed.
 Liveness comes from Ray, not from ``flock``, which network file systems do not honour reliably.
 
+Ray cannot stop a job that is still PENDING (its supervisor has no node yet): a cancelled run
+ends at once in the studio, its job id is remembered as cancelled (``ray/cancelled.json`` under
+``TRANSFER_HOME``) and the job lists show it so, and should the job ever start, its worker finds
+the run cancelled and exits at once. Ray drops a job that stays PENDING for
+``RAY_JOB_START_TIMEOUT_SECONDS`` (15 minutes unless the cluster sets it).
+
 A job asks for ``TRANSFER_RAY_CPUS`` CPUs (default 1) per training process and, for a run on
 CUDA GPUs, one GPU per process. The submission id is the run id (``<run id>-r<n>`` for the n-th
 resume); the metadata names the run, its project, its method and its job type. The job's
@@ -54,9 +60,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer.core import machine
+from transfer.core import machine, paths
 from transfer.core.errors import TransferError
-from transfer.core.files import read_json
+from transfer.core.files import atomic_write_json, file_lock, read_json
 from transfer.core.runs import ACTIVE_STATES, CANCELLED, FAILED, INTERRUPTED, QUEUED, RunDir
 from transfer.runtime import local_queue
 from transfer.runtime.launch import is_distributed
@@ -347,6 +353,7 @@ class RayCluster:
         if not job_id:
             LocalQueue().cancel(run)
             return
+        remember_cancelled(job_id)  # a PENDING job does not stop until it starts
         try:
             self.client().stop_job(job_id)
         except (OSError, RuntimeError, TransferError):
@@ -375,8 +382,9 @@ class RayCluster:
     def overview(self) -> dict:
         counts = {"waiting": 0, "running": 0}
         try:
+            cancelled = cancelled_jobs()
             for job in self.studio_jobs():
-                state = _job_state(job)
+                state = _job_state(job, cancelled)
                 if state in counts:
                     counts[state] += 1
         except TransferError:
@@ -385,7 +393,9 @@ class RayCluster:
 
     def jobs(self) -> list[dict]:
         names = {node["node_id"]: node["node"] for node in self.nodes()}
-        return [_job_row(job, names) for job in self.studio_jobs()]
+        jobs, cancelled = self.studio_jobs(), cancelled_jobs()
+        forget_cancelled({job.submission_id for job in jobs if _job_state(job) not in ("waiting", "running")})
+        return [_job_row(job, names, cancelled) for job in jobs]
 
     def nodes(self) -> list[dict]:
         """The cluster's machines (Ray's state API), head first."""
@@ -409,12 +419,40 @@ def _fail(run: RunDir, message: str) -> None:
                    state=FAILED, ended_at=time.time(), queue_position=None, message=message)
 
 
-def _job_state(job) -> str | None:
-    """The studio's word for a Ray job's status (waiting, running, finished, failed, stopped)."""
+def _job_state(job, cancelled: frozenset = frozenset()) -> str | None:
+    """The studio's word for a Ray job's status (waiting, running, finished, failed, stopped;
+    cancelled for a job the studio stopped while Ray still lists it as waiting)."""
     if job is None:
         return None
-    status = getattr(job.status, "value", job.status)
-    return _JOB_STATES.get(str(status), str(status).lower())
+    status = str(getattr(job.status, "value", job.status))
+    if status == "PENDING" and job.submission_id in cancelled:
+        return "cancelled"
+    return _JOB_STATES.get(status, status.lower())
+
+
+def _cancelled_file() -> Path:
+    return paths.private_dir(paths.home() / "ray") / "cancelled.json"
+
+
+def cancelled_jobs() -> frozenset:
+    """Ids of the jobs the studio stopped (see the module's notes on PENDING jobs)."""
+    ids = read_json(_cancelled_file(), [])
+    return frozenset(ids) if isinstance(ids, list) else frozenset()
+
+
+def remember_cancelled(job_id: str) -> None:
+    _change_cancelled(lambda ids: ids | {job_id})
+
+
+def forget_cancelled(job_ids: set) -> None:
+    """Drop ids of jobs that ended: Ray says how they ended."""
+    if job_ids & cancelled_jobs():
+        _change_cancelled(lambda ids: ids - job_ids)
+
+
+def _change_cancelled(change) -> None:
+    with file_lock(_cancelled_file().with_suffix(".lock")):
+        atomic_write_json(_cancelled_file(), sorted(change(cancelled_jobs())))
 
 
 def _note_waiting(run: RunDir, status: dict, job) -> None:
@@ -425,9 +463,9 @@ def _note_waiting(run: RunDir, status: dict, job) -> None:
         run.transition([QUEUED], waiting_for=wanted, message=f"Waiting for {wanted}.")
 
 
-def _job_row(job, node_names: dict) -> dict:
+def _job_row(job, node_names: dict, cancelled: frozenset) -> dict:
     metadata = job.metadata or {}
-    state = _job_state(job)
+    state = _job_state(job, cancelled)
     waiting = None
     if state == "waiting":
         waiting = JobResources(int(metadata.get("cpus") or 1), int(metadata.get("gpus") or 0)).machine_wanted()
