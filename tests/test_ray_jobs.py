@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shlex
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -19,8 +20,8 @@ from raycluster import start_head
 from waiting import wait_for
 from transfer.core.runs import CANCELLED, FAILED, FINISHED, INTERRUPTED, RUNNING, RunDir
 from transfer.runtime import backends, jobs
-from transfer.runtime.backends import (RAY_ADDRESS_ENV, RAY_PYTHON_ENV, JobResources, LocalQueue, RayCluster,
-    job_backend, job_environment, job_resources, submission_id, worker_entrypoint)
+from transfer.runtime.backends import (RAY_ADDRESS_ENV, RAY_PYTHON_ENV, JobResources, JobStartError, LocalQueue,
+    RayCluster, job_backend, job_environment, job_resources, submission_id, worker_entrypoint)
 from transfer.runtime.jobs import JobManager
 from transfer.runtime.worker import folder_problem
 
@@ -96,6 +97,26 @@ def test_a_node_that_cannot_write_the_run_folder_says_where_and_which(tmp_path):
     assert not list(tmp_path.iterdir())  # the check leaves nothing behind
 
 
+def test_the_machine_queue_lists_what_it_runs_and_what_waits(tmp_path, monkeypatch):
+    monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)
+    manager = JobManager(tmp_path / "runs", max_parallel=1)
+    first, second = manager.submit(demo(epochs=30, epoch_seconds=1.0)), manager.submit(demo())
+    queue = job_backend()
+    wait_for(lambda: queue.overview()["running"] == 1, "the first run to start", timeout=WAIT)
+    assert queue.overview() == {"kind": "local", "label": "this machine", "waiting": 1, "running": 1,
+                                "reachable": True}
+    rows = {row["run_id"]: row for row in queue.jobs()}
+    assert rows[first.id]["state"] == "running" and rows[first.id]["node"] == socket.gethostname()
+    assert rows[second.id]["state"] == "waiting" and rows[second.id]["job"] == "demo"
+    assert first.status()["node"] == socket.gethostname()
+    [machine] = queue.nodes()
+    assert machine["alive"] and machine["cpus"] >= 1 and machine["memory_bytes"] > 0
+    manager.cancel(second)
+    manager.cancel(first)
+    assert manager.wait(first, timeout=WAIT)["state"] == CANCELLED
+    wait_for(lambda: queue.overview()["running"] == 0, "the worker's note to go", timeout=WAIT)
+
+
 # --------------------------------------------------------------------------- on a local cluster
 
 
@@ -117,6 +138,22 @@ def on_ray(ray_address, monkeypatch):
 
     monkeypatch.setenv(RAY_ADDRESS_ENV, ray_address)
     return JobSubmissionClient(ray_address)
+
+
+def test_a_cluster_that_does_not_answer_fails_the_run_with_a_sentence(tmp_path, monkeypatch):
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (pip install '.[cluster]'): the Ray back end cannot be tried")
+    from raycluster import free_port
+
+    address = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    monkeypatch.setenv(RAY_ADDRESS_ENV, address)
+    manager = JobManager(tmp_path / "runs")
+    with pytest.raises(JobStartError, match="does not answer") as refused:
+        manager.submit(demo())
+    assert address not in str(refused.value) and "127.0.0.1" not in str(refused.value)
+    [run] = manager.list()
+    assert run.state == FAILED and run.status()["message"] == str(refused.value)
+    assert job_backend().overview()["reachable"] is False
 
 
 def ray_status(client, run: RunDir) -> str:
@@ -191,14 +228,19 @@ def test_a_job_that_asks_for_a_gpu_nobody_has_waits_and_can_be_cancelled(tmp_pat
     assert not manager.check(run) and run.state == CANCELLED
 
 
-def test_a_job_stopped_from_outside_leaves_the_run_interrupted_and_resume_finishes_it(tmp_path, on_ray):
+@pytest.mark.parametrize("how", ["stop_job", "kill"])
+def test_a_job_stopped_from_outside_leaves_the_run_interrupted_and_resume_finishes_it(tmp_path, on_ray, how):
     manager = JobManager(tmp_path / "runs")
     run = manager.submit(demo(epochs=3, epoch_seconds=3.0))
     wait_for(lambda: run.status().get("epoch", 0) >= 1, "the first epoch on the cluster", timeout=WAIT)
-    on_ray.stop_job(run.id)  # as an operator would, or as a lost node does
+    if how == "stop_job":
+        on_ray.stop_job(run.id)  # as an operator would
+    else:
+        os.kill(run.status()["pid"], signal.SIGKILL)  # as a node that is lost takes its processes
     wait_for(lambda: manager.check(run) or run.state == INTERRUPTED, "the run to be marked", timeout=WAIT)
     status = run.status()
-    assert status["state"] == INTERRUPTED and "Ray says stopped" in status["message"]
+    said = "Ray says stopped" if how == "stop_job" else "Ray says failed"
+    assert status["state"] == INTERRUPTED and said in status["message"], status["message"]
     manager.resume(run)
     assert run.status()["ray_job"] == f"{run.id}-r1"
     final = manager.wait(run, timeout=WAIT)
