@@ -108,6 +108,7 @@ def test_the_machine_queue_lists_what_it_runs_and_what_waits(tmp_path, monkeypat
     rows = {row["run_id"]: row for row in queue.jobs()}
     assert rows[first.id]["state"] == "running" and rows[first.id]["node"] == socket.gethostname()
     assert rows[second.id]["state"] == "waiting" and rows[second.id]["job"] == "demo"
+    assert rows[second.id]["waiting_for"] == "a free training slot"
     assert first.status()["node"] == socket.gethostname()
     [machine] = queue.nodes()
     assert machine["alive"] and machine["cpus"] >= 1 and machine["memory_bytes"] > 0

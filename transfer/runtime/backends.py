@@ -76,6 +76,7 @@ CANCEL_ANSWER_SECONDS = 15.0
 # How the worker's sentence about a run folder it cannot write begins (the run fails with it).
 UNWRITABLE_FOLDER = "Cannot write into the run folder"
 UNWRITABLE_EXIT_CODE = 73  # EX_CANTCREAT
+PROJECT_MANIFEST = "project.json"  # a project's name (see transfer.runtime.projects)
 _SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")
 # Ray's job states, as the studio names them.
 _JOB_STATES = {"PENDING": "waiting", "RUNNING": "running", "SUCCEEDED": "finished", "FAILED": "failed",
@@ -124,10 +125,11 @@ def run_labels(run: RunDir) -> dict:
 
 
 def project_name(run: RunDir) -> str:
-    """The name of the project whose runs folder holds ``run`` (its manifest's name), else the
-    runs folder's name (runs started from the command line)."""
+    """The name of the project that holds ``run`` (its runs, or its page helpers' ``jobs``),
+    from the project's manifest; else the runs folder's name (runs of the command line, the
+    studio's speed measurements)."""
     runs_folder = run.path.parent
-    manifest = read_json(runs_folder.parent / "project.json", None) if runs_folder.name == "runs" else None
+    manifest = read_json(runs_folder.parent / PROJECT_MANIFEST, None)
     if isinstance(manifest, dict) and manifest.get("name"):
         return str(manifest["name"])
     return runs_folder.name
@@ -171,11 +173,12 @@ class LocalQueue:
 
     def jobs(self) -> list[dict]:
         here = socket.gethostname()
-        waiting = [(RunDir(entry["run_dir"]), "waiting") for _, entry in local_queue.queue_entries()]
-        running = [(run, "running") for run in local_queue.running_runs()]
-        return [{**run_labels(run), "state": state, "node": here if state == "running" else None,
-                 "waiting_for": run.status().get("message") if state == "waiting" else None}
-                for run, state in running + waiting if run.exists()]
+        running = [{**run_labels(run), "state": "running", "node": here, "waiting_for": None}
+                   for run in local_queue.running_runs()]
+        waiting = [{**run_labels(RunDir(entry["run_dir"])), "state": "waiting", "node": None,
+                    "waiting_for": local_queue.slots_wanted(entry)}
+                   for _, entry in local_queue.queue_entries()]  # entries of runs that still exist
+        return running + waiting
 
     def nodes(self) -> list[dict]:
         return [this_machine()]

@@ -344,10 +344,14 @@ def _dispatch_pass() -> list[RunDir]:
         run = RunDir(entry["run_dir"])
         if run.status().get("queue_position") != place:
             ahead = "next in line" if place == 1 else f"{place - 1} runs ahead"
-            slots = int(entry.get("slots") or 1)
-            wanted = "a free training slot" if slots == 1 else f"{slots} free training slots (one per GPU)"
-            run.transition([QUEUED], queue_position=place, message=f"Waiting for {wanted} ({ahead}).")
+            run.transition([QUEUED], queue_position=place, message=f"Waiting for {slots_wanted(entry)} ({ahead}).")
     return started
+
+
+def slots_wanted(entry: dict) -> str:
+    """What a waiting run waits for: ``a free training slot``, ``2 free training slots (one per GPU)``."""
+    slots = int(entry.get("slots") or 1)
+    return "a free training slot" if slots == 1 else f"{slots} free training slots (one per GPU)"
 
 
 def _start_entry(path: Path, entry: dict):
