@@ -22,6 +22,7 @@ at the same path); when it cannot, it prints one sentence naming the folder and 
 exits with ``UNWRITABLE_EXIT_CODE``, and the studio fails the run with that sentence.
 
 Every worker writes the name of its machine into the run's status (``node``) when it starts.
+
 If the process is killed, nothing is recorded; the next ``JobManager`` sees the dead worker
 and marks the run ``interrupted``.
 
