@@ -33,10 +33,10 @@ SECRET_ADDRESS = "http://10.20.30.40:8265"
 class FakeBackend:
     """Answers like the job back ends do, from fixed lists; ``failure`` makes every look fail."""
 
-    def __init__(self, kind="local", nodes=(), jobs=(), failure: Exception | None = None):
+    def __init__(self, kind="local", nodes=(), jobs=(), failure: Exception | None = None, reachable=True):
         self.kind = kind
         self.label = "a Ray cluster" if kind == "ray" else "this machine"
-        self._nodes, self._jobs, self.failure = list(nodes), list(jobs), failure
+        self._nodes, self._jobs, self.failure, self.reachable = list(nodes), list(jobs), failure, reachable
         self.looks = 0
 
     def _look(self):
@@ -47,8 +47,8 @@ class FakeBackend:
     def overview(self) -> dict:
         self._look()
         states = [job["state"] for job in self._jobs]
-        return {"kind": self.kind, "label": self.label, "waiting": states.count("queued"),
-                "running": states.count("running")}
+        return {"kind": self.kind, "label": self.label, "waiting": states.count("waiting"),
+                "running": states.count("running"), "reachable": self.reachable}
 
     def jobs(self) -> list[dict]:
         self._look()
@@ -65,7 +65,7 @@ def job(run_id, state, node=None, waiting_for=None, project="Leaves", method="fe
 
 
 LAPTOP = {"node": "laptop", "alive": True, "cpus": 8.0, "gpus": 0, "memory_bytes": 16 * 2**30}
-GPU_NODE = {"node": "gpu-1", "alive": True, "cpus": 32.0, "gpus": 2.0, "memory_bytes": 128 * 2**30}
+GPU_NODE = {"node": "gpu-1", "alive": True, "cpus": 32.0, "gpus": 2.0, "memory_bytes": 128 * 2**30, "head": True}
 LOST_NODE = {"node": "gpu-2", "alive": False, "cpus": 32.0, "gpus": 0.5, "memory_bytes": None}
 
 
@@ -90,7 +90,7 @@ def use_backend(monkeypatch):
 
 def test_cluster_on_this_machine_says_so_and_lists_the_queue(use_backend, capsys):
     use_backend(FakeBackend("local", [LAPTOP], [job("20250101-a", "running", node="laptop"),
-                                                job("20250101-b", "queued")]))
+                                                job("20250101-b", "waiting")]))
     assert main(["cluster"]) == 0
     out = capsys.readouterr().out
     assert "Jobs run on this machine's queue: 1 waiting, 1 running." in out
@@ -100,25 +100,26 @@ def test_cluster_on_this_machine_says_so_and_lists_the_queue(use_backend, capsys
     assert header.split() == ["node", "alive", "cpus", "gpus", "memory"]
     assert next(line for line in lines if line.startswith("laptop")).split() == ["laptop", "yes", "8", "0", "16.0", "GiB"]
     assert next(line for line in lines if line.startswith("20250101-b")).split() == \
-        ["20250101-b", "Leaves", "features", "train", "queued", "-", "-"]
+        ["20250101-b", "Leaves", "features", "train", "waiting", "-", "-"]
 
 
 def test_cluster_json_holds_the_back_end_nodes_and_jobs(use_backend, capsys):
-    jobs = [job("20250101-a", "queued", waiting_for="a machine with 1 GPU", project="Birds")]
+    jobs = [job("20250101-a", "waiting", waiting_for="a machine with 1 GPU", project="Birds")]
     use_backend(FakeBackend("ray", [GPU_NODE, LOST_NODE], jobs))
     assert main(["cluster", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert answer == {"backend": {"kind": "ray", "label": "a Ray cluster", "waiting": 1, "running": 0},
+    assert answer == {"backend": {"kind": "ray", "label": "a Ray cluster", "waiting": 1, "running": 0, "reachable": True},
                       "nodes": [GPU_NODE, LOST_NODE], "jobs": jobs}
 
 
 def test_cluster_table_shows_a_cluster_and_what_a_job_waits_for(use_backend, capsys):
     use_backend(FakeBackend("ray", [GPU_NODE, LOST_NODE],
-                            [job("20250101-a", "queued", waiting_for="a machine with 1 GPU")]))
+                            [job("20250101-a", "waiting", waiting_for="a machine with 1 GPU")]))
     assert main(["cluster"]) == 0
     out = capsys.readouterr().out
     assert f"Jobs run on a Ray cluster ({SECRET_ADDRESS}): 1 waiting, 0 running." in out  # a terminal may see it
     lines = out.splitlines()
+    assert next(line for line in lines if line.startswith("gpu-1")).split()[:3] == ["gpu-1", "(head)", "yes"]
     assert next(line for line in lines if line.startswith("gpu-2")).split() == ["gpu-2", "no", "32", "0.5", "-"]
     assert next(line for line in lines if line.startswith("20250101-a")).endswith("a machine with 1 GPU")
 
@@ -129,9 +130,13 @@ def test_cluster_without_jobs_says_so(use_backend, capsys):
     assert "The studio has no jobs there yet." in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("as_json", [False, True])
-def test_an_unreachable_cluster_is_one_sentence(use_backend, capsys, as_json):
-    use_backend(FakeBackend("ray", failure=ConnectionRefusedError(111, "Connection refused")))
+@pytest.mark.parametrize("as_json, backend", [
+    (False, FakeBackend("ray", failure=ConnectionRefusedError(111, "Connection refused"))),
+    (True, FakeBackend("ray", failure=ConnectionRefusedError(111, "Connection refused"))),
+    (False, FakeBackend("ray", reachable=False)),  # the overview says so rather than raising
+])
+def test_an_unreachable_cluster_is_one_sentence(use_backend, capsys, as_json, backend):
+    use_backend(backend)
     assert main(["cluster"] + (["--json"] if as_json else [])) == 2
     captured = capsys.readouterr()
     said = json.loads(captured.out.splitlines()[-1])["error"] if as_json else captured.err.strip()
@@ -158,8 +163,8 @@ def every_text(app) -> str:
 
 
 @pytest.mark.parametrize("kind, jobs, line", [
-    ("local", [job("a", "queued"), job("b", "queued"), job("c", "running")], "Jobs run on this machine · 2 waiting"),
-    ("ray", [job("a", "queued", waiting_for="a machine with 1 GPU")], "Jobs run on a Ray cluster · 1 waiting"),
+    ("local", [job("a", "waiting"), job("b", "waiting"), job("c", "running")], "Jobs run on this machine · 2 waiting"),
+    ("ray", [job("a", "waiting", waiting_for="a machine with 1 GPU")], "Jobs run on a Ray cluster · 1 waiting"),
     ("ray", [job("a", "finished")], "Jobs run on a Ray cluster · none waiting"),
 ])
 def test_the_sidebar_says_where_jobs_run_and_how_many_wait(use_backend, kind, jobs, line):
@@ -172,7 +177,7 @@ def test_the_sidebar_says_where_jobs_run_and_how_many_wait(use_backend, kind, jo
 
 
 def test_the_line_is_cached_for_a_few_seconds(use_backend):
-    backend = use_backend(FakeBackend("local", [LAPTOP], [job("a", "queued")]))
+    backend = use_backend(FakeBackend("local", [LAPTOP], [job("a", "waiting")]))
     app = open_app()
     app.switch_page("pages/data.py").run()
     app.switch_page("pages/train.py").run()
@@ -189,6 +194,13 @@ def test_a_cluster_that_does_not_answer_is_one_short_line(use_backend):
     assert SECRET_ADDRESS not in every_text(app)  # neither the setting nor the error's text
     app.run()
     assert backend.looks == 1  # the failure is remembered too: a dead cluster does not slow every page
+
+
+def test_a_cluster_whose_overview_says_unreachable_is_the_same_short_line(use_backend):
+    use_backend(FakeBackend("ray", reachable=False))
+    app = open_app()
+    assert not app.exception, app.exception
+    assert "Jobs run on a Ray cluster · not answering right now" in sidebar_captions(app)
 
 
 def test_a_back_end_that_cannot_be_chosen_leaves_the_page_working(use_backend, monkeypatch):

@@ -44,10 +44,13 @@ def jobs_overview(backend_setting: str | None) -> dict:
         logging.getLogger(__name__).warning("The job back end could not be chosen: %s", error)
         return {"error": True, "label": None}
     try:
-        return {**backend.overview(), "label": backend.label}
-    except Exception as error:  # an unreachable cluster, a queue folder gone: the line says so, the page lives
+        overview = backend.overview()
+    except Exception as error:  # a queue folder gone, a cluster's odd answer: the line says so, the page lives
         logging.getLogger(__name__).warning("The job back end did not answer: %s", error)
         return {"error": True, "label": backend.label}
+    if overview.get("reachable") is False:  # a cluster that does not answer says so without raising
+        return {"error": True, "label": backend.label}
+    return {**overview, "label": backend.label}
 
 
 def jobs_line() -> str:

@@ -21,7 +21,10 @@ def cmd_cluster(args) -> int:
 
     backend = job_backend()
     try:
-        overview, nodes, jobs = backend.overview(), backend.nodes(), backend.jobs()
+        overview = backend.overview()
+        if overview.get("reachable") is False:
+            raise ConnectionError("no answer")
+        nodes, jobs = backend.nodes(), backend.jobs()
     except OSError as error:  # the cluster's job address does not answer (refused, unknown host, timed out)
         address = os.environ.get(RAY_ADDRESS_ENV, "")
         raise UserError(f"Could not reach the Ray cluster at {address} ({RAY_ADDRESS_ENV}): is its head "
@@ -51,7 +54,8 @@ def _backend_sentence(overview: dict, address_env: str) -> str:
 
 
 def _node_row(node: dict) -> dict:
-    return {"node": node.get("node") or "-", "alive": "yes" if node.get("alive") else "no",
+    name = (node.get("node") or "-") + (" (head)" if node.get("head") else "")
+    return {"node": name, "alive": "yes" if node.get("alive") else "no",
             "cpus": _count(node.get("cpus")), "gpus": _count(node.get("gpus")),
             "memory": _bytes(node.get("memory_bytes"))}
 
