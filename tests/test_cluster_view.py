@@ -13,19 +13,10 @@ import pytest
 from apptools import open_app, session_with_dataset
 from transfer.cli.main import main
 from transfer.core.runs import RunDir
+from transfer.runtime import backends
 from transfer.runtime.jobs import JobManager
 from ui import sidebar
 
-try:
-    from transfer.runtime import backends
-except ImportError:  # TEMPORARY until the engine's back ends are merged: a module to patch
-    import sys
-    import types
-
-    backends = types.ModuleType("transfer.runtime.backends")
-    backends.RAY_ADDRESS_ENV = "TRANSFER_RAY_ADDRESS"
-    backends.job_backend = None
-    sys.modules["transfer.runtime.backends"] = backends
 
 SECRET_ADDRESS = "http://10.20.30.40:8265"
 
@@ -98,7 +89,8 @@ def test_cluster_on_this_machine_says_so_and_lists_the_queue(use_backend, capsys
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("node "))
     assert header.split() == ["node", "alive", "cpus", "gpus", "memory"]
-    assert next(line for line in lines if line.startswith("laptop")).split() == ["laptop", "yes", "8", "0", "16.0", "GiB"]
+    laptop = next(line for line in lines if line.startswith("laptop"))
+    assert laptop.split() == ["laptop", "yes", "8", "0", "16.0", "GiB"]
     assert next(line for line in lines if line.startswith("20250101-b")).split() == \
         ["20250101-b", "Leaves", "features", "train", "waiting", "-", "-"]
 
@@ -108,7 +100,8 @@ def test_cluster_json_holds_the_back_end_nodes_and_jobs(use_backend, capsys):
     use_backend(FakeBackend("ray", [GPU_NODE, LOST_NODE], jobs))
     assert main(["cluster", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert answer == {"backend": {"kind": "ray", "label": "a Ray cluster", "waiting": 1, "running": 0, "reachable": True},
+    backend = {"kind": "ray", "label": "a Ray cluster", "waiting": 1, "running": 0, "reachable": True}
+    assert answer == {"backend": backend,
                       "nodes": [GPU_NODE, LOST_NODE], "jobs": jobs}
 
 
