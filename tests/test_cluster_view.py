@@ -7,10 +7,12 @@ The back end is replaced by a fake through monkeypatch: these tests are about wh
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
 from apptools import open_app, session_with_dataset
+from waiting import wait_for
 from transfer.cli.main import main
 from transfer.core.runs import RunDir
 from transfer.runtime import backends
@@ -120,7 +122,7 @@ def test_cluster_table_shows_a_cluster_and_what_a_job_waits_for(use_backend, cap
 def test_cluster_without_jobs_says_so(use_backend, capsys):
     use_backend(FakeBackend("local", [LAPTOP], []))
     assert main(["cluster"]) == 0
-    assert "The studio has no jobs there yet." in capsys.readouterr().out
+    assert "No jobs are waiting or running on this machine." in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("as_json, backend", [
@@ -136,6 +138,34 @@ def test_an_unreachable_cluster_is_one_sentence(use_backend, capsys, as_json, ba
     assert len(said.splitlines()) == 1 and "Traceback" not in captured.err
     assert said.startswith("Could not reach the Ray cluster at " if as_json else "error: Could not reach the Ray")
     assert SECRET_ADDRESS in said and backends.RAY_ADDRESS_ENV in said
+
+
+def test_cluster_lists_this_machine_and_its_queue(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(backends.RAY_ADDRESS_ENV, raising=False)
+    monkeypatch.setenv("TRANSFER_MAX_PARALLEL_JOBS", "1")
+    manager = JobManager(tmp_path / "runs")
+    first, second = manager.submit_all([{"job": "demo", "epochs": 100, "epoch_seconds": 1}] * 2)
+    try:
+        wait_for(lambda: manager.status(first)["state"] == "running", "the first run to start", timeout=60)
+        assert main(["cluster", "--json"]) == 0
+        answer = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert answer["backend"]["kind"] == "local" and answer["backend"]["waiting"] == 1
+        assert [node["node"] for node in answer["nodes"]] == [socket.gethostname()]
+        states = {job["run_id"]: (job["state"], job["node"]) for job in answer["jobs"]}
+        assert states == {first.id: ("running", socket.gethostname()), second.id: ("waiting", None)}
+    finally:
+        for run in (second, first):
+            manager.cancel(run)
+
+
+def test_an_address_nobody_answers_on_is_one_sentence(monkeypatch, capsys):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv(backends.RAY_ADDRESS_ENV, address)
+    assert main(["cluster"]) == 2
+    said = capsys.readouterr().err.strip()
+    assert len(said.splitlines()) == 1 and said.startswith(f"error: Could not reach the Ray cluster at {address}")
 
 
 # ----------------------------------------------------------------------------- the sidebar line
@@ -262,3 +292,47 @@ def test_the_page_says_on_which_node_a_run_ran(session_runs, state, said):
     caption = next(c.value for c in app.caption if run.id in c.value)
     assert caption.endswith(" · " + said)
     assert app.dataframe[0].value["node"].tolist() == ["gpu-1"]
+
+
+# ----------------------------------------------------------------------------- a real Ray head
+
+
+@pytest.mark.slow
+def test_a_ray_cluster_seen_from_the_command_the_sidebar_and_the_train_page(tiny_dataset, monkeypatch, capsys):
+    """One CPU on the cluster, two runs: one runs, the other waits for a machine with a free CPU."""
+    from raycluster import start_head
+
+    address, stop = start_head(num_cpus=1)
+    try:
+        monkeypatch.setenv(backends.RAY_ADDRESS_ENV, address)
+        sidebar.jobs_overview.clear()
+        token, workspace = session_with_dataset(tiny_dataset)
+        manager = JobManager(workspace / "runs")
+        first, second = manager.submit_all([{"job": "demo", "epochs": 100, "epoch_seconds": 1}] * 2)
+        wait_for(lambda: manager.status(first)["state"] == "running" and first.status().get("node"),
+                 lambda: f"the first run to start on the cluster: {first.status()}", timeout=120)
+        wait_for(lambda: manager.status(second).get("waiting_for"),
+                 lambda: f"the second run to say what it waits for: {second.status()}", timeout=60)
+
+        assert main(["cluster", "--json"]) == 0
+        answer = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert answer["backend"]["kind"] == "ray" and answer["backend"]["waiting"] == 1
+        assert [(node["alive"], node["cpus"]) for node in answer["nodes"]] == [(True, 1)]
+        jobs = {job["run_id"]: job for job in answer["jobs"]}
+        assert jobs[first.id]["state"] == "running" and jobs[first.id]["node"] == first.status()["node"]
+        assert jobs[second.id]["state"] == "waiting" and jobs[second.id]["waiting_for"] == "a machine with 1 free CPU"
+
+        home = open_app(token=token)
+        assert "Jobs run on a Ray cluster · 1 waiting" in sidebar_captions(home)
+        assert address.split("//")[1] not in every_text(home)
+        waiting = show(token, second)
+        assert waiting.get("progress")[0].proto.text == "Waiting for a machine with 1 free CPU."
+        running = show(token, first)
+        caption = next(c.value for c in running.caption if first.id in c.value)
+        assert caption.endswith(f" · running on `{first.status()['node']}`")
+        assert address.split("//")[1] not in every_text(waiting) + every_text(running)
+    finally:
+        for run in (second, first):
+            manager.cancel(run)
+        stop()
+        sidebar.jobs_overview.clear()

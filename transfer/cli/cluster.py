@@ -27,8 +27,9 @@ def cmd_cluster(args) -> int:
         nodes, jobs = backend.nodes(), backend.jobs()
     except OSError as error:  # the cluster's job address does not answer (refused, unknown host, timed out)
         address = os.environ.get(RAY_ADDRESS_ENV, "")
-        raise UserError(f"Could not reach the Ray cluster at {address} ({RAY_ADDRESS_ENV}): is its head "
-                        f"running and its job port open to this machine? ({error.__class__.__name__})") from error
+        raise UserError(f"Could not reach the Ray cluster at {address} ({RAY_ADDRESS_ENV}, "
+                        f"{error.__class__.__name__}): check that its head is running and that its job port "
+                        "is open to this machine.") from error
     if args.json:
         print_json({"backend": overview, "nodes": nodes, "jobs": jobs})
         return 0
@@ -38,8 +39,10 @@ def cmd_cluster(args) -> int:
     print()
     if jobs:
         print_table([_job_row(job) for job in jobs], JOB_COLUMNS)
+    elif overview.get("kind") == "ray":
+        print("The cluster holds no jobs of the studio.")
     else:
-        print("The studio has no jobs there yet.")
+        print("No jobs are waiting or running on this machine.")
     return 0
 
 
