@@ -319,7 +319,7 @@ def test_a_ray_cluster_seen_from_the_command_the_sidebar_and_the_train_page(tiny
         assert answer["backend"]["kind"] == "ray" and answer["backend"]["waiting"] == 1
         assert [(node["alive"], node["cpus"]) for node in answer["nodes"]] == [(True, 1)]
         jobs = {job["run_id"]: job for job in answer["jobs"]}
-        assert jobs[first.id]["state"] == "running" and jobs[first.id]["node"] == first.status()["node"]
+        assert jobs[first.id]["state"] == "running" and jobs[first.id]["node"] == answer["nodes"][0]["node"]
         assert jobs[second.id]["state"] == "waiting" and jobs[second.id]["waiting_for"] == "a machine with 1 free CPU"
 
         home = open_app(token=token)
