@@ -1,6 +1,6 @@
 """Eight runs of four projects on this machine's queue and on a two-node Ray cluster, side by side.
 
-    python benchmarks/bench_cluster.py [--runs 8] [--projects 4] [--pictures 10] [--local-parallel 1]
+    python benchmarks/bench_cluster.py [--runs 8] [--projects 4] [--pictures 10] [--local-parallel 1,2]
                                        [--head-cpus 1] [--worker-cpus 1] [--timeout 900]
 
 Each project gets its own small generated data set (3 classes of pictures) and a runs folder
@@ -9,8 +9,8 @@ method's defaults, submitted through ``JobManager`` as the web app and ``transfe
 all at once. Each back end gets a fresh ``TRANSFER_HOME`` (so neither finds the other's cached
 features), in a process of its own:
 
-- **local**: this machine's queue, ``TRANSFER_MAX_PARALLEL_JOBS`` = ``--local-parallel`` (the
-  studio's default is 1);
+- **local**: this machine's queue, once per ``TRANSFER_MAX_PARALLEL_JOBS`` in ``--local-parallel``
+  (the studio's default is 1; 2 runs as many at once as the two-node cluster below);
 - **ray**: a Ray cluster started here for the benchmark, a head and one worker node on
   127.0.0.1 (``--head-cpus``, ``--worker-cpus``; tests/raycluster.py), with
   ``TRANSFER_RAY_ADDRESS`` pointing at it. The cluster is started after the local runs ended,
@@ -19,7 +19,9 @@ features), in a process of its own:
 Reported per back end: how many runs finished; per run, the time from submit to its first epoch
 (``created_at`` in status.json to the first ``epoch`` event: waiting in the queue, starting the
 process, reading the pictures and computing features) and from the run's start to its first
-epoch (without the wait); the nodes the runs ran on; the wall time from the first submit to the
+epoch (without the wait); the quickest time from submit to a run's start (a run nobody was ahead of:
+what handing a run over costs); the nodes the runs ran on (both of this cluster's nodes are this
+machine, so they carry its name); the wall time from the first submit to the
 last run's end; and the machine's load average while it ran (the machine may be shared).
 Prints a table, then one JSON line.
 """
@@ -96,6 +98,7 @@ def describe(run, projects) -> dict:
         "state": status["state"],
         "node": status.get("node"),
         "val_accuracy": status.get("val_accuracy"),
+        "submit_to_start_s": round(began - created, 2) if began and created else None,
         "submit_to_first_epoch_s": round(first_epoch - created, 2) if first_epoch and created else None,
         "start_to_first_epoch_s": round(first_epoch - began, 2) if first_epoch and began else None,
         "seconds": run.summary().get("seconds"),
@@ -156,12 +159,15 @@ def summarise(result: dict) -> dict:
     runs = result["runs"]
     waits = [r["submit_to_first_epoch_s"] for r in runs if r["submit_to_first_epoch_s"] is not None]
     starts = [r["start_to_first_epoch_s"] for r in runs if r["start_to_first_epoch_s"] is not None]
+    handed = [r["submit_to_start_s"] for r in runs if r["submit_to_start_s"] is not None]
     return {
         "finished": sum(r["state"] == "finished" for r in runs),
         "total": len(runs),
         "submit_to_first_epoch_median_s": round(statistics.median(waits), 2) if waits else None,
         "submit_to_first_epoch_max_s": round(max(waits), 2) if waits else None,
         "start_to_first_epoch_median_s": round(statistics.median(starts), 2) if starts else None,
+        # The quickest start had nobody before it: what handing a run over costs, without waiting.
+        "submit_to_start_min_s": round(min(handed), 2) if handed else None,
         "wall_seconds": result["wall_seconds"],
         "nodes": sorted({r["node"] for r in runs if r["node"]}),
     }
@@ -178,9 +184,11 @@ def start_two_node_cluster(head_cpus: int, worker_cpus: int):
 
 
 def print_table(rows: list[dict]) -> None:
-    columns = ["backend", "finished", "submit->1st epoch median", "max", "start->1st epoch median", "wall", "load"]
+    columns = ["backend", "finished", "submit->1st epoch median", "max", "submit->start min",
+               "start->1st epoch median", "wall", "load"]
     lines = [[row["backend"], f"{row['finished']}/{row['total']}", seconds(row["submit_to_first_epoch_median_s"]),
-              seconds(row["submit_to_first_epoch_max_s"]), seconds(row["start_to_first_epoch_median_s"]),
+              seconds(row["submit_to_first_epoch_max_s"]), seconds(row["submit_to_start_min_s"]),
+              seconds(row["start_to_first_epoch_median_s"]),
               seconds(row["wall_seconds"]), f"{row['load_average']['mean']:.1f} (max {row['load_average']['max']:.1f})"]
              for row in rows]
     widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(columns)]
@@ -198,7 +206,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--projects", type=int, default=4)
     parser.add_argument("--pictures", type=int, default=10, help="pictures per class and project")
-    parser.add_argument("--local-parallel", type=int, default=1, help="TRANSFER_MAX_PARALLEL_JOBS of the local queue")
+    parser.add_argument("--local-parallel", default="1,2",
+                        help="TRANSFER_MAX_PARALLEL_JOBS of the local queue, one row each (comma-separated)")
     parser.add_argument("--head-cpus", type=int, default=1)
     parser.add_argument("--worker-cpus", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900)
@@ -211,23 +220,25 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-", dir="/tmp"))
     data = [write_project_data(work / "data" / f"p{index + 1}", index, args.pictures) for index in range(args.projects)]
-    rows = [measure("local", work / "home-local", data, args,
-                    {"TRANSFER_MAX_PARALLEL_JOBS": str(args.local_parallel)})]
+    parallel = [int(value) for value in args.local_parallel.split(",")]
+    rows = [measure(f"local x{count}", work / f"home-local-{count}", data, args,
+                    {"TRANSFER_MAX_PARALLEL_JOBS": str(count)}) for count in parallel]
     cluster, cluster_start = start_two_node_cluster(args.head_cpus, args.worker_cpus)
     try:
         rows.append(measure("ray", work / "home-ray", data, args, {"TRANSFER_RAY_ADDRESS": cluster.address}))
     finally:
         cluster.stop()
     print(f"{args.runs} feature-transfer runs (EfficientNet-Lite0, {len(CLASSES)} x {args.pictures} pictures each) "
-          f"of {args.projects} projects; cores: {os.cpu_count()}; local queue: {args.local_parallel} at a time; "
+          f"of {args.projects} projects; cores: {os.cpu_count()}; local queue: x N = N runs at a time; "
           f"Ray: head {args.head_cpus} CPU + worker node {args.worker_cpus} CPU, started in {cluster_start:.1f} s")
     print_table(rows)
     for row in rows:
-        print(f"{row['backend']}: ran on {', '.join(row['nodes']) or '?'}; "
-              + "; ".join(f"{r['id']} {r['state']}" + (f" ({r['message']})" if r["message"] else "")
-                          for r in row["runs"] if r["state"] != "finished"))
+        unfinished = [f"{r['id']} {r['state']}" + (f" ({r['message']})" if r["message"] else "")
+                      for r in row["runs"] if r["state"] != "finished"]
+        print(f"{row['backend']}: ran on {', '.join(row['nodes']) or '?'}"
+              + (f"; not finished: {'; '.join(unfinished)}" if unfinished else ""))
     print(json.dumps({"benchmark": "cluster", "runs": args.runs, "projects": args.projects, "cores": os.cpu_count(),
-                      "local_parallel": args.local_parallel, "head_cpus": args.head_cpus,
+                      "local_parallel": parallel, "head_cpus": args.head_cpus,
                       "worker_cpus": args.worker_cpus, "cluster_start_seconds": round(cluster_start, 1),
                       "results": rows}))
 
