@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -221,13 +222,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-", dir="/tmp"))
     data = [write_project_data(work / "data" / f"p{index + 1}", index, args.pictures) for index in range(args.projects)]
     parallel = [int(value) for value in args.local_parallel.split(",")]
-    rows = [measure(f"local x{count}", work / f"home-local-{count}", data, args,
-                    {"TRANSFER_MAX_PARALLEL_JOBS": str(count)}) for count in parallel]
+    try:
+        rows = [measure(f"local x{count}", work / f"home-local-{count}", data, args,
+                        {"TRANSFER_MAX_PARALLEL_JOBS": str(count)}) for count in parallel]
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     cluster, cluster_start = start_two_node_cluster(args.head_cpus, args.worker_cpus)
     try:
         rows.append(measure("ray", work / "home-ray", data, args, {"TRANSFER_RAY_ADDRESS": cluster.address}))
     finally:
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
     print(f"{args.runs} feature-transfer runs (EfficientNet-Lite0, {len(CLASSES)} x {args.pictures} pictures each) "
           f"of {args.projects} projects; cores: {os.cpu_count()}; local queue: x N = N runs at a time; "
           f"Ray: head {args.head_cpus} CPU + worker node {args.worker_cpus} CPU, started in {cluster_start:.1f} s")

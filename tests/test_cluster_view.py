@@ -239,6 +239,38 @@ def test_a_back_end_that_cannot_be_chosen_leaves_the_page_working(use_backend, m
     assert SECRET_ADDRESS not in every_text(app)
 
 
+NO_RAY_CHILD = """
+import sys
+
+class RefuseRay:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(f"{name} is not to be imported by the web server")
+
+sys.meta_path.insert(0, RefuseRay())
+from apptools import open_app
+app = open_app()
+assert not app.exception, app.exception
+print([caption.value for caption in app.sidebar.caption])
+"""
+
+
+def test_pages_on_this_machine_never_import_ray():
+    """Without a cluster the web server does not load Ray (it is heavy, and an optional extra)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**{k: v for k, v in os.environ.items() if k != backends.RAY_ADDRESS_ENV},
+           "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
+    done = subprocess.run([sys.executable, "-c", NO_RAY_CHILD], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Jobs run on this machine · none waiting" in done.stdout
+
+
 # ----------------------------------------------------------------------------- the Train page
 
 
