@@ -202,6 +202,19 @@ def seconds(value) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
+def compare(work: Path, parallel: list[int], args) -> tuple[list[dict], float]:
+    """The local queue (once per number of runs at a time), then the two-node cluster."""
+    data = [write_project_data(work / "data" / f"p{index + 1}", index, args.pictures) for index in range(args.projects)]
+    rows = [measure(f"local x{count}", work / f"home-local-{count}", data, args,
+                    {"TRANSFER_MAX_PARALLEL_JOBS": str(count)}) for count in parallel]
+    cluster, cluster_start = start_two_node_cluster(args.head_cpus, args.worker_cpus)
+    try:
+        rows.append(measure("ray", work / "home-ray", data, args, {"TRANSFER_RAY_ADDRESS": cluster.address}))
+    finally:
+        cluster.stop()
+    return rows, cluster_start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=8)
@@ -220,19 +233,10 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-", dir="/tmp"))
-    data = [write_project_data(work / "data" / f"p{index + 1}", index, args.pictures) for index in range(args.projects)]
     parallel = [int(value) for value in args.local_parallel.split(",")]
     try:
-        rows = [measure(f"local x{count}", work / f"home-local-{count}", data, args,
-                        {"TRANSFER_MAX_PARALLEL_JOBS": str(count)}) for count in parallel]
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    cluster, cluster_start = start_two_node_cluster(args.head_cpus, args.worker_cpus)
-    try:
-        rows.append(measure("ray", work / "home-ray", data, args, {"TRANSFER_RAY_ADDRESS": cluster.address}))
+        rows, cluster_start = compare(work, parallel, args)
     finally:
-        cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"{args.runs} feature-transfer runs (EfficientNet-Lite0, {len(CLASSES)} x {args.pictures} pictures each) "
           f"of {args.projects} projects; cores: {os.cpu_count()}; local queue: x N = N runs at a time; "
