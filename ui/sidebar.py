@@ -1,7 +1,10 @@
 """The sidebar every page shares: the open project (and a switcher), device, chosen data set,
-and the active training job."""
+where the studio's jobs run, and the active training job."""
 
 from __future__ import annotations
+
+import logging
+import os
 
 import streamlit as st
 
@@ -23,6 +26,48 @@ def has_gpu() -> bool:
     return gpus.has_gpu()
 
 
+JOBS_LINE_SECONDS = 5  # how long one look at the job back end serves every page and session
+
+
+@st.cache_data(ttl=JOBS_LINE_SECONDS, show_spinner=False)
+def jobs_overview(backend_setting: str | None) -> dict:
+    """The job back end's overview ({"kind", "label", "waiting", "running"}), or {"error": True}
+    when it does not answer. Cached for a few seconds across sessions, failures too: every page
+    draws this line, and a cluster that does not answer must not slow every page down.
+    ``backend_setting`` (the Ray address, or None) is only the cache's key: a changed setting is
+    looked at anew. It never reaches the browser."""
+    from transfer.runtime.backends import job_backend
+
+    try:
+        backend = job_backend()
+    except Exception as error:  # a broken setting: the page still draws, the line says so
+        logging.getLogger(__name__).warning("The job back end could not be chosen: %s", error)
+        return {"error": True, "label": None}
+    try:
+        overview = backend.overview()
+    except Exception as error:  # a queue folder gone, a cluster's odd answer: the line says so, the page lives
+        logging.getLogger(__name__).warning("The job back end did not answer: %s", error)
+        return {"error": True, "label": backend.label}
+    if overview.get("reachable") is False:  # a cluster that does not answer says so without raising
+        return {"error": True, "label": backend.label}
+    return {**overview, "label": backend.label}
+
+
+def jobs_line() -> str:
+    """Which back end runs the studio's jobs and how many wait, in one short line. Never the
+    cluster's address, nor an error's text, which may carry it."""
+    from transfer.runtime.backends import RAY_ADDRESS_ENV
+
+    overview = jobs_overview(os.environ.get(RAY_ADDRESS_ENV))
+    if overview.get("error"):
+        if not overview.get("label"):
+            return "Jobs: the back end is not answering right now"
+        return f"Jobs run on {overview['label']} · not answering right now"
+    where = f"Jobs run on {overview['label']}"
+    waiting = overview.get("waiting") or 0
+    return f"{where} · {waiting} waiting" if waiting else f"{where} · none waiting"
+
+
 def render() -> None:
     with st.sidebar:
         projects_view.sidebar_switcher()
@@ -42,6 +87,7 @@ def _active_runs() -> list:
 
 
 def _active_job() -> None:
+    st.caption(jobs_line())
     active = _active_runs()
     if not active:
         st.caption("No training running.")

@@ -134,14 +134,13 @@ def live_view(manager, run_id: str, was_active: bool) -> None:
     if was_active and state not in ACTIVE_STATES:
         st.rerun()  # the run ended: draw the page once more, without the timer
     st.subheader(f"{STATE_ICONS.get(state, '')} {run_name(run)}: {state}")
-    st.caption(f"{run.config.get('method')} · {run.config.get('backbone')} · run `{run.id}`")
+    st.caption(f"{run.config.get('method')} · {run.config.get('backbone')} · run `{run.id}`" + where_line(status))
     epochs = status.get("epochs") or run.config.get("epochs") or 1
     epoch, step, steps = status.get("epoch") or 0, status.get("step") or 0, status.get("steps") or 0
     events = events_of(run)
     latest = events.latest
     if state == "queued":
-        place = status.get("queue_position")
-        st.progress(0.0, text="Waiting for the device" + (f": place {place} in the queue." if place else "."))
+        st.progress(0.0, text=waiting_text(status))
     elif state == "running" and latest.get("type") == "progress":
         done, total = latest.get("done") or 0, latest.get("total") or 1
         st.progress(min(1.0, done / total), text=f"{_PHASES.get(latest.get('phase'), latest.get('phase'))}: "
@@ -182,6 +181,23 @@ def live_view(manager, run_id: str, was_active: bool) -> None:
             _act(manager.resume, run.id, "Resuming from the last finished epoch ...")
     with st.expander("Event log"):
         st.code("\n".join(_describe(e) for e in events.log) or "No events yet.", language=None)
+
+
+def waiting_text(status: dict) -> str:
+    """What a queued run waits for: on a cluster, the machine it asked for ("a machine with 1
+    GPU") while the scheduler has not placed it; on this machine, its place in the queue."""
+    if status.get("waiting_for"):
+        return f"Waiting for {status['waiting_for']}."
+    place = status.get("queue_position")
+    return "Waiting for the device" + (f": place {place} in the queue." if place else ".")
+
+
+def where_line(status: dict) -> str:
+    """On which machine the run trains or trained (a cluster's node, or this machine's name)."""
+    node = status.get("node")
+    if not node or status.get("state") == "queued":
+        return ""
+    return f" · {'running' if status.get('state') == 'running' else 'ran'} on `{node}`"
 
 
 def _act(action, run_id: str, note: str) -> None:
@@ -236,11 +252,12 @@ def runs_table(was_active: bool, shown_id: str | None) -> None:
     names = distinct_labels(runs)
     for item in runs:
         summary = item.summary()
-        accuracy = run_accuracy(item.path, item.status())
+        status = item.status()
+        accuracy = run_accuracy(item.path, status)
         rows.append({"run": names[item.id], "id": summary["id"], "state": summary["state"],
                      "method": summary["method"], "backbone": summary["backbone"],
                      "validation accuracy": accuracy.short() if accuracy else "–",
-                     "training time": duration(summary["seconds"])})
+                     "training time": duration(summary["seconds"]), "node": status.get("node") or "–"})
     st.dataframe(rows, hide_index=True, width="stretch")
     ids = [r["id"] for r in rows]
     # The picker follows the run the page shows (a new run, a link, Train again), not the last pick.

@@ -16,6 +16,7 @@ from transfer.cli.arguments import use_project_runs
 from transfer.cli.audit import add_audit, cmd_audit
 from transfer.cli.backbones import add_backbones, cmd_backbones
 from transfer.cli.check import add_check, cmd_check
+from transfer.cli.cluster import add_cluster, cmd_cluster
 from transfer.cli.export import add_export, cmd_export
 from transfer.cli.gc import add_gc, cmd_gc
 from transfer.cli.lr_find import add_lr_find, cmd_lr_find
@@ -49,6 +50,7 @@ COMMANDS = {
     "studio": (add_studio, cmd_studio),
     "suggest": (add_suggest, cmd_suggest),
     "project": (add_project, cmd_project),
+    "cluster": (add_cluster, cmd_cluster),
 }
 
 
