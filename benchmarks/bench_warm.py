@@ -71,7 +71,7 @@ def start_studio(home: Path):
         os.environ.update({"TRANSFER_HOME": str(home), "TRANSFER_OFFLINE": "1"})
         sys.path.insert(0, str(ROOT))
         from transfer.runtime import warm
-        from transfer.runtime.jobs import queue_dir
+        from transfer.runtime.local_queue import queue_dir
 
         warm.announce_studio(queue_dir())
     else:

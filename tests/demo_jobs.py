@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from transfer.runtime.jobs import WORKER_THREADS_ENV
+from transfer.runtime.local_queue import WORKER_THREADS_ENV
 from transfer.core.runs import Cancelled, RunDir
 from transfer.core.files import atomic_write_json, read_json
 

@@ -16,7 +16,7 @@ import pytest
 from transfer.runtime import access
 from transfer.runtime.access import (AccessError, PasswordCheck, check_listen_address, guessing_client, is_issued_token,
                              issue_session_token)
-from transfer.runtime.jobs import queue_dir
+from transfer.runtime.local_queue import queue_dir
 from ui import launch
 
 ROOT = Path(__file__).resolve().parents[1]

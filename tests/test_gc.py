@@ -208,7 +208,7 @@ def test_the_web_app_collects_at_most_once_per_interval(transfer_home, monkeypat
 
 
 def test_gc_gives_caches_a_day_of_grace_while_a_run_trains(transfer_home):
-    from transfer.runtime.jobs import slot_path
+    from transfer.runtime.local_queue import slot_path
 
     entry = make_cache_entry(transfer_home, "features", "read-all-day", 4000, idle_days=0.2)
     slot = try_lock(slot_path(0))  # a run trains on this machine (its worker holds a slot)

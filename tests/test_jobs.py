@@ -19,8 +19,8 @@ from waiting import wait_for
 from transfer.cli import main as cli
 from transfer.runtime import local_queue
 from transfer.runtime import launch
-from transfer.runtime.jobs import (BadMaxParallel, JobManager, SessionQueueFull, dispatch, pid_is_worker,
-    queue_dir)
+from transfer.runtime.jobs import JobManager, SessionQueueFull
+from transfer.runtime.local_queue import BadMaxParallel, dispatch, pid_is_worker, queue_dir
 from transfer.core.files import try_lock
 from transfer.core.runs import RunDir, RunStateError, list_runs
 from transfer.runtime.worker import UnknownJob, job_function

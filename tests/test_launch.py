@@ -22,7 +22,8 @@ from transfer.cli.train import train_result
 from transfer.runtime import launch
 from transfer.core import machine
 from transfer.training.config import ConfigError, TrainConfig
-from transfer.runtime.jobs import JobManager, dispatch, free_slot_count, slots_needed, try_take_slots
+from transfer.runtime.jobs import JobManager
+from transfer.runtime.local_queue import dispatch, free_slot_count, slots_needed, try_take_slots
 from transfer.core.runs import RunDir, list_runs
 
 WAIT = 90.0  # torchrun imports torch: seconds on two busy cores

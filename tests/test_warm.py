@@ -22,7 +22,8 @@ from waiting import wait_for
 
 from transfer.core import machine
 from transfer.runtime import warm
-from transfer.runtime.jobs import JobManager, pid_is_worker, queue_dir
+from transfer.runtime.jobs import JobManager
+from transfer.runtime.local_queue import pid_is_worker, queue_dir
 from transfer.core.runs import list_runs
 
 WAIT = 60.0  # the two cores are shared with other test suites

@@ -70,7 +70,7 @@ def start_warm_worker() -> None:
     """While this server runs, new runs (from its pages and from `transfer train` on the same
     TRANSFER_HOME) fork from a warm worker instead of starting a fresh interpreter."""
     from transfer.runtime import warm
-    from transfer.runtime.jobs import queue_dir
+    from transfer.runtime.local_queue import queue_dir
 
     warm.announce_studio(queue_dir())
 

@@ -28,13 +28,8 @@ from transfer.core.errors import TransferError
 from transfer.core.files import file_lock
 from transfer.core.runs import (ACTIVE_STATES, CANCELLED, ENDED_STATES, FAILED, FINISHED, INTERRUPTED,
     QUEUED, RESUMABLE_STATES, RUNNING, RunDir, RunStateError, find_run, list_runs)
-from transfer.runtime.backends import CANCEL_ANSWER_SECONDS, JobStartError, job_backend  # noqa: F401
-from transfer.runtime.local_queue import (  # noqa: F401  (the queue's names, importable from here as before)
-    DEVICE_POOL, MAX_PARALLEL_ENV, PROBE_POOL, PROBE_SLOTS, QUEUE_POLL_SECONDS, STARTUP_GRACE_SECONDS,
-    WORKER_NICE, WORKER_THREADS_ENV, BadMaxParallel, add_queue_entry, check_max_parallel, default_max_parallel,
-    dispatch, find_queue_entry, free_slot_count, job_place, lower_priority, pid_is_worker, pool_size,
-    positive_whole_number, queue_dir, queue_entries, queue_position, remove_queue_entry, slot_path,
-    slots_needed, try_take_slots, worker_alive, worker_threads)
+from transfer.runtime.backends import CANCEL_ANSWER_SECONDS, job_backend
+from transfer.runtime.local_queue import check_max_parallel, default_max_parallel, positive_whole_number
 
 MAX_QUEUED_ENV = "TRANSFER_MAX_QUEUED"
 DEFAULT_MAX_QUEUED = 4

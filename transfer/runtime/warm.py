@@ -4,7 +4,7 @@ process that already has torch, the model code and the bundled backbones loaded.
 A fresh worker interpreter spends seconds importing torch and timm and building its backbone
 before it touches a picture. While a studio server runs on a ``TRANSFER_HOME``, one low-priority
 *fork server* (:mod:`transfer.runtime.warm_server`) keeps all that loaded and forks a worker per run
-instead. Everything lives in the machine's queue folder (``transfer.runtime.jobs.queue_dir``):
+instead. Everything lives in the machine's queue folder (``transfer.runtime.local_queue.queue_dir``):
 
 - ``studio.lock``: every studio server process holds a shared ``flock`` on it for its life
   (:func:`announce_studio`); the fork server runs only while someone holds it;

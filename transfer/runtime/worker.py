@@ -1,6 +1,6 @@
 """The worker process: ``python -m transfer.runtime.worker RUN_DIR`` trains one run, then exits.
 
-Started by ``transfer.runtime.jobs.dispatch`` in a fresh interpreter when the run leaves the queue,
+Started by ``transfer.runtime.local_queue.dispatch`` in a fresh interpreter when the run leaves the queue,
 with the run's worker lock and its training slot(s) already taken and handed over as open
 descriptors (``--lock-fd``, ``--slot-fd``). It
 
