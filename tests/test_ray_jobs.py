@@ -270,7 +270,9 @@ def test_the_cluster_lists_its_node_and_the_studio_jobs(tmp_path, on_ray):
     cluster = job_backend()
     nodes = cluster.nodes()
     assert len(nodes) == 1 and nodes[0]["alive"] and nodes[0]["cpus"] == 2 and nodes[0]["gpus"] == 0
-    rows = {row["run_id"]: row for row in cluster.jobs()}
-    assert rows[run.id]["state"] == "finished" and rows[run.id]["job"] == "demo"
+    # Ray learns that the job ended a moment after its worker wrote the run's end and exited.
+    rows = wait_for(lambda: (lambda rows: rows if rows[run.id]["state"] == "finished" else None)(
+        {row["run_id"]: row for row in cluster.jobs()}), "Ray to say the job finished", timeout=WAIT)
+    assert rows[run.id]["job"] == "demo"
     assert rows[run.id]["node"] == nodes[0]["node"]
     assert set(cluster.overview()) >= {"kind", "label", "waiting", "running"}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from browsertools import free_port, start_studio, stop_studio, wait_for_app
+from waiting import wait_for
 from conftest import CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.browser
@@ -164,4 +165,8 @@ def unlocked(page, studio: str):
     wait_for_app(page)
     page.locator('input[type="password"]').fill("correct horse")
     page.locator('input[type="password"]').press("Enter")
+    # The page hands the unlock key to the browser as a cookie a moment after it opens; a person
+    # who goes to another page before that is asked again, so wait for it as they would.
+    wait_for(lambda: any(cookie["name"] == "transfer_unlocked" for cookie in page.context.cookies()),
+             "the browser to hold its unlock cookie", timeout=120)
     return page

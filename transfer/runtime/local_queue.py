@@ -364,6 +364,10 @@ def _start_entry(path: Path, entry: dict):
     run = RunDir(entry["run_dir"])
     lock = lock_with_retry(run.worker_lock_path)
     try:
+        if lock is None and run.state == QUEUED:
+            # A resumed run whose previous worker is still ending (stopping its ranks, say):
+            # it keeps its place, and the next pass (that worker's own, as it exits) starts it.
+            return None
         if lock is None or run.state != QUEUED:
             remove_queue_entry(path)
             return False
