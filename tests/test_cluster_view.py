@@ -368,3 +368,13 @@ def test_a_ray_cluster_seen_from_the_command_the_sidebar_and_the_train_page(tiny
             manager.cancel(run)
         stop()
         sidebar.jobs_overview.clear()
+
+
+def test_the_sidebar_counts_no_epochs_for_a_head_that_is_fit_once(session_runs):
+    token, add_run = session_runs
+    add_run(state="running", epoch=0, node="laptop")
+    app = open_app(token=token)
+    assert not app.exception, app.exception
+    said = sidebar_captions(app)
+    assert any(line.endswith(": computing features and fitting the head.") for line in said), said
+    assert not any("epoch" in bar.proto.text for bar in app.sidebar.get("progress"))

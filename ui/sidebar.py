@@ -98,7 +98,12 @@ def _active_job() -> None:
         place = status.get("queue_position")
         st.caption(f"{run_name(run)} is waiting" + (f" (place {place} in the queue)." if place else "."))
         return
-    epochs = status.get("epochs") or run.config.get("epochs") or 1
+    config = run.config
+    if config.get("method") == "features" and config.get("hidden") is None and not config.get("dropout"):
+        # a plain features head is fit once, not trained in epochs: its epoch count means nothing
+        st.caption(f"Training {run_name(run)}: computing features and fitting the head.")
+        return
+    epochs = status.get("epochs") or config.get("epochs") or 1
     step, steps = status.get("step") or 0, status.get("steps") or 0
     fraction = min(1.0, ((status.get("epoch") or 0) + (step / steps if steps else 0)) / epochs)
     st.progress(fraction, text=f"Training {run_name(run)}: epoch {status.get('epoch') or 0}/{epochs}")
