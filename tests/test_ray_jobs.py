@@ -276,3 +276,14 @@ def test_the_cluster_lists_its_node_and_the_studio_jobs(tmp_path, on_ray):
     assert rows[run.id]["job"] == "demo"
     assert rows[run.id]["node"] == nodes[0]["node"]
     assert set(cluster.overview()) >= {"kind", "label", "waiting", "running"}
+
+
+def test_a_time_estimate_the_configure_page_asks_for_runs_as_a_ray_job(on_ray):
+    """The studio's helper jobs take the same way as training: here the speed measurement."""
+    from transfer.runtime.estimate import request_measurement, stored_forward_seconds
+
+    job = request_measurement("efficientnet_lite0", 64)
+    assert JobManager(job.path.parent).wait(job, timeout=WAIT)["state"] == FINISHED
+    assert job.status()["ray_job"] == job.id
+    assert on_ray.get_job_info(job.id).metadata["job_type"] == "estimate"
+    assert stored_forward_seconds("efficientnet_lite0", 64) > 0
