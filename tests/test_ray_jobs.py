@@ -287,3 +287,11 @@ def test_a_time_estimate_the_configure_page_asks_for_runs_as_a_ray_job(on_ray):
     assert job.status()["ray_job"] == job.id
     assert on_ray.get_job_info(job.id).metadata["job_type"] == "estimate"
     assert stored_forward_seconds("efficientnet_lite0", 64) > 0
+
+
+def test_a_failed_ray_job_leaves_its_traceback_in_the_run_folder_s_worker_log(tmp_path, on_ray):
+    manager = JobManager(tmp_path / "runs")
+    run = manager.submit(demo(epochs=2, fail_at_epoch=1))
+    status = manager.wait(run, timeout=WAIT)
+    assert status["state"] == FAILED and str(run.log_path) in status["message"]
+    assert "RuntimeError: demo failure at epoch 1" in run.log_path.read_text()

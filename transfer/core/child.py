@@ -81,3 +81,16 @@ def start_module(module: str, arguments: list[str], *, env: dict | None = None, 
     return subprocess.Popen([sys.executable, "-m", module, *arguments], stdin=subprocess.DEVNULL, stdout=log,
                             stderr=subprocess.STDOUT if log is not None else None, pass_fds=pass_fds,
                             start_new_session=True, env=child_environment(env), preexec_fn=preexec_fn)
+
+
+def redirect_output(log_path: Path) -> None:
+    """From now on this process writes its output to ``log_path`` (appended) and reads nothing."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)

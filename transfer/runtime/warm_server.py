@@ -34,6 +34,7 @@ from pathlib import Path
 
 from transfer.runtime import warm
 from transfer.runtime.local_queue import WORKER_THREADS_ENV, lower_priority
+from transfer.core.child import redirect_output
 from transfer.core.files import try_lock
 
 PRELOAD_ENV = "TRANSFER_WARM_PRELOAD"
@@ -220,18 +221,6 @@ def become_worker(request: dict, fds: list[int]) -> int:
     for slot in fds[1:]:
         arguments += ["--slot-fd", str(slot)]
     return worker_main(arguments)
-
-
-def redirect_output(log_path: Path) -> None:
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    sys.stdout.reconfigure(line_buffering=True)
-    sys.stderr.reconfigure(line_buffering=True)
 
 
 def set_threads(count: str | None) -> None:

@@ -44,6 +44,7 @@ import time
 import traceback
 from pathlib import Path
 
+from transfer.core.child import redirect_output
 from transfer.core.errors import TransferError
 from transfer.runtime.extra_jobs import extra_job
 from transfer.runtime.backends import UNWRITABLE_EXIT_CODE, UNWRITABLE_FOLDER
@@ -128,6 +129,10 @@ def run_on_cluster(folder: Path) -> int:
     if run.transition([QUEUED], pid=os.getpid()) is None:
         print(f"run is {run.state}, not queued; nothing to do", file=sys.stderr)
         return 0
+    # Ray keeps the job's output on its node; the run folder's worker.log, which every message
+    # about a failed run points to, gets it as on one machine.
+    print(f"The run's output continues in {run.log_path}.", flush=True)
+    redirect_output(run.log_path)
     return train_in_slot(run)
 
 
