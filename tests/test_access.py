@@ -29,6 +29,13 @@ def mode(path: Path) -> int:
 # --------------------------------------------------------------------------- session tokens
 
 
+def test_no_token_begins_with_a_dash_that_a_command_line_would_read_as_an_option(transfer_home):
+    # a project's id is its token (`transfer project rename ID NAME`); one token in 64 began with "-"
+    tokens = [issue_session_token() for _ in range(2000)]
+    assert not [token for token in tokens if token.startswith("-")]
+    assert all(is_issued_token(token) for token in tokens[:50])
+
+
 def test_an_issued_token_is_recognised_and_made_up_ones_are_not(transfer_home):
     token = issue_session_token()
     assert is_issued_token(token) and len(token) == access.TOKEN_LENGTH

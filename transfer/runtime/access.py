@@ -177,9 +177,14 @@ TOKEN_LENGTH = 4 * (_NONCE_BYTES + _MAC_BYTES) // 3
 
 
 def issue_session_token() -> str:
-    """A new, unguessable session token that this server will recognise as its own."""
-    nonce = secrets.token_bytes(_NONCE_BYTES)
-    return _b64(nonce + _mac(nonce))
+    """A new, unguessable session token that this server will recognise as its own. It never
+    begins with "-": a project's id is its token, and `transfer project rename ID NAME` would
+    read such an id as an option."""
+    while True:
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        token = _b64(nonce + _mac(nonce))
+        if not token.startswith("-"):
+            return token
 
 
 def is_issued_token(token: str | None) -> bool:
