@@ -7,6 +7,7 @@ import re
 import pytest
 
 from browsertools import wait_for_app
+from waiting import wait_for
 from transfer.runtime.access import issue_session_token
 from transfer.training.config import TrainConfig
 from transfer.runtime.jobs import JobManager
@@ -50,8 +51,25 @@ def test_dropping_a_picture_shows_its_prediction(studio, page, finished_run, mak
     wait_for_app(page)
     page.get_by_role("heading", name="Predict").wait_for()
     page.wait_for_url(re.compile(rf"run={run.id}"))  # the finished run is chosen and linked
-    page.locator('input[type="file"]').first.set_input_files(str(picture))
+    drop_picture(page, picture)
 
     page.get_by_text(f"Prediction: {label}", exact=False).first.wait_for(timeout=60_000)
     page.get_by_text("a red one.png").first.wait_for()
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for()  # the top-k bars
+
+
+def drop_picture(page, picture) -> None:
+    """Hand the picture to the uploader, and again if a rerun of the page (the run's model being
+    made ready) drew a new uploader before the picture reached the old one."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    def dropped() -> bool:
+        wait_for_app(page)
+        page.locator('input[type="file"]').first.set_input_files(str(picture))
+        try:
+            page.get_by_text(picture.name).first.wait_for(timeout=15_000)
+        except PlaywrightTimeout:
+            return False
+        return True
+
+    wait_for(dropped, "the picture to reach the uploader", timeout=180)
