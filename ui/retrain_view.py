@@ -22,7 +22,7 @@ from transfer.core.runs import FINISHED, find_run
 from transfer.core.files import atomic_write_json
 from transfer.models.run_names import run_name
 from ui import reports, session
-from ui.run_picker import RUN_PARAM
+from ui.run_picker import RUN_PARAM, run_dataset
 
 PAIRS_FILE = "retrained.json"  # {later run id: earlier run id}
 LISTED = 12
@@ -48,18 +48,6 @@ def data_changes(before: Dataset, now: Dataset) -> str:
     parts = [f"{plural(count, 'picture')} {what}" for count, what in
              ((added, "added"), (relabelled, "relabelled"), (removed, "removed")) if count]
     return ", ".join(parts) or "the split changed"
-
-
-def run_dataset(run) -> Dataset | None:
-    """The pictures a run trained on: recorded in its settings (web app), or its folder as it is now."""
-    source = run.config.get("dataset")
-    if isinstance(source, dict):
-        return Dataset.from_dict(source)
-    if not isinstance(source, str) or not Path(source).exists():
-        return None
-    report = reports.chosen_report({"source": source, "val_fraction": run.config.get("val_fraction", 0.2),
-                                    "seed": run.config.get("split_seed", 0)})
-    return report.dataset
 
 
 def changed_data(run) -> tuple[Dataset, str] | None:

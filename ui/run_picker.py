@@ -3,10 +3,14 @@ on the current data set first, and ``?run=<id>`` links that carry the chosen run
 
 from __future__ import annotations
 
+from pathlib import Path
+
+
 import streamlit as st
 
 from transfer.analysis.trust import run_accuracy
 from transfer.core.errors import TransferError
+from transfer.data.samples import Dataset
 from transfer.core.runs import FINISHED, RunDir, find_run, list_runs
 from transfer.models.run_names import distinct_labels, run_name
 from ui import session
@@ -66,7 +70,7 @@ def choose_finished_run(key: str) -> RunDir | None:
 def best_run_of_current_data(finished: list[RunDir]) -> RunDir | None:
     """Among finished runs trained on the chosen data set as it is now (else all of them), the one with
     the highest validation accuracy; the newest among equals."""
-    from ui import reports, retrain_view
+    from ui import reports
 
     choice = session.chosen_dataset()
     candidates = finished
@@ -76,7 +80,7 @@ def best_run_of_current_data(finished: list[RunDir]) -> RunDir | None:
         except TransferError:
             now = None
         if now is not None:
-            same = [run for run in finished if _trained_on(run, now.fingerprint(), retrain_view.run_dataset)]
+            same = [run for run in finished if _trained_on(run, now.fingerprint(), run_dataset)]
             candidates = same or finished
     scored = [(accuracy.share, run) for run in candidates
               if (accuracy := run_accuracy(run.path)) is not None and accuracy.share is not None]
@@ -93,3 +97,17 @@ def _trained_on(run: RunDir, fingerprint: str, run_dataset) -> bool:
 
 def _link_to_chosen(key: str) -> None:
     st.query_params[RUN_PARAM] = st.session_state[key]
+
+
+def run_dataset(run) -> Dataset | None:
+    """The pictures a run trained on: recorded in its settings (web app), or its folder as it is now."""
+    from ui import reports
+
+    source = run.config.get("dataset")
+    if isinstance(source, dict):
+        return Dataset.from_dict(source)
+    if not isinstance(source, str) or not Path(source).exists():
+        return None
+    report = reports.chosen_report({"source": source, "val_fraction": run.config.get("val_fraction", 0.2),
+                                    "seed": run.config.get("split_seed", 0)})
+    return report.dataset
