@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 import streamlit as st
 
 from transfer.analysis.trust import run_accuracy
