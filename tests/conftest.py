@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +30,30 @@ HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hym
 
 
 @pytest.fixture(autouse=True)
-def transfer_home(tmp_path_factory, monkeypatch) -> Path:
-    """A private, empty ``TRANSFER_HOME``, no network and the tests' demo job for every test."""
+def transfer_home(request, tmp_path_factory, monkeypatch) -> Iterator[Path]:
+    """A private, empty ``TRANSFER_HOME``, no network and the tests' demo job for every test.
+
+    The home is deleted after a test that passed (runs, exports and caches add up to gigabytes
+    over the suite, more than a small CI disk holds) and kept after one that failed, to look at.
+    """
     home = tmp_path_factory.mktemp("transfer_home")
     monkeypatch.setenv("TRANSFER_HOME", str(home))
     monkeypatch.setenv("TRANSFER_OFFLINE", "1")
     # Workers and ranks started by a test find the demo job (tests/demo_jobs.py) through these.
     monkeypatch.setenv("TRANSFER_EXTRA_JOBS", "demo_jobs")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
-    return home
+    yield home
+    if not getattr(request.node, "failed_call", True):
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Remember on the test whether its body failed, for the fixtures that clean up after it."""
+    report = yield
+    if report.when == "call":
+        item.failed_call = report.failed
+    return report
 
 
 @pytest.fixture

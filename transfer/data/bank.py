@@ -42,7 +42,7 @@ from transfer.data.picture import PIXEL_RULES_VERSION, centre_square
 from transfer.data.cache import DecodedImageCache
 from transfer.data.samples import Sample
 from transfer.core.errors import TransferError
-from transfer.core.quota import human_size
+from transfer.core.quota import DISK_RESERVE_BYTES, human_size
 from transfer.core.files import file_lock
 
 BANK_KIND = "banks"
@@ -51,8 +51,6 @@ LAYOUT_VERSION = 1
 #: A temporary file this old belongs to a build that was killed (a live build writes to its
 #: file all the time); it is deleted when the next bank is built, with build locks as old.
 STALE_TEMP_SECONDS = 6 * 3600
-#: Left free on the disk after a bank is built, so a build never fills the disk to the last byte.
-DISK_HEADROOM_BYTES = 256 * 1024**2
 _TEMP_PREFIX = ".tmp-"
 _LOCK_PREFIX = ".lock-"
 _ROW_DIMS = 3  # (S, S, 3) per picture
@@ -350,7 +348,7 @@ def _check_free_space(folder: Path, nbytes: int) -> None:
         free = shutil.disk_usage(folder).free
     except OSError:
         return
-    if free < nbytes + DISK_HEADROOM_BYTES:
+    if free < nbytes + DISK_RESERVE_BYTES:  # the studio's one reserve, as for uploads and runs
         raise _no_space(folder, nbytes, free)
 
 
