@@ -10,7 +10,8 @@ picture per class drawn at random, then labels 1 or 2 more per class picked by
 - ``least certain``: the smallest margin of a head trained on the labels so far,
 - ``suggested``: ``transfer.analysis.suggest.order_pool`` (what `transfer suggest` returns),
 
-trains the features method's linear head (``fit_head_on_features``, EfficientNet-Lite0 features)
+fits the features method's linear head (``fit_head_on_features``, EfficientNet-Lite0 features,
+guided by Lite0's ImageNet classifier as in a features run)
 and measures accuracy on the test pictures; the table gives the mean over the seeds. "Cold
 start" counts the classes covered by C picks with no label at all.
 
@@ -60,12 +61,14 @@ def features_of(dataset) -> tuple[np.ndarray, np.ndarray, list]:
 def head_accuracy(train_x, train_y, test_x, test_y, classes: int, seed: int) -> tuple[float, np.ndarray]:
     import torch
 
+    from transfer.models.backbones import pretrained_classifier
     from transfer.models.heads import make_head
     from transfer.training.run import fit_head_on_features
 
     torch.manual_seed(seed)
     head = make_head(train_x.shape[1], classes)
-    fit_head_on_features(head, torch.from_numpy(train_x), torch.from_numpy(train_y), seed=seed)
+    fit_head_on_features(head, torch.from_numpy(train_x), torch.from_numpy(train_y), seed=seed,
+                         source=pretrained_classifier("efficientnet_lite0")[0])
     with torch.no_grad():
         test_p = torch.softmax(head(torch.from_numpy(test_x)), 1).numpy()
     return float((test_p.argmax(1) == test_y).mean()), head

@@ -124,3 +124,60 @@ def test_the_epoch_loop_weights_uneven_classes(tmp_path, write_class_folders):
     trainer.prepare()
     counts = torch.bincount(trainer.data.train_targets, minlength=2).float()
     assert trainer.parts.class_weights.tolist() == pytest.approx((counts.sum() / (2 * counts)).tolist())
+
+
+# --------------------------------------------------------------------------- guided by the backbone's classes
+
+
+def test_a_lifted_head_folds_into_the_same_head_on_the_features():
+    generator = torch.Generator().manual_seed(3)
+    source = torch.randn(50, 16, generator=generator)
+    unit = F.normalize(torch.rand(40, 16, generator=generator), dim=1)
+    lift = head_fit.SourceLift.fit_to(unit, source)
+    weight = torch.randn(3, 16 + 50, generator=generator)
+    assert torch.allclose(lift(unit) @ weight.T, unit @ lift.fold(weight).T, atol=1e-4)
+    # The scores sit beside the unit-length features at the measured length.
+    assert float((lift(unit)[:, 16:]).norm(dim=1).median()) == pytest.approx(head_fit.SOURCE_WEIGHT, rel=1e-4)
+
+
+def hidden_signal(per_class: int, seed: int, dim: int = 64):
+    """Two classes told apart by one direction that strong noise in every other direction hides."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.arange(2).repeat_interleave(per_class)
+    features = 3.0 * torch.randn(len(targets), dim, generator=generator)
+    features[:, 0] += torch.where(targets == 0, -4.0, 4.0)
+    return features, targets
+
+
+def test_the_backbones_own_classes_guide_a_fit_on_few_pictures():
+    # The backbone's classifier scores the telling direction, and two unrelated ones.
+    source = torch.eye(64)[:3]
+    test_x, test_y = hidden_signal(500, seed=100)
+    accuracies = {}
+    for guided in (False, True):
+        hits = []
+        for seed in range(8):
+            train_x, train_y = hidden_signal(1, seed)
+            fit = fit_linear_head(train_x, train_y, 2, source=source if guided else None)
+            hits.append(float(((test_x @ fit.weight.T + fit.bias).argmax(1) == test_y).float().mean()))
+        accuracies[guided] = sum(hits) / len(hits)
+    assert accuracies[True] > accuracies[False] + 0.1, accuracies
+
+
+def test_a_guided_head_is_still_an_ordinary_linear_layer_on_the_features():
+    features, targets = clusters([6, 6, 6])
+    source = torch.randn(20, 32, generator=torch.Generator().manual_seed(1))
+    fit = fit_linear_head(features, targets, 3, source=source)
+    assert fit.weight.shape == (3, 32) and fit.source_classes == 20
+    assert fit.describe()["source_classes"] == 20
+    assert ((features @ fit.weight.T + fit.bias).argmax(1) == targets).float().mean() > 0.9
+    # A classifier of another width than the features is not used.
+    assert fit_linear_head(features, targets, 3, source=torch.randn(20, 31)).source_classes == 0
+
+
+def test_the_bundled_backbone_hands_over_its_imagenet_classifier():
+    from transfer.models.backbones import pretrained_classifier
+
+    weight, bias = pretrained_classifier("efficientnet_lite0")
+    assert weight.shape == (1000, 1280) and bias.shape == (1000,)
+    assert pretrained_classifier("resnet18") is None  # not bundled: its classifier is not read

@@ -46,3 +46,9 @@ def test_one_picture_per_class_names_the_default_and_even_classes():
     lines = head_fit_view.describe_choices(fit)
     assert any("measured default" in line for line in lines)
     assert any("every picture weighs the same" in line for line in lines)
+    assert not any("ImageNet" in line for line in lines)  # a fit without the backbone's classes says nothing of them
+
+
+def test_a_fit_guided_by_the_backbones_classes_says_so():
+    lines = head_fit_view.describe_choices({**FIT_EVENT["head_fit"], "source_classes": 1000})
+    assert any("backbone's own 1000 ImageNet classes" in line for line in lines)

@@ -61,6 +61,26 @@ def _build_bundled_lite(name: str, pretrained: bool) -> nn.Module:
     return model
 
 
+@functools.lru_cache(maxsize=4)
+def pretrained_classifier(name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The ImageNet classifier (weight ``(1000, features)``, bias) that a bundled backbone's
+    weights carry, read from the package without building the model; None for other backbones.
+
+    Feature transfer's head fit uses its directions (``transfer.training.head_fit``): what the
+    backbone learnt to tell apart is a better start for a few pictures than every direction alike.
+    """
+    if name not in catalogue.BUNDLED_LITE:
+        return None
+    path = catalogue.bundled_weights_file(catalogue.BUNDLED_LITE[name][0])
+    if path is None:
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weight, bias = state.get("_fc.weight"), state.get("_fc.bias")
+    if weight is None or bias is None or weight.ndim != 2 or bias.shape != weight.shape[:1]:
+        return None
+    return weight.float(), bias.float()
+
+
 def _rename_by_position(source: dict, target: dict) -> dict:
     """Map efficientnet_pytorch key names onto timm's: both list the same tensors in the same order."""
     if len(source) != len(target):

@@ -19,6 +19,7 @@ from transfer.training.config import TrainConfig
 from transfer.training.ranks import current_ranks
 from transfer.core.devices import DeviceError, is_out_of_memory, release_cached_memory, resolve_device
 from transfer.models.methods import METHODS, get_method
+from transfer.models.backbones import pretrained_classifier
 from transfer.core.runs import Cancelled, RunDir
 from transfer.training import TrainingError
 from transfer.training.build import (LazyModel, build_task, check_initial_weights, linear_probe_head,
@@ -157,18 +158,21 @@ class Trainer:
         task, targets, config = self.task, self.data.train_targets, self.config
         begun = time.perf_counter()
         centre = task.train_features[:, 0].cpu()
-        fit = fit_linear_head(centre, targets, len(self.data.classes), seed=config.seed)
+        source = self.source_classifier()
+        fit = fit_linear_head(centre, targets, len(self.data.classes), seed=config.seed, source=source)
         if task.views > 1:  # augmented views add rows; C was chosen on whole pictures, so no view leaks across folds
             search, views = fit.strength_search, task.views
             fit = fit_linear_head(task.train_features.cpu().reshape(-1, centre.shape[1]),
-                                  targets.repeat_interleave(views), len(self.data.classes), strength=fit.strength)
+                                  targets.repeat_interleave(views), len(self.data.classes), strength=fit.strength,
+                                  source=source)
             fit.strength_search = search
         fit.load_into(task.module)
         train_loss, train_accuracy, _ = evaluate_features(task.module, centre, targets)
         val_loss, val_accuracy, probabilities = evaluate(task, self.data.val_targets, self.batch_size)
         self.cross_validation = cross_validate_all(torch.cat([centre, task.val_features.cpu()]),
                                                    torch.cat([targets, self.data.val_targets]),
-                                                   len(self.data.classes), fit.strength, seed=config.seed)
+                                                   len(self.data.classes), fit.strength, seed=config.seed,
+                                                   source=source)
         seconds = time.perf_counter() - begun
         self.reporter.epoch_seconds.append(seconds)
         self.report_fit(fit, seconds)
@@ -179,13 +183,23 @@ class Trainer:
         self.save_checkpoint(1)
         self.reporter.epoch_saved(1, val_accuracy, self.best)
 
+    def source_classifier(self) -> torch.Tensor | None:
+        """The backbone's own (ImageNet) classifier weight, which guides the head fit; None when the
+        backbone's weights came from a file (its classifier would belong to other weights)."""
+        if self.config.initial_weights is not None:
+            return None
+        known = pretrained_classifier(self.config.backbone)
+        return known[0] if known is not None else None
+
     def report_fit(self, fit, seconds: float) -> None:
         described = fit.describe()
         chosen = (f"C = {fit.strength:g} chosen by {fit.strength_search.folds}-fold cross-validation"
                   if fit.strength_search else f"C = {fit.strength:g} (the default when a class has one picture)")
         fields = {"head_fit": described}
+        guided = (f", guided by the backbone's own {fit.source_classes} ImageNet classes" if fit.source_classes
+                  else "")
         message = (f"Head fit to its optimum in {fit.iterations} L-BFGS iterations ({seconds:.2f} s): features "
-                   f"scaled to unit length, classes weighted equally, {chosen}.")
+                   f"scaled to unit length{guided}, classes weighted equally, {chosen}.")
         cv = self.cross_validation
         if cv is not None:
             fields.update(cv_accuracy=round(cv.accuracy, 6), cv_correct=cv.correct, cv_total=cv.total,
