@@ -95,7 +95,7 @@ def studio(x, y, test, classes, prior: float | None = None, guided: bool = True)
     from transfer.models.backbones import pretrained_classifier
     from transfer.training import head_fit
 
-    source = pretrained_classifier("efficientnet_lite0")[0] if guided else None
+    source = pretrained_classifier("efficientnet_lite0") if guided else None
     saved = head_fit.PRIOR_SCALE
     if prior is not None:
         head_fit.PRIOR_SCALE = prior
@@ -235,7 +235,7 @@ def fit_seconds() -> dict:
         fit_linear_head(torch.from_numpy(x[:20]), torch.from_numpy(y[:20]), 10, strength=1.0)
         started = time.perf_counter()
         fit = fit_linear_head(torch.from_numpy(x), torch.from_numpy(y), 10,
-                              source=pretrained_classifier("efficientnet_lite0")[0])
+                              source=pretrained_classifier("efficientnet_lite0"))
         return {"pictures": 1000, "classes": 10, "seconds": round(time.perf_counter() - started, 3),
                 "C": fit.strength, "cv folds": fit.strength_search.folds}
     finally:

@@ -68,7 +68,7 @@ def head_accuracy(train_x, train_y, test_x, test_y, classes: int, seed: int) -> 
     torch.manual_seed(seed)
     head = make_head(train_x.shape[1], classes)
     fit_head_on_features(head, torch.from_numpy(train_x), torch.from_numpy(train_y), seed=seed,
-                         source=pretrained_classifier("efficientnet_lite0")[0])
+                         source=pretrained_classifier("efficientnet_lite0"))
     with torch.no_grad():
         test_p = torch.softmax(head(torch.from_numpy(test_x)), 1).numpy()
     return float((test_p.argmax(1) == test_y).mean()), head

@@ -133,7 +133,7 @@ def test_a_lifted_head_folds_into_the_same_head_on_the_features():
     generator = torch.Generator().manual_seed(3)
     source = torch.randn(50, 16, generator=generator)
     unit = F.normalize(torch.rand(40, 16, generator=generator), dim=1)
-    lift = head_fit.SourceLift.fit_to(unit, source)
+    lift = head_fit.SourceLift.fit_to(unit, (source, torch.zeros(50)))
     weight = torch.randn(3, 16 + 50, generator=generator)
     assert torch.allclose(lift(unit) @ weight.T, unit @ lift.fold(weight).T, atol=1e-4)
     # The scores sit beside the unit-length features at the measured length.
@@ -151,7 +151,7 @@ def hidden_signal(per_class: int, seed: int, dim: int = 64):
 
 def test_the_backbones_own_classes_guide_a_fit_on_few_pictures():
     # The backbone's classifier scores the telling direction, and two unrelated ones.
-    source = torch.eye(64)[:3]
+    source = (torch.eye(64)[:3], torch.zeros(3))
     test_x, test_y = hidden_signal(500, seed=100)
     accuracies = {}
     for guided in (False, True):
@@ -166,13 +166,13 @@ def test_the_backbones_own_classes_guide_a_fit_on_few_pictures():
 
 def test_a_guided_head_is_still_an_ordinary_linear_layer_on_the_features():
     features, targets = clusters([6, 6, 6])
-    source = torch.randn(20, 32, generator=torch.Generator().manual_seed(1))
+    source = (torch.randn(20, 32, generator=torch.Generator().manual_seed(1)), torch.zeros(20))
     fit = fit_linear_head(features, targets, 3, source=source)
     assert fit.weight.shape == (3, 32) and fit.source_classes == 20
     assert fit.describe()["source_classes"] == 20
     assert ((features @ fit.weight.T + fit.bias).argmax(1) == targets).float().mean() > 0.9
     # A classifier of another width than the features is not used.
-    assert fit_linear_head(features, targets, 3, source=torch.randn(20, 31)).source_classes == 0
+    assert fit_linear_head(features, targets, 3, source=(torch.randn(20, 31), torch.zeros(20))).source_classes == 0
 
 
 def test_the_bundled_backbone_hands_over_its_imagenet_classifier():
@@ -181,3 +181,15 @@ def test_the_bundled_backbone_hands_over_its_imagenet_classifier():
     weight, bias = pretrained_classifier("efficientnet_lite0")
     assert weight.shape == (1000, 1280) and bias.shape == (1000,)
     assert pretrained_classifier("resnet18") is None  # not bundled: its classifier is not read
+
+
+def test_the_backbones_answers_start_each_class_where_the_backbone_puts_its_pictures():
+    # The backbone calls class 0's pictures its class 5 and class 1's its class 7: the prior of
+    # each class leans toward that score (the score part is the last 10 columns of lifted rows).
+    rows = F.normalize(torch.rand(4, 16 + 10), dim=1)
+    targets = torch.tensor([0, 0, 1, 1])
+    answers = torch.full((4, 10), 0.05)
+    answers[:2, 5], answers[2:, 7] = 0.95, 0.95
+    prior = head_fit.source_guided_prior(rows, answers, targets, 2)
+    assert prior[0, 16 + 5] > 0 > prior[0, 16 + 7] and prior[1, 16 + 7] > 0 > prior[1, 16 + 5]
+    assert prior.norm(dim=1) == pytest.approx([head_fit.PRIOR_SCALE] * 2)

@@ -27,8 +27,9 @@ def describe_choices(fit: dict) -> list[str]:
     weights = fit.get("class_weights") or []
     even = bool(weights) and max(weights) - min(weights) < 1e-3
     lines = [f"Features scaled to {fit.get('normalisation', 'unit length')} before the fit.",
-             *([f"Guided by the backbone's own {fit['source_classes']} ImageNet classes: with a few pictures, "
-                "the head leans on what the backbone already tells apart."] if fit.get("source_classes") else []),
+             *([f"Guided by the backbone's own {fit['source_classes']} ImageNet classes: each class starts half "
+                "from its pictures' mean, half from what the backbone calls them (this matters most with few "
+                "pictures)."] if fit.get("source_classes") else []),
              "Classes are even: every picture weighs the same." if even else
              "Classes weighted so that each counts the same: " + ", ".join(f"{w:.2f}" for w in weights) + "."]
     search = fit.get("strength_cv")

@@ -183,13 +183,12 @@ class Trainer:
         self.save_checkpoint(1)
         self.reporter.epoch_saved(1, val_accuracy, self.best)
 
-    def source_classifier(self) -> torch.Tensor | None:
-        """The backbone's own (ImageNet) classifier weight, which guides the head fit; None when the
+    def source_classifier(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The backbone's own (ImageNet) classifier, which guides the head fit; None when the
         backbone's weights came from a file (its classifier would belong to other weights)."""
         if self.config.initial_weights is not None:
             return None
-        known = pretrained_classifier(self.config.backbone)
-        return known[0] if known is not None else None
+        return pretrained_classifier(self.config.backbone)
 
     def report_fit(self, fit, seconds: float) -> None:
         described = fit.describe()

@@ -68,13 +68,14 @@ def checked_loss(loss: float) -> float:
 
 
 def fit_head_on_features(head: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, seed: int,
-                         single_thread: bool = True, source: torch.Tensor | None = None) -> float:
+                         single_thread: bool = True,
+                         source: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
     """Fit ``head`` on fixed feature vectors and return its training accuracy. Used for
     fine-tuning's linear probe and for the data audit's cross-validated heads.
 
     A plain linear head is fit to its optimum (:func:`transfer.training.head_fit.fit_linear_head`);
     a head with a hidden layer or dropout is trained with feature transfer's epoch settings
-    (AdamW, one-cycle). ``source``, the backbone's own classifier weight, guides a linear fit as in
+    (AdamW, one-cycle). ``source``, the backbone's own classifier (weight, bias), guides a linear fit as in
     a features run."""
     from transfer.models.methods import METHODS
     from transfer.training.head_fit import fit_linear_head, fits_in_closed_form
