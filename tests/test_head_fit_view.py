@@ -51,4 +51,4 @@ def test_one_picture_per_class_names_the_default_and_even_classes():
 
 def test_a_fit_guided_by_the_backbones_classes_says_so():
     lines = head_fit_view.describe_choices({**FIT_EVENT["head_fit"], "source_classes": 1000})
-    assert any("backbone's own 1000 ImageNet classes" in line for line in lines)
+    assert any("backbone's own 1,000 ImageNet classes" in line for line in lines)

@@ -194,7 +194,7 @@ def test_a_linear_feature_head_is_fit_once_and_says_what_it_chose(tmp_path, tiny
     assert fit["head_fit"]["normalisation"] == "unit length" and fit["head_fit"]["C"] > 0
     assert fit["head_fit"]["curve"][-1] <= fit["head_fit"]["curve"][0]
     # Lite0's own ImageNet classifier guides the fit (tests/test_head_fit.py shows what that does).
-    assert fit["head_fit"]["source_classes"] == 1000 and "own 1000 ImageNet classes" in fit["message"]
+    assert fit["head_fit"]["source_classes"] == 1000 and "own 1,000 ImageNet classes" in fit["message"]
     assert "does not apply" in fit["message"]  # --epochs 3 was asked for
     # 8 training and 2 validation pictures per class: cross-validated over all 30 of them.
     assert status["val_total"] == 6 and 0 <= status["val_correct"] <= 6

@@ -27,7 +27,7 @@ def describe_choices(fit: dict) -> list[str]:
     weights = fit.get("class_weights") or []
     even = bool(weights) and max(weights) - min(weights) < 1e-3
     lines = [f"Features scaled to {fit.get('normalisation', 'unit length')} before the fit.",
-             *([f"Guided by the backbone's own {fit['source_classes']} ImageNet classes: each class starts half "
+             *([f"Guided by the backbone's own {fit['source_classes']:,} ImageNet classes: each class starts half "
                 "from its pictures' mean, half from what the backbone calls them (this matters most with few "
                 "pictures)."] if fit.get("source_classes") else []),
              "Classes are even: every picture weighs the same." if even else

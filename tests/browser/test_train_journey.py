@@ -42,3 +42,6 @@ def test_demo_data_to_a_trained_model(studio, page):
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=30_000)
     accuracy = page.locator('[data-testid="stMetricValue"]').first.inner_text()
     assert re.fullmatch(r"\d+ of \d+", accuracy)  # a count of validation pictures, never a bare per cent
+    # The fitted head says what guided it.
+    page.get_by_text("Guided by the backbone's own 1,000 ImageNet classes", exact=False).first.wait_for(timeout=30_000)
+

@@ -195,7 +195,7 @@ class Trainer:
         chosen = (f"C = {fit.strength:g} chosen by {fit.strength_search.folds}-fold cross-validation"
                   if fit.strength_search else f"C = {fit.strength:g} (the default when a class has one picture)")
         fields = {"head_fit": described}
-        guided = (f", guided by the backbone's own {fit.source_classes} ImageNet classes" if fit.source_classes
+        guided = (f", guided by the backbone's own {fit.source_classes:,} ImageNet classes" if fit.source_classes
                   else "")
         message = (f"Head fit to its optimum in {fit.iterations} L-BFGS iterations ({seconds:.2f} s): features "
                    f"scaled to unit length{guided}, classes weighted equally, {chosen}.")
