@@ -46,9 +46,9 @@ PRIOR_SCALE = 5.0  # how strongly the class means start the head (logit scale of
 ALL_LABELLED_LIMIT = 5000  # cross-validate over every labelled picture up to this many
 EVEN_RATIO = 1.5  # classes this close in size get a bias (measured: it helps even classes, hurts uneven ones)
 # The scores on the backbone's own classes sit beside the unit-length features at this length
-# (median over the training pictures). Measured over 1 to 4 (bench_fewshot.py, 5 seeds): every
-# value keeps the head at or above the plain probe on every row; 2 gave the best worst case at
-# 1 and 2 pictures per class.
+# (median over the training pictures). Measured over 1 to 4 before the answers prior below was
+# added (bench_fewshot.py, 5 seeds): every value kept the head at or above the plain probe on
+# every row; 2 gave the best worst case at 1 and 2 pictures per class.
 SOURCE_WEIGHT = 2.0
 # The share of the starting point taken from the backbone's answers (square roots of its class
 # probabilities, averaged per class); the rest is the class means. Measured (bench_fewshot.py,

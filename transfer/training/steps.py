@@ -75,8 +75,8 @@ def fit_head_on_features(head: nn.Module, inputs: torch.Tensor, targets: torch.T
 
     A plain linear head is fit to its optimum (:func:`transfer.training.head_fit.fit_linear_head`);
     a head with a hidden layer or dropout is trained with feature transfer's epoch settings
-    (AdamW, one-cycle). ``source``, the backbone's own classifier (weight, bias), guides a linear fit as in
-    a features run."""
+    (AdamW, one-cycle). ``source``, the backbone's own classifier (weight, bias), guides a linear
+    fit as in a features run."""
     from transfer.models.methods import METHODS
     from transfer.training.head_fit import fit_linear_head, fits_in_closed_form
 
