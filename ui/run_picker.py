@@ -79,7 +79,7 @@ def best_run_of_current_data(finished: list[RunDir]) -> RunDir | None:
         except TransferError:
             now = None
         if now is not None:
-            same = [run for run in finished if _trained_on(run, now.fingerprint(), run_dataset)]
+            same = [run for run in finished if _trained_on(run, now.fingerprint())]
             candidates = same or finished
     scored = [(accuracy.share, run) for run in candidates
               if (accuracy := run_accuracy(run.path)) is not None and accuracy.share is not None]
@@ -89,7 +89,7 @@ def best_run_of_current_data(finished: list[RunDir]) -> RunDir | None:
     return next(run for score, run in scored if score == best)  # list_runs gives the newest first
 
 
-def _trained_on(run: RunDir, fingerprint: str, run_dataset) -> bool:
+def _trained_on(run: RunDir, fingerprint: str) -> bool:
     dataset = run_dataset(run)
     return dataset is not None and dataset.fingerprint() == fingerprint
 

@@ -50,7 +50,7 @@ def _build_bundled_lite(name: str, pretrained: bool) -> nn.Module:
     if not pretrained:
         return model
     package = catalogue.BUNDLED_LITE[name][0]
-    path = catalogue.bundled_weights_file(package)
+    path = _bundled_weights_path(name)
     if path is None:
         raise WeightsUnavailable(
             f"The bundled weights of '{name}' are missing: reinstall the project "
@@ -69,9 +69,7 @@ def pretrained_classifier(name: str) -> tuple[torch.Tensor, torch.Tensor] | None
     Feature transfer's head fit uses its directions (``transfer.training.head_fit``): what the
     backbone learnt to tell apart is a better start for a few pictures than every direction alike.
     """
-    if name not in catalogue.BUNDLED_LITE:
-        return None
-    path = catalogue.bundled_weights_file(catalogue.BUNDLED_LITE[name][0])
+    path = _bundled_weights_path(name)
     if path is None:
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -79,6 +77,13 @@ def pretrained_classifier(name: str) -> tuple[torch.Tensor, torch.Tensor] | None
     if weight is None or bias is None or weight.ndim != 2 or bias.shape != weight.shape[:1]:
         return None
     return weight.float(), bias.float()
+
+
+def _bundled_weights_path(name: str) -> Path | None:
+    """The weights file of a bundled backbone's package; None for other backbones or a missing package."""
+    if name not in catalogue.BUNDLED_LITE:
+        return None
+    return catalogue.bundled_weights_file(catalogue.BUNDLED_LITE[name][0])
 
 
 def _rename_by_position(source: dict, target: dict) -> dict:
