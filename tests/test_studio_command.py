@@ -56,3 +56,22 @@ def test_an_installed_wheels_app_folder_is_found_beside_the_engine(tmp_path, mon
     (installed / "transfer_studio" / "app.py").unlink()
     with pytest.raises(studio.StudioNotFound, match="reinstall transfer-studio"):
         studio.app_folder()
+
+
+def test_the_server_imports_the_chart_libraries_before_any_session_runs(tmp_path):
+    # In a fresh interpreter, as the server starts: when Streamlit takes over, pandas is whole,
+    # so sessions drawing their first charts at the same moment never meet it half imported.
+    import subprocess
+
+    probe = ("import sys\n"
+             "from streamlit.web import cli\n"
+             "from ui import launch\n"
+             "launch.start_warm_worker = lambda: None\n"
+             "cli.main = lambda **kw: print('pandas whole:', hasattr(sys.modules.get('pandas'), 'Series')) or 0\n"
+             "sys.exit(launch.main([]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                          os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pandas whole: True" in out.stdout

@@ -12,6 +12,8 @@ Three things happen before Streamlit starts:
 - Streamlit is told that app.py builds the navigation, so that a link into a page as the first
   visit after a start shows the studio, not Streamlit's raw list of ``pages/`` files
   (see ``ui.pages_mode``).
+- The chart libraries are imported once, before any session runs (see
+  :func:`import_chart_libraries`).
 """
 
 from __future__ import annotations
@@ -60,10 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     declare_own_navigation()
     upload_guard.install()  # before Streamlit builds its server: no upload from a session not let in
     os.chdir(APP.parent)  # Streamlit reads .streamlit/config.toml from the folder it starts in
+    import_chart_libraries()
     start_warm_worker()
 
     sys.argv = ["streamlit", *streamlit_args]
     return cli.main(prog_name="streamlit")
+
+
+def import_chart_libraries() -> None:
+    """Sessions run in threads of one process, and plotly imports pandas only when it first draws,
+    looking it up in ``sys.modules`` without waiting for an import in progress. Two sessions that
+    drew their first chart together after a start could find pandas half imported, and the page
+    failed ("partially initialized module 'pandas'"). Imported here, before any session, it is
+    whole for all of them."""
+    import pandas  # noqa: F401
+    import plotly.graph_objects  # noqa: F401
 
 
 def start_warm_worker() -> None:
