@@ -162,6 +162,23 @@ def test_a_killed_worker_is_interrupted_and_resumes_from_its_last_finished_epoch
     assert [e["state"] for e in run.events("end")] == ["interrupted", "finished"]
 
 
+def test_a_run_resumed_while_its_previous_worker_is_still_ending_keeps_its_place_and_starts(home):
+    manager = JobManager(home / "runs")
+    run = manager.submit(demo(epochs=2, fail_at_epoch=1))
+    assert manager.wait(run, timeout=WAIT)["state"] == "failed"
+    ending_worker = try_lock(run.worker_lock_path)  # the failed attempt's worker has not exited yet
+    try:
+        manager.resume(run)
+        dispatch()  # what that worker does on its way out, while it still holds the lock
+        assert [entry["run_dir"] for _, entry in local_queue.queue_entries()] == [str(run.path)]
+        assert run.state == "queued"
+    finally:
+        os.close(ending_worker)
+    manager.wait(run, timeout=WAIT)  # the demo fails again at the same epoch: enough to see it ran
+    assert [e["start_epoch"] for e in run.events("info") if "start_epoch" in e] == [1, 1]
+    assert [e["state"] for e in run.events("end")] == ["failed", "failed"]
+
+
 def test_waiting_runs_have_no_process_until_a_slot_frees(home):
     manager = JobManager(home / "runs", max_parallel=1)
     first = manager.submit(demo(epochs=50))

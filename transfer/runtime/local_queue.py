@@ -209,7 +209,15 @@ def queue_entries() -> list[tuple[Path, dict]]:
 
 def _entry_is_waiting(entry: dict) -> bool:
     run = RunDir(entry.get("run_dir", "/nonexistent"))
-    return run.exists() and run.state == QUEUED and not lock_is_held(run.worker_lock_path)
+    if not run.exists():
+        return False
+    status = run.status()
+    if status["state"] != QUEUED:
+        return False
+    # Handed to a worker: the dispatcher notes the worker's pid before it removes the entry.
+    # A held lock without a pid is the previous worker of a resumed run, still ending (its
+    # torchrun stopping, say): the run keeps its place until that worker lets the lock go.
+    return not (status.get("pid") and lock_is_held(run.worker_lock_path))
 
 
 def find_queue_entry(run: RunDir) -> tuple[Path, dict] | None:
