@@ -16,8 +16,8 @@ and measures accuracy on the test pictures; the table gives the mean over the se
 start" counts the classes covered by C picks with no label at all.
 
 Uneven starts: 5 labelled pictures of one class (each class in turn) and 1 of every other, then
-2 more per class picked at random, in the suggested order as it was (typical, then hesitant),
-and in the order `transfer suggest` gives for uneven classes (evened by the model's guess). The
+2 more per class picked at random, in the order `transfer suggest` gives by default (typical,
+then hesitant), and in that order evened by the model's guess (`--even-out`). The
 table gives accuracy, balanced accuracy (the mean of the recalls per class, which an uneven
 training set hurts first) and the labelled pictures of the largest class over the smallest's
 after labelling.
@@ -132,8 +132,11 @@ def balanced_accuracy(head, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean([(predicted[y == c] == c).mean() for c in np.unique(y)]))
 
 
+UNEVEN_METHODS = ("random", "suggested", "suggested, evened (--even-out)")
+
+
 def uneven_pick(method: str, pool_x, pool_y, reduced, labelled: list[int], count: int, head, rng) -> list[int]:
-    """``count`` more pictures to label after an uneven start; ``evened`` is what `transfer suggest` returns."""
+    """``count`` more pictures to label after an uneven start, by ``method`` (one of ``UNEVEN_METHODS``)."""
     from transfer.analysis.suggest import BALANCE_CANDIDATES, favour_fewest_labelled, label_counts, order_pool
     from transfer.data.samples import Sample
 
@@ -144,7 +147,7 @@ def uneven_pick(method: str, pool_x, pool_y, reduced, labelled: list[int], count
     counts = label_counts([Sample(None, str(pool_y[i]), "train", str(i)) for i in labelled], classes)
     probabilities = probabilities_of(head, pool_x[free])
     seed = int(rng.integers(1 << 30))
-    if method == "suggested, not evened":
+    if method == "suggested":
         picks = order_pool(reduced[free], reduced[labelled], count, probabilities=probabilities,
                            labelled_per_class=min(counts), seed=seed)
     else:
@@ -160,7 +163,7 @@ def uneven_study(name, pool_x, pool_y, test_x, test_y, seeds: int, first: int = 
 
     classes = int(pool_y.max()) + 1
     reduced = reduce_features(pool_x)
-    methods = ("random", "suggested, not evened", "suggested, evened")
+    methods = UNEVEN_METHODS
     found: dict[str, dict[str, list[float]]] = {m: {"accuracy": [], "balanced": [], "largest/smallest": []} for m in methods}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
@@ -289,7 +292,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--skip-timing", action="store_true")
-    parser.add_argument("--uneven-only", action="store_true", help="only the uneven starts (the evened order)")
+    parser.add_argument("--uneven-only", action="store_true", help="only the uneven starts (and the evened order)")
     args = parser.parse_args()
     summary: dict = {"seeds": args.seeds, "load_average": os.getloadavg()}
     accuracy, coverage, uneven = [], [], []

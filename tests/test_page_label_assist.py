@@ -19,7 +19,8 @@ from ui import label_view
 PAGE = "pages/data.py"
 
 
-def pool_with_suggestions(workspace, png, guesses: list[str | None], per_class: dict | None = None):
+def pool_with_suggestions(workspace, png, guesses: list[str | None], per_class: dict | None = None,
+                          evened: bool | None = None):
     """A pool of generated pictures in the session, and a finished suggestion job for it."""
     folder = add_files_pool([(f"p{i}.png", png(i % 3, 50 + i)) for i in range(len(guesses))],
                             workspace / "uploads", name="my photos")
@@ -30,7 +31,7 @@ def pool_with_suggestions(workspace, png, guesses: list[str | None], per_class: 
     atomic_write_json(job / audit.RESULT_FILE, {
         "pool": str(folder), "run": None, "backbone": "efficientnet_lite0", "pictures": len(pictures),
         "labelled": 30, "seconds": 1.0, "features_cached": 0, "features_computed": len(pictures),
-        "labelled_per_class": per_class or {}, "evened": bool(per_class),
+        "labelled_per_class": per_class or {}, "evened": bool(per_class) if evened is None else evened,
         "suggestions": [{"file": p.name, "guess": g, "probability": 0.8 if g else None, "unknown": None,
                          "reason": "typical of 5 pictures nothing labelled resembles yet", "sha256": p.sha256,
                          "kind": "typical"} for p, g in zip(pictures, guesses)]})
@@ -78,6 +79,27 @@ def test_label_assist_puts_pictures_into_the_working_copy(tiny_dataset, png):
     after = check_dataset(copy).dataset
     assert {s.sha256 for s in after.val} == {s.sha256 for s in before.val}  # validation stays as it was
     assert sorted(p.name for p in tiny_dataset.rglob("*.png")) == sorted(s.path.name for s in before.samples)
+
+
+def test_uneven_classes_offer_to_suggest_the_fewest_labelled_first(tiny_dataset, png, monkeypatch):
+    from transfer.runtime.side_jobs import SideJob
+
+    token, workspace = session_with_dataset(tiny_dataset)
+    pool_with_suggestions(workspace, png, ["red", "green", "blue", None],
+                          per_class={"red": 20, "green": 5, "blue": 5}, evened=False)
+    started = []
+    monkeypatch.setattr(SideJob, "start", lambda job, config, **details: started.append(config["arguments"]))
+    app = open_app(PAGE, token=token)
+    assert not app.exception, app.exception
+    balance = " ".join(i.value for i in app.info)
+    assert "Label more of blue, green" in balance and "guesses to be of" not in balance  # the default order
+    toggle = app.toggle(key=label_view.EVEN_OUT_KEY)
+    assert toggle.label == "Suggest the classes with the fewest labels first" and not toggle.value
+    toggle.set_value(True).run()  # switching it on asks for suggestions in the evened order
+    assert not app.exception, app.exception
+    assert started and "--even-out" in started[-1]
+    next(b for b in app.button if b.key == "suggest_again").click().run()
+    assert "--even-out" in started[-1]  # and it stays on
 
 
 def test_labelled_pictures_start_a_data_set_when_none_is_chosen(png):

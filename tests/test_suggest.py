@@ -189,7 +189,7 @@ def test_transfer_suggest_with_a_run_guesses_and_skips_its_pictures(pool, tmp_pa
         assert item["guess"] in {"red", "green", "blue"} and 0 < item["probability"] <= 1
 
     # The data set holds the run's pictures again (the same files) and 4 more reds from the pool:
-    # each picture counts once, and the order now favours the classes with the fewest labels.
+    # each picture counts once, and asked to, the order favours the classes with the fewest labels.
     from transfer.data.samples import Sample, TRAIN
 
     samples = [Sample(path, path.parent.name, TRAIN, hashlib.sha256(path.read_bytes()).hexdigest())
@@ -198,10 +198,11 @@ def test_transfer_suggest_with_a_run_guesses_and_skips_its_pictures(pool, tmp_pa
                        hashlib.sha256((pool / "red" / f"red_{i:03d}.png").read_bytes()).hexdigest()) for i in range(4, 8)]
     from transfer.analysis.suggest import suggest
 
-    uneven = suggest(pool, run_dir=run.path, labelled=samples, count=4)
-    assert uneven.labelled == 16 and uneven.labelled_per_class == {"red": 8, "green": 4, "blue": 4}
-    assert uneven.pictures == 32 - 16 and uneven.evened
-    assert all(item.guess != "red" for item in uneven.suggestions)
+    as_is = suggest(pool, run_dir=run.path, labelled=samples, count=4)
+    assert as_is.labelled == 16 and as_is.labelled_per_class == {"red": 8, "green": 4, "blue": 4}
+    assert as_is.pictures == 32 - 16 and not as_is.evened  # evening out is asked for, not the default
+    uneven = suggest(pool, run_dir=run.path, labelled=samples, count=4, even_out=True)
+    assert uneven.evened and all(item.guess != "red" for item in uneven.suggestions)
 
 
 def test_labelling_in_the_evened_order_evens_the_classes_out():

@@ -28,6 +28,7 @@ from ui import audit_view, data_view, jobs_view, reports, session
 SUGGESTIONS = 200  # computed per request; shown a page at a time
 PAGE_SIZE = 8
 COLUMNS = 4
+EVEN_OUT_KEY = "suggest_even_out"  # the toggle: suggest the fewest-labelled classes first
 THUMBNAIL = 140
 NEW_DATA_SET_NAME = "Labelled pictures"
 _TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS) + ["zip"]
@@ -311,6 +312,8 @@ def start_suggestions(pool: pools.Pool) -> None:
     job = suggestion_job(pool)
     folder = job.folder
     arguments = [str(pool.path), str(folder), "--count", str(SUGGESTIONS)]
+    if st.session_state.get(EVEN_OUT_KEY):
+        arguments.append("--even-out")
     choice = session.chosen_dataset()
     if choice is not None:
         arguments += ["--dataset", str(choice["source"])]
@@ -341,6 +344,11 @@ def label_assist(pool: pools.Pool) -> None:
     balance = balance_sentence(result, labelled_since)
     if balance:
         st.info(balance, icon=":material/balance:")
+    if balance or result.get("evened"):
+        st.toggle("Suggest the classes with the fewest labels first", key=EVEN_OUT_KEY, on_change=start_suggestions,
+                  args=(pool,), help="Evens the classes out as you label. Off by default: the studio's head "
+                                     "weighs classes by their size, and when measured, evening the labels out "
+                                     "cost accuracy (see the README).")
     if not waiting:
         st.success("Nothing waiting: suggest again for more, or train with what you labelled.")
         return
@@ -371,7 +379,8 @@ def counts_sentence(result: dict, labelled_since: list[dict], waiting: int, gues
 
 
 def balance_sentence(result: dict, labelled_since: list[dict]) -> str:
-    """When the labelled classes are uneven: which have the fewest labels, and what the order does about it."""
+    """When the labelled classes are uneven: which have the fewest labels, and what the order does about it
+    (when asked to even them out)."""
     counts = dict(result.get("labelled_per_class") or {})
     if len(counts) < 2:
         return ""

@@ -13,9 +13,11 @@ where the model hesitates becomes worth a label too: every other suggestion is t
 picture with the smallest margin between the model's two likeliest classes.
 
 When the labelled classes are uneven (``is_uneven``), labelling in that order piles labels onto
-the classes the pool holds most of. The order then favours the pictures the model guesses to
-be of the classes with the fewest labels (:func:`favour_fewest_labelled`), so that labelling
-evens the classes out (measured in ``benchmarks/bench_suggest.py``, uneven starts).
+the classes the pool holds most of. Asked to (``even_out``), the order favours the pictures the
+model guesses to be of the classes with the fewest labels (:func:`favour_fewest_labelled`), so
+that labelling evens the classes out. It is not the default: the features head weighs classes by
+their size, and on uneven starts evening the labels out cost accuracy (measured in
+``benchmarks/bench_suggest.py --uneven-only``).
 
 Features come from the feature cache (:mod:`transfer.models.features`), so a pool is read by the
 backbone once; ``python -m transfer.analysis.suggest`` runs as a job writing into a folder, so the web
@@ -419,12 +421,13 @@ def _compute_probabilities(run: RunContext, pictures: list, features: np.ndarray
 
 def suggest(pool: Path | str, *, run_dir: Path | str | None = None, count: int = DEFAULT_COUNT,
             labelled: list | None = None, backbone: str | None = None, seed: int = 0,
-            progress: Progress | None = None) -> SuggestResult:
+            even_out: bool = False, progress: Progress | None = None) -> SuggestResult:
     """The ``count`` pictures of ``pool`` to label first, best first, each with the run's guess.
 
     ``labelled`` (pictures with labels, :class:`transfer.data.samples.Sample`) says what is covered
     already; the run's own pictures count as labelled too. Pool pictures whose content is among
-    the labelled ones are not suggested again.
+    the labelled ones are not suggested again. With ``even_out``, uneven classes get the pictures
+    the run guesses to be of their fewest-labelled classes first.
     """
     from transfer.training.config import DEFAULT_BACKBONE
     from transfer.data.pool import open_pool, pool_pictures
@@ -454,7 +457,7 @@ def suggest(pool: Path | str, *, run_dir: Path | str | None = None, count: int =
     pool_features = extracted.features[:len(pictures)]
     probabilities = run_probabilities(run, pictures, pool_features) if run else None
     counts = label_counts(covered, run.classes) if run else []
-    evened = probabilities is not None and is_uneven(counts)
+    evened = even_out and probabilities is not None and is_uneven(counts)
     if progress:
         progress("order", 0, 1)
     with threadpool_limits(limits=1):
@@ -500,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default=None)
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT)
     parser.add_argument("--dataset", default=None, help="the labelled data set (its pictures are covered)")
+    parser.add_argument("--even-out", action="store_true", help="uneven classes: their fewest-labelled ones first")
     args = parser.parse_args(argv)
 
     def work(progress: Progress) -> dict:
@@ -512,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
             labelled = [replace(p.as_sample(), label=Path(p.name).parent.name)
                         for p in pool_pictures(open_pool(args.dataset))]
         run_dir = args.run if args.run and Path(args.run, "model.json").is_file() else None
-        return suggest(args.pool, run_dir=run_dir, count=args.count, labelled=labelled, progress=progress).to_dict()
+        return suggest(args.pool, run_dir=run_dir, count=args.count, labelled=labelled, even_out=args.even_out,
+                       progress=progress).to_dict()
 
     return run_job(Path(args.folder), work)
 

@@ -15,6 +15,9 @@ def add_suggest(sub) -> None:
     p.add_argument("pool", metavar="POOL", help="folder (or .zip) of unlabelled pictures")
     p.add_argument("--run", default=None, metavar="RUN_DIR", help="a finished run: its guesses and what it covers")
     p.add_argument("--count", type=int, default=20, help="how many suggestions (default 20)")
+    p.add_argument("--even-out", action="store_true",
+                   help="when the run's classes are uneven, suggest first the pictures it guesses to be of the "
+                        "classes with the fewest labels (off by default: it cost accuracy when measured)")
     add_runs_dir_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (the last line)")
 
@@ -29,7 +32,8 @@ def cmd_suggest(args) -> int:
         run_dir = run_folder(args.run, args.runs_dir)
     bar = None if args.json else PhaseBar(sys.stderr)
     try:
-        result = suggest(Path(args.pool), run_dir=run_dir, count=args.count, progress=bar)
+        result = suggest(Path(args.pool), run_dir=run_dir, count=args.count, even_out=args.even_out,
+                         progress=bar)
     finally:
         if bar is not None:
             bar.close()
@@ -37,7 +41,8 @@ def cmd_suggest(args) -> int:
              "reason": s.reason} for s in result.suggestions]
     if args.json:
         print_json({"pool": result.pool, "run": result.run, "backbone": result.backbone, "pictures": result.pictures,
-                    "labelled": result.labelled, "seconds": result.seconds, "suggestions": rows})
+                    "labelled": result.labelled, "seconds": result.seconds, "evened": result.evened,
+                    "suggestions": rows})
         return 0
     print(f"{result.pictures} unlabelled pictures, {result.labelled} labelled, {result.backbone} features "
           f"({result.features_cached} cached), {result.seconds:.1f} s. Label these first:")
