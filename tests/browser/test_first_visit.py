@@ -81,7 +81,8 @@ def test_after_a_restart_the_link_of_a_running_run_finds_it_first_thing(servers,
     token = issue_session_token()  # signed with the server's secret, as the Train page's session is
     dataset = write_class_folders(tmp_path / "data" / "colours", {"red": 6, "green": 6})
     manager = JobManager(session_dir(token) / "runs")
-    config = TrainConfig.for_method("features", dataset=str(dataset), epochs=10_000, image_size=64)
+    # Training from scratch for ever: a features run fits its head once and would finish during the restart.
+    config = TrainConfig.for_method("scratch", dataset=str(dataset), epochs=10_000, image_size=64)
     run = manager.submit(config.to_dict())
     try:
         def is_training() -> bool:
