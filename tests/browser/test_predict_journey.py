@@ -59,8 +59,10 @@ def test_dropping_a_picture_shows_its_prediction(studio, page, finished_run, mak
 
 
 def drop_picture(page, picture) -> None:
-    """Hand the picture to the uploader, and again if a rerun of the page (the run's model being
-    made ready) drew a new uploader before the picture reached the old one."""
+    """Hand the picture to the uploader, and again if it was lost. In a new session the page
+    replaces the uploader's file input 25 to 70 ms after it first appears (one script run only:
+    measured with a tag on the input's node), and a picture handed to the first one in that window
+    is lost. A person cannot drop that fast; a test hands the picture the moment the input exists."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     def dropped() -> bool:
