@@ -21,7 +21,7 @@ from transfer.runtime import local_queue
 from transfer.runtime import launch
 from transfer.runtime.jobs import JobManager, SessionQueueFull
 from transfer.runtime.local_queue import BadMaxParallel, dispatch, pid_is_worker, queue_dir
-from transfer.core.files import try_lock
+from transfer.core.files import lock_with_retry, try_lock
 from transfer.core.runs import RunDir, RunStateError, list_runs
 from transfer.runtime.worker import UnknownJob, job_function
 
@@ -166,7 +166,9 @@ def test_a_run_resumed_while_its_previous_worker_is_still_ending_keeps_its_place
     manager = JobManager(home / "runs")
     run = manager.submit(demo(epochs=2, fail_at_epoch=1))
     assert manager.wait(run, timeout=WAIT)["state"] == "failed"
-    ending_worker = try_lock(run.worker_lock_path)  # the failed attempt's worker has not exited yet
+    # Once that worker is gone, the test plays it: a worker that has ended the run but not exited yet.
+    ending_worker = lock_with_retry(run.worker_lock_path, WAIT)
+    assert ending_worker is not None
     try:
         manager.resume(run)
         dispatch()  # what that worker does on its way out, while it still holds the lock
