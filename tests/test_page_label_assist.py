@@ -85,21 +85,31 @@ def test_uneven_classes_offer_to_suggest_the_fewest_labelled_first(tiny_dataset,
     from transfer.runtime.side_jobs import SideJob
 
     token, workspace = session_with_dataset(tiny_dataset)
-    pool_with_suggestions(workspace, png, ["red", "green", "blue", None],
-                          per_class={"red": 20, "green": 5, "blue": 5}, evened=False)
+    folder, _ = pool_with_suggestions(workspace, png, ["red", "green", "blue", None],
+                                      per_class={"red": 20, "green": 5, "blue": 5}, evened=False)
     started = []
     monkeypatch.setattr(SideJob, "start", lambda job, config, **details: started.append(config["arguments"]))
     app = open_app(PAGE, token=token)
     assert not app.exception, app.exception
     balance = " ".join(i.value for i in app.info)
     assert "Label more of blue, green" in balance and "guesses to be of" not in balance  # the default order
-    toggle = app.toggle(key=label_view.EVEN_OUT_KEY)
+    toggle = app.toggle(key=label_view.EVEN_OUT_TOGGLE)
     assert toggle.label == "Suggest the classes with the fewest labels first" and not toggle.value
     toggle.set_value(True).run()  # switching it on asks for suggestions in the evened order
     assert not app.exception, app.exception
     assert started and "--even-out" in started[-1]
+
+    # While the suggestions are made the toggle is not drawn; it is still on when they are back.
+    result = workspace / "suggest" / folder.name / audit.RESULT_FILE
+    kept = result.read_text()
+    result.unlink()
+    app.run()
+    assert not [t for t in app.toggle if t.key == label_view.EVEN_OUT_TOGGLE]
+    result.write_text(kept)
+    app.run()
+    assert app.toggle(key=label_view.EVEN_OUT_TOGGLE).value
     next(b for b in app.button if b.key == "suggest_again").click().run()
-    assert "--even-out" in started[-1]  # and it stays on
+    assert "--even-out" in started[-1]  # and suggesting again keeps the order asked for
 
 
 def test_labelled_pictures_start_a_data_set_when_none_is_chosen(png):

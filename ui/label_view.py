@@ -28,7 +28,10 @@ from ui import audit_view, data_view, jobs_view, reports, session
 SUGGESTIONS = 200  # computed per request; shown a page at a time
 PAGE_SIZE = 8
 COLUMNS = 4
-EVEN_OUT_KEY = "suggest_even_out"  # the toggle: suggest the fewest-labelled classes first
+# Whether to suggest the fewest-labelled classes first. Kept apart from its toggle's own key: the
+# toggle is not drawn while suggestions are being made, and Streamlit forgets an undrawn widget.
+EVEN_OUT_KEY = "suggest_even_out"
+EVEN_OUT_TOGGLE = "suggest_even_out_toggle"
 THUMBNAIL = 140
 NEW_DATA_SET_NAME = "Labelled pictures"
 _TYPES = sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS) + ["zip"]
@@ -345,8 +348,8 @@ def label_assist(pool: pools.Pool) -> None:
     if balance:
         st.info(balance, icon=":material/balance:")
     if balance or result.get("evened"):
-        st.toggle("Suggest the classes with the fewest labels first", key=EVEN_OUT_KEY, on_change=start_suggestions,
-                  args=(pool,), help="Evens the classes out as you label. Off by default: the studio's head "
+        st.toggle("Suggest the classes with the fewest labels first", value=bool(st.session_state.get(EVEN_OUT_KEY)),
+                  key=EVEN_OUT_TOGGLE, on_change=_even_out_changed, args=(pool,), help="Evens the classes out as you label. Off by default: the studio's head "
                                      "weighs classes by their size, and when measured, evening the labels out "
                                      "cost accuracy (see the README).")
     if not waiting:
@@ -368,6 +371,11 @@ def label_assist(pool: pools.Pool) -> None:
         where.caption(f"Page {page + 1} of {pages}")
         forward.button("Next", key="suggestions_next", disabled=page >= pages - 1,
                        on_click=lambda: st.session_state.update({page_key: page + 1}))
+
+
+def _even_out_changed(pool: pools.Pool) -> None:
+    st.session_state[EVEN_OUT_KEY] = st.session_state[EVEN_OUT_TOGGLE]
+    start_suggestions(pool)
 
 
 def counts_sentence(result: dict, labelled_since: list[dict], waiting: int, guessed_by: str) -> str:
