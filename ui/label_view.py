@@ -349,9 +349,9 @@ def label_assist(pool: pools.Pool) -> None:
         st.info(balance, icon=":material/balance:")
     if balance or result.get("evened"):
         st.toggle("Suggest the classes with the fewest labels first", value=bool(st.session_state.get(EVEN_OUT_KEY)),
-                  key=EVEN_OUT_TOGGLE, on_change=_even_out_changed, args=(pool,), help="Evens the classes out as you label. Off by default: the studio's head "
-                                     "weighs classes by their size, and when measured, evening the labels out "
-                                     "cost accuracy (see the README).")
+                  key=EVEN_OUT_TOGGLE, on_change=_even_out_changed, args=(pool,),
+                  help="Evens the classes out as you label. Off by default: the studio's head weighs classes "
+                       "by their size, and when measured, evening the labels out cost accuracy (see the README).")
     if not waiting:
         st.success("Nothing waiting: suggest again for more, or train with what you labelled.")
         return
