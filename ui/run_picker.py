@@ -79,7 +79,8 @@ def best_run_of_current_data(finished: list[RunDir]) -> RunDir | None:
         except TransferError:
             now = None
         if now is not None:
-            same = [run for run in finished if _trained_on(run, now.fingerprint())]
+            fingerprint = now.fingerprint()  # hashes every picture of the data set: once, not once per run
+            same = [run for run in finished if _trained_on(run, fingerprint)]
             candidates = same or finished
     scored = [(accuracy.share, run) for run in candidates
               if (accuracy := run_accuracy(run.path)) is not None and accuracy.share is not None]
