@@ -43,8 +43,9 @@ def download_section(run, key: str) -> None:
 def smaller_model_section(run, key: str) -> None:
     """The "smaller model" choice: the int8 model, made on demand, with its size and its check
     against float32; once it passed, the owner may keep float32 for predictions and demos."""
-    st.markdown("**Smaller model (int8)**: about a third of the size and faster on phones and old laptops; "
-                "offered only when it answers like the full model on the validation pictures.")
+    st.markdown("**Smaller model (int8)**: about a third of the size, and faster on the computer that answers "
+                "(this studio's server, the bundle's predict.py); offered only when it answers like the full model "
+                "on the validation pictures.")
     try:
         smaller = cached_export(run.path, "onnx", "int8")
     except ExportError as error:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.core.errors import TransferError
+from transfer.core.quota import human_size
 from transfer.data.picture import Preprocessing, model_input, open_picture
 
 PRECISIONS = ("float32", "int8")
@@ -97,7 +98,7 @@ class Int8Check:
         """The figures in one sentence (the Downloads panel and the model card show it)."""
         unknown = "" if self.unknown_agreement is None else \
             f", the same \"None of these\" decisions on {self.unknown_agreement:.1%}"
-        return (f"{_size(self.int8_bytes)} instead of {_size(self.float_bytes)}; on {self.pictures} validation "
+        return (f"{human_size(self.int8_bytes)} instead of {human_size(self.float_bytes)}; on {self.pictures} validation "
                 f"pictures: the same top class as float32 on {self.top1_agreement:.1%}{unknown}, accuracy "
                 f"{self.int8_accuracy:.1%} (float32: {self.float_accuracy:.1%}), probabilities within "
                 f"{self.max_probability_diff:.3f}")
@@ -112,10 +113,6 @@ class Int8Check:
     @classmethod
     def from_dict(cls, data: dict) -> "Int8Check":
         return cls(**{name: data[name] for name in cls.__dataclass_fields__})
-
-
-def _size(count: int) -> str:
-    return f"{count / 2**20:.1f} MB"
 
 
 # --------------------------------------------------------------------------- quantizing
