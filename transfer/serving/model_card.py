@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from transfer.analysis.evaluate import EvaluationNotReady, load_evaluation
+from transfer.core.quota import human_size
 from transfer.models.model_io import read_model_info
 from transfer.core.runs import RunDir
 
@@ -152,9 +153,10 @@ against the studio's model on the run's validation pictures.
     return f"""
 ## Precision
 
-int8: `model.onnx` is the smaller model ({c.int8_bytes / 2**20:.1f} MB instead of {c.float_bytes / 2**20:.1f} MB):
+int8: `model.onnx` is the smaller model ({human_size(c.int8_bytes)} instead of {human_size(c.float_bytes)}):
 weights in int8 (per channel), activations in uint8 with ranges measured on {c.calibration_pictures}
-training pictures; the "None of these" computation stays in float32. Before it was offered it was
+training pictures; the first convolution (which reads the picture) and the "None of these"
+computation stay in float32. Before it was offered it was
 checked against the float32 model on {c.pictures} validation pictures:
 
 | check | result |
