@@ -35,8 +35,8 @@ def model_files(folder: Path) -> tuple[Path, dict]:
     """The ONNX file and model.json the browser runs: a demo snapshot's ``live.onnx`` (without the
     novelty reference) or own ``model.onnx``, or a run's checked export (made by a child process on
     first use, never in the server). Always float32: the int8 model answered the live camera more
-    slowly in onnxruntime-web (measured in chromium on Lite0: 2.3 against 3.5 to 4.6 answers a
-    second), so it is not used here."""
+    slowly in onnxruntime-web (measured in chromium on a Lite0 features run, ants and bees, 2 cores:
+    8.6 against 11.4 answers a second; the model alone 80 against 64 ms), so it is not used here."""
     from transfer.serving.export import export_in_subprocess, without_reference
     from transfer.serving.share import LIVE_ONNX_FILE
 
