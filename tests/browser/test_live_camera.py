@@ -151,6 +151,11 @@ def test_web_page_export_answers_like_transfer_predict(camera_browser, trained_r
     assert {"index.html", "model.onnx", "model.json", "ort"} <= {path.name for path in folder.iterdir()}
     pictures = write_pictures(tmp_path / "pictures", make_picture)
     predictor = Predictor.from_run(run.path)
+    # The int8 model's answers may differ by a few rounding steps of its uint8 activations: the
+    # kernels of WebAssembly and of this CPU differ, and a value on a step boundary lands on either
+    # side. Measured on 60 ants/bees photos (bench_web.py --int8): float32 within 0.0054, int8
+    # within 0.0163, the same top class on all.
+    tolerance = 0.01 if precision == "float32" else 0.03
     page = camera_browser.new_page()
     try:
         with serve_folder(folder) as url:
@@ -160,7 +165,7 @@ def test_web_page_export_answers_like_transfer_predict(camera_browser, trained_r
                 web = answer_for(page, picture)
                 studio = predictor.predict(picture, 1)[0]
                 assert web["label"] == studio.label, picture.name
-                assert abs(web["probability"] - studio.probability) <= 0.01, picture.name
+                assert abs(web["probability"] - studio.probability) <= tolerance, picture.name
             page.click("#start")  # the page's own live camera
             page.wait_for_function("() => document.querySelector('#result').dataset.source === 'camera'")
             assert page.locator("#result").get_attribute("data-label") == "red"

@@ -149,7 +149,7 @@ def quantized_onnx(float_onnx: bytes, calibration: np.ndarray, input_name: str =
                         # computed as matrix products and keep all 8 bits (full_range_weights).
                         reduce_range=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=novelty_only_nodes(model) + picture_convolutions(model, input_name),
+                        nodes_to_exclude=novelty_only_nodes(model) + picture_convolutions(model, input_name) + softmaxes(model),
                         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHOD),
                         extra_options={"CalibTensorRangeSymmetric": False,
                                        "TensorQuantOverrides": full_range_weights(model)})
@@ -173,6 +173,11 @@ def quantized_onnx(float_onnx: bytes, calibration: np.ndarray, input_name: str =
 def picture_convolutions(model, input_name: str) -> list[str]:
     """Names of the convolutions that read the model's input, the prepared picture, directly."""
     return [node.name for node in model.graph.node if node.op_type == "Conv" and input_name in node.input]
+
+
+def softmaxes(model) -> list[str]:
+    """Names of the softmax nodes: probabilities stay float32 rather than steps of 1/255."""
+    return [node.name for node in model.graph.node if node.op_type == "Softmax"]
 
 
 def full_range_weights(model) -> dict:
