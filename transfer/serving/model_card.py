@@ -155,8 +155,8 @@ against the studio's model on the run's validation pictures.
 
 int8: `model.onnx` is the smaller model ({human_size(c.int8_bytes)} instead of {human_size(c.float_bytes)}):
 weights in int8 (per channel), activations in uint8 with ranges measured on {c.calibration_pictures}
-training pictures; the first convolution (which reads the picture) and the "None of these"
-computation stay in float32. Before it was offered it was
+training pictures; the first convolution (which reads the picture), the softmax and the "None
+of these" computation stay in float32. Before it was offered it was
 checked against the float32 model on {c.pictures} validation pictures:
 
 | check | result |

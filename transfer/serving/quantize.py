@@ -3,11 +3,12 @@ whether anyone gets it.
 
 Quantization is static (onnxruntime.quantization, QDQ format): weights as int8 per output
 channel, activations as uint8 with ranges measured on :data:`CALIBRATION_PICTURES` of the run's
-own training pictures (min-max calibration, see :data:`CALIBRATION_METHOD`). Two parts stay in
-float32: the nodes that compute "None of these" (everything that only feeds the ``novelty``
+own training pictures (min-max calibration, see :data:`CALIBRATION_METHOD`). Three parts stay
+in float32: the nodes that compute "None of these" (everything that only feeds the ``novelty``
 output: normalising the features and comparing them with the stored reference pictures), so the
-distance to the reference is measured as precisely as before, and the convolutions that read the
-picture itself (the stem), so the picture is not rounded a second time. Weights use 7 of their 8
+distance to the reference is measured as precisely as before; the convolutions that read the
+picture itself (the stem), so the picture is not rounded a second time; and the softmax, so
+probabilities are not rounded to steps of 1/255. Weights use 7 of their 8
 bits, except in depthwise convolutions, which keep all 8 (see :func:`quantized_onnx`).
 
 The int8 model is checked against the float32 model on the run's validation pictures (up to
