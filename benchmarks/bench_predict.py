@@ -208,7 +208,7 @@ def int8_comparison(run: Path, scratch: Path, unrelated: Path, calls: int) -> in
     print(f"run: {run}  cores: {os.cpu_count()}  load average before/after: {load_before:.1f} / "
           f"{os.getloadavg()[0]:.1f} (a shared machine: other processes inflate the latencies)")
     print(f"{'':<44}{'float32':>12}{'int8':>12}")
-    print(f"{'size, MB':<44}{float32.bytes / 2**20:>12.1f}{int8.bytes / 2**20:>12.1f}")
+    print(f"{'size, MB':<44}{float32.bytes / 1e6:>12.1f}{int8.bytes / 1e6:>12.1f}")
     print(f"{'one decoded picture, p50 ms (server, ORT)':<44}{p50['float32']:>12.1f}{p50['int8']:>12.1f}")
     print(f"{'one decoded picture, min ms':<44}{min(times['float32']):>12.1f}{min(times['int8']):>12.1f}")
     print(f"{'the model alone (prepared input), p50 ms':<44}{model_p50['float32']:>12.1f}{model_p50['int8']:>12.1f}")

@@ -152,7 +152,7 @@ def main() -> int:
         print(f"{name:<14}{row['pictures']:>7}{row['same_top_class']:>10}{row['max_abs_diff']:>10.4f}"
               f"{row['median_abs_diff']:>10.5f}{row['within_0.01']:>8}")
     print(f"live camera: {live['per_second']} answers a second over {live['seconds']} s (page shows '{live['shown']}')")
-    print(f"web page export: {size / 2**20:.1f} MB; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"web page export: {size / 1e6:.1f} MB; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(json.dumps({"agreement": {k: {**v, "worst": list(v["worst"])} for k, v in results.items()}, "live": live,
                       "export_bytes": size, "load_average": [round(x, 2) for x in load]}))
     shutil.rmtree(scratch, ignore_errors=True)
@@ -184,7 +184,7 @@ def int8_pages(run: Path, photos: list[Path], seconds: float, scratch: Path) -> 
                             if p.is_file()) for precision in results}
     load = os.getloadavg()
     print(f"{'':<46}{'float32':>10}{'int8':>10}")
-    rows = [("web page export, MB", [sizes[p] / 2**20 for p in results], "{:.1f}"),
+    rows = [("web page export, MB", [sizes[p] / 1e6 for p in results], "{:.1f}"),
             ("one picture through the page, p50 ms", [results[p]["page_ms_p50"] for p in results], "{:.0f}"),
             ("live camera, answers a second", [live[p]["per_second"] for p in results], "{:.1f}"),
             (f"same top class as the studio (of {len(photos)})", [results[p]["same_top_class"] for p in results], "{}"),
