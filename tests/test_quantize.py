@@ -67,6 +67,7 @@ def test_int8_model_is_smaller_checked_cached_and_served(run_copy, capsys):
     model = onnx.load(answer["path"])
     node_types = {node.op_type for node in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= node_types
+    assert_kept_in_float32_and_depthwise_on_8_bits(model)
     novelty_nodes = set(quantize.novelty_only_nodes(onnx.load(float32.path)))
     if novelty_nodes:  # the "None of these" part kept in float32: no quantized input reaches it
         quantized = {node.name for node in model.graph.node if node.op_type == "QuantizeLinear"}
@@ -90,6 +91,28 @@ def test_int8_model_is_smaller_checked_cached_and_served(run_copy, capsys):
     for name in ("model.json", "labels.json"):
         shutil.copyfile(run_copy / name, snapshot / name)
     assert ServerPredictor(snapshot).precision == "int8"
+
+
+def assert_kept_in_float32_and_depthwise_on_8_bits(model) -> None:
+    """The picture reaches a float32 convolution, the softmax is not quantized, and depthwise
+    weights use all 8 bits while the others use 7 (see transfer.serving.quantize)."""
+    from onnx import numpy_helper
+
+    producer = {output: node for node in model.graph.node for output in node.output}
+    stored = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+    assert any(node.op_type == "Conv" and node.input[0] == "input" for node in model.graph.node)
+    softmax = [node for node in model.graph.node if node.op_type == "Softmax"]
+    assert softmax and not any(node.op_type == "QuantizeLinear" and node.input[0] == softmax[0].output[0]
+                               for node in model.graph.node)
+    largest = {"depthwise": 0, "other": 0}
+    for node in model.graph.node:
+        dequantize = producer.get(node.input[1]) if node.op_type == "Conv" else None
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" or node.input[0] == "input":
+            continue
+        group = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+        kind = "depthwise" if group > 1 else "other"
+        largest[kind] = max(largest[kind], int(np.abs(stored[dequantize.input[0]].astype(int)).max()))
+    assert largest["depthwise"] == 127 and 0 < largest["other"] <= 64, largest
 
 
 def test_the_int8_model_without_the_reference_answers_exactly_as_the_served_one(run_copy):
